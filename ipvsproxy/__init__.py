@@ -1,0 +1,3 @@
+"""ipvsproxy: a kube-proxy replacement for IPVS mode."""
+
+__version__ = "0.1.0"

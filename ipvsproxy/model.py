@@ -1,0 +1,262 @@
+"""Small frozen value types shared by every layer.
+
+Two groups live here:
+- what the proxy reads from Kubernetes (Service, EndpointSlice, ...), already validated;
+- what it wants in, or reads back from, the kernel (VirtualServer, RealServer, ...).
+
+Nothing in this module performs I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class IPFamily(enum.IntEnum):
+    """An address family, valued as its IP version."""
+
+    V4 = 4
+    V6 = 6
+
+    @property
+    def af(self) -> int:
+        """The kernel's AF_* number (AF_INET=2, AF_INET6=10)."""
+        return socket.AF_INET if self is IPFamily.V4 else socket.AF_INET6
+
+    @staticmethod
+    def of(address: IPAddress | IPNetwork) -> IPFamily:
+        return IPFamily.V4 if address.version == 4 else IPFamily.V6
+
+
+class Protocol(enum.Enum):
+    """A transport protocol a Service port may use."""
+
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def number(self) -> int:
+        """IANA protocol number, as IPVS stores it."""
+        return _PROTOCOL_NUMBERS[self]
+
+    @property
+    def lower(self) -> str:
+        """Lower-case name, as ipset entries and iptables spell it."""
+        return self.value.lower()
+
+    @staticmethod
+    def from_number(number: int) -> Protocol:
+        for protocol, value in _PROTOCOL_NUMBERS.items():
+            if value == number:
+                return protocol
+        raise ValueError(f"unsupported IP protocol number {number}")
+
+
+_PROTOCOL_NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+
+
+class ForwardMethod(enum.IntEnum):
+    """IPVS forwarding method (IP_VS_CONN_F_FWD_MASK values)."""
+
+    MASQ = 0
+    LOCAL = 1
+    TUNNEL = 2
+    ROUTE = 3
+    BYPASS = 4
+
+
+# IPVS service flags (include/uapi/linux/ip_vs.h).
+IPVS_FLAG_PERSISTENT = 0x0001
+IPVS_FLAG_HASHED = 0x0002  # kernel-internal; set on every dumped service, ignored when comparing
+IPVS_FLAG_SOURCE_HASH = 0x0010  # mh scheduler: hash on source port too
+
+DEFAULT_SCHEDULER = "rr"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; Kubernetes' default for ClientIP affinity
+
+
+# --- Kubernetes side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One entry of a Service's spec.ports."""
+
+    name: str
+    protocol: Protocol
+    port: int
+    node_port: int = 0  # 0 when the Service has no NodePort
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A Service that the proxy may program (headless and ExternalName are never built)."""
+
+    namespace: str
+    name: str
+    type: str  # ClusterIP, NodePort, LoadBalancer
+    cluster_ips: tuple[IPAddress, ...]
+    ports: tuple[ServicePort, ...]
+    # Seconds of ClientIP session affinity, or None without affinity.
+    affinity_timeout: int | None = None
+    external_ips: tuple[IPAddress, ...] = ()
+    load_balancer_ips: tuple[IPAddress, ...] = ()
+    external_traffic_local: bool = False
+    internal_traffic_local: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    """One entry of an EndpointSlice's ports; matched to a ServicePort by name."""
+
+    name: str
+    protocol: Protocol
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One endpoint of a slice. Like kube-proxy, only the first address is used."""
+
+    address: IPAddress
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    """An EndpointSlice of address type IPv4 or IPv6 (FQDN slices are never built)."""
+
+    namespace: str
+    name: str
+    service_name: str  # label kubernetes.io/service-name
+    family: IPFamily
+    ports: tuple[EndpointPort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.service_name}"
+
+
+# --- Kernel side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualServerKey:
+    """What identifies an IPVS virtual server: address, protocol and port."""
+
+    address: IPAddress
+    protocol: Protocol
+    port: int
+
+    @property
+    def family(self) -> IPFamily:
+        return IPFamily.of(self.address)
+
+    def sort_key(self) -> tuple[int, int, str, int]:
+        return (self.address.version, int(self.address), self.protocol.value, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualServer:
+    """An IPVS virtual server with the settings the proxy manages."""
+
+    address: IPAddress
+    protocol: Protocol
+    port: int
+    scheduler: str = DEFAULT_SCHEDULER
+    flags: int = 0  # without IPVS_FLAG_HASHED
+    timeout: int = 0  # persistence timeout in seconds, 0 without persistence
+    netmask: int = 0  # kernel default: 0xffffffff for IPv4, 128 for IPv6; 0 means that
+
+    @property
+    def key(self) -> VirtualServerKey:
+        return VirtualServerKey(self.address, self.protocol, self.port)
+
+    @property
+    def family(self) -> IPFamily:
+        return IPFamily.of(self.address)
+
+    def same_settings(self, other: VirtualServer) -> bool:
+        """Whether two servers with the same key need no update (kube-proxy's Equal)."""
+        return (
+            self.scheduler == other.scheduler
+            and (self.flags & ~IPVS_FLAG_HASHED) == (other.flags & ~IPVS_FLAG_HASHED)
+            and self.timeout == other.timeout
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerKey:
+    """What identifies a real server within its virtual server."""
+
+    address: IPAddress
+    port: int
+
+    def sort_key(self) -> tuple[int, int, int]:
+        return (self.address.version, int(self.address), self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    """An IPVS real server (destination) of one virtual server."""
+
+    address: IPAddress
+    port: int
+    weight: int = 1
+    forward: ForwardMethod = ForwardMethod.MASQ
+    # Counters read back from the kernel; never part of the desired state.
+    active_connections: int = field(default=0, compare=False)
+    inactive_connections: int = field(default=0, compare=False)
+
+    @property
+    def key(self) -> RealServerKey:
+        return RealServerKey(self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class IptablesRuleset:
+    """The proxy's iptables chains for one address family.
+
+    tables maps a table name ("nat", "filter") to its chains in order, each chain to its
+    rules in order. A rule is the text iptables-save prints after "-A <chain> ".
+    """
+
+    family: IPFamily
+    tables: Mapping[str, Mapping[str, tuple[str, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    """Everything the proxy programs, as desired or as read back from the kernel.
+
+    - virtual_servers: every virtual server with its real servers, keyed by address/port;
+    - addresses: the service addresses bound to kube-ipvs0;
+    - ipsets: set name -> entries, in ipset's own entry syntax ("10.0.0.1,tcp:80");
+    - iptables: the fixed chains per family (None when not read or not wanted).
+    """
+
+    virtual_servers: Mapping[VirtualServerKey, VirtualServer]
+    real_servers: Mapping[VirtualServerKey, Mapping[RealServerKey, RealServer]]
+    addresses: frozenset[IPAddress]
+    ipsets: Mapping[str, frozenset[str]]
+    iptables: Mapping[IPFamily, IptablesRuleset] = field(default_factory=dict)
