@@ -252,7 +252,9 @@ class KernelState:
     - virtual_servers: every virtual server with its real servers, keyed by address/port;
     - addresses: the service addresses bound to kube-ipvs0;
     - ipsets: set name -> entries, in ipset's own entry syntax ("10.0.0.1,tcp:80");
-    - iptables: the fixed chains per family (None when not read or not wanted).
+    - iptables: per family, the chains by table; read back, built-in chains are included
+      so that the jump rules in them can be checked;
+    - dummy_interface: whether kube-ipvs0 exists.
     """
 
     virtual_servers: Mapping[VirtualServerKey, VirtualServer]
@@ -260,3 +262,4 @@ class KernelState:
     addresses: frozenset[IPAddress]
     ipsets: Mapping[str, frozenset[str]]
     iptables: Mapping[IPFamily, IptablesRuleset] = field(default_factory=dict)
+    dummy_interface: bool = True

@@ -12,6 +12,7 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
+from ipvsproxy.rules import JumpRule
 
 # --- IPVS ---------------------------------------------------------------------------------
 
@@ -104,19 +105,11 @@ IPSetOperation = CreateIPSet | AddIPSetEntry | DeleteIPSetEntry
 
 @dataclass(frozen=True, slots=True)
 class RestoreChains:
-    """Replace the proxy's chains of one family in one iptables-restore --noflush."""
+    """Replace the proxy's chains of one family in one iptables-restore --noflush,
+    inserting the jump rules that the built-in chains lack."""
 
     ruleset: IptablesRuleset
-
-
-@dataclass(frozen=True, slots=True)
-class AddJumpRule:
-    """Insert a jump from a built-in chain into one of the proxy's chains."""
-
-    family: int  # IPFamily value
-    table: str
-    chain: str
-    rule: str  # as iptables-save prints it, without "-A <chain> "
+    missing_jumps: tuple[JumpRule, ...] = ()
 
 
 Operation = (
@@ -126,7 +119,6 @@ Operation = (
     | UnbindAddress
     | IPSetOperation
     | RestoreChains
-    | AddJumpRule
 )
 
 

@@ -1,0 +1,137 @@
+"""Apply a plan through the kernel adapters, collecting failures instead of stopping.
+
+Consecutive operations of one subsystem go to its adapter as one batch (one netlink write
+per few hundred IPVS messages, one ipset restore). If the interface cannot be created or
+iptables-restore fails, removals are skipped, as kube-proxy aborts its sync then: the next
+sync retries with everything still in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ipvsproxy.dataplane.interfaces import (
+    AddressDataplane,
+    IPSetDataplane,
+    IptablesDataplane,
+    IpvsDataplane,
+)
+from ipvsproxy.errors import KernelError
+from ipvsproxy.operations import (
+    AddIPSetEntry,
+    AddRealServer,
+    AddVirtualServer,
+    BindAddress,
+    CreateIPSet,
+    DeleteIPSetEntry,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    EnsureDummyInterface,
+    Operation,
+    OperationFailure,
+    RestoreChains,
+    UnbindAddress,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+from ipvsproxy.plan import DUMMY_INTERFACE, Plan
+
+_IPVS = (
+    AddVirtualServer,
+    UpdateVirtualServer,
+    DeleteVirtualServer,
+    AddRealServer,
+    UpdateRealServer,
+    DeleteRealServer,
+)
+_IPSET = (CreateIPSet, AddIPSetEntry, DeleteIPSetEntry)
+_REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataplanes:
+    """The kernel adapters a sync works through."""
+
+    ipvs: IpvsDataplane
+    links: AddressDataplane
+    ipsets: IPSetDataplane
+    iptables: IptablesDataplane
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What happened to a plan."""
+
+    applied: int
+    failures: tuple[OperationFailure, ...]
+    removals_skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.removals_skipped
+
+
+def _subsystem(op: Operation) -> str:
+    if isinstance(op, _IPVS):
+        return "ipvs"
+    if isinstance(op, _IPSET):
+        return "ipset"
+    if isinstance(op, BindAddress | UnbindAddress):
+        return "address"
+    if isinstance(op, RestoreChains):
+        return "iptables"
+    return "interface"
+
+
+def _batches(ops: Sequence[Operation]) -> list[tuple[str, bool, list[Operation]]]:
+    """Runs of operations of one subsystem, removals apart from the rest."""
+    batches: list[tuple[str, bool, list[Operation]]] = []
+    for op in ops:
+        kind, removal = _subsystem(op), isinstance(op, _REMOVALS)
+        if batches and batches[-1][:2] == (kind, removal) and kind != "iptables":
+            batches[-1][2].append(op)
+        else:
+            batches.append((kind, removal, [op]))
+    return batches
+
+
+def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[OperationFailure]:
+    if kind == "ipvs":
+        return dp.ipvs.execute([op for op in ops if isinstance(op, _IPVS)])
+    if kind == "ipset":
+        return dp.ipsets.apply([op for op in ops if isinstance(op, _IPSET)])
+    if kind == "address":
+        binds = [op.address for op in ops if isinstance(op, BindAddress)]
+        unbinds = [op.address for op in ops if isinstance(op, UnbindAddress)]
+        return dp.links.bind(DUMMY_INTERFACE, binds) + dp.links.unbind(DUMMY_INTERFACE, unbinds)
+    if kind == "iptables":
+        op = ops[0]
+        assert isinstance(op, RestoreChains)
+        failure = dp.iptables.restore(op)
+        return [failure] if failure else []
+    op = ops[0]
+    assert isinstance(op, EnsureDummyInterface)
+    try:
+        dp.links.ensure_interface(op.name)
+    except KernelError as exc:
+        return [OperationFailure(op, exc.errno, str(exc))]
+    return []
+
+
+def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
+    """Apply every operation in order; see the module docstring for what stops removals."""
+    applied = 0
+    failures: list[OperationFailure] = []
+    blocking = False
+    skipped = False
+    for kind, removal, ops in _batches(plan.operations):
+        if blocking and removal:
+            skipped = True
+            continue
+        batch_failures = _run_batch(kind, ops, dataplanes)
+        failures += batch_failures
+        applied += len(ops) - len(batch_failures)
+        if batch_failures and kind in ("interface", "iptables"):
+            blocking = True
+    return ApplyResult(applied=applied, failures=tuple(failures), removals_skipped=skipped)

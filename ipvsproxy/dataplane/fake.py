@@ -1,0 +1,227 @@
+"""A stateful in-memory kernel for fast unit tests.
+
+It keeps the same state the real kernel keeps and refuses what the real adapters would
+report as failures: an unknown scheduler, a real server for a missing virtual server, an
+address on a missing interface, an entry for a missing ipset. It never replaces the
+real-kernel tests, which run the same scenarios against Linux itself.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+
+from ipvsproxy.dataplane.interfaces import IpvsSnapshot
+from ipvsproxy.dataplane.iptables import parse_save
+from ipvsproxy.model import (
+    IPAddress,
+    IPFamily,
+    IptablesRuleset,
+    RealServer,
+    RealServerKey,
+    VirtualServer,
+    VirtualServerKey,
+)
+from ipvsproxy.operations import (
+    AddIPSetEntry,
+    AddRealServer,
+    AddVirtualServer,
+    BindAddress,
+    CreateIPSet,
+    DeleteIPSetEntry,
+    DeleteVirtualServer,
+    IPSetOperation,
+    IpvsOperation,
+    OperationFailure,
+    RestoreChains,
+    UnbindAddress,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
+
+KNOWN_SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+)
+
+
+class FakeKernel:
+    """IPVS, links, ipsets and iptables of one network namespace, in memory."""
+
+    def __init__(self) -> None:
+        self.services: dict[VirtualServerKey, VirtualServer] = {}
+        self.destinations: dict[VirtualServerKey, dict[RealServerKey, RealServer]] = {}
+        self.links: dict[str, set[IPAddress]] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.tables: dict[IPFamily, dict[str, dict[str, list[str]]]] = {
+            family: {
+                "nat": {c: [] for c in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")},
+                "filter": {c: [] for c in ("INPUT", "FORWARD", "OUTPUT")},
+            }
+            for family in IPFamily
+        }
+        self.writes = 0  # every state-changing call, whatever the subsystem
+        self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
+
+    # --- IPVS ---
+
+    def snapshot(self) -> IpvsSnapshot:
+        return {
+            key: (server, dict(self.destinations[key])) for key, server in self.services.items()
+        }
+
+    def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]:
+        failures: list[OperationFailure] = []
+        for op in ops:
+            self.writes += 1
+            code = self._ipvs(op)
+            if code:
+                failures.append(
+                    OperationFailure(op, code, f"{type(op).__name__}: {errno.errorcode[code]}")
+                )
+        return failures
+
+    def _ipvs(self, op: IpvsOperation) -> int:
+        if isinstance(op, AddVirtualServer | UpdateVirtualServer):
+            if op.server.scheduler not in KNOWN_SCHEDULERS:
+                return errno.ENOENT  # the kernel cannot load the scheduler module
+            if isinstance(op, UpdateVirtualServer) and op.server.key not in self.services:
+                return errno.ESRCH
+            self.services[op.server.key] = op.server
+            self.destinations.setdefault(op.server.key, {})
+            return 0
+        if isinstance(op, DeleteVirtualServer):
+            self.services.pop(op.key, None)
+            self.destinations.pop(op.key, None)
+            return 0
+        if op.virtual not in self.services:
+            return errno.ESRCH
+        destinations = self.destinations[op.virtual]
+        if isinstance(op, AddRealServer | UpdateRealServer):
+            if op.server.address.version != op.virtual.address.version:
+                return errno.EAFNOSUPPORT
+            if isinstance(op, UpdateRealServer) and op.server.key not in destinations:
+                return errno.ENOENT
+            existing = destinations.get(op.server.key)
+            if existing is not None:
+                op_server = replace(
+                    op.server,
+                    active_connections=existing.active_connections,
+                    inactive_connections=existing.inactive_connections,
+                )
+                destinations[op.server.key] = op_server
+            else:
+                destinations[op.server.key] = op.server
+            return 0
+        destinations.pop(op.key, None)
+        return 0
+
+    # --- links ---
+
+    def interface_exists(self, name: str) -> bool:
+        return name in self.links
+
+    def ensure_interface(self, name: str) -> None:
+        if name not in self.links:
+            self.writes += 1
+            self.links[name] = set()
+
+    def delete_interface(self, name: str) -> None:
+        if self.links.pop(name, None) is not None:
+            self.writes += 1
+
+    def addresses(self, name: str) -> frozenset[IPAddress]:
+        return frozenset(self.links.get(name, ()))
+
+    def bind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
+        if name not in self.links:
+            return [OperationFailure(BindAddress(a), errno.ENODEV, name) for a in addresses]
+        self.writes += len(addresses)
+        self.links[name].update(addresses)
+        return []
+
+    def unbind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
+        if name not in self.links:
+            return [OperationFailure(UnbindAddress(a), errno.ENODEV, name) for a in addresses]
+        self.writes += len(addresses)
+        self.links[name].difference_update(addresses)
+        return []
+
+    # --- ipsets ---
+
+    def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
+        return {name: frozenset(self.sets[name]) for name in names if name in self.sets}
+
+    def apply(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        failures: list[OperationFailure] = []
+        for op in ops:
+            self.writes += 1
+            if isinstance(op, CreateIPSet):
+                self.sets.setdefault(op.name, set())
+            elif op.set_name not in self.sets:
+                failures.append(OperationFailure(op, errno.ENOENT, f"set {op.set_name} missing"))
+            elif isinstance(op, AddIPSetEntry):
+                self.sets[op.set_name].add(op.entry)
+            elif isinstance(op, DeleteIPSetEntry):
+                self.sets[op.set_name].discard(op.entry)
+        return failures
+
+    def destroy(self, names: Collection[str]) -> list[OperationFailure]:
+        for name in names:
+            if self.sets.pop(name, None) is not None:
+                self.writes += 1
+        return []
+
+    # --- iptables ---
+
+    def read_rules(self, family: IPFamily) -> IptablesRuleset:
+        return IptablesRuleset(
+            family=family,
+            tables={
+                table: {chain: tuple(rules) for chain, rules in chains.items()}
+                for table, chains in self.tables[family].items()
+            },
+        )
+
+    def restore(self, op: RestoreChains) -> OperationFailure | None:
+        self.writes += 1
+        if self.fail_restore:
+            return OperationFailure(op, 0, "iptables-restore: line 3 failed")
+        # Apply the same payload the real adapter sends, parsed the way iptables-save reads.
+        parsed = parse_save(restore_payload(op.ruleset))
+        tables = self.tables[op.ruleset.family]
+        for table, chains in parsed.items():
+            for chain, rules in chains.items():
+                tables[table][chain] = list(rules)
+        for jump in op.missing_jumps:
+            tables[jump.table][jump.chain].insert(0, jump.rule)
+        return None
+
+    def remove(self, family: IPFamily) -> None:
+        tables = self.tables[family]
+        for jump in JUMP_RULES:
+            rules = tables[jump.table][jump.chain]
+            if jump.rule in rules:
+                rules.remove(jump.rule)
+                self.writes += 1
+        for table, chains in CHAINS.items():
+            for chain in chains:
+                if tables[table].pop(chain, None) is not None:
+                    self.writes += 1
+
+
+class FakeIptables:
+    """The fake kernel's iptables under the IptablesDataplane interface."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        self._kernel = kernel
+
+    def read(self, family: IPFamily) -> IptablesRuleset:
+        return self._kernel.read_rules(family)
+
+    def restore(self, op: RestoreChains) -> OperationFailure | None:
+        return self._kernel.restore(op)
+
+    def remove(self, family: IPFamily) -> None:
+        self._kernel.remove(family)

@@ -1,0 +1,64 @@
+"""One typed interface per kernel subsystem; real adapters and the fake kernel implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from ipvsproxy.model import (
+    IPAddress,
+    IPFamily,
+    IptablesRuleset,
+    RealServer,
+    RealServerKey,
+    VirtualServer,
+    VirtualServerKey,
+)
+from ipvsproxy.operations import IPSetOperation, IpvsOperation, OperationFailure, RestoreChains
+
+IpvsSnapshot = dict[VirtualServerKey, tuple[VirtualServer, dict[RealServerKey, RealServer]]]
+
+
+class IpvsDataplane(Protocol):
+    """IPVS virtual and real servers. Deleting what is missing and adding what exists
+    (with the same end state) are not errors."""
+
+    def snapshot(self) -> IpvsSnapshot: ...
+
+    def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]: ...
+
+
+class AddressDataplane(Protocol):
+    """The dummy interface and the service addresses bound to it."""
+
+    def interface_exists(self, name: str) -> bool: ...
+
+    def ensure_interface(self, name: str) -> None: ...
+
+    def delete_interface(self, name: str) -> None: ...
+
+    def addresses(self, name: str) -> frozenset[IPAddress]: ...
+
+    def bind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]: ...
+
+    def unbind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]: ...
+
+
+class IPSetDataplane(Protocol):
+    """ipsets, read and written in bulk."""
+
+    def read(self, names: Collection[str]) -> dict[str, frozenset[str]]: ...
+
+    def apply(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]: ...
+
+    def destroy(self, names: Collection[str]) -> list[OperationFailure]: ...
+
+
+class IptablesDataplane(Protocol):
+    """The nat and filter tables of one backend, for both families."""
+
+    def read(self, family: IPFamily) -> IptablesRuleset: ...
+
+    def restore(self, op: RestoreChains) -> OperationFailure | None: ...
+
+    def remove(self, family: IPFamily) -> None: ...

@@ -1,0 +1,107 @@
+"""ipsets through the ipset tool: one `ipset save` to read, one `ipset restore` to write.
+
+kube-proxy runs one process per added or removed entry, which dominates its start-up on big
+clusters (kubernetes#133773); a restore applies any number of entries in one process.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Collection, Sequence
+
+from loguru import logger
+
+from ipvsproxy.errors import KernelError
+from ipvsproxy.operations import (
+    AddIPSetEntry,
+    CreateIPSet,
+    IPSetOperation,
+    OperationFailure,
+)
+
+_ERROR_LINE = re.compile(r"Error in line (\d+): (.*)")
+
+
+def _line(op: IPSetOperation) -> str:
+    if isinstance(op, CreateIPSet):
+        return f"create {op.name} {op.create_args}"
+    if isinstance(op, AddIPSetEntry):
+        return f"add {op.set_name} {op.entry}"
+    return f"del {op.set_name} {op.entry}"
+
+
+def parse_save(text: str, names: Collection[str]) -> dict[str, frozenset[str]]:
+    """Entries of the named sets from `ipset save` output; sets not present are absent."""
+    wanted = set(names)
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        name, _, value = rest.partition(" ")
+        if name not in wanted:
+            continue
+        if kind == "create":
+            found.setdefault(name, [])
+        elif kind == "add":
+            found.setdefault(name, []).append(value)
+    return {name: frozenset(entries) for name, entries in found.items()}
+
+
+class IPSetTool:
+    """The ipset command-line tool (ipset >= 6 understands save/restore with -exist)."""
+
+    def __init__(self, binary: str = "ipset", *, timeout: float = 60.0) -> None:
+        self._binary = binary
+        self._timeout = timeout
+        self.restores = 0  # restore processes run, for tests and metrics
+
+    def _run(self, args: Sequence[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self._binary, *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=self._timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise KernelError(f"cannot run {self._binary} {args[0]}: {exc}") from exc
+
+    def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
+        result = self._run(["save"])
+        if result.returncode != 0:
+            raise KernelError(f"ipset save failed: {result.stderr.strip()}")
+        return parse_save(result.stdout, names)
+
+    def apply(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        """Apply in one restore; a refused line is reported and the lines after it retried."""
+        failures: list[OperationFailure] = []
+        pending = list(ops)
+        while pending:
+            self.restores += 1
+            payload = "\n".join(_line(op) for op in pending) + "\n"
+            result = self._run(["restore", "-exist"], payload)
+            if result.returncode == 0:
+                break
+            match = _ERROR_LINE.search(result.stderr)
+            if match is None or not 1 <= int(match.group(1)) <= len(pending):
+                failures += [OperationFailure(op, 0, result.stderr.strip()) for op in pending]
+                break
+            # ipset restore stops at the first bad line; the lines before it were applied.
+            bad = int(match.group(1)) - 1
+            failures.append(OperationFailure(pending[bad], 0, match.group(2).strip()))
+            logger.warning(
+                "ipset refused an entry", line=_line(pending[bad]), reason=match.group(2).strip()
+            )
+            pending = pending[bad + 1 :]
+        return failures
+
+    def destroy(self, names: Collection[str]) -> list[OperationFailure]:
+        present = self.read(names)
+        failures: list[OperationFailure] = []
+        for name in sorted(present):
+            result = self._run(["destroy", name])
+            if result.returncode != 0:
+                failures.append(OperationFailure(CreateIPSet(name, ""), 0, result.stderr.strip()))
+        return failures

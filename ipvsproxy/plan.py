@@ -1,0 +1,154 @@
+"""Diff desired against observed kernel state into an ordered list of minimal operations.
+
+Ownership: a virtual server belongs to the proxy when its address is bound to kube-ipvs0.
+The proxy binds a service address before it creates the address's virtual servers and
+deletes them before it unbinds the address, so this holds across crashes and restarts,
+and it leaves alone virtual servers that other tools created on other addresses.
+Virtual servers inside excludeCIDRs are never deleted.
+
+Order keeps traffic flowing: the interface and addresses first, ipset entries before the
+rules that match them, virtual servers before their real servers, removals last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ipvsproxy.ipsets import all_set_names
+from ipvsproxy.model import IPAddress, IPNetwork, KernelState
+from ipvsproxy.operations import (
+    AddIPSetEntry,
+    AddRealServer,
+    AddVirtualServer,
+    BindAddress,
+    CreateIPSet,
+    DeleteIPSetEntry,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    EnsureDummyInterface,
+    Operation,
+    RestoreChains,
+    UnbindAddress,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+from ipvsproxy.rules import JUMP_RULES
+
+DUMMY_INTERFACE = "kube-ipvs0"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Operations in the order they must be applied."""
+
+    operations: tuple[Operation, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.operations)
+
+    def __len__(self) -> int:
+        return len(self.operations)
+
+
+def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in exclude)
+
+
+def plan_sync(
+    desired: KernelState,
+    observed: KernelState,
+    *,
+    exclude_cidrs: Sequence[IPNetwork] = (),
+) -> Plan:
+    """The operations that turn observed into desired (see module docstring)."""
+    ops: list[Operation] = []
+    if not observed.dummy_interface:
+        ops.append(EnsureDummyInterface(DUMMY_INTERFACE))
+
+    sort_address = _address_sort_key
+    ops += [
+        BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=sort_address)
+    ]
+
+    set_specs = all_set_names()
+    for name, entries in desired.ipsets.items():
+        current = observed.ipsets.get(name)
+        if current is None:
+            ops.append(CreateIPSet(name, set_specs[name][0].create_args(set_specs[name][1])))
+            current = frozenset()
+        ops += [AddIPSetEntry(name, e) for e in sorted(entries - current)]
+
+    for family, ruleset in desired.iptables.items():
+        seen = observed.iptables.get(family)
+        seen_tables = seen.tables if seen is not None else {}
+        missing_jumps = tuple(
+            jump
+            for jump in JUMP_RULES
+            if jump.rule not in seen_tables.get(jump.table, {}).get(jump.chain, ())
+        )
+        chains_differ = any(
+            seen_tables.get(table, {}).get(chain) != rules
+            for table, chains in ruleset.tables.items()
+            for chain, rules in chains.items()
+        )
+        if chains_differ or missing_jumps:
+            ops.append(RestoreChains(ruleset, missing_jumps))
+
+    ops += _ipvs_operations(desired, observed, exclude_cidrs)
+
+    ops += [
+        UnbindAddress(a) for a in sorted(observed.addresses - desired.addresses, key=sort_address)
+    ]
+    for name, current in observed.ipsets.items():
+        if name not in set_specs:
+            continue
+        wanted = desired.ipsets.get(name, frozenset())
+        ops += [DeleteIPSetEntry(name, e) for e in sorted(current - wanted)]
+    return Plan(tuple(ops))
+
+
+def _ipvs_operations(
+    desired: KernelState, observed: KernelState, exclude_cidrs: Sequence[IPNetwork]
+) -> list[Operation]:
+    adds: list[Operation] = []
+    real_server_deletes: list[Operation] = []
+    for key in sorted(desired.virtual_servers, key=lambda k: k.sort_key()):
+        server = desired.virtual_servers[key]
+        wanted = desired.real_servers.get(key, {})
+        current_server = observed.virtual_servers.get(key)
+        if current_server is None:
+            adds.append(AddVirtualServer(server))
+            adds += [
+                AddRealServer(key, wanted[rs]) for rs in sorted(wanted, key=lambda k: k.sort_key())
+            ]
+            continue
+        if not server.same_settings(current_server):
+            adds.append(UpdateVirtualServer(server))
+        current = observed.real_servers.get(key, {})
+        for rs_key in sorted(wanted, key=lambda k: k.sort_key()):
+            have = current.get(rs_key)
+            if have is None:
+                adds.append(AddRealServer(key, wanted[rs_key]))
+            elif have != wanted[rs_key]:
+                adds.append(UpdateRealServer(key, wanted[rs_key]))
+        real_server_deletes += [
+            DeleteRealServer(key, rs_key)
+            for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
+        ]
+
+    stale = [
+        key
+        for key in observed.virtual_servers
+        if key not in desired.virtual_servers
+        and key.address in observed.addresses
+        and not _excluded(key.address, exclude_cidrs)
+    ]
+    deletes: list[Operation] = [
+        DeleteVirtualServer(key) for key in sorted(stale, key=lambda k: k.sort_key())
+    ]
+    return adds + real_server_deletes + deletes
+
+
+def _address_sort_key(address: IPAddress) -> tuple[int, int]:
+    return (address.version, int(address))

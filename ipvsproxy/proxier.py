@@ -1,0 +1,74 @@
+"""One sync: read the kernel, diff against the desired state, apply; and cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from loguru import logger
+
+from ipvsproxy.apply import ApplyResult, Dataplanes, apply_plan
+from ipvsproxy.ipsets import all_set_names
+from ipvsproxy.model import IPFamily, IPNetwork, IptablesRuleset, KernelState
+from ipvsproxy.operations import DeleteVirtualServer, OperationFailure
+from ipvsproxy.plan import DUMMY_INTERFACE, Plan, plan_sync
+
+
+def observe(dataplanes: Dataplanes, families: Sequence[IPFamily]) -> KernelState:
+    """The kernel's current state, as far as the proxy may own it."""
+    snapshot = dataplanes.ipvs.snapshot()
+    iptables: dict[IPFamily, IptablesRuleset] = {
+        family: dataplanes.iptables.read(family) for family in families
+    }
+    return KernelState(
+        virtual_servers={key: server for key, (server, _) in snapshot.items()},
+        real_servers={key: servers for key, (_, servers) in snapshot.items()},
+        addresses=dataplanes.links.addresses(DUMMY_INTERFACE),
+        ipsets=dataplanes.ipsets.read(all_set_names()),
+        iptables=iptables,
+        dummy_interface=dataplanes.links.interface_exists(DUMMY_INTERFACE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    plan: Plan
+    result: ApplyResult
+
+
+def sync(
+    desired: KernelState,
+    dataplanes: Dataplanes,
+    *,
+    exclude_cidrs: Sequence[IPNetwork] = (),
+) -> SyncResult:
+    """Make the kernel match the desired state; failures are returned, never swallowed."""
+    observed = observe(dataplanes, tuple(desired.iptables))
+    plan = plan_sync(desired, observed, exclude_cidrs=exclude_cidrs)
+    result = apply_plan(plan, dataplanes)
+    for failure in result.failures:
+        logger.error(
+            "kernel refused an operation",
+            operation=type(failure.operation).__name__,
+            error=failure.message,
+        )
+    if result.removals_skipped:
+        logger.warning("stale objects kept until a sync succeeds: interface or iptables failed")
+    return SyncResult(plan=plan, result=result)
+
+
+def cleanup(dataplanes: Dataplanes) -> list[OperationFailure]:
+    """Remove everything the proxy created: its virtual servers, chains, ipsets, kube-ipvs0.
+
+    Like `kube-proxy --cleanup`, except that virtual servers on addresses not bound to
+    kube-ipvs0 belong to someone else and stay.
+    """
+    owned = dataplanes.links.addresses(DUMMY_INTERFACE)
+    stale = [key for key in dataplanes.ipvs.snapshot() if key.address in owned]
+    failures = dataplanes.ipvs.execute([DeleteVirtualServer(key) for key in stale])
+    for family in IPFamily:
+        # Rules first: the kernel refuses to destroy a set a rule still matches.
+        dataplanes.iptables.remove(family)
+    failures += dataplanes.ipsets.destroy(all_set_names())
+    dataplanes.links.delete_interface(DUMMY_INTERFACE)
+    return failures

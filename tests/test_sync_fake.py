@@ -1,0 +1,165 @@
+"""Sync scenarios against the fake kernel: end state, idempotence, ownership, failures."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from builders import endpoint_slice, service
+
+from ipvsproxy.apply import Dataplanes
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.model import (
+    EndpointSlice,
+    KernelState,
+    Protocol,
+    RealServer,
+    Service,
+    VirtualServer,
+)
+from ipvsproxy.operations import (
+    AddRealServer,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    UnbindAddress,
+)
+from ipvsproxy.proxier import cleanup, observe, sync
+
+
+def want(
+    services: list[Service], slices: list[EndpointSlice], scheduler: str = "rr"
+) -> KernelState:
+    return desired_state(
+        services, slices, node=NodeInfo(name="n1"), settings=DesiredSettings(scheduler=scheduler)
+    )
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel()
+
+
+@pytest.fixture
+def dataplanes(kernel: FakeKernel) -> Dataplanes:
+    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+
+
+WEB = [service("web", "10.96.0.10"), service("dns", "fd00::a", ports=(("dns", "UDP", 53),))]
+WEB_SLICES = [
+    endpoint_slice("web", "10.244.1.1", "10.244.2.1"),
+    endpoint_slice("dns", "fd00:10::1", ports=(("dns", "UDP", 53),)),
+]
+
+
+def test_first_sync_programs_everything(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    desired = want(WEB, WEB_SLICES)
+    outcome = sync(desired, dataplanes)
+    assert outcome.result.ok
+    seen = observe(dataplanes, tuple(desired.iptables))
+    assert seen.virtual_servers == desired.virtual_servers
+    assert seen.real_servers == desired.real_servers
+    assert seen.addresses == desired.addresses
+    assert {k: v for k, v in seen.ipsets.items()} == desired.ipsets
+    assert kernel.links == {"kube-ipvs0": set(desired.addresses)}
+
+
+def test_second_sync_writes_nothing(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    desired = want(WEB, WEB_SLICES)
+    sync(desired, dataplanes)
+    writes = kernel.writes
+    outcome = sync(desired, dataplanes)
+    assert not outcome.plan
+    assert kernel.writes == writes
+
+
+def test_endpoint_change_is_minimal(dataplanes: Dataplanes) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    changed = [
+        endpoint_slice("web", "10.244.1.1", "10.244.3.1"),
+        WEB_SLICES[1],
+    ]
+    outcome = sync(want(WEB, changed), dataplanes)
+    key = next(k for k in want(WEB, changed).virtual_servers if k.protocol is Protocol.TCP)
+    assert outcome.plan.operations == (
+        AddRealServer(key, RealServer(ipaddress.ip_address("10.244.3.1"), 8080)),
+        DeleteRealServer(key, RealServer(ipaddress.ip_address("10.244.2.1"), 8080).key),
+    )
+
+
+def test_removed_service_is_fully_cleaned(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = sync(want(WEB[:1], WEB_SLICES[:1]), dataplanes)
+    kinds = {type(op) for op in outcome.plan.operations}
+    assert {DeleteVirtualServer, UnbindAddress} <= kinds
+    assert [k.address.version for k in kernel.services] == [4]
+    assert kernel.links["kube-ipvs0"] == {ipaddress.ip_address("10.96.0.10")}
+    assert kernel.sets["KUBE-6-CLUSTER-IP"] == set()
+
+
+def test_restart_removes_stale_and_keeps_foreign(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    foreign = VirtualServer(ipaddress.ip_address("192.0.2.1"), Protocol.TCP, 80)
+    kernel.services[foreign.key] = foreign
+    kernel.destinations[foreign.key] = {}
+    # A new process knows nothing but the kernel: ownership comes from kube-ipvs0.
+    sync(want([], []), dataplanes)
+    assert list(kernel.services) == [foreign.key]
+    assert kernel.links["kube-ipvs0"] == set()
+
+
+def test_exclude_cidrs_protect_virtual_servers(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    sync(want([], []), dataplanes, exclude_cidrs=[ipaddress.ip_network("10.96.0.0/24")])
+    assert [str(k.address) for k in kernel.services] == ["10.96.0.10"]
+
+
+def test_real_server_removed_behind_our_back_is_restored(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    desired = want(WEB, WEB_SLICES)
+    sync(desired, dataplanes)
+    key = next(iter(kernel.destinations))
+    kernel.destinations[key].clear()
+    sync(desired, dataplanes)
+    assert kernel.destinations[key] == desired.real_servers[key]
+
+
+def test_changed_scheduler_updates_in_place(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = sync(want(WEB, WEB_SLICES, scheduler="wrr"), dataplanes)
+    assert {type(op).__name__ for op in outcome.plan.operations} == {"UpdateVirtualServer"}
+    assert {s.scheduler for s in kernel.services.values()} == {"wrr"}
+
+
+def test_bad_scheduler_fails_loudly_but_others_proceed(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    outcome = sync(want(WEB, WEB_SLICES, scheduler="nosuch"), dataplanes)
+    assert not outcome.result.ok
+    assert len(outcome.result.failures) >= 2
+    # Addresses, ipsets and chains were still programmed.
+    assert kernel.links["kube-ipvs0"]
+    assert kernel.sets["KUBE-CLUSTER-IP"] == {"10.96.0.10,tcp:80"}
+
+
+def test_iptables_failure_keeps_stale_objects(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    kernel.fail_restore = True
+    kernel.tables[next(iter(kernel.tables))]["nat"]["KUBE-SERVICES"].clear()  # force a restore
+    outcome = sync(want([], []), dataplanes)
+    assert outcome.result.removals_skipped
+    assert len(kernel.services) == 2  # nothing removed while the rules are not in place
+
+
+def test_cleanup_leaves_no_trace(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    assert cleanup(dataplanes) == []
+    assert kernel.services == {}
+    assert kernel.links == {}
+    assert kernel.sets == {}
+    for tables in kernel.tables.values():
+        assert all(not chain.startswith("KUBE-") for chains in tables.values() for chain in chains)
+        assert all(rules == [] for chains in tables.values() for rules in chains.values())
