@@ -160,13 +160,31 @@ class EndpointSlice:
 # --- Kernel side --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class VirtualServerKey:
     """What identifies an IPVS virtual server: address, protocol and port."""
 
     address: IPAddress
     protocol: Protocol
     port: int
+    # ipaddress hashes through hex(); keys are hashed often in diffs, so hash once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hashed = hash((int(self.address), self.address.version, self.protocol, self.port))
+        object.__setattr__(self, "_hash", hashed)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, VirtualServerKey)
+            and self._hash == other._hash
+            and self.port == other.port
+            and self.protocol is other.protocol
+            and self.address == other.address
+        )
 
     @property
     def family(self) -> IPFamily:
@@ -205,12 +223,28 @@ class VirtualServer:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RealServerKey:
     """What identifies a real server within its virtual server."""
 
     address: IPAddress
     port: int
+    _hash: int = field(init=False, repr=False, compare=False)  # see VirtualServerKey
+
+    def __post_init__(self) -> None:
+        hashed = hash((int(self.address), self.address.version, self.port))
+        object.__setattr__(self, "_hash", hashed)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RealServerKey)
+            and self._hash == other._hash
+            and self.port == other.port
+            and self.address == other.address
+        )
 
     def sort_key(self) -> tuple[int, int, int]:
         return (self.address.version, int(self.address), self.port)

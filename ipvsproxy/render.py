@@ -103,7 +103,7 @@ def render_iptables(rulesets: Mapping[IPFamily, IptablesRuleset]) -> str:
             if jump.chain not in tables.get(jump.table, {})
             or jump.rule in tables[jump.table][jump.chain]
         ]
-        label = "iptables" if family is IPFamily.V4 else "ip6tables"
+        label = "iptables-restore (IPv4)" if family is IPFamily.V4 else "ip6tables-restore (IPv6)"
         payload = restore_payload(IptablesRuleset(family=family, tables=ours), jumps)
         parts.append(f"# {label}\n{payload}")
     return "".join(parts)
