@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what ipvsproxy needs on Debian 12 (run as root) and create the virtualenv .venv.
+# Debian packages: user-mode-linux (the test kernel with IPVS), ipvsadm, ipset, iptables,
+# iproute2 and kmod (used by the proxy and inside the test kernel), python3-venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(python3 python3-venv python3-dev gcc user-mode-linux ipvsadm ipset iptables iproute2 kmod procps)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "setup done: $(.venv/bin/python --version), $(linux.uml --version 2>/dev/null | head -n1 || echo 'user-mode-linux installed')"
