@@ -1,0 +1,836 @@
+"""Generic-netlink IPVS messages, packed and parsed with precompiled ``struct`` layouts.
+
+Pure: no sockets, no I/O. ``ipvs.py`` owns the socket; this module only turns the project's
+value types into bytes and bytes back into value types. It is on the hot path (one message
+per real server: a 100k-endpoint cluster means 100k+ messages), so every change message is
+one ``Struct.pack`` call whose constant parts (netlink attribute headers, address family
+attributes) are prebuilt byte chunks.
+
+Wire format (include/uapi/linux/netlink.h, genetlink.h, ip_vs.h). Integers are in host
+byte order except where marked BE. Every attribute (nla) starts on a 4-byte boundary: its
+``nla_len`` counts header + payload but not the padding that follows (NLA_ALIGN)::
+
+    0        4        6        8        12       16
+    +--------+--------+--------+--------+--------+
+    |nlmsg_len| type  | flags  |  seq   |  pid   |   struct nlmsghdr (16 bytes)
+    +--------+--+--+--+--------+--------+--------+   type = IPVS family id (resolved at run time)
+    |cmd|ver| 0 |                                    struct genlmsghdr (4 bytes), ver = 1
+    +---+---+---+
+    | len | IPVS_CMD_ATTR_SERVICE (1) |              nested attribute, then its members:
+    |   | 6 | AF (1)         | u16 AF_INET/AF_INET6 | pad 2 |
+    |   | 6 | PROTOCOL (2)   | u16 IPPROTO_*        | pad 2 |
+    |   |20 | ADDR (3)       | 16 bytes union nf_inet_addr (IPv4: 4 bytes + 12 zero) |
+    |   | 6 | PORT (4)       | BE u16               | pad 2 |
+    |   |   -- full entry only (NEW/SET_SERVICE) --
+    |   |4+n| SCHED_NAME (6) | "rr\\0", n <= 16     | pad to 4 |
+    |   |12 | FLAGS (7)      | u32 flags | u32 mask |   struct ip_vs_flags
+    |   | 8 | TIMEOUT (8)    | u32 seconds          |
+    |   | 8 | NETMASK (9)    | u32: IPv4 BE mask; IPv6 prefix length in host order |
+    | len | IPVS_CMD_ATTR_DEST (2) |                  dest commands only:
+    |   |20 | ADDR (1)       | 16 bytes             |
+    |   | 6 | PORT (2)       | BE u16               | pad 2 |
+    |   |   -- full entry only (NEW/SET_DEST) --
+    |   | 8 | FWD_METHOD (3) | u32 IP_VS_CONN_F_*   |
+    |   | 8 | WEIGHT (4)     | u32                  |
+    |   | 8 | U_THRESH (5)   | u32 (0: no limit)    |
+    |   | 8 | L_THRESH (6)   | u32                  |
+    |   | 6 | ADDR_FAMILY(11)| u16                  | pad 2 |
+
+What the kernel requires (net/netfilter/ipvs/ip_vs_ctl.c): ip_vs_genl_parse_service wants
+AF and (PROTOCOL, ADDR, PORT) or FWMARK on every command, and SCHED_NAME, FLAGS, TIMEOUT
+and NETMASK as well for NEW/SET_SERVICE, else EINVAL. ip_vs_genl_parse_dest wants ADDR and
+PORT, plus FWD_METHOD, WEIGHT, U_THRESH and L_THRESH for NEW/SET_DEST; without ADDR_FAMILY
+the dest takes the service's family. NETMASK is read with nla_get_be32, but
+ip_vs_add_service checks an IPv6 prefix length with a plain cast, so an IPv6 netmask is the
+number 128 in host byte order while an IPv4 one is a network-order mask.
+
+Replies: an ack is an NLMSG_ERROR message whose payload is ``s32 -errno`` (0 for success)
+followed by the request's nlmsghdr; a dump is a run of NLM_F_MULTI messages of the family's
+type ended by NLMSG_DONE (payload ``s32`` status).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from ipvsproxy.errors import IpvsProxyError, KernelError
+from ipvsproxy.model import (
+    IPVS_FLAG_HASHED,
+    ForwardMethod,
+    IPAddress,
+    Protocol,
+    RealServer,
+    RealServerKey,
+    VirtualServer,
+    VirtualServerKey,
+)
+from ipvsproxy.operations import (
+    AddRealServer,
+    AddVirtualServer,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    IpvsOperation,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+
+__all__ = [
+    "IPVS_CMD_DEL_DEST",
+    "IPVS_CMD_DEL_SERVICE",
+    "IPVS_CMD_GET_DEST",
+    "IPVS_CMD_GET_SERVICE",
+    "IPVS_CMD_NEW_DEST",
+    "IPVS_CMD_NEW_SERVICE",
+    "IPVS_CMD_SET_DEST",
+    "IPVS_CMD_SET_SERVICE",
+    "IPVS_GENL_NAME",
+    "IPVS_GENL_VERSION",
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLM_F_ACK",
+    "NLM_F_DUMP",
+    "NLM_F_DUMP_INTR",
+    "NLM_F_MULTI",
+    "NLM_F_REQUEST",
+    "REQUEST_ACK",
+    "EncodeError",
+    "NetlinkDecodeError",
+    "NetlinkMessage",
+    "SkippedEntry",
+    "address_af",
+    "describe_operation",
+    "describe_real",
+    "describe_virtual",
+    "encode_del_dest",
+    "encode_del_service",
+    "encode_get_dests",
+    "encode_get_services",
+    "encode_new_dest",
+    "encode_new_service",
+    "encode_operation",
+    "encode_set_dest",
+    "encode_set_service",
+    "genl_command",
+    "parse_ack",
+    "parse_dest",
+    "parse_done",
+    "parse_error",
+    "parse_service",
+    "split_messages",
+]
+
+# --- constants ----------------------------------------------------------------------------
+
+IPVS_GENL_NAME: Final = "IPVS"
+IPVS_GENL_VERSION: Final = 1
+
+# include/uapi/linux/netlink.h
+NLMSG_NOOP: Final = 1
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+NLMSG_OVERRUN: Final = 4
+NLM_F_REQUEST: Final = 0x01
+NLM_F_MULTI: Final = 0x02
+NLM_F_ACK: Final = 0x04
+NLM_F_DUMP_INTR: Final = 0x10
+NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLM_F_CAPPED: Final = 0x100  # on NLMSG_ERROR: the request's payload was left out
+NLM_F_ACK_TLVS: Final = 0x200  # on NLMSG_ERROR: extended-ack attributes follow
+NLMSGERR_ATTR_MSG: Final = 1
+REQUEST_ACK: Final = NLM_F_REQUEST | NLM_F_ACK
+_NLA_TYPE_MASK: Final = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+# include/uapi/linux/ip_vs.h: commands
+IPVS_CMD_NEW_SERVICE: Final = 1
+IPVS_CMD_SET_SERVICE: Final = 2
+IPVS_CMD_DEL_SERVICE: Final = 3
+IPVS_CMD_GET_SERVICE: Final = 4
+IPVS_CMD_NEW_DEST: Final = 5
+IPVS_CMD_SET_DEST: Final = 6
+IPVS_CMD_DEL_DEST: Final = 7
+IPVS_CMD_GET_DEST: Final = 8
+
+# attributes of a command
+IPVS_CMD_ATTR_SERVICE: Final = 1
+IPVS_CMD_ATTR_DEST: Final = 2
+
+# attributes nested in IPVS_CMD_ATTR_SERVICE
+IPVS_SVC_ATTR_AF: Final = 1
+IPVS_SVC_ATTR_PROTOCOL: Final = 2
+IPVS_SVC_ATTR_ADDR: Final = 3
+IPVS_SVC_ATTR_PORT: Final = 4
+IPVS_SVC_ATTR_FWMARK: Final = 5
+IPVS_SVC_ATTR_SCHED_NAME: Final = 6
+IPVS_SVC_ATTR_FLAGS: Final = 7
+IPVS_SVC_ATTR_TIMEOUT: Final = 8
+IPVS_SVC_ATTR_NETMASK: Final = 9
+
+# attributes nested in IPVS_CMD_ATTR_DEST
+IPVS_DEST_ATTR_ADDR: Final = 1
+IPVS_DEST_ATTR_PORT: Final = 2
+IPVS_DEST_ATTR_FWD_METHOD: Final = 3
+IPVS_DEST_ATTR_WEIGHT: Final = 4
+IPVS_DEST_ATTR_U_THRESH: Final = 5
+IPVS_DEST_ATTR_L_THRESH: Final = 6
+IPVS_DEST_ATTR_ACTIVE_CONNS: Final = 7
+IPVS_DEST_ATTR_INACT_CONNS: Final = 8
+IPVS_DEST_ATTR_ADDR_FAMILY: Final = 11
+
+IP_VS_SCHEDNAME_MAXLEN: Final = 16  # including the NUL
+IP_VS_CONN_F_FWD_MASK: Final = 0x7
+_IPV4_DEFAULT_NETMASK: Final = 0xFFFFFFFF
+_IPV6_DEFAULT_NETMASK: Final = 128
+_AF_INET: Final = socket.AF_INET.value
+_AF_INET6: Final = socket.AF_INET6.value
+
+
+# --- errors and result types --------------------------------------------------------------
+
+
+class EncodeError(IpvsProxyError, ValueError):
+    """A value cannot be represented in an IPVS message (port out of range, bad scheduler).
+
+    IpvsSocket.execute turns it into an OperationFailure (EINVAL) for that operation alone.
+    """
+
+
+class NetlinkDecodeError(KernelError):
+    """Bytes from the kernel are not well-formed netlink (truncated or inconsistent)."""
+
+
+class NetlinkMessage(NamedTuple):
+    """One netlink message: header fields and the payload after the 16-byte header."""
+
+    type: int
+    flags: int
+    seq: int
+    pid: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """A dumped service or dest that the proxy does not manage and callers should skip.
+
+    Examples: a firewall-mark service, a protocol other than TCP/UDP/SCTP, an unknown
+    address family or forwarding method. They were made by someone else; leave them alone.
+    """
+
+    reason: str
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+_HDR = "=IHHIIBBH"  # nlmsghdr (len, type, flags, seq, pid) + genlmsghdr (cmd, version, 0)
+_HDR_SIZE: Final = 20
+
+
+def _nla(length: int, kind: int) -> bytes:
+    return struct.pack("=HH", length, kind)
+
+
+def _u16_attr(kind: int, value: int) -> bytes:
+    return struct.pack("=HHH2x", 6, kind, value)
+
+
+# The service key: AF, PROTOCOL, ADDR, PORT. Byte chunks ("Ns") are prebuilt constants,
+# the other fields values. After the AF attribute: "4s" PROTOCOL header, "H2x" protocol,
+# "4s" ADDR header, "16s" address (IPv4 zero-padded by struct), "4s" PORT header, "H2x"
+# port (already in network order: socket.htons, so one native-order Struct does it all).
+_SVC_ID_FMT: Final = "4sH2x4s16s4sH2x"
+_SVC_KEY_SIZE: Final = 48  # IPVS_CMD_ATTR_SERVICE header 4 + AF 8 + 36
+_AF_ATTR: Final = {
+    4: _u16_attr(IPVS_SVC_ATTR_AF, _AF_INET),
+    6: _u16_attr(IPVS_SVC_ATTR_AF, _AF_INET6),
+}
+_PROTO_HDR: Final = _nla(6, IPVS_SVC_ATTR_PROTOCOL)
+_ADDR_HDR: Final = _nla(20, IPVS_SVC_ATTR_ADDR)
+_PORT_HDR: Final = _nla(6, IPVS_SVC_ATTR_PORT)
+# Key-only service attribute: nested header + AF attribute, one 12-byte chunk per family.
+_SVC_KEY_HEAD: Final = {
+    version: _nla(_SVC_KEY_SIZE, IPVS_CMD_ATTR_SERVICE) + attr for version, attr in _AF_ATTR.items()
+}
+_SVC_KEY_FMT: Final = "12s" + _SVC_ID_FMT
+
+# The rest of a full service: SCHED_NAME (its own Struct per padded name length), then
+# FLAGS, TIMEOUT, NETMASK: "4sII" "4sI" "4sI".
+_SVC_TAIL_FMT: Final = "4sII4sI4sI"
+_FLAGS_HDR: Final = _nla(12, IPVS_SVC_ATTR_FLAGS)
+_TIMEOUT_HDR: Final = _nla(8, IPVS_SVC_ATTR_TIMEOUT)
+_NETMASK_HDR: Final = _nla(8, IPVS_SVC_ATTR_NETMASK)
+_FLAGS_MASK: Final = 0xFFFFFFFF  # replace every flag, as ipvsadm does
+
+# A dest: "4s" IPVS_CMD_ATTR_DEST header + ADDR header (8 bytes), "16s" addr,
+# "4sH2x" PORT; full entry: "4sI" FWD_METHOD, "4sI" WEIGHT, then the constant tail
+# U_THRESH=0, L_THRESH=0, ADDR_FAMILY ("24s"). Key only: ADDR_FAMILY ("8s").
+_DEST_FULL_FMT: Final = "8s16s4sH2x4sI4sI24s"
+_DEST_KEY_FMT: Final = "8s16s4sH2x8s"
+_DEST_FULL_SIZE: Final = 72
+_DEST_KEY_SIZE: Final = 40
+_DEST_FULL_HEAD: Final = _nla(_DEST_FULL_SIZE, IPVS_CMD_ATTR_DEST) + _nla(20, IPVS_DEST_ATTR_ADDR)
+_DEST_KEY_HEAD: Final = _nla(_DEST_KEY_SIZE, IPVS_CMD_ATTR_DEST) + _nla(20, IPVS_DEST_ATTR_ADDR)
+_DEST_PORT_HDR: Final = _nla(6, IPVS_DEST_ATTR_PORT)
+_FWD_HDR: Final = _nla(8, IPVS_DEST_ATTR_FWD_METHOD)
+_WEIGHT_HDR: Final = _nla(8, IPVS_DEST_ATTR_WEIGHT)
+_DEST_AF_ATTR: Final = {
+    4: _u16_attr(IPVS_DEST_ATTR_ADDR_FAMILY, _AF_INET),
+    6: _u16_attr(IPVS_DEST_ATTR_ADDR_FAMILY, _AF_INET6),
+}
+_THRESHOLDS: Final = struct.pack(
+    "=HHIHHI", 8, IPVS_DEST_ATTR_U_THRESH, 0, 8, IPVS_DEST_ATTR_L_THRESH, 0
+)
+_DEST_FULL_TAIL: Final = {v: _THRESHOLDS + attr for v, attr in _DEST_AF_ATTR.items()}
+
+_DEST_FULL: Final = struct.Struct(_HDR + _SVC_KEY_FMT + _DEST_FULL_FMT)
+_DEST_KEY: Final = struct.Struct(_HDR + _SVC_KEY_FMT + _DEST_KEY_FMT)
+_SVC_KEY: Final = struct.Struct(_HDR + _SVC_KEY_FMT)
+_GENL_ONLY: Final = struct.Struct(_HDR)
+assert _DEST_FULL.size == _HDR_SIZE + _SVC_KEY_SIZE + _DEST_FULL_SIZE
+assert _DEST_KEY.size == _HDR_SIZE + _SVC_KEY_SIZE + _DEST_KEY_SIZE
+assert _SVC_KEY.size == _HDR_SIZE + _SVC_KEY_SIZE
+
+_htons = socket.htons
+_htonl = socket.htonl
+
+
+class _SchedLayout(NamedTuple):
+    """Everything a full service message with one scheduler name needs."""
+
+    struct: struct.Struct
+    service_nla: bytes  # IPVS_CMD_ATTR_SERVICE header (its length depends on the name)
+    sched_attr: bytes  # the whole SCHED_NAME attribute, padded
+
+
+_SCHED_LAYOUTS: dict[str, _SchedLayout] = {}
+_SCHED_CACHE_LIMIT: Final = 64
+
+
+def _sched_layout(name: str) -> _SchedLayout:
+    layout = _SCHED_LAYOUTS.get(name)
+    if layout is not None:
+        return layout
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        raise EncodeError(f"scheduler name {name!r} is not ASCII") from None
+    # NLA_NUL_STRING with .len = IP_VS_SCHEDNAME_MAXLEN - 1 in ip_vs_svc_policy
+    if not raw or len(raw) >= IP_VS_SCHEDNAME_MAXLEN or b"\0" in raw:
+        raise EncodeError(
+            f"scheduler name {name!r} must be 1 to {IP_VS_SCHEDNAME_MAXLEN - 1} characters"
+        )
+    attr_len = 4 + len(raw) + 1
+    padded = (attr_len + 3) & ~3
+    sched_attr = _nla(attr_len, IPVS_SVC_ATTR_SCHED_NAME) + raw.ljust(padded - 4, b"\0")
+    svc_len = _SVC_KEY_SIZE + padded + 28  # FLAGS 12 + TIMEOUT 8 + NETMASK 8
+    layout = _SchedLayout(
+        struct=struct.Struct(f"{_HDR}4s8s{_SVC_ID_FMT}{padded}s{_SVC_TAIL_FMT}"),
+        service_nla=_nla(svc_len, IPVS_CMD_ATTR_SERVICE),
+        sched_attr=sched_attr,
+    )
+    assert layout.struct.size == _HDR_SIZE + svc_len
+    if len(_SCHED_LAYOUTS) < _SCHED_CACHE_LIMIT:
+        _SCHED_LAYOUTS[name] = layout
+    return layout
+
+
+def _netmask(server: VirtualServer, version: int) -> int:
+    """The NETMASK value as the kernel wants it, ready for a host-order u32 field."""
+    netmask = server.netmask
+    if version == 4:
+        # 0 means the default (all ones); a network-order mask otherwise
+        return _IPV4_DEFAULT_NETMASK if netmask == 0 else _htonl(netmask)
+    return _IPV6_DEFAULT_NETMASK if netmask == 0 else netmask
+
+
+def _full_service(cmd: int, server: VirtualServer, family_id: int, seq: int, flags: int) -> bytes:
+    layout = _sched_layout(server.scheduler)
+    address = server.address
+    version = address.version
+    try:
+        return layout.struct.pack(
+            layout.struct.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
+            layout.service_nla,
+            _AF_ATTR[version],
+            _PROTO_HDR, server.protocol.number,
+            _ADDR_HDR, address.packed,
+            _PORT_HDR, _htons(server.port),
+            layout.sched_attr,
+            _FLAGS_HDR, server.flags & ~IPVS_FLAG_HASHED, _FLAGS_MASK,
+            _TIMEOUT_HDR, server.timeout,
+            _NETMASK_HDR, _netmask(server, version),
+        )  # fmt: skip
+    except (struct.error, OverflowError) as exc:
+        raise EncodeError(f"virtual server {describe_virtual(server.key)}: {exc}") from None
+
+
+def encode_new_service(
+    server: VirtualServer, *, family_id: int, seq: int, flags: int = REQUEST_ACK
+) -> bytes:
+    """IPVS_CMD_NEW_SERVICE with a full service entry."""
+    return _full_service(IPVS_CMD_NEW_SERVICE, server, family_id, seq, flags)
+
+
+def encode_set_service(
+    server: VirtualServer, *, family_id: int, seq: int, flags: int = REQUEST_ACK
+) -> bytes:
+    """IPVS_CMD_SET_SERVICE with a full service entry (scheduler, flags, timeout, netmask)."""
+    return _full_service(IPVS_CMD_SET_SERVICE, server, family_id, seq, flags)
+
+
+def _service_key(cmd: int, key: VirtualServerKey, family_id: int, seq: int, flags: int) -> bytes:
+    address = key.address
+    try:
+        return _SVC_KEY.pack(
+            _SVC_KEY.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
+            _SVC_KEY_HEAD[address.version],
+            _PROTO_HDR, key.protocol.number,
+            _ADDR_HDR, address.packed,
+            _PORT_HDR, _htons(key.port),
+        )  # fmt: skip
+    except (struct.error, OverflowError) as exc:
+        raise EncodeError(f"virtual server {describe_virtual(key)}: {exc}") from None
+
+
+def encode_del_service(
+    key: VirtualServerKey, *, family_id: int, seq: int, flags: int = REQUEST_ACK
+) -> bytes:
+    """IPVS_CMD_DEL_SERVICE; the kernel answers ESRCH when there is no such service."""
+    return _service_key(IPVS_CMD_DEL_SERVICE, key, family_id, seq, flags)
+
+
+def encode_get_dests(key: VirtualServerKey, *, family_id: int, seq: int) -> bytes:
+    """IPVS_CMD_GET_DEST dump of one service (an empty dump if the service is missing)."""
+    return _service_key(IPVS_CMD_GET_DEST, key, family_id, seq, NLM_F_REQUEST | NLM_F_DUMP)
+
+
+def encode_get_services(*, family_id: int, seq: int) -> bytes:
+    """IPVS_CMD_GET_SERVICE dump of every service in the network namespace."""
+    return _GENL_ONLY.pack(
+        _HDR_SIZE,
+        family_id,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        0,
+        IPVS_CMD_GET_SERVICE,
+        IPVS_GENL_VERSION,
+        0,
+    )
+
+
+def _full_dest(
+    cmd: int,
+    virtual: VirtualServerKey,
+    server: RealServer,
+    family_id: int,
+    seq: int,
+    flags: int,
+) -> bytes:
+    vaddr = virtual.address
+    address = server.address
+    try:
+        return _DEST_FULL.pack(
+            _DEST_FULL.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
+            _SVC_KEY_HEAD[vaddr.version],
+            _PROTO_HDR, virtual.protocol.number,
+            _ADDR_HDR, vaddr.packed,
+            _PORT_HDR, _htons(virtual.port),
+            _DEST_FULL_HEAD, address.packed,
+            _DEST_PORT_HDR, _htons(server.port),
+            _FWD_HDR, server.forward,
+            _WEIGHT_HDR, server.weight,
+            _DEST_FULL_TAIL[address.version],
+        )  # fmt: skip
+    except (struct.error, OverflowError) as exc:
+        raise EncodeError(
+            f"real server {describe_real(server.key)} of {describe_virtual(virtual)}: {exc}"
+        ) from None
+
+
+def encode_new_dest(
+    virtual: VirtualServerKey,
+    server: RealServer,
+    *,
+    family_id: int,
+    seq: int,
+    flags: int = REQUEST_ACK,
+) -> bytes:
+    """IPVS_CMD_NEW_DEST: add a real server to a service (EEXIST if already there)."""
+    return _full_dest(IPVS_CMD_NEW_DEST, virtual, server, family_id, seq, flags)
+
+
+def encode_set_dest(
+    virtual: VirtualServerKey,
+    server: RealServer,
+    *,
+    family_id: int,
+    seq: int,
+    flags: int = REQUEST_ACK,
+) -> bytes:
+    """IPVS_CMD_SET_DEST: change a real server's weight or forwarding (ENOENT if missing)."""
+    return _full_dest(IPVS_CMD_SET_DEST, virtual, server, family_id, seq, flags)
+
+
+def encode_del_dest(
+    virtual: VirtualServerKey,
+    key: RealServerKey,
+    *,
+    family_id: int,
+    seq: int,
+    flags: int = REQUEST_ACK,
+) -> bytes:
+    """IPVS_CMD_DEL_DEST (ENOENT if the dest is missing, ESRCH if the service is)."""
+    vaddr = virtual.address
+    address = key.address
+    try:
+        return _DEST_KEY.pack(
+            _DEST_KEY.size, family_id, flags, seq, 0, IPVS_CMD_DEL_DEST, IPVS_GENL_VERSION, 0,
+            _SVC_KEY_HEAD[vaddr.version],
+            _PROTO_HDR, virtual.protocol.number,
+            _ADDR_HDR, vaddr.packed,
+            _PORT_HDR, _htons(virtual.port),
+            _DEST_KEY_HEAD, address.packed,
+            _DEST_PORT_HDR, _htons(key.port),
+            _DEST_AF_ATTR[address.version],
+        )  # fmt: skip
+    except (struct.error, OverflowError) as exc:
+        raise EncodeError(
+            f"real server {describe_real(key)} of {describe_virtual(virtual)}: {exc}"
+        ) from None
+
+
+# One function per operation type; positional (op, family_id, seq) to keep the call cheap.
+def _op_add_vs(op: AddVirtualServer, family_id: int, seq: int) -> bytes:
+    return _full_service(IPVS_CMD_NEW_SERVICE, op.server, family_id, seq, REQUEST_ACK)
+
+
+def _op_update_vs(op: UpdateVirtualServer, family_id: int, seq: int) -> bytes:
+    return _full_service(IPVS_CMD_SET_SERVICE, op.server, family_id, seq, REQUEST_ACK)
+
+
+def _op_delete_vs(op: DeleteVirtualServer, family_id: int, seq: int) -> bytes:
+    return _service_key(IPVS_CMD_DEL_SERVICE, op.key, family_id, seq, REQUEST_ACK)
+
+
+def _op_add_rs(op: AddRealServer, family_id: int, seq: int) -> bytes:
+    return _full_dest(IPVS_CMD_NEW_DEST, op.virtual, op.server, family_id, seq, REQUEST_ACK)
+
+
+def _op_update_rs(op: UpdateRealServer, family_id: int, seq: int) -> bytes:
+    return _full_dest(IPVS_CMD_SET_DEST, op.virtual, op.server, family_id, seq, REQUEST_ACK)
+
+
+def _op_delete_rs(op: DeleteRealServer, family_id: int, seq: int) -> bytes:
+    return encode_del_dest(op.virtual, op.key, family_id=family_id, seq=seq)
+
+
+_OP_ENCODERS: Final[dict[type, Callable[..., bytes]]] = {
+    AddVirtualServer: _op_add_vs,
+    UpdateVirtualServer: _op_update_vs,
+    DeleteVirtualServer: _op_delete_vs,
+    AddRealServer: _op_add_rs,
+    UpdateRealServer: _op_update_rs,
+    DeleteRealServer: _op_delete_rs,
+}
+
+
+def encode_operation(op: IpvsOperation, *, family_id: int, seq: int) -> bytes:
+    """One request message (NLM_F_REQUEST | NLM_F_ACK) that performs ``op``.
+
+    Raises EncodeError when a value does not fit the wire format.
+    """
+    try:
+        encoder = _OP_ENCODERS[type(op)]
+    except KeyError:
+        raise EncodeError(f"not an IPVS operation: {op!r}") from None
+    return encoder(op, family_id, seq)
+
+
+# --- human-readable names, for failures and logs ------------------------------------------
+
+
+def _hostport(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def describe_virtual(key: VirtualServerKey) -> str:
+    """``TCP 10.96.0.1:80`` / ``UDP [fd00::1]:53``, as ipvsadm -Ln prints a service."""
+    return f"{key.protocol.value} {_hostport(key.address, key.port)}"
+
+
+def describe_real(key: RealServerKey) -> str:
+    return _hostport(key.address, key.port)
+
+
+def describe_operation(op: IpvsOperation) -> str:
+    """What an operation does, e.g. ``add real server 10.0.0.1:80 to TCP 10.96.0.1:80``."""
+    match op:
+        case AddVirtualServer(server=server):
+            return f"add virtual server {describe_virtual(server.key)}"
+        case UpdateVirtualServer(server=server):
+            return f"update virtual server {describe_virtual(server.key)}"
+        case DeleteVirtualServer(key=key):
+            return f"delete virtual server {describe_virtual(key)}"
+        case AddRealServer(virtual=virtual, server=server):
+            return f"add real server {describe_real(server.key)} to {describe_virtual(virtual)}"
+        case UpdateRealServer(virtual=virtual, server=server):
+            return f"update real server {describe_real(server.key)} of {describe_virtual(virtual)}"
+        case DeleteRealServer(virtual=virtual, key=key):
+            return f"delete real server {describe_real(key)} from {describe_virtual(virtual)}"
+    raise EncodeError(f"not an IPVS operation: {op!r}")  # pragma: no cover
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+_NLMSGHDR: Final = struct.Struct("=IHHII")
+_NLA_HDR: Final = struct.Struct("=HH")
+_GENLHDR: Final = struct.Struct("=BBH")
+_S32: Final = struct.Struct("=i")
+_U16: Final = struct.Struct("=H")
+_BE16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct("=I")
+_BE32: Final = struct.Struct(">I")
+_FLAGS: Final = struct.Struct("=II")
+
+
+def split_messages(buffer: bytes) -> list[NetlinkMessage]:
+    """Split what one recv() returned into netlink messages.
+
+    Raises NetlinkDecodeError when a header is truncated or a length is inconsistent.
+    """
+    messages: list[NetlinkMessage] = []
+    end = len(buffer)
+    offset = 0
+    unpack_from = _NLMSGHDR.unpack_from
+    while offset < end:
+        if end - offset < 16:
+            raise NetlinkDecodeError(
+                f"truncated netlink header: {end - offset} bytes at offset {offset}"
+            )
+        length, kind, flags, seq, pid = unpack_from(buffer, offset)
+        if length < 16 or offset + length > end:
+            raise NetlinkDecodeError(
+                f"netlink message length {length} at offset {offset} "
+                f"does not fit the {end}-byte buffer"
+            )
+        messages.append(
+            NetlinkMessage(kind, flags, seq, pid, buffer[offset + 16 : offset + length])
+        )
+        offset += (length + 3) & ~3
+    return messages
+
+
+def parse_error(payload: bytes) -> int:
+    """The errno of an NLMSG_ERROR payload: 0 for an ack, a positive errno otherwise."""
+    if len(payload) < 4:
+        raise NetlinkDecodeError(f"truncated NLMSG_ERROR payload ({len(payload)} bytes)")
+    error: int = _S32.unpack_from(payload)[0]
+    return -error
+
+
+def parse_ack(payload: bytes, flags: int) -> tuple[int, str]:
+    """The errno of an NLMSG_ERROR message and the kernel's extended-ack text, if any.
+
+    Layout: s32 -errno, the request's nlmsghdr, the request's payload unless the ack is
+    NLM_F_CAPPED or a success, then (NLM_F_ACK_TLVS) attributes such as NLMSGERR_ATTR_MSG.
+    """
+    err = parse_error(payload)
+    if not flags & NLM_F_ACK_TLVS:
+        return err, ""
+    start = 4 + 16
+    if err and not flags & NLM_F_CAPPED:
+        if len(payload) < 20:
+            raise NetlinkDecodeError(f"truncated NLMSG_ERROR payload ({len(payload)} bytes)")
+        request_length: int = _U32.unpack_from(payload, 4)[0]
+        start = 4 + ((request_length + 3) & ~3)
+    span = _attrs(payload, min(start, len(payload)), len(payload)).get(NLMSGERR_ATTR_MSG)
+    if span is None:
+        return err, ""
+    text = payload[span[0] : span[0] + span[1]].split(b"\0", 1)[0]
+    return err, text.decode("utf-8", "replace")
+
+
+def parse_done(payload: bytes) -> int:
+    """The errno carried by NLMSG_DONE (0 when the dump completed; the payload may be empty)."""
+    if len(payload) < 4:
+        return 0
+    status: int = _S32.unpack_from(payload)[0]
+    return -status
+
+
+def _attrs(buffer: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type -> (payload offset, payload length) of the attributes in [start, end)."""
+    found: dict[int, tuple[int, int]] = {}
+    unpack_from = _NLA_HDR.unpack_from
+    offset = start
+    while end - offset >= 4:
+        length, kind = unpack_from(buffer, offset)
+        if length < 4 or offset + length > end:
+            raise NetlinkDecodeError(
+                f"attribute length {length} at offset {offset} overruns its container"
+            )
+        found[kind & _NLA_TYPE_MASK] = (offset + 4, length - 4)
+        offset += (length + 3) & ~3
+    return found
+
+
+def genl_command(payload: bytes) -> tuple[int, dict[int, tuple[int, int]]]:
+    """The command and top-level attributes of a generic-netlink payload."""
+    if len(payload) < 4:
+        raise NetlinkDecodeError(f"truncated generic netlink header ({len(payload)} bytes)")
+    cmd = payload[0]
+    return cmd, _attrs(payload, 4, len(payload))
+
+
+def _u16(buffer: bytes, span: tuple[int, int], what: str) -> int:
+    offset, length = span
+    if length < 2:
+        raise NetlinkDecodeError(f"{what}: {length} bytes, expected 2")
+    value: int = _U16.unpack_from(buffer, offset)[0]
+    return value
+
+
+def _u32(buffer: bytes, span: tuple[int, int], what: str) -> int:
+    offset, length = span
+    if length < 4:
+        raise NetlinkDecodeError(f"{what}: {length} bytes, expected 4")
+    value: int = _U32.unpack_from(buffer, offset)[0]
+    return value
+
+
+def _be16(buffer: bytes, span: tuple[int, int], what: str) -> int:
+    offset, length = span
+    if length < 2:
+        raise NetlinkDecodeError(f"{what}: {length} bytes, expected 2")
+    value: int = _BE16.unpack_from(buffer, offset)[0]
+    return value
+
+
+def _address(buffer: bytes, span: tuple[int, int], af: int, what: str) -> IPAddress:
+    offset, length = span
+    if af == _AF_INET:
+        if length < 4:
+            raise NetlinkDecodeError(f"{what}: {length} bytes, too short for IPv4")
+        return ipaddress.IPv4Address(buffer[offset : offset + 4])
+    if length < 16:
+        raise NetlinkDecodeError(f"{what}: {length} bytes, too short for IPv6")
+    return ipaddress.IPv6Address(buffer[offset : offset + 16])
+
+
+def _nested(
+    payload: bytes, top: dict[int, tuple[int, int]], kind: int
+) -> dict[int, tuple[int, int]]:
+    span = top.get(kind)
+    if span is None:
+        name = "IPVS_CMD_ATTR_SERVICE" if kind == IPVS_CMD_ATTR_SERVICE else "IPVS_CMD_ATTR_DEST"
+        raise NetlinkDecodeError(f"message has no {name} attribute")
+    offset, length = span
+    return _attrs(payload, offset, offset + length)
+
+
+def _require(attrs: dict[int, tuple[int, int]], kind: int, what: str) -> tuple[int, int]:
+    span = attrs.get(kind)
+    if span is None:
+        raise NetlinkDecodeError(f"missing {what}")
+    return span
+
+
+def parse_service(payload: bytes) -> VirtualServer | SkippedEntry:
+    """A service from the payload (genl header onwards) of a GET_SERVICE dump message.
+
+    Firewall-mark services, other protocols and families come back as SkippedEntry.
+    """
+    _cmd, top = genl_command(payload)
+    attrs = _nested(payload, top, IPVS_CMD_ATTR_SERVICE)
+    af = _u16(payload, _require(attrs, IPVS_SVC_ATTR_AF, "service AF"), "service AF")
+    if af not in (_AF_INET, _AF_INET6):
+        return SkippedEntry(f"service of address family {af}")
+    fwmark_span = attrs.get(IPVS_SVC_ATTR_FWMARK)
+    if fwmark_span is not None:
+        fwmark = _u32(payload, fwmark_span, "service FWMARK")
+        if fwmark:
+            return SkippedEntry(f"firewall-mark service {fwmark:#x}")
+    number = _u16(payload, _require(attrs, IPVS_SVC_ATTR_PROTOCOL, "service PROTOCOL"), "PROTOCOL")
+    try:
+        protocol = Protocol.from_number(number)
+    except ValueError:
+        return SkippedEntry(f"service of IP protocol {number}")
+    address = _address(
+        payload, _require(attrs, IPVS_SVC_ATTR_ADDR, "service ADDR"), af, "service ADDR"
+    )
+    port = _be16(payload, _require(attrs, IPVS_SVC_ATTR_PORT, "service PORT"), "service PORT")
+    sched_span = _require(attrs, IPVS_SVC_ATTR_SCHED_NAME, "service SCHED_NAME")
+    raw = payload[sched_span[0] : sched_span[0] + sched_span[1]].split(b"\0", 1)[0]
+    scheduler = raw.decode("ascii", "replace")
+    flags_offset, flags_length = _require(attrs, IPVS_SVC_ATTR_FLAGS, "service FLAGS")
+    if flags_length < 4:
+        raise NetlinkDecodeError(f"service FLAGS: {flags_length} bytes, expected 8")
+    flags: int = _U32.unpack_from(payload, flags_offset)[0]
+    timeout_span = attrs.get(IPVS_SVC_ATTR_TIMEOUT)
+    timeout = 0 if timeout_span is None else _u32(payload, timeout_span, "service TIMEOUT")
+    netmask = 0
+    mask_span = attrs.get(IPVS_SVC_ATTR_NETMASK)
+    if mask_span is not None:
+        if mask_span[1] < 4:
+            raise NetlinkDecodeError(f"service NETMASK: {mask_span[1]} bytes, expected 4")
+        if af == _AF_INET:
+            netmask = _BE32.unpack_from(payload, mask_span[0])[0]
+            netmask = 0 if netmask == _IPV4_DEFAULT_NETMASK else netmask
+        else:
+            netmask = _U32.unpack_from(payload, mask_span[0])[0]
+            netmask = 0 if netmask == _IPV6_DEFAULT_NETMASK else netmask
+    return VirtualServer(
+        address=address,
+        protocol=protocol,
+        port=port,
+        scheduler=scheduler,
+        flags=flags & ~IPVS_FLAG_HASHED,
+        timeout=timeout,
+        netmask=netmask,
+    )
+
+
+def parse_dest(payload: bytes, *, service_af: int) -> RealServer | SkippedEntry:
+    """A real server from the payload of a GET_DEST dump message.
+
+    ``service_af`` (AF_INET or AF_INET6) applies when the kernel sends no ADDR_FAMILY.
+    """
+    _cmd, top = genl_command(payload)
+    attrs = _nested(payload, top, IPVS_CMD_ATTR_DEST)
+    af_span = attrs.get(IPVS_DEST_ATTR_ADDR_FAMILY)
+    af = service_af if af_span is None else _u16(payload, af_span, "dest ADDR_FAMILY")
+    if af not in (_AF_INET, _AF_INET6):
+        return SkippedEntry(f"real server of address family {af}")
+    address = _address(payload, _require(attrs, IPVS_DEST_ATTR_ADDR, "dest ADDR"), af, "dest ADDR")
+    port = _be16(payload, _require(attrs, IPVS_DEST_ATTR_PORT, "dest PORT"), "dest PORT")
+    fwd_span = attrs.get(IPVS_DEST_ATTR_FWD_METHOD)
+    fwd = 0 if fwd_span is None else _u32(payload, fwd_span, "dest FWD_METHOD")
+    fwd &= IP_VS_CONN_F_FWD_MASK
+    try:
+        forward = ForwardMethod(fwd)
+    except ValueError:
+        return SkippedEntry(f"real server {_hostport(address, port)} forwarding method {fwd}")
+    weight_span = attrs.get(IPVS_DEST_ATTR_WEIGHT)
+    active_span = attrs.get(IPVS_DEST_ATTR_ACTIVE_CONNS)
+    inactive_span = attrs.get(IPVS_DEST_ATTR_INACT_CONNS)
+    return RealServer(
+        address=address,
+        port=port,
+        weight=0 if weight_span is None else _u32(payload, weight_span, "dest WEIGHT"),
+        forward=forward,
+        active_connections=(
+            0 if active_span is None else _u32(payload, active_span, "dest ACTIVE_CONNS")
+        ),
+        inactive_connections=(
+            0 if inactive_span is None else _u32(payload, inactive_span, "dest INACT_CONNS")
+        ),
+    )
+
+
+def address_af(address: IPAddress) -> int:
+    """AF_INET or AF_INET6 for an address (parse_dest wants its service's)."""
+    return _AF_INET if address.version == 4 else _AF_INET6
