@@ -22,6 +22,7 @@ import ipaddress
 import random
 import socket
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -109,7 +110,13 @@ def _pyroute2_message(cmd: int, attrs: list[tuple[str, Any]], seq: int) -> bytes
     return bytes(message.data)
 
 
+# pyroute2 fills in NETMASK for IPv4 only; without it the kernel refuses an IPv6 service
+# (EINVAL). Its NETMASK type is an IPv4 address, so pass the host-order 128 the kernel wants.
+_IPV6_NETMASK = socket.inet_ntoa(struct.pack("=I", 128))
+
+
 def _pyroute2_service(virtual: VirtualServer) -> Any:
+    extra = {"netmask": _IPV6_NETMASK} if virtual.address.version == 6 else {}
     return IPVSService(
         addr=str(virtual.address),
         port=virtual.port,
@@ -117,6 +124,7 @@ def _pyroute2_service(virtual: VirtualServer) -> Any:
         sched_name=virtual.scheduler,
         flags={"flags": virtual.flags, "mask": 0xFFFFFFFF},
         timeout=virtual.timeout,
+        **extra,
     )
 
 
@@ -197,8 +205,10 @@ def check_against_pyroute2(
     ops: Sequence[Op], ours: Sequence[bytes], theirs: Sequence[bytes], sample: int
 ) -> list[str]:
     problems = check_decodes_to_input(ops, theirs, "pyroute2")
-    step = max(1, len(ops) // sample)
-    for index in range(0, len(ops), step):
+    # the first services cover every family and protocol; the rest a random sample
+    head = min(len(ops), 64)
+    rest = random.Random(11).sample(range(head, len(ops)), min(sample, len(ops) - head))
+    for index in [*range(head), *rest]:
         mine, other = _pyroute2_view(ours[index]), _pyroute2_view(theirs[index])
         if mine != other:
             problems.append(f"message #{index + 1}: ours {mine} != pyroute2 {other}")

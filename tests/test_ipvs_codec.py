@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from ipvsproxy.dataplane import ipvs_codec as codec
@@ -312,6 +313,39 @@ def test_dest_without_address_family_takes_the_services() -> None:
     )
     real = codec.parse_dest(payload, service_af=socket.AF_INET6)
     assert real == RealServer(ip("fd00::9"), 80, weight=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_pyroute2_object_api_messages_decode_with_ours(case: Case) -> None:
+    """What pyroute2.IPVS.service("add") / dest("add") send, built from its IPVSService and
+    IPVSDest objects. pyroute2 adds NETMASK for IPv4 only (the kernel refuses an IPv6
+    service without it), so the test passes it for IPv6."""
+    virtual, real = case.virtual, case.real
+    extra = {"netmask": _kernel_netmask(virtual)} if virtual.address.version == 6 else {}
+    service = IPVSService(
+        addr=str(virtual.address),
+        port=virtual.port,
+        protocol=virtual.protocol.number,
+        sched_name=virtual.scheduler,
+        flags={"flags": virtual.flags, "mask": 0xFFFFFFFF},
+        timeout=virtual.timeout,
+        **extra,
+    )
+    if virtual.netmask and virtual.address.version == 4:
+        service["netmask"] = _kernel_netmask(virtual)
+    dest = IPVSDest(
+        addr=str(real.address), port=real.port, weight=real.weight, fwd_method=int(real.forward)
+    )
+    data = _pyroute2_encode(1, [("IPVS_CMD_ATTR_SERVICE", service.dump_nla())])
+    assert codec.parse_service(_only_payload(data)) == virtual
+    data = _pyroute2_encode(
+        5,
+        [
+            ("IPVS_CMD_ATTR_SERVICE", service.dump_key()),
+            ("IPVS_CMD_ATTR_DEST", dest.dump_nla()),
+        ],
+    )
+    assert codec.parse_dest(_only_payload(data), service_af=_af(virtual.address)) == real
 
 
 # --- ours -> ours -------------------------------------------------------------------------
