@@ -76,7 +76,21 @@ def detect_backend() -> str:
     }
     if len(counts) == 2 and counts["legacy"] != counts["nft"]:
         return max(counts, key=lambda b: counts[b])
-    return "nft" if "nft" in outputs else "legacy"
+    return "nft" if "nft" in outputs and _nft_usable() else "legacy"
+
+
+def _nft_usable() -> bool:
+    """Whether the nft backend can really create a nat chain.
+
+    iptables-nft-save succeeds on kernels without nf_tables' IPv4 nat support (the test
+    kernel is one), so create and delete a probe chain in one transaction instead.
+    """
+    probe = "*nat\n:KUBE-PROXY-PROBE - [0:0]\n-X KUBE-PROXY-PROBE\nCOMMIT\n"
+    try:
+        result = _run([_command("nft", IPFamily.V4, "-restore"), "--noflush"], probe, timeout=30.0)
+    except KernelError:
+        return False
+    return result.returncode == 0
 
 
 class IptablesTool:

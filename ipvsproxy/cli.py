@@ -1,0 +1,207 @@
+"""Command line: the composition root, and the only place that exits.
+
+Exit status: 0 success, 1 the kernel refused something (or cannot be reached), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from ipvsproxy.apply import Dataplanes
+from ipvsproxy.config import ProxyConfig, load_config
+from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.errors import ConfigError, InputError, IpvsProxyError, KernelError
+from ipvsproxy.k8s.files import read_cluster
+from ipvsproxy.model import IPAddress, IPFamily, KernelState
+from ipvsproxy.plan import DUMMY_INTERFACE
+from ipvsproxy.proxier import cleanup, observe, sync
+from ipvsproxy.render import SECTIONS, render
+from ipvsproxy.rules import MasqueradeSettings
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipvsproxy",
+        description="Kubernetes Services to Linux IPVS, like kube-proxy --proxy-mode=ipvs.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def objects_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "-f",
+            "--filename",
+            dest="files",
+            action="append",
+            required=True,
+            metavar="FILE",
+            help="Kubernetes objects as YAML or JSON (multi-document or kind: List); repeatable",
+        )
+        sub.add_argument("--config", help="kube-proxy's KubeProxyConfiguration YAML")
+        sub.add_argument("--hostname-override", help="this node's name (endpoint locality)")
+        sub.add_argument(
+            "--node-ip",
+            action="append",
+            default=[],
+            metavar="IP",
+            help="this node's IPs; repeatable",
+        )
+        return sub
+
+    plan = objects_command("plan", "print the desired kernel state; touch nothing")
+    plan.add_argument("--section", choices=SECTIONS)
+    once = objects_command("once", "program the kernel once and exit")
+    once.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
+    show = commands.add_parser("show", help="print what the kernel holds that the proxy owns")
+    show.add_argument("--section", choices=SECTIONS)
+    show.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
+    clean = commands.add_parser("cleanup", help="remove everything the proxy created")
+    clean.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
+    return parser
+
+
+def _log_format(record: Record) -> str:
+    # Constant message, then the record's fields as key=value (escaped for loguru's format).
+    fields = " ".join(f"{key}={value}" for key, value in record["extra"].items())
+    fields = fields.replace("{", "{{").replace("}", "}}")
+    return "{time:HH:mm:ss.SSS} {level: <7} {message}" + (f" {fields}" if fields else "") + "\n"
+
+
+def _configure_logging(level: str) -> None:
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format=_log_format)
+
+
+def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:
+    config = load_config(args.config) if args.config else ProxyConfig()
+    if args.hostname_override:
+        config = dataclasses.replace(config, hostname_override=args.hostname_override)
+    name = config.hostname_override or socket.gethostname()
+    addresses: list[IPAddress] = []
+    for text in args.node_ip:
+        try:
+            addresses.append(ipaddress.ip_address(text))
+        except ValueError as exc:
+            raise InputError(f"--node-ip {text!r} is not an IP address") from exc
+    return config, NodeInfo(name=name.lower(), addresses=tuple(addresses))
+
+
+def _desired(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
+    config, node = _settings(args)
+    cluster = read_cluster(args.files)
+    settings = DesiredSettings(
+        scheduler=config.scheduler,
+        masquerade=MasqueradeSettings(
+            mark=config.masquerade_mark,
+            masquerade_all=config.masquerade_all,
+            cluster_cidrs=config.cluster_cidrs,
+        ),
+    )
+    state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
+    return state, config
+
+
+@contextmanager
+def _dataplanes(backend: str) -> Iterator[Dataplanes]:
+    # Imported here so that `plan` needs no kernel support at all.
+    from ipvsproxy.dataplane.ipset import IPSetTool
+    from ipvsproxy.dataplane.iptables import IptablesTool, detect_backend
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+    from ipvsproxy.dataplane.links import LinkTool
+
+    chosen = detect_backend() if backend == "auto" else backend
+    logger.debug("iptables backend chosen", backend=chosen)
+    links = LinkTool()
+    try:
+        with IpvsSocket() as ipvs:
+            yield Dataplanes(
+                ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool(chosen)
+            )
+    finally:
+        links.close()
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    state, _ = _desired(args)
+    sys.stdout.write(render(state, args.section))
+    return EXIT_OK
+
+
+def _cmd_once(args: argparse.Namespace) -> int:
+    from ipvsproxy.dataplane.sysctl import ensure_sysctls
+
+    state, config = _desired(args)
+    for failure in ensure_sysctls():
+        logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
+    with _dataplanes(args.iptables_backend) as dataplanes:
+        outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
+    result = outcome.result
+    logger.info(
+        "sync finished",
+        operations=len(outcome.plan),
+        applied=result.applied,
+        failed=len(result.failures),
+        virtual_servers=len(state.virtual_servers),
+    )
+    return EXIT_OK if result.ok else EXIT_KERNEL
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _dataplanes(args.iptables_backend) as dataplanes:
+        observed = observe(dataplanes, tuple(IPFamily))
+    owned = observed.addresses
+    servers = {k: v for k, v in observed.virtual_servers.items() if k.address in owned}
+    shown = dataclasses.replace(
+        observed,
+        virtual_servers=servers,
+        real_servers={k: observed.real_servers.get(k, {}) for k in servers},
+    )
+    sys.stdout.write(render(shown, args.section))
+    return EXIT_OK
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    with _dataplanes(args.iptables_backend) as dataplanes:
+        failures = cleanup(dataplanes)
+    for failure in failures:
+        logger.error("cleanup step failed", error=failure.message)
+    logger.info("cleanup finished", interface=DUMMY_INTERFACE, failed=len(failures))
+    return EXIT_KERNEL if failures else EXIT_OK
+
+
+_COMMANDS = {"plan": _cmd_plan, "once": _cmd_once, "show": _cmd_show, "cleanup": _cmd_cleanup}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return _COMMANDS[args.command](args)
+    except (InputError, ConfigError) as exc:
+        logger.error(str(exc))
+        return EXIT_INPUT
+    except KernelError as exc:
+        logger.error(str(exc))
+        return EXIT_KERNEL
+    except IpvsProxyError as exc:
+        logger.error(str(exc))
+        return EXIT_KERNEL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
