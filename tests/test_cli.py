@@ -1,0 +1,145 @@
+"""The command line on bad and good input, without a kernel (plan only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ipvsproxy.cli import EXIT_INPUT, EXIT_OK, main
+
+GOOD = """\
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: ns}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-ip, namespace: ns}
+spec:
+  clusterIP: 10.96.0.300
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-port, namespace: ns}
+spec:
+  clusterIP: 10.96.0.2
+  ports: [{name: http, port: 70000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-protocol, namespace: ns}
+spec:
+  clusterIP: 10.96.0.3
+  ports: [{name: http, port: 80, protocol: ICMP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: no-label, namespace: ns}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.9]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: good-1
+  namespace: ns
+  labels: {kubernetes.io/service-name: good}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.5]}]
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_invalid_objects_are_skipped_with_one_warning_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(GOOD)
+    code, out, err = run(capsys, "plan", "-f", str(path), "--section", "ipvs")
+    assert code == EXIT_OK
+    assert out.splitlines()[3:] == [
+        "TCP  10.96.0.1:80 rr",
+        "  -> 10.244.0.5:8080              Masq    1      0          0         ",
+    ]
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    for name in ("ns/bad-ip", "ns/bad-port", "ns/bad-protocol", "ns/no-label"):
+        assert sum(name in line for line in warnings) == 1, (name, warnings)
+    assert len(warnings) == 4
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param("kind: Service\nmetadata: {name: x\n", "line", id="yaml-syntax"),
+        pytest.param('{"kind": "List", "items": [}', "line 1", id="json-syntax"),
+        pytest.param("kind: Service\n---\n- a list\n", "line 3", id="not-a-mapping"),
+    ],
+)
+def test_malformed_file_exits_2_naming_file_and_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(content)
+    code, out, err = run(capsys, "plan", "-f", str(path))
+    assert code == EXIT_INPUT
+    assert out == ""
+    assert "broken.yaml" in err
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "-f", str(tmp_path / "nope.yaml"))
+    assert code == EXIT_INPUT
+    assert "nope.yaml" in err
+
+
+def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(GOOD)
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "iptables: {masqueradeBit: 40}\n"
+    )
+    code, _, err = run(capsys, "plan", "-f", str(cluster), "--config", str(config))
+    assert code == EXIT_INPUT
+    assert "masqueradeBit" in err
+
+
+def test_config_scheduler_cluster_cidr_and_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(GOOD)
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "mode: ipvs\nclusterCIDR: 10.244.0.0/16\niptables: {masqueradeBit: 15}\n"
+        "ipvs: {scheduler: wlc}\nsomethingNew: true\n"
+    )
+    code, out, err = run(capsys, "plan", "-f", str(cluster), "--config", str(config))
+    assert code == EXIT_OK
+    assert "TCP  10.96.0.1:80 wlc" in out
+    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000" in out
+    assert "! -s 10.244.0.0/16 -m comment" in out
+    assert "somethingNew" in err
+
+
+def test_example_cluster_plans(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).parents[1] / "deploy" / "demo" / "cluster.yaml"
+    code, out, _ = run(capsys, "plan", "-f", str(example), "--section", "addresses")
+    assert code == EXIT_OK
+    assert out == "10.96.0.10\n10.96.0.20\n"
