@@ -1,0 +1,488 @@
+"""Kubernetes API objects, as plain JSON dicts, converted to validated model values.
+
+The input is what the API server returns and what `kubectl get -o yaml|json` writes:
+camelCase keys, optional fields absent or null. The output is the small frozen values of
+`ipvsproxy.model`; nothing of the API representation leaves this module.
+
+Three outcomes per object:
+- a model value;
+- None for objects kube-proxy skips on purpose (headless or ExternalName Services, Services
+  without a cluster IP, FQDN EndpointSlices), logged at debug level only;
+- `InvalidObject` naming the field and value at fault, for objects kube-proxy could not
+  program. The caller logs it and skips the object.
+
+The `kubernetes` client package is deliberately not imported: it takes seconds to load and
+its models would only be converted again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Final, NoReturn
+
+from loguru import logger
+
+from ipvsproxy.errors import InvalidObject
+from ipvsproxy.model import (
+    DEFAULT_AFFINITY_TIMEOUT,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    IPAddress,
+    IPFamily,
+    Protocol,
+    Service,
+    ServicePort,
+)
+
+__all__ = [
+    "MAX_AFFINITY_TIMEOUT",
+    "SERVICE_NAME_LABEL",
+    "endpoint_slice_from_dict",
+    "node_addresses_from_dict",
+    "parse_ip",
+    "service_from_dict",
+]
+
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+"""Label that ties an EndpointSlice to its Service."""
+
+MAX_AFFINITY_TIMEOUT: Final = 86400
+"""Largest sessionAffinityConfig.clientIP.timeoutSeconds the API accepts (one day)."""
+
+_SERVICE_TYPES: Final = frozenset({"ClusterIP", "NodePort", "LoadBalancer"})
+_EXTERNALLY_REACHABLE_TYPES: Final = frozenset({"NodePort", "LoadBalancer"})
+_NODE_ADDRESS_TYPES: Final = frozenset({"InternalIP", "ExternalIP"})
+_ADDRESS_FAMILIES: Final = {"IPv4": IPFamily.V4, "IPv6": IPFamily.V6}
+_PROTOCOLS: Final = {protocol.value: protocol for protocol in Protocol}
+_NO_NAME: Final = "<no name>"
+
+
+class _BadField(Exception):
+    """A field of the object being converted is invalid; becomes InvalidObject."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+
+
+def _fail(path: str, reason: str) -> NoReturn:
+    raise _BadField(path, reason)
+
+
+# --- typed field access --------------------------------------------------------------------
+
+_TYPE_NAMES: Final[Mapping[type, str]] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    name = _TYPE_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, dict | list):
+        return name
+    return f"{name} {value!r}"
+
+
+def _mapping(value: object, path: str) -> Mapping[str, object]:
+    """An optional object field; absent or null reads as empty."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    _fail(path, f"expected an object, got {_describe(value)}")
+
+
+def _list(value: object, path: str) -> Sequence[object]:
+    """An optional list field; absent or null reads as empty."""
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple):
+        return value
+    _fail(path, f"expected a list, got {_describe(value)}")
+
+
+def _str(value: object, path: str, default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    _fail(path, f"expected a string, got {_describe(value)}")
+
+
+def _optional_str(value: object, path: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    _fail(path, f"expected a string, got {_describe(value)}")
+
+
+def _optional_int(value: object, path: str) -> int | None:
+    # bool is an int subclass in Python; `port: true` must not read as port 1.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    _fail(path, f"expected an integer, got {_describe(value)}")
+
+
+def _optional_bool(value: object, path: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    _fail(path, f"expected a boolean, got {_describe(value)}")
+
+
+def _in_range(value: int, path: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        _fail(path, f"{value} is out of range {low}-{high}")
+    return value
+
+
+def _protocol(value: object, path: str) -> Protocol:
+    text = _str(value, path, "TCP")
+    protocol = _PROTOCOLS.get(text)
+    if protocol is None:
+        _fail(path, f"unknown protocol {text!r} (expected TCP, UDP or SCTP)")
+    return protocol
+
+
+# --- IP addresses --------------------------------------------------------------------------
+
+_SLOPPY_IPV4: Final = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
+def parse_ip(text: str) -> IPAddress:
+    """Parse an IP address the way kube-proxy does (netutils.ParseIPSloppy).
+
+    Go's sloppy parser reads IPv4 octets with leading zeros as decimal ("010.0.0.1" is
+    10.0.0.1); Python's ipaddress rejects them. Old API objects may still hold such values,
+    so accept them here. IPv6 zone indexes ("fe80::1%eth0") are never valid in the API.
+
+    Raises ValueError for anything else that is not an IP address.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        if _SLOPPY_IPV4.fullmatch(text) is None:
+            raise
+        octets = [int(octet, 10) for octet in text.split(".")]
+        if any(octet > 255 for octet in octets):
+            raise
+        return ipaddress.IPv4Address(bytes(octets))
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ValueError(f"{text!r} has a zone index")
+    return address
+
+
+def _ip(value: object, path: str) -> IPAddress:
+    text = _str(value, path, "")
+    try:
+        return parse_ip(text)
+    except ValueError:
+        _fail(path, f"invalid IP address {text!r}")
+
+
+def _ip_of_family(value: object, path: str, family: IPFamily) -> IPAddress:
+    address = _ip(value, path)
+    if address.version != family:
+        _fail(path, f"{address} is an IPv{address.version} address in an IPv{family} slice")
+    return address
+
+
+def _unique(addresses: list[IPAddress]) -> tuple[IPAddress, ...]:
+    return tuple(dict.fromkeys(addresses))
+
+
+# --- metadata ------------------------------------------------------------------------------
+
+
+def _metadata(kind: str, obj: Mapping[str, object], *, namespaced: bool) -> tuple[str, str]:
+    """(namespace, name); raises InvalidObject when metadata.name is missing."""
+    try:
+        metadata = _mapping(obj.get("metadata"), "metadata")
+        namespace = _str(metadata.get("namespace"), "metadata.namespace", "") or "default"
+        name = _str(metadata.get("name"), "metadata.name", "")
+    except _BadField as exc:
+        raise InvalidObject(kind, _NO_NAME, str(exc)) from None
+    if not name:
+        key = f"{namespace}/{_NO_NAME}" if namespaced else _NO_NAME
+        raise InvalidObject(kind, key, "metadata.name: missing")
+    return namespace, name
+
+
+# --- Service -------------------------------------------------------------------------------
+
+
+def service_from_dict(obj: Mapping[str, object]) -> Service | None:
+    """A v1 Service as a model Service, or None for one kube-proxy skips on purpose.
+
+    Skipped (None): type ExternalName, headless (clusterIP "None"), no cluster IP.
+    external_traffic_local is set only for a Service reachable from outside (NodePort,
+    LoadBalancer or external IPs), as kube-proxy's ExternalPolicyLocal() does.
+
+    Raises InvalidObject with a reason naming the field and value at fault.
+    """
+    namespace, name = _metadata("Service", obj, namespaced=True)
+    key = f"{namespace}/{name}"
+    try:
+        return _service(namespace, name, obj)
+    except _BadField as exc:
+        raise InvalidObject("Service", key, str(exc)) from None
+
+
+def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | None:
+    key = f"{namespace}/{name}"
+    spec = _mapping(obj.get("spec"), "spec")
+    service_type = _str(spec.get("type"), "spec.type", "") or "ClusterIP"
+    if service_type == "ExternalName":
+        logger.debug("skipping Service {key}: type ExternalName", key=key)
+        return None
+    if service_type not in _SERVICE_TYPES:
+        _fail("spec.type", f"unknown Service type {service_type!r}")
+
+    cluster_ips = _cluster_ips(spec)
+    if not cluster_ips:
+        logger.debug("skipping Service {key}: headless or without a cluster IP", key=key)
+        return None
+
+    ports = _service_ports(spec)
+    affinity_timeout = _affinity_timeout(spec)
+    external_ips = _unique(
+        [
+            _ip(value, f"spec.externalIPs[{index}]")
+            for index, value in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs"))
+        ]
+    )
+    load_balancer_ips = _load_balancer_ips(obj)
+
+    external_policy = _traffic_policy(spec, "externalTrafficPolicy")
+    internal_policy = _traffic_policy(spec, "internalTrafficPolicy")
+    externally_reachable = service_type in _EXTERNALLY_REACHABLE_TYPES or bool(external_ips)
+
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=service_type,
+        cluster_ips=cluster_ips,
+        ports=ports,
+        affinity_timeout=affinity_timeout,
+        external_ips=external_ips,
+        load_balancer_ips=load_balancer_ips,
+        external_traffic_local=external_policy == "Local" and externally_reachable,
+        internal_traffic_local=internal_policy == "Local",
+    )
+
+
+def _cluster_ips(spec: Mapping[str, object]) -> tuple[IPAddress, ...]:
+    """The Service's cluster IPs, primary first; empty when headless or unset.
+
+    spec.clusterIPs (dual-stack, since 1.20) holds the primary IP first and must agree with
+    spec.clusterIP; objects written by hand may carry only one of the two.
+    """
+    single = _str(spec.get("clusterIP"), "spec.clusterIP", "")
+    many = _list(spec.get("clusterIPs"), "spec.clusterIPs")
+    primary = single or (_str(many[0], "spec.clusterIPs[0]", "") if many else "")
+    if not primary or primary == "None":
+        return ()  # kube-proxy's ShouldSkipService: headless or no cluster IP
+
+    if not many:
+        return (_ip(single, "spec.clusterIP"),)
+    if len(many) > 2:
+        _fail("spec.clusterIPs", f"at most 2 addresses (one per family), got {len(many)}")
+    addresses = tuple(_ip(value, f"spec.clusterIPs[{i}]") for i, value in enumerate(many))
+    if single and _ip(single, "spec.clusterIP") != addresses[0]:
+        _fail("spec.clusterIPs[0]", f"{addresses[0]} differs from spec.clusterIP {single!r}")
+    if len(addresses) == 2 and addresses[0].version == addresses[1].version:
+        family = addresses[0].version
+        _fail("spec.clusterIPs", f"two IPv{family} addresses; dual-stack needs one per family")
+    return addresses
+
+
+def _service_ports(spec: Mapping[str, object]) -> tuple[ServicePort, ...]:
+    ports: list[ServicePort] = []
+    names: set[str] = set()
+    numbers: set[tuple[int, Protocol]] = set()
+    for index, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
+        path = f"spec.ports[{index}]"
+        entry = _mapping(raw, path)
+        name = _str(entry.get("name"), f"{path}.name", "")
+        protocol = _protocol(entry.get("protocol"), f"{path}.protocol")
+        port = _optional_int(entry.get("port"), f"{path}.port")
+        if port is None:
+            _fail(f"{path}.port", "missing")
+        _in_range(port, f"{path}.port", 1, 65535)
+        node_port = _optional_int(entry.get("nodePort"), f"{path}.nodePort") or 0
+        _in_range(node_port, f"{path}.nodePort", 0, 65535)
+        if name in names:
+            _fail(f"{path}.name", f"duplicate port name {name!r}")
+        if (port, protocol) in numbers:
+            _fail(f"{path}.port", f"duplicate port {port}/{protocol.value}")
+        names.add(name)
+        numbers.add((port, protocol))
+        ports.append(ServicePort(name=name, protocol=protocol, port=port, node_port=node_port))
+    return tuple(ports)
+
+
+def _affinity_timeout(spec: Mapping[str, object]) -> int | None:
+    affinity = _str(spec.get("sessionAffinity"), "spec.sessionAffinity", "") or "None"
+    if affinity == "None":
+        return None
+    if affinity != "ClientIP":
+        _fail("spec.sessionAffinity", f"unknown value {affinity!r} (expected None or ClientIP)")
+    path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    config = _mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    client_ip = _mapping(config.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    timeout = _optional_int(client_ip.get("timeoutSeconds"), path)
+    if timeout is None:
+        return DEFAULT_AFFINITY_TIMEOUT
+    return _in_range(timeout, path, 1, MAX_AFFINITY_TIMEOUT)
+
+
+def _load_balancer_ips(obj: Mapping[str, object]) -> tuple[IPAddress, ...]:
+    status = _mapping(obj.get("status"), "status")
+    balancer = _mapping(status.get("loadBalancer"), "status.loadBalancer")
+    addresses: list[IPAddress] = []
+    for index, raw in enumerate(_list(balancer.get("ingress"), "status.loadBalancer.ingress")):
+        path = f"status.loadBalancer.ingress[{index}]"
+        ingress = _mapping(raw, path)
+        ip_mode = _str(ingress.get("ipMode"), f"{path}.ipMode", "") or "VIP"
+        if ip_mode not in ("VIP", "Proxy"):
+            _fail(f"{path}.ipMode", f"unknown value {ip_mode!r} (expected VIP or Proxy)")
+        text = _str(ingress.get("ip"), f"{path}.ip", "")
+        # ipMode Proxy: the load balancer delivers to the node, not to the VIP (KEP-1860);
+        # hostname-only entries (e.g. AWS ELB) have no address to program.
+        if ip_mode == "Proxy" or not text:
+            continue
+        addresses.append(_ip(text, f"{path}.ip"))
+    return _unique(addresses)
+
+
+def _traffic_policy(spec: Mapping[str, object], field: str) -> str:
+    policy = _str(spec.get(field), f"spec.{field}", "") or "Cluster"
+    if policy not in ("Cluster", "Local"):
+        _fail(f"spec.{field}", f"unknown value {policy!r} (expected Cluster or Local)")
+    return policy
+
+
+# --- EndpointSlice -------------------------------------------------------------------------
+
+
+def endpoint_slice_from_dict(obj: Mapping[str, object]) -> EndpointSlice | None:
+    """A discovery.k8s.io/v1 EndpointSlice as a model value; None for addressType FQDN.
+
+    Follows kube-proxy where the API leaves room: only an endpoint's first address is used,
+    an endpoint without addresses and a port without a number (or port 0) are ignored.
+    Conditions follow the API documentation: ready null means ready, serving null defers
+    to ready, terminating null means not terminating.
+
+    Raises InvalidObject with a reason naming the field and value at fault.
+    """
+    namespace, name = _metadata("EndpointSlice", obj, namespaced=True)
+    try:
+        return _endpoint_slice(namespace, name, obj)
+    except _BadField as exc:
+        raise InvalidObject("EndpointSlice", f"{namespace}/{name}", str(exc)) from None
+
+
+def _endpoint_slice(namespace: str, name: str, obj: Mapping[str, object]) -> EndpointSlice | None:
+    address_type = _str(obj.get("addressType"), "addressType", "")
+    if address_type == "FQDN":
+        logger.debug("skipping EndpointSlice {key}: addressType FQDN", key=f"{namespace}/{name}")
+        return None
+    family = _ADDRESS_FAMILIES.get(address_type)
+    if family is None:
+        _fail("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
+
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    labels = _mapping(metadata.get("labels"), "metadata.labels")
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if not isinstance(service_name, str) or not service_name:
+        _fail("metadata.labels", f"no {SERVICE_NAME_LABEL} label")
+
+    return EndpointSlice(
+        namespace=namespace,
+        name=name,
+        service_name=service_name,
+        family=family,
+        ports=_endpoint_ports(obj),
+        endpoints=_endpoints(obj, family),
+    )
+
+
+def _endpoint_ports(obj: Mapping[str, object]) -> tuple[EndpointPort, ...]:
+    ports: list[EndpointPort] = []
+    names: set[str] = set()
+    for index, raw in enumerate(_list(obj.get("ports"), "ports")):
+        path = f"ports[{index}]"
+        entry = _mapping(raw, path)
+        name = _str(entry.get("name"), f"{path}.name", "")
+        protocol = _protocol(entry.get("protocol"), f"{path}.protocol")
+        if name in names:
+            _fail(f"{path}.name", f"duplicate port name {name!r}")
+        names.add(name)
+        port = _optional_int(entry.get("port"), f"{path}.port")
+        # The API lets a null port mean "all ports"; kube-proxy ignores such a port, and 0.
+        if not port:
+            continue
+        _in_range(port, f"{path}.port", 1, 65535)
+        ports.append(EndpointPort(name=name, protocol=protocol, port=port))
+    return tuple(ports)
+
+
+def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, ...]:
+    endpoints: list[Endpoint] = []
+    for index, raw in enumerate(_list(obj.get("endpoints"), "endpoints")):
+        path = f"endpoints[{index}]"
+        entry = _mapping(raw, path)
+        raw_addresses = _list(entry.get("addresses"), f"{path}.addresses")
+        addresses = [
+            _ip_of_family(value, f"{path}.addresses[{i}]", family)
+            for i, value in enumerate(raw_addresses)
+        ]
+        if not addresses:
+            continue  # kube-proxy ignores an endpoint without addresses
+        conditions = _mapping(entry.get("conditions"), f"{path}.conditions")
+        ready = _optional_bool(conditions.get("ready"), f"{path}.conditions.ready")
+        serving = _optional_bool(conditions.get("serving"), f"{path}.conditions.serving")
+        terminating = _optional_bool(
+            conditions.get("terminating"), f"{path}.conditions.terminating"
+        )
+        ready = True if ready is None else ready
+        endpoints.append(
+            Endpoint(
+                address=addresses[0],
+                ready=ready,
+                serving=ready if serving is None else serving,
+                terminating=bool(terminating),
+                node_name=_optional_str(entry.get("nodeName"), f"{path}.nodeName"),
+                zone=_optional_str(entry.get("zone"), f"{path}.zone"),
+            )
+        )
+    return tuple(endpoints)
+
+
+# --- Node ----------------------------------------------------------------------------------
+
+
+def node_addresses_from_dict(obj: Mapping[str, object]) -> tuple[str, tuple[IPAddress, ...]]:
+    """A v1 Node's name and its InternalIP and ExternalIP addresses, in status order.
+
+    Raises InvalidObject for a missing name or an address that is not an IP.
+    """
+    _, name = _metadata("Node", obj, namespaced=False)
+    try:
+        status = _mapping(obj.get("status"), "status")
+        addresses: list[IPAddress] = []
+        for index, raw in enumerate(_list(status.get("addresses"), "status.addresses")):
+            path = f"status.addresses[{index}]"
+            entry = _mapping(raw, path)
+            if _str(entry.get("type"), f"{path}.type", "") in _NODE_ADDRESS_TYPES:
+                addresses.append(_ip(entry.get("address"), f"{path}.address"))
+    except _BadField as exc:
+        raise InvalidObject("Node", name, str(exc)) from None
+    return name, _unique(addresses)
