@@ -100,7 +100,7 @@ class FakeKernel:
         destinations = self.destinations[op.virtual]
         if isinstance(op, AddRealServer | UpdateRealServer):
             if op.server.address.version != op.virtual.address.version:
-                return errno.EAFNOSUPPORT
+                return errno.EINVAL  # what ip_vs answers for a mixed-family masq dest
             if isinstance(op, UpdateRealServer) and op.server.key not in destinations:
                 return errno.ENOENT
             existing = destinations.get(op.server.key)
