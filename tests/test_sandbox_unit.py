@@ -190,7 +190,7 @@ def test_missing_kernel_names_the_package(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_init_script_loads_modules_and_keeps_the_host_clean(tmp_path: Path) -> None:
     script = uml._init_script(
-        box=tmp_path, argv=["python", "-c", "print('a b')"], env={"A": "x y"}, cwd="/work dir"
+        box=tmp_path, argv=["python", "-c", "print('a b')"], env={"A": "x y"}, cwd="/srv/a dir"
     )
     # tmpfs on /run comes before anything that could write there (ip netns).
     assert script.index("mount -t tmpfs -o mode=0755 tmpfs /run") < script.index("mount -t proc")
@@ -198,7 +198,7 @@ def test_init_script_loads_modules_and_keeps_the_host_clean(tmp_path: Path) -> N
     for module in ("ip_vs", "ip_vs_rr", "dummy", "veth", "xt_set", "iptable_nat"):
         assert f" {module} " in f" {script.split('required=')[1].splitlines()[0].strip(chr(39))} "
     assert "env -i 'A=x y' python -c 'print('\"'\"'a b'\"'\"')'" in script
-    assert "cd '/work dir'" in script
+    assert "cd '/srv/a dir'" in script
 
 
 def test_shared_tempdir_avoids_what_the_guest_mounts_over(
