@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
@@ -424,3 +425,20 @@ def test_json_and_yaml_give_the_same_cluster(tmp_path: Path) -> None:
         from_json.slices,
         from_json.nodes,
     )
+
+
+def test_garbage_collector_state_is_restored(tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", svc_yaml("a"))
+    bad = write(tmp_path, "bad.yaml", "kind: [\n")
+    assert gc.isenabled()
+    read_cluster([good])
+    assert gc.isenabled()
+    with pytest.raises(InputError):
+        read_cluster([bad])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        read_cluster([good])
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -13,9 +13,11 @@ libyaml's CSafeLoader when PyYAML was built with it, and JSON through the json m
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -70,6 +72,25 @@ class Cluster:
     skipped: tuple[InvalidObject, ...] = ()
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building large trees of values.
+
+    Loading a 10,000-Service dump allocates millions of dicts, lists and model values that
+    stay alive; each automatic collection rescans all of them, for about a third of the
+    time taken. They hold no reference cycles, so reference counting frees them and
+    nothing is lost by collecting later. Nested or concurrent use is safe: only the
+    caller that found the collector enabled enables it again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # --- parsing -------------------------------------------------------------------------------
 
 
@@ -99,10 +120,11 @@ def load_documents(path: str | os.PathLike[str]) -> list[LoadedObject]:
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
 
-    if _looks_like_json(name, data):
-        documents = _json_documents(name, data)
-    else:
-        documents = _yaml_documents(name, data)
+    with _gc_paused():
+        if _looks_like_json(name, data):
+            documents = _json_documents(name, data)
+        else:
+            documents = _yaml_documents(name, data)
 
     single = sum(1 for document in documents if document.value is not None) <= 1
     objects: list[LoadedObject] = []
@@ -392,49 +414,62 @@ def read_cluster(paths: Sequence[str | os.PathLike[str]]) -> Cluster:
 
     Raises InputError when a file cannot be read or parsed.
     """
-    results: dict[tuple[str, str], _Value] = {}
-    sources: dict[tuple[str, str], str] = {}
-    skipped: list[InvalidObject] = []
-    for path in paths:
-        for loaded in load_documents(path):
-            kind = loaded.kind
-            convert = _CONVERTERS.get(kind)
-            if convert is None:
-                logger.debug("ignoring {kind} at {source}", kind=kind, source=loaded.source)
-                continue
-            identity = _identity(kind, loaded.obj)
-            if identity is not None and identity in sources:
-                logger.warning(
-                    "duplicate {kind} {key} at {source} replaces the one at {previous}",
-                    kind=kind,
-                    key=identity[1],
-                    source=loaded.source,
-                    previous=sources[identity],
-                )
-            try:
-                value = convert(loaded.obj)
-            except InvalidObject as exc:
-                logger.warning(
-                    "skipping invalid {kind} {key} at {source}: {reason}",
-                    kind=exc.kind,
-                    key=exc.key,
-                    source=loaded.source,
-                    reason=exc.reason,
-                )
-                skipped.append(exc)
-                value = None
-            # Without a usable name the converter has raised: identity is None only then.
-            if identity is not None:
-                sources[identity] = loaded.source
-                results[identity] = value
+    builder = _ClusterBuilder()
+    with _gc_paused():
+        for path in paths:
+            for loaded in load_documents(path):
+                builder.add(loaded)
+    return builder.build()
 
-    values = list(results.values())
-    return Cluster(
-        services=tuple(v for v in values if isinstance(v, Service)),
-        slices=tuple(v for v in values if isinstance(v, EndpointSlice)),
-        nodes=tuple(v for v in values if isinstance(v, tuple)),
-        skipped=tuple(skipped),
-    )
+
+class _ClusterBuilder:
+    """Converts objects one by one; keyed by (kind, namespace/name), later ones win."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], _Value] = {}
+        self._sources: dict[tuple[str, str], str] = {}
+        self._skipped: list[InvalidObject] = []
+
+    def add(self, loaded: LoadedObject) -> None:
+        kind = loaded.kind
+        convert = _CONVERTERS.get(kind)
+        if convert is None:
+            logger.debug("ignoring {kind} at {source}", kind=kind, source=loaded.source)
+            return
+        identity = _identity(kind, loaded.obj)
+        if identity is not None and identity in self._sources:
+            logger.warning(
+                "duplicate {kind} {key} at {source} replaces the one at {previous}",
+                kind=kind,
+                key=identity[1],
+                source=loaded.source,
+                previous=self._sources[identity],
+            )
+        try:
+            value = convert(loaded.obj)
+        except InvalidObject as exc:
+            logger.warning(
+                "skipping invalid {kind} {key} at {source}: {reason}",
+                kind=exc.kind,
+                key=exc.key,
+                source=loaded.source,
+                reason=exc.reason,
+            )
+            self._skipped.append(exc)
+            value = None
+        # Without a usable name the converter has raised: identity is None only then.
+        if identity is not None:
+            self._sources[identity] = loaded.source
+            self._values[identity] = value
+
+    def build(self) -> Cluster:
+        values = list(self._values.values())
+        return Cluster(
+            services=tuple(v for v in values if isinstance(v, Service)),
+            slices=tuple(v for v in values if isinstance(v, EndpointSlice)),
+            nodes=tuple(v for v in values if isinstance(v, tuple)),
+            skipped=tuple(self._skipped),
+        )
 
 
 def _identity(kind: str, obj: Mapping[str, object]) -> tuple[str, str] | None:
