@@ -76,7 +76,11 @@ def build(services: int, endpoints: int) -> dict[str, Any]:
                         "endpoints": [
                             {
                                 "addresses": [str(net[first_pod + start + k + 1])],
-                                "conditions": {"ready": True, "serving": True, "terminating": False},
+                                "conditions": {
+                                    "ready": True,
+                                    "serving": True,
+                                    "terminating": False,
+                                },
                                 "nodeName": f"node-{(first_pod + start + k) % 500}",
                             }
                             for k in range(count)

@@ -6,11 +6,12 @@ from builders import endpoint_slice, service
 
 from ipvsproxy.dataplane.iptables import parse_save
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.render import render, render_ipvs, render_ipsets
+from ipvsproxy.model import KernelState
+from ipvsproxy.render import render, render_ipsets, render_ipvs
 from ipvsproxy.rules import JUMP_RULES, quote
 
 
-def example():  # type: ignore[no-untyped-def]
+def example() -> KernelState:
     return desired_state(
         [
             service("web", "10.96.0.10"),
