@@ -287,3 +287,49 @@ def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path) -> None:
         ):
             counts = {name: replies.count(name) for name in sorted(set(replies))}
             assert counts == {"web1": 10, "web2": 10, "web3": 10, "web4": 10}
+
+
+DUAL_STACK = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dual, namespace: shop}
+  spec:
+    clusterIP: 10.96.1.1
+    clusterIPs: [10.96.1.1, "fd00:96::1:1"]
+    ipFamilies: [IPv4, IPv6]
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: dual-v4
+    namespace: shop
+    labels: {kubernetes.io/service-name: dual}
+  addressType: IPv4
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints: [{addresses: [10.244.1.1]}, {addresses: [10.244.2.1]}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: dual-v6
+    namespace: shop
+    labels: {kubernetes.io/service-name: dual}
+  addressType: IPv6
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints: [{addresses: ["fd00:244:1::1"]}, {addresses: ["fd00:244:2::1"]}]
+"""
+
+
+def test_dual_stack_service_serves_both_families(tmp_path: Path) -> None:
+    with PodNetwork() as network:
+        client = network.add_pod("client", "10.244.0.2", "fd00:244::2")
+        backends = [network.add_pod(f"web{i}", f"10.244.{i}.1", f"fd00:244:{i}::1") for i in (1, 2)]
+        network.serve(8080, backends)
+        cluster = tmp_path / "dual.yaml"
+        cluster.write_text(DUAL_STACK)
+        cli("once", "-f", str(cluster))
+        for vip in ("10.96.1.1", "fd00:96::1:1"):
+            replies = network.tcp_requests(vip, 80, 20, source=client)
+            assert sorted(replies) == ["web1"] * 10 + ["web2"] * 10, vip
