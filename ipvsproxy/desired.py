@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ipvsproxy import ipsets
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.model import (
     DEFAULT_SCHEDULER,
     IPVS_FLAG_PERSISTENT,
@@ -114,6 +115,17 @@ def desired_state(
     settings: DesiredSettings,
 ) -> KernelState:
     """Everything the kernel should hold for these objects (ClusterIP services)."""
+    with gc_paused():
+        return _desired_state(services, slices, node=node, settings=settings)
+
+
+def _desired_state(
+    services: Iterable[Service],
+    slices: Iterable[EndpointSlice],
+    *,
+    node: NodeInfo,
+    settings: DesiredSettings,
+) -> KernelState:
     by_service = index_slices(slices)
     virtual_servers: dict[VirtualServerKey, VirtualServer] = {}
     real_servers: dict[VirtualServerKey, dict[RealServerKey, RealServer]] = {}

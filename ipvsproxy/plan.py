@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.ipsets import all_set_names
 from ipvsproxy.model import IPAddress, IPNetwork, KernelState
 from ipvsproxy.operations import (
@@ -62,6 +63,13 @@ def plan_sync(
     exclude_cidrs: Sequence[IPNetwork] = (),
 ) -> Plan:
     """The operations that turn observed into desired (see module docstring)."""
+    with gc_paused():
+        return Plan(tuple(_operations(desired, observed, exclude_cidrs)))
+
+
+def _operations(
+    desired: KernelState, observed: KernelState, exclude_cidrs: Sequence[IPNetwork]
+) -> list[Operation]:
     ops: list[Operation] = []
     if not observed.dummy_interface:
         ops.append(EnsureDummyInterface(DUMMY_INTERFACE))
@@ -105,7 +113,7 @@ def plan_sync(
             continue
         wanted = desired.ipsets.get(name, frozenset())
         ops += [DeleteIPSetEntry(name, e) for e in sorted(current - wanted)]
-    return Plan(tuple(ops))
+    return ops
 
 
 def _ipvs_operations(

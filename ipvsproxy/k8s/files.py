@@ -13,11 +13,9 @@ libyaml's CSafeLoader when PyYAML was built with it, and JSON through the json m
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -25,6 +23,7 @@ import yaml
 from loguru import logger
 
 from ipvsproxy.errors import InputError, InvalidObject
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.k8s.objects import (
     endpoint_slice_from_dict,
     node_addresses_from_dict,
@@ -72,25 +71,6 @@ class Cluster:
     skipped: tuple[InvalidObject, ...] = ()
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building large trees of values.
-
-    Loading a 10,000-Service dump allocates millions of dicts, lists and model values that
-    stay alive; each automatic collection rescans all of them, for about a third of the
-    time taken. They hold no reference cycles, so reference counting frees them and
-    nothing is lost by collecting later. Nested or concurrent use is safe: only the
-    caller that found the collector enabled enables it again.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 # --- parsing -------------------------------------------------------------------------------
 
 
@@ -120,7 +100,7 @@ def load_documents(path: str | os.PathLike[str]) -> list[LoadedObject]:
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
 
-    with _gc_paused():
+    with gc_paused():
         if _looks_like_json(name, data):
             documents = _json_documents(name, data)
         else:
@@ -415,7 +395,7 @@ def read_cluster(paths: Sequence[str | os.PathLike[str]]) -> Cluster:
     Raises InputError when a file cannot be read or parsed.
     """
     builder = _ClusterBuilder()
-    with _gc_paused():
+    with gc_paused():
         for path in paths:
             for loaded in load_documents(path):
                 builder.add(loaded)
