@@ -68,18 +68,16 @@ def real_servers_for(
     """
     servers: dict[RealServerKey, RealServer] = {}
     local: list[tuple[IPAddress, int]] = []
+    name, protocol = port.name, port.protocol
     for endpoint_slice in slices:
         if endpoint_slice.family is not family:
             continue
-        target = next(
-            (
-                p.port
-                for p in endpoint_slice.ports
-                if p.name == port.name and p.protocol is port.protocol
-            ),
-            None,
-        )
-        if target is None:
+        target = 0
+        for slice_port in endpoint_slice.ports:
+            if slice_port.name == name and slice_port.protocol is protocol:
+                target = slice_port.port
+                break
+        if not target:
             continue
         for endpoint in endpoint_slice.endpoints:
             is_local = bool(node_name) and endpoint.node_name == node_name

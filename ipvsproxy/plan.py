@@ -121,25 +121,25 @@ def _ipvs_operations(
 ) -> list[Operation]:
     adds: list[Operation] = []
     real_server_deletes: list[Operation] = []
+    # Virtual servers go in address order; real servers keep the desired state's order,
+    # which follows the input, so plans are deterministic without sorting 100k entries.
     for key in sorted(desired.virtual_servers, key=lambda k: k.sort_key()):
         server = desired.virtual_servers[key]
         wanted = desired.real_servers.get(key, {})
         current_server = observed.virtual_servers.get(key)
         if current_server is None:
             adds.append(AddVirtualServer(server))
-            adds += [
-                AddRealServer(key, wanted[rs]) for rs in sorted(wanted, key=lambda k: k.sort_key())
-            ]
+            adds += [AddRealServer(key, rs) for rs in wanted.values()]
             continue
         if not server.same_settings(current_server):
             adds.append(UpdateVirtualServer(server))
         current = observed.real_servers.get(key, {})
-        for rs_key in sorted(wanted, key=lambda k: k.sort_key()):
+        for rs_key, rs in wanted.items():
             have = current.get(rs_key)
             if have is None:
-                adds.append(AddRealServer(key, wanted[rs_key]))
-            elif have != wanted[rs_key]:
-                adds.append(UpdateRealServer(key, wanted[rs_key]))
+                adds.append(AddRealServer(key, rs))
+            elif have != rs:
+                adds.append(UpdateRealServer(key, rs))
         real_server_deletes += [
             DeleteRealServer(key, rs_key)
             for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
