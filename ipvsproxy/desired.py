@@ -6,6 +6,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from loguru import logger
+
 from ipvsproxy import ipsets
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.model import (
@@ -15,7 +17,6 @@ from ipvsproxy.model import (
     EndpointSlice,
     IPAddress,
     IPFamily,
-    IPNetwork,
     IptablesRuleset,
     KernelState,
     RealServer,
@@ -132,6 +133,7 @@ def _desired_state(
         spec.name_for(family): set() for family in IPFamily for spec in ipsets.IPSETS
     }
     families = set(settings.families)
+    owners: dict[VirtualServerKey, str] = {}  # which Service got each virtual server
 
     for service in services:
         service_slices = by_service.get(service.key, [])
@@ -143,8 +145,16 @@ def _desired_state(
             loop_back = entries[ipsets.LOOP_BACK.name_for(family)]
             for port in service.ports:
                 server = _virtual_server(cluster_ip, port, service, settings.scheduler)
-                if server.key in virtual_servers:
-                    continue  # two Service ports cannot share ip:port/protocol; first wins
+                if server.key in owners:
+                    # The API server prevents this; a hand-written file may not.
+                    logger.warning(
+                        "two Services claim one virtual server; the first keeps it",
+                        virtual_server=f"{port.protocol.value} {cluster_ip}:{port.port}",
+                        kept=owners[server.key],
+                        skipped=service.key,
+                    )
+                    continue
+                owners[server.key] = service.key
                 servers, local = real_servers_for(
                     port,
                     family,
@@ -174,8 +184,3 @@ def _desired_state(
         ipsets={name: frozenset(members) for name, members in entries.items()},
         iptables=iptables,
     )
-
-
-def family_networks(networks: Iterable[IPNetwork], family: IPFamily) -> tuple[IPNetwork, ...]:
-    """The networks of one family."""
-    return tuple(n for n in networks if IPFamily.of(n) is family)

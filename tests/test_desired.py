@@ -192,3 +192,20 @@ def test_family_filter() -> None:
     )
     assert {k.address.version for k in state.virtual_servers} == {4}
     assert set(state.iptables) == {IPFamily.V4}
+
+
+def test_port_clash_keeps_the_first_service_and_warns() -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m.record["extra"])), level="WARNING")
+    try:
+        state = run(
+            [service("first", "10.96.0.10"), service("second", "10.96.0.10")],
+            [endpoint_slice("first", "10.244.1.1"), endpoint_slice("second", "10.244.2.1")],
+        )
+    finally:
+        logger.remove(sink)
+    assert servers(state) == {"TCP 10.96.0.10:80": {"10.244.1.1:8080"}}
+    assert len(messages) == 1
+    assert "default/first" in messages[0] and "default/second" in messages[0]

@@ -333,3 +333,25 @@ def test_dual_stack_service_serves_both_families(tmp_path: Path) -> None:
         for vip in ("10.96.1.1", "fd00:96::1:1"):
             replies = network.tcp_requests(vip, 80, 20, source=client)
             assert sorted(replies) == ["web1"] * 10 + ["web2"] * 10, vip
+
+
+def test_kernel_refusal_is_reported_and_the_rest_still_programmed(tmp_path: Path) -> None:
+    cluster = write_cluster(tmp_path / "cluster.yaml")
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "mode: ipvs\nipvs: {scheduler: nosuch}\n"
+    )
+    result = cli("once", "-f", cluster, "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "kernel refused an operation" in result.stderr
+    assert "10.96.0.10" in result.stderr  # the failure names the virtual server
+    # Everything the kernel accepted is in place: addresses, ipsets and chains.
+    link = tool("ip", "-o", "addr", "show", "dev", "kube-ipvs0")
+    assert "10.96.0.10/32" in link
+    assert "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80" in tool("ipset", "save")
+    assert "-A KUBE-SERVICES" in tool("iptables-legacy-save", "-t", "nat")
+    # With a scheduler the kernel knows, the next sync completes the job.
+    cli("once", "-f", cluster)
+    assert ipvsadm_lines() == ipvs_entries(cli("plan", "-f", cluster, "--section", "ipvs").stdout)
