@@ -8,8 +8,10 @@ sync retries with everything still in place.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from ipvsproxy.dataplane.interfaces import (
     AddressDataplane,
@@ -18,16 +20,17 @@ from ipvsproxy.dataplane.interfaces import (
     IpvsDataplane,
 )
 from ipvsproxy.errors import KernelError
+from ipvsproxy.model import IPAddress
 from ipvsproxy.operations import (
-    AddIPSetEntry,
     AddRealServer,
     AddVirtualServer,
     BindAddress,
-    CreateIPSet,
     DeleteIPSetEntry,
     DeleteRealServer,
     DeleteVirtualServer,
     EnsureDummyInterface,
+    IPSetOperation,
+    IpvsOperation,
     Operation,
     OperationFailure,
     RestoreChains,
@@ -37,15 +40,8 @@ from ipvsproxy.operations import (
 )
 from ipvsproxy.plan import DUMMY_INTERFACE, Plan
 
-_IPVS = (
-    AddVirtualServer,
-    UpdateVirtualServer,
-    DeleteVirtualServer,
-    AddRealServer,
-    UpdateRealServer,
-    DeleteRealServer,
-)
-_IPSET = (CreateIPSet, AddIPSetEntry, DeleteIPSetEntry)
+_IPVS = get_args(IpvsOperation)
+_IPSET = get_args(IPSetOperation)
 _REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
 
 
@@ -119,19 +115,66 @@ def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[Operatio
     return []
 
 
+def _service_address(op: Operation) -> IPAddress | None:
+    """The service address an IPVS operation works on."""
+    if isinstance(op, AddVirtualServer | UpdateVirtualServer):
+        return op.server.address
+    if isinstance(op, DeleteVirtualServer):
+        return op.key.address
+    if isinstance(op, AddRealServer | UpdateRealServer | DeleteRealServer):
+        return op.virtual.address
+    return None
+
+
 def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
-    """Apply every operation in order; see the module docstring for what stops removals."""
+    """Apply every operation in order; failures are collected, never raised.
+
+    Two rules keep ownership (a virtual server is ours while its address is on kube-ipvs0)
+    true whatever fails: no virtual server is created on an address that could not be
+    bound, and no address is unbound while a virtual server on it could not be deleted.
+    Beyond that, a failed interface, iptables restore or adapter call skips all removals.
+    """
     applied = 0
     failures: list[OperationFailure] = []
     blocking = False
     skipped = False
+    unbound: set[IPAddress] = set()  # bind failed: no virtual servers there
+    undeleted: set[IPAddress] = set()  # a virtual server delete failed: keep the address
     for kind, removal, ops in _batches(plan.operations):
         if blocking and removal:
             skipped = True
             continue
-        batch_failures = _run_batch(kind, ops, dataplanes)
+        if kind == "ipvs" and not removal and unbound:
+            held = [op for op in ops if _service_address(op) in unbound]
+            failures += [
+                OperationFailure(
+                    op,
+                    errno.EADDRNOTAVAIL,
+                    f"not applied: {_service_address(op)} is not bound to {DUMMY_INTERFACE}",
+                )
+                for op in held
+            ]
+            ops = [op for op in ops if _service_address(op) not in unbound]
+        if kind == "address" and removal and undeleted:
+            kept = [op for op in ops if isinstance(op, UnbindAddress) and op.address in undeleted]
+            skipped = skipped or bool(kept)
+            ops = [op for op in ops if op not in kept]
+        if not ops:
+            continue
+        try:
+            batch_failures = _run_batch(kind, ops, dataplanes)
+        except KernelError as exc:
+            # The adapter lost contact with the kernel: nothing in the batch is known done.
+            batch_failures = [OperationFailure(op, exc.errno, str(exc)) for op in ops]
+            blocking = True
         failures += batch_failures
         applied += len(ops) - len(batch_failures)
         if batch_failures and kind in ("interface", "iptables"):
             blocking = True
+        for failure in batch_failures:
+            failed = failure.operation
+            if isinstance(failed, BindAddress):
+                unbound.add(failed.address)
+            elif isinstance(failed, DeleteVirtualServer):
+                undeleted.add(failed.key.address)
     return ApplyResult(applied=applied, failures=tuple(failures), removals_skipped=skipped)

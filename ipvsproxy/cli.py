@@ -177,11 +177,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     with _dataplanes(args.iptables_backend) as dataplanes:
-        failures = cleanup(dataplanes)
-    for failure in failures:
-        logger.error("cleanup step failed", error=failure.message)
-    logger.info("cleanup finished", interface=DUMMY_INTERFACE, failed=len(failures))
-    return EXIT_KERNEL if failures else EXIT_OK
+        problems = cleanup(dataplanes)
+    for problem in problems:
+        logger.error("cleanup step failed", error=problem)
+    logger.info("cleanup finished", interface=DUMMY_INTERFACE, failed=len(problems))
+    return EXIT_KERNEL if problems else EXIT_OK
 
 
 _COMMANDS = {"plan": _cmd_plan, "once": _cmd_once, "show": _cmd_show, "cleanup": _cmd_cleanup}

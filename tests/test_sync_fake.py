@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 
 import pytest
@@ -10,6 +11,7 @@ from builders import endpoint_slice, service
 from ipvsproxy.apply import Dataplanes
 from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.errors import KernelError
 from ipvsproxy.model import (
     EndpointSlice,
     KernelState,
@@ -20,8 +22,10 @@ from ipvsproxy.model import (
 )
 from ipvsproxy.operations import (
     AddRealServer,
+    BindAddress,
     DeleteRealServer,
     DeleteVirtualServer,
+    EnsureDummyInterface,
     UnbindAddress,
 )
 from ipvsproxy.proxier import cleanup, observe, sync
@@ -163,3 +167,66 @@ def test_cleanup_leaves_no_trace(dataplanes: Dataplanes, kernel: FakeKernel) -> 
     for tables in kernel.tables.values():
         assert all(not chain.startswith("KUBE-") for chains in tables.values() for chain in chains)
         assert all(rules == [] for chains in tables.values() for rules in chains.values())
+
+
+def test_failed_virtual_server_delete_keeps_its_address(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    kernel.refuse = {DeleteVirtualServer}
+    outcome = sync(want([], []), dataplanes)
+    assert not outcome.result.ok
+    # The address stays bound, so the virtual servers on it are still known to be ours...
+    assert kernel.links["kube-ipvs0"] == {k.address for k in kernel.services}
+    kernel.refuse = set()
+    # ...and the next sync that can delete them does.
+    assert sync(want([], []), dataplanes).result.ok
+    assert kernel.services == {}
+    assert kernel.links["kube-ipvs0"] == set()
+
+
+def test_no_virtual_server_on_an_address_that_could_not_be_bound(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    kernel.refuse = {EnsureDummyInterface}
+    outcome = sync(want(WEB, WEB_SLICES), dataplanes)
+    assert not outcome.result.ok
+    assert kernel.services == {}
+    kernel.refuse = {BindAddress}
+    kernel.ensure_interface("kube-ipvs0")
+    outcome = sync(want(WEB, WEB_SLICES), dataplanes)
+    assert {f.errno for f in outcome.result.failures} == {errno.EPERM, errno.EADDRNOTAVAIL}
+    assert kernel.services == {}
+    kernel.refuse = set()
+    assert sync(want(WEB, WEB_SLICES), dataplanes).result.ok
+    assert len(kernel.services) == 2
+
+
+def test_lost_kernel_contact_becomes_failures_not_a_crash(
+    dataplanes: Dataplanes, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+
+    def timeout(ops: object) -> list[object]:
+        raise KernelError("no reply from the kernel's IPVS within 10 s", errno=errno.ETIMEDOUT)
+
+    monkeypatch.setattr(kernel, "execute", timeout)
+    outcome = sync(want([], []), dataplanes)
+    assert outcome.result.failures
+    assert all(f.errno == errno.ETIMEDOUT for f in outcome.result.failures)
+    assert outcome.result.removals_skipped
+    assert kernel.links["kube-ipvs0"]  # nothing unbound after the failure
+
+
+def test_cleanup_keeps_the_interface_while_virtual_servers_remain(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    sync(want(WEB, WEB_SLICES), dataplanes)
+    kernel.refuse = {DeleteVirtualServer}
+    problems = cleanup(dataplanes)
+    assert any("kube-ipvs0 kept" in p for p in problems)
+    assert "kube-ipvs0" in kernel.links
+    assert kernel.sets == {}  # the other steps still ran
+    kernel.refuse = set()
+    assert cleanup(dataplanes) == []
+    assert kernel.links == {} and kernel.services == {}

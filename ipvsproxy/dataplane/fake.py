@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.iptables import parse_save
+from ipvsproxy.errors import KernelError
 from ipvsproxy.model import (
     IPAddress,
     IPFamily,
@@ -31,6 +32,7 @@ from ipvsproxy.operations import (
     CreateIPSet,
     DeleteIPSetEntry,
     DeleteVirtualServer,
+    EnsureDummyInterface,
     IPSetOperation,
     IpvsOperation,
     OperationFailure,
@@ -63,6 +65,8 @@ class FakeKernel:
         }
         self.writes = 0  # every state-changing call, whatever the subsystem
         self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
+        # Operation types refused with EPERM, as a kernel or a security module might.
+        self.refuse: set[type] = set()
 
     # --- IPVS ---
 
@@ -83,6 +87,8 @@ class FakeKernel:
         return failures
 
     def _ipvs(self, op: IpvsOperation) -> int:
+        if type(op) in self.refuse:
+            return errno.EPERM
         if isinstance(op, AddVirtualServer | UpdateVirtualServer):
             if op.server.scheduler not in KNOWN_SCHEDULERS:
                 return errno.ENOENT  # the kernel cannot load the scheduler module
@@ -123,6 +129,8 @@ class FakeKernel:
         return name in self.links
 
     def ensure_interface(self, name: str) -> None:
+        if EnsureDummyInterface in self.refuse:
+            raise KernelError(f"cannot create dummy interface {name}", errno=errno.EPERM)
         if name not in self.links:
             self.writes += 1
             self.links[name] = set()
@@ -137,6 +145,8 @@ class FakeKernel:
     def bind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
         if name not in self.links:
             return [OperationFailure(BindAddress(a), errno.ENODEV, name) for a in addresses]
+        if BindAddress in self.refuse:
+            return [OperationFailure(BindAddress(a), errno.EPERM, name) for a in addresses]
         self.writes += len(addresses)
         self.links[name].update(addresses)
         return []
