@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="ipvsproxy",
         description="Kubernetes Services to Linux IPVS, like kube-proxy --proxy-mode=ipvs.",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def objects_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -63,28 +65,38 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    def backend_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--iptables-backend",
+            choices=("auto", "legacy", "nft"),
+            default="auto",
+            help="auto: the backend kubelet uses, else the one holding more rules",
+        )
+
     plan = objects_command("plan", "print the desired kernel state; touch nothing")
     plan.add_argument("--section", choices=SECTIONS)
-    once = objects_command("once", "program the kernel once and exit")
-    once.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
+    backend_option(objects_command("once", "program the kernel once and exit"))
     show = commands.add_parser("show", help="print what the kernel holds that the proxy owns")
     show.add_argument("--section", choices=SECTIONS)
-    show.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
-    clean = commands.add_parser("cleanup", help="remove everything the proxy created")
-    clean.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto")
+    backend_option(show)
+    backend_option(commands.add_parser("cleanup", help="remove everything the proxy created"))
     return parser
 
 
 def _log_format(record: Record) -> str:
-    # Constant message, then the record's fields as key=value (escaped for loguru's format).
-    fields = " ".join(f"{key}={value}" for key, value in record["extra"].items())
+    # The message, then its fields as key=value (escaped for loguru's format); a field whose
+    # value the message already spells out (a "{key}" template) is not repeated.
+    message = record["message"]
+    fields = " ".join(
+        f"{key}={value}" for key, value in record["extra"].items() if str(value) not in message
+    )
     fields = fields.replace("{", "{{").replace("}", "}}")
     return "{time:HH:mm:ss.SSS} {level: <7} {message}" + (f" {fields}" if fields else "") + "\n"
 
 
 def _configure_logging(level: str) -> None:
     logger.remove()
-    logger.add(sys.stderr, level=level.upper(), format=_log_format)
+    logger.add(sys.stderr, level=level, format=_log_format)
 
 
 def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:

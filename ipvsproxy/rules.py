@@ -97,9 +97,13 @@ class MasqueradeSettings:
     cluster_cidrs: tuple[IPNetwork, ...] = ()
 
 
+_UNQUOTED = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def quote(text: str) -> str:
-    """Quote a string as iptables-save does: only when needed, with \\' and \\" escaped."""
-    if text and not any(c in text for c in " \t'\"\\"):
+    """Quote a string as iptables-save does (xtables_save_string): bare when made only of
+    letters, digits, '-' and '_'; else in double quotes with \\, \" and \' escaped."""
+    if text and all(c in _UNQUOTED for c in text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
     return f'"{escaped}"'

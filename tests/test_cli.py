@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from ipvsproxy.cli import EXIT_INPUT, EXIT_OK, main
 
@@ -143,3 +146,21 @@ def test_example_cluster_plans(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "plan", "-f", str(example), "--section", "addresses")
     assert code == EXIT_OK
     assert out == "10.96.0.10\n10.96.0.20\n"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # main() points loguru at the captured stderr, which pytest closes after the test.
+    yield
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def test_fields_are_not_repeated_when_the_message_spells_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(GOOD)
+    _, _, err = run(capsys, "plan", "-f", str(path), "--section", "addresses")
+    (line,) = [line for line in err.splitlines() if "ns/bad-ip" in line]
+    assert line.count("ns/bad-ip") == 1

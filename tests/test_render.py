@@ -73,5 +73,8 @@ def test_all_sections_under_headers() -> None:
 
 def test_quote_like_iptables_save() -> None:
     assert quote("x") == "x"
+    assert quote("kube-proxy_1") == "kube-proxy_1"
+    assert quote("a.b") == '"a.b"'
+    assert quote("") == '""'
     assert quote("a b") == '"a b"'
     assert quote("type 'hash ip:port'") == "\"type \\'hash ip:port\\'\""

@@ -10,8 +10,6 @@ import re
 import subprocess
 from collections.abc import Collection, Sequence
 
-from loguru import logger
-
 from ipvsproxy.errors import KernelError
 from ipvsproxy.operations import (
     AddIPSetEntry,
@@ -21,6 +19,13 @@ from ipvsproxy.operations import (
 )
 
 _ERROR_LINE = re.compile(r"Error in line (\d+): (.*)")
+# Reasons that doom every later line of the same set.
+_SET_LEVEL = re.compile(r"does not exist|is full|maximal number", re.IGNORECASE)
+_MAX_RESTORES = 16  # processes one apply may run when lines keep being refused
+
+
+def _set_name(op: IPSetOperation) -> str:
+    return op.name if isinstance(op, CreateIPSet) else op.set_name
 
 
 def _line(op: IPSetOperation) -> str:
@@ -75,10 +80,17 @@ class IPSetTool:
         return parse_save(result.stdout, names)
 
     def apply(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
-        """Apply in one restore; a refused line is reported and the lines after it retried."""
+        """Apply in one restore; a refused line is reported and the others sent again.
+
+        When the refusal concerns the whole set (it could not be created, does not exist,
+        or is full), the set's remaining lines are failed at once rather than retried one
+        process at a time; after _MAX_RESTORES processes the rest fail too.
+        """
         failures: list[OperationFailure] = []
         pending = list(ops)
-        while pending:
+        for _attempt in range(_MAX_RESTORES):
+            if not pending:
+                break
             self.restores += 1
             payload = "\n".join(_line(op) for op in pending) + "\n"
             result = self._run(["restore", "-exist"], payload)
@@ -88,13 +100,25 @@ class IPSetTool:
             if match is None or not 1 <= int(match.group(1)) <= len(pending):
                 failures += [OperationFailure(op, 0, result.stderr.strip()) for op in pending]
                 break
-            # ipset restore stops at the first bad line; the lines before it were applied.
+            # ipset restore stops at the first bad line, and adds it had buffered before that
+            # line may not have reached the kernel (seen with ipset 7.17). With -exist every
+            # line is idempotent, so all lines but the bad one are simply sent again.
             bad = int(match.group(1)) - 1
-            failures.append(OperationFailure(pending[bad], 0, match.group(2).strip()))
-            logger.warning(
-                "ipset refused an entry", line=_line(pending[bad]), reason=match.group(2).strip()
-            )
-            pending = pending[bad + 1 :]
+            reason = match.group(2).strip()
+            refused = pending[bad]
+            failures.append(OperationFailure(refused, 0, f"ipset {_line(refused)}: {reason}"))
+            pending = pending[:bad] + pending[bad + 1 :]
+            if isinstance(refused, CreateIPSet) or _SET_LEVEL.search(reason):
+                name = _set_name(refused)
+                failures += [
+                    OperationFailure(op, 0, f"ipset {_line(op)}: not applied, {reason}")
+                    for op in pending
+                    if _set_name(op) == name
+                ]
+                pending = [op for op in pending if _set_name(op) != name]
+        else:
+            reason = f"not applied: ipset refused {len(failures)} lines already"
+            failures += [OperationFailure(op, 0, reason) for op in pending]
         return failures
 
     def destroy(self, names: Collection[str]) -> list[OperationFailure]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from loguru import logger
-
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import IPFamily, IptablesRuleset
 from ipvsproxy.operations import OperationFailure, RestoreChains
@@ -20,6 +18,9 @@ from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 BACKENDS = ("legacy", "nft")
 _TABLES = ("nat", "filter")
 _KUBELET_CHAINS = (":KUBE-IPTABLES-HINT", ":KUBE-KUBELET-CANARY")
+# Wait up to 5 s for the xtables lock (polling every 100 ms) when kubelet, firewalld or
+# another writer holds it, as kube-proxy does, instead of failing the sync at once.
+_RESTORE_ARGS = ("--noflush", "-w", "5", "-W", "100000")
 
 
 def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -87,7 +88,9 @@ def _nft_usable() -> bool:
     """
     probe = "*nat\n:KUBE-PROXY-PROBE - [0:0]\n-X KUBE-PROXY-PROBE\nCOMMIT\n"
     try:
-        result = _run([_command("nft", IPFamily.V4, "-restore"), "--noflush"], probe, timeout=30.0)
+        result = _run(
+            [_command("nft", IPFamily.V4, "-restore"), *_RESTORE_ARGS], probe, timeout=30.0
+        )
     except KernelError:
         return False
     return result.returncode == 0
@@ -119,15 +122,14 @@ class IptablesTool:
 
     def _restore(self, family: IPFamily, payload: str) -> subprocess.CompletedProcess[str]:
         self.restores += 1
-        return _run([_command(self.backend, family, "-restore"), "--noflush"], payload)
+        return _run([_command(self.backend, family, "-restore"), *_RESTORE_ARGS], payload)
 
     def restore(self, op: RestoreChains) -> OperationFailure | None:
         family = op.ruleset.family
         result = self._restore(family, restore_payload(op.ruleset, op.missing_jumps))
         if result.returncode != 0:
-            message = result.stderr.strip() or f"exit status {result.returncode}"
-            logger.error("iptables-restore failed", family=f"IPv{family.value}", error=message)
-            return OperationFailure(op, 0, message)
+            reason = result.stderr.strip() or f"exit status {result.returncode}"
+            return OperationFailure(op, 0, f"IPv{family.value} iptables-restore: {reason}")
         return None
 
     def remove(self, family: IPFamily) -> None:
