@@ -158,8 +158,10 @@ def _cmd_once(args: argparse.Namespace) -> int:
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
 
     state, config = _desired(args)
-    for failure in ensure_sysctls():
+    for failure in ensure_sysctls(strict_arp=config.strict_arp):
         logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
+    if config.ipvs_timeouts is not None:
+        logger.warning("ipvs tcpTimeout, tcpFinTimeout and udpTimeout are not applied yet")
     with _dataplanes(args.iptables_backend) as dataplanes:
         outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
     result = outcome.result

@@ -19,6 +19,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def address_sort_key(address: IPAddress) -> tuple[int, int]:
+    """Orders addresses IPv4 first, then numerically (mixed families do not compare)."""
+    return (address.version, int(address))
+
+
 class IPFamily(enum.IntEnum):
     """An address family, valued as its IP version."""
 

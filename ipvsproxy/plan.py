@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.ipsets import all_set_names
-from ipvsproxy.model import IPAddress, IPNetwork, KernelState
+from ipvsproxy.model import IPAddress, IPNetwork, KernelState, address_sort_key
 from ipvsproxy.operations import (
     AddIPSetEntry,
     AddRealServer,
@@ -74,9 +74,8 @@ def _operations(
     if not observed.dummy_interface:
         ops.append(EnsureDummyInterface(DUMMY_INTERFACE))
 
-    sort_address = _address_sort_key
     ops += [
-        BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=sort_address)
+        BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=address_sort_key)
     ]
 
     set_specs = all_set_names()
@@ -106,7 +105,8 @@ def _operations(
     ops += _ipvs_operations(desired, observed, exclude_cidrs)
 
     ops += [
-        UnbindAddress(a) for a in sorted(observed.addresses - desired.addresses, key=sort_address)
+        UnbindAddress(a)
+        for a in sorted(observed.addresses - desired.addresses, key=address_sort_key)
     ]
     for name, current in observed.ipsets.items():
         if name not in set_specs:
@@ -156,7 +156,3 @@ def _ipvs_operations(
         DeleteVirtualServer(key) for key in sorted(stale, key=lambda k: k.sort_key())
     ]
     return adds + real_server_deletes + deletes
-
-
-def _address_sort_key(address: IPAddress) -> tuple[int, int]:
-    return (address.version, int(address))

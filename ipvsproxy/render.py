@@ -14,6 +14,7 @@ from ipvsproxy.model import (
     KernelState,
     RealServer,
     VirtualServer,
+    address_sort_key,
 )
 from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 
@@ -46,9 +47,9 @@ def ipvsadm_service_line(server: VirtualServer) -> str:
     line = f"{server.protocol.value:<4} {_endpoint(server.address, server.port)} {server.scheduler}"
     if server.flags & IPVS_FLAG_PERSISTENT:
         line += f" persistent {server.timeout}"
-    for bit, name in _SCHED_FLAGS.get(server.scheduler, ()):
-        if server.flags & bit:
-            line += f" {name}"
+    names = [name for bit, name in _SCHED_FLAGS.get(server.scheduler, ()) if server.flags & bit]
+    if names:
+        line += " " + ",".join(names)  # ipvsadm joins scheduler flags with commas
     return line
 
 
@@ -110,7 +111,7 @@ def render_iptables(rulesets: Mapping[IPFamily, IptablesRuleset]) -> str:
 
 
 def render_addresses(state: KernelState) -> str:
-    ordered = sorted(state.addresses, key=lambda a: (a.version, int(a)))
+    ordered = sorted(state.addresses, key=address_sort_key)
     return "".join(f"{address}\n" for address in ordered)
 
 

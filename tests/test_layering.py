@@ -22,7 +22,6 @@ CORE = [
     "plan.py",
     "render.py",
     "errors.py",
-    "config.py",
     "k8s/objects.py",
 ]
 FORBIDDEN_IN_CORE = (

@@ -18,6 +18,12 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ("net/ipv4/vs/expire_quiescent_template", "1", "expire templates of quiesced servers"),
     ("net/ipv4/ip_forward", "1", "route traffic to endpoints on other hosts"),
 )
+# With strictARP (for MetalLB and the like): answer ARP only for addresses on the asked
+# interface, so kube-ipvs0's service addresses are not announced on the node's links.
+STRICT_ARP: tuple[tuple[str, str, str], ...] = (
+    ("net/ipv4/conf/all/arp_ignore", "1", "strictARP: no ARP replies for kube-ipvs0"),
+    ("net/ipv4/conf/all/arp_announce", "2", "strictARP: best local source for ARP"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +32,10 @@ class SysctlFailure:
     message: str
 
 
-def ensure_sysctls(root: str = "/proc/sys") -> list[SysctlFailure]:
+def ensure_sysctls(*, strict_arp: bool = False, root: str = "/proc/sys") -> list[SysctlFailure]:
     """Set each required value that differs; report (not raise) what cannot be set."""
     failures: list[SysctlFailure] = []
-    for path, value, why in REQUIRED:
+    for path, value, why in REQUIRED + (STRICT_ARP if strict_arp else ()):
         full = os.path.join(root, path)
         try:
             with open(full) as current:

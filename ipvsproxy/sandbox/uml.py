@@ -78,9 +78,6 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "iptable_filter",
     "ip6table_nat",
     "ip6table_filter",
-    # KUBE-IPVS-FILTER rejects new connections to service addresses on unserved ports.
-    "ipt_REJECT",
-    "ip6t_REJECT",
 )
 
 # Loaded when the module tree has them (kernel versions and configs differ). Anything else
