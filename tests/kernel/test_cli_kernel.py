@@ -266,6 +266,17 @@ def test_show_reports_the_owned_state(tmp_path: Path) -> None:
         == cli("plan", "-f", cluster, "--section", "addresses").stdout
     )
 
+    def adds(text: str) -> set[str]:
+        return {line for line in text.splitlines() if line.startswith("add ")}
+
+    shown_sets = cli("show", "--section", "ipsets").stdout
+    assert adds(shown_sets) == adds(cli("plan", "-f", cluster, "--section", "ipsets").stdout)
+    # The iptables section is the same restore input that plan prints, read back.
+    assert (
+        cli("show", "--section", "iptables").stdout
+        == cli("plan", "-f", cluster, "--section", "iptables").stdout
+    )
+
 
 def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path) -> None:
     with PodNetwork() as network:
