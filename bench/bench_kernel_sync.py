@@ -76,6 +76,8 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def in_guest(cluster_file: str) -> int:
+    from loguru import logger
+
     from ipvsproxy.dataplane.ipset import IPSetTool
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
@@ -84,6 +86,8 @@ def in_guest(cluster_file: str) -> int:
     from ipvsproxy.proxier import sync
     from ipvsproxy.sandbox.netns import enter_netns
 
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
     cluster = read_cluster([cluster_file])
     state = desired_state(
         cluster.services, cluster.slices, node=NodeInfo(), settings=DesiredSettings()
