@@ -21,6 +21,7 @@ from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from ipvsproxy.dataplane import ipvs_codec as codec
+from ipvsproxy.dataplane import netlink_codec as nl
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.model import (
     IPVS_FLAG_HASHED,
@@ -251,7 +252,7 @@ def _pyroute2_encode(cmd: int, attrs: list[tuple[str, Any]], *, seq: int = 1) ->
     message["version"] = 1
     message["attrs"] = attrs
     message["header"]["type"] = FAMILY_ID
-    message["header"]["flags"] = codec.NLM_F_MULTI
+    message["header"]["flags"] = nl.NLM_F_MULTI
     message["header"]["sequence_number"] = seq
     message.encode()
     return bytes(message.data)
@@ -472,11 +473,11 @@ def _message(kind: int, flags: int, seq: int, payload: bytes) -> bytes:
 
 def test_acks_and_done() -> None:
     request_header = struct.pack("=IHHII", 64, FAMILY_ID, 5, 11, 0)
-    ok = _message(codec.NLMSG_ERROR, codec.NLM_F_CAPPED, 11, struct.pack("=i", 0) + request_header)
-    extack = struct.pack("=HH", 4 + 20, codec.NLMSGERR_ATTR_MSG) + b"Attribute failed pol\0"
+    ok = _message(codec.NLMSG_ERROR, nl.NLM_F_CAPPED, 11, struct.pack("=i", 0) + request_header)
+    extack = struct.pack("=HH", 4 + 20, nl.NLMSGERR_ATTR_MSG) + b"Attribute failed pol\0"
     refused = _message(
         codec.NLMSG_ERROR,
-        codec.NLM_F_CAPPED | codec.NLM_F_ACK_TLVS,
+        nl.NLM_F_CAPPED | nl.NLM_F_ACK_TLVS,
         12,
         struct.pack("=i", -errno.EINVAL) + request_header + extack,
     )
@@ -484,11 +485,11 @@ def test_acks_and_done() -> None:
     echoed = struct.pack("=IHHII", 24, FAMILY_ID, 5, 13, 0) + b"\1\1\0\0" + b"\xaa" * 4
     uncapped = _message(
         codec.NLMSG_ERROR,
-        codec.NLM_F_ACK_TLVS,
+        nl.NLM_F_ACK_TLVS,
         13,
         struct.pack("=i", -errno.EEXIST) + echoed + struct.pack("=HH", 7, 1) + b"hi\0\0",
     )
-    done = _message(codec.NLMSG_DONE, codec.NLM_F_MULTI, 14, struct.pack("=i", 0))
+    done = _message(codec.NLMSG_DONE, nl.NLM_F_MULTI, 14, struct.pack("=i", 0))
     messages = codec.split_messages(ok + refused + uncapped + done)
     assert [m.seq for m in messages] == [11, 12, 13, 14]
     assert codec.parse_ack(messages[0].payload, messages[0].flags) == (0, "")

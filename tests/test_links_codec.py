@@ -21,8 +21,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ipvsproxy.dataplane import links
-from ipvsproxy.dataplane.ipvs_codec import split_messages
 from ipvsproxy.dataplane.netlink import NetlinkDecodeError, Outcome
+from ipvsproxy.dataplane.netlink_codec import split_messages
 from ipvsproxy.model import IPAddress
 from ipvsproxy.operations import BindAddress, OperationFailure, UnbindAddress
 

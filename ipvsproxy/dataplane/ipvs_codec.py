@@ -58,7 +58,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from ipvsproxy.errors import IpvsProxyError, KernelError
+from ipvsproxy.dataplane.netlink_codec import (
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    REQUEST_ACK,
+    EncodeError,
+    NetlinkDecodeError,
+    NetlinkMessage,
+    attribute_spans,
+    parse_ack,
+    parse_done,
+    parse_error,
+    split_messages,
+)
 from ipvsproxy.model import (
     IPVS_FLAG_HASHED,
     ForwardMethod,
@@ -95,7 +111,6 @@ __all__ = [
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_DUMP_INTR",
-    "NLM_F_MULTI",
     "NLM_F_REQUEST",
     "REQUEST_ACK",
     "EncodeError",
@@ -128,22 +143,6 @@ __all__ = [
 
 IPVS_GENL_NAME: Final = "IPVS"
 IPVS_GENL_VERSION: Final = 1
-
-# include/uapi/linux/netlink.h
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-NLM_F_REQUEST: Final = 0x01
-NLM_F_MULTI: Final = 0x02
-NLM_F_ACK: Final = 0x04
-NLM_F_DUMP_INTR: Final = 0x10
-NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
-NLM_F_CAPPED: Final = 0x100  # on NLMSG_ERROR: the request's payload was left out
-NLM_F_ACK_TLVS: Final = 0x200  # on NLMSG_ERROR: extended-ack attributes follow
-NLMSGERR_ATTR_MSG: Final = 1
-REQUEST_ACK: Final = NLM_F_REQUEST | NLM_F_ACK
-_NLA_TYPE_MASK: Final = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 # include/uapi/linux/ip_vs.h: commands
 IPVS_CMD_NEW_SERVICE: Final = 1
@@ -190,27 +189,6 @@ _AF_INET6: Final = socket.AF_INET6.value
 
 
 # --- errors and result types --------------------------------------------------------------
-
-
-class EncodeError(IpvsProxyError, ValueError):
-    """A value cannot be represented in an IPVS message (port out of range, bad scheduler).
-
-    IpvsSocket.execute turns it into an OperationFailure (EINVAL) for that operation alone.
-    """
-
-
-class NetlinkDecodeError(KernelError):
-    """Bytes from the kernel are not well-formed netlink (truncated or inconsistent)."""
-
-
-class NetlinkMessage(NamedTuple):
-    """One netlink message: header fields and the payload after the 16-byte header."""
-
-    type: int
-    flags: int
-    seq: int
-    pid: int
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,10 +564,7 @@ def describe_operation(op: IpvsOperation) -> str:
 
 # --- decoding -----------------------------------------------------------------------------
 
-_NLMSGHDR: Final = struct.Struct("=IHHII")
-_NLA_HDR: Final = struct.Struct("=HH")
 _GENLHDR: Final = struct.Struct("=BBH")
-_S32: Final = struct.Struct("=i")
 _U16: Final = struct.Struct("=H")
 _BE16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct("=I")
@@ -597,93 +572,12 @@ _BE32: Final = struct.Struct(">I")
 _FLAGS: Final = struct.Struct("=II")
 
 
-def split_messages(buffer: bytes) -> list[NetlinkMessage]:
-    """Split what one recv() returned into netlink messages.
-
-    Raises NetlinkDecodeError when a header is truncated or a length is inconsistent.
-    """
-    messages: list[NetlinkMessage] = []
-    end = len(buffer)
-    offset = 0
-    unpack_from = _NLMSGHDR.unpack_from
-    while offset < end:
-        if end - offset < 16:
-            raise NetlinkDecodeError(
-                f"truncated netlink header: {end - offset} bytes at offset {offset}"
-            )
-        length, kind, flags, seq, pid = unpack_from(buffer, offset)
-        if length < 16 or offset + length > end:
-            raise NetlinkDecodeError(
-                f"netlink message length {length} at offset {offset} "
-                f"does not fit the {end}-byte buffer"
-            )
-        messages.append(
-            NetlinkMessage(kind, flags, seq, pid, buffer[offset + 16 : offset + length])
-        )
-        offset += (length + 3) & ~3
-    return messages
-
-
-def parse_error(payload: bytes) -> int:
-    """The errno of an NLMSG_ERROR payload: 0 for an ack, a positive errno otherwise."""
-    if len(payload) < 4:
-        raise NetlinkDecodeError(f"truncated NLMSG_ERROR payload ({len(payload)} bytes)")
-    error: int = _S32.unpack_from(payload)[0]
-    return -error
-
-
-def parse_ack(payload: bytes, flags: int) -> tuple[int, str]:
-    """The errno of an NLMSG_ERROR message and the kernel's extended-ack text, if any.
-
-    Layout: s32 -errno, the request's nlmsghdr, the request's payload unless the ack is
-    NLM_F_CAPPED or a success, then (NLM_F_ACK_TLVS) attributes such as NLMSGERR_ATTR_MSG.
-    """
-    err = parse_error(payload)
-    if not flags & NLM_F_ACK_TLVS:
-        return err, ""
-    start = 4 + 16
-    if err and not flags & NLM_F_CAPPED:
-        if len(payload) < 20:
-            raise NetlinkDecodeError(f"truncated NLMSG_ERROR payload ({len(payload)} bytes)")
-        request_length: int = _U32.unpack_from(payload, 4)[0]
-        start = 4 + ((request_length + 3) & ~3)
-    span = _attrs(payload, min(start, len(payload)), len(payload)).get(NLMSGERR_ATTR_MSG)
-    if span is None:
-        return err, ""
-    text = payload[span[0] : span[0] + span[1]].split(b"\0", 1)[0]
-    return err, text.decode("utf-8", "replace")
-
-
-def parse_done(payload: bytes) -> int:
-    """The errno carried by NLMSG_DONE (0 when the dump completed; the payload may be empty)."""
-    if len(payload) < 4:
-        return 0
-    status: int = _S32.unpack_from(payload)[0]
-    return -status
-
-
-def _attrs(buffer: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """Attribute type -> (payload offset, payload length) of the attributes in [start, end)."""
-    found: dict[int, tuple[int, int]] = {}
-    unpack_from = _NLA_HDR.unpack_from
-    offset = start
-    while end - offset >= 4:
-        length, kind = unpack_from(buffer, offset)
-        if length < 4 or offset + length > end:
-            raise NetlinkDecodeError(
-                f"attribute length {length} at offset {offset} overruns its container"
-            )
-        found[kind & _NLA_TYPE_MASK] = (offset + 4, length - 4)
-        offset += (length + 3) & ~3
-    return found
-
-
 def genl_command(payload: bytes) -> tuple[int, dict[int, tuple[int, int]]]:
     """The command and top-level attributes of a generic-netlink payload."""
     if len(payload) < 4:
         raise NetlinkDecodeError(f"truncated generic netlink header ({len(payload)} bytes)")
     cmd = payload[0]
-    return cmd, _attrs(payload, 4, len(payload))
+    return cmd, attribute_spans(payload, 4, len(payload))
 
 
 def _u16(buffer: bytes, span: tuple[int, int], what: str) -> int:
@@ -729,7 +623,7 @@ def _nested(
         name = "IPVS_CMD_ATTR_SERVICE" if kind == IPVS_CMD_ATTR_SERVICE else "IPVS_CMD_ATTR_DEST"
         raise NetlinkDecodeError(f"message has no {name} attribute")
     offset, length = span
-    return _attrs(payload, offset, offset + length)
+    return attribute_spans(payload, offset, offset + length)
 
 
 def _require(attrs: dict[int, tuple[int, int]], kind: int, what: str) -> tuple[int, int]:

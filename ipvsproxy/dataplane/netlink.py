@@ -18,8 +18,8 @@ Design points, each a lesson from existing netlink clients:
   of hanging the proxy.
 - Dumps marked NLM_F_DUMP_INTR (the table changed while it was read) are restarted.
 
-Splitting datagrams into messages and reading acks is pure and still lives in
-``ipvs_codec``; the constants and types that callers need are re-exported here.
+Splitting datagrams into messages and reading acks is pure and lives in ``netlink_codec``;
+the constants and types that callers need are re-exported here.
 Not thread-safe: one socket per thread.
 """
 
@@ -30,25 +30,28 @@ import errno
 import itertools
 import os
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, NamedTuple, Self, TypeVar
 
 from loguru import logger
 
-from ipvsproxy.dataplane.ipvs_codec import (
+from ipvsproxy.dataplane.netlink_codec import (
     NLM_F_ACK,
+    NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_DUMP_INTR,
+    NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
     EncodeError,
     NetlinkDecodeError,
     NetlinkMessage,
+    attributes,
     parse_ack,
     parse_done,
+    rebuild,
     split_messages,
 )
 from ipvsproxy.errors import KernelError
@@ -80,16 +83,11 @@ NETLINK_EXT_ACK: Final = 11  # acks may carry the kernel's error text
 NETLINK_GET_STRICT_CHK: Final = 12  # get/dump requests are validated and their filters honoured
 SO_SNDBUFFORCE: Final = 32
 SO_RCVBUFFORCE: Final = 33
-NLM_F_EXCL: Final = 0x200  # new requests: fail with EEXIST if the object exists
-NLM_F_CREATE: Final = 0x400  # new requests: create the object if it does not exist
 
 _SOCKET_KIND: Final = {NETLINK_ROUTE: "an rtnetlink", NETLINK_GENERIC: "a generic netlink"}
 _DUMP_ATTEMPTS: Final = 5
 _RECV_BYTES: Final = 256 * 1024  # a dump skb is at most 32 KiB; an ack far less
 _ACK_TRUESIZE: Final = 1024  # receive-buffer cost of one queued ack, with a margin
-_NLMSGHDR: Final = struct.Struct("=IHHII")
-_NLA_HDR: Final = struct.Struct("=HH")
-_NLA_TYPE_MASK: Final = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 _Item = TypeVar("_Item")
 
@@ -397,31 +395,3 @@ def _take_acks(
         err, text = parse_ack(message.payload, message.flags)
         if err:
             outcomes[index] = Outcome(err, text)
-
-
-def attributes(buffer: bytes, start: int) -> dict[int, bytes]:
-    """Attribute type -> payload of the netlink attributes from ``start`` to the end.
-
-    Raises NetlinkDecodeError when an attribute overruns the buffer.
-    """
-    found: dict[int, bytes] = {}
-    unpack_from = _NLA_HDR.unpack_from
-    end = len(buffer)
-    offset = start
-    while end - offset >= 4:
-        length, kind = unpack_from(buffer, offset)
-        if length < 4 or offset + length > end:
-            raise NetlinkDecodeError(
-                f"attribute length {length} at offset {offset} overruns its container"
-            )
-        found[kind & _NLA_TYPE_MASK] = buffer[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
-def rebuild(message: NetlinkMessage) -> bytes:
-    """The raw bytes of a split message, for decoders that want the whole message."""
-    header = _NLMSGHDR.pack(
-        16 + len(message.payload), message.type, message.flags, message.seq, message.pid
-    )
-    return header + message.payload
