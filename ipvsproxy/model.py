@@ -24,6 +24,11 @@ def address_sort_key(address: IPAddress) -> tuple[int, int]:
     return (address.version, int(address))
 
 
+def host_port(address: IPAddress, port: int) -> str:
+    """ "10.0.0.1:80" or "[fd00::1]:80", as ipvsadm and most tools print an endpoint."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
 class IPFamily(enum.IntEnum):
     """An address family, valued as its IP version."""
 

@@ -8,13 +8,13 @@ from ipvsproxy.ipsets import all_set_names
 from ipvsproxy.model import (
     IPVS_FLAG_PERSISTENT,
     ForwardMethod,
-    IPAddress,
     IPFamily,
     IptablesRuleset,
     KernelState,
     RealServer,
     VirtualServer,
     address_sort_key,
+    host_port,
 )
 from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 
@@ -39,12 +39,8 @@ _SCHED_FLAGS = {
 }
 
 
-def _endpoint(address: IPAddress, port: int) -> str:
-    return f"{address}:{port}" if address.version == 4 else f"[{address}]:{port}"
-
-
 def ipvsadm_service_line(server: VirtualServer) -> str:
-    line = f"{server.protocol.value:<4} {_endpoint(server.address, server.port)} {server.scheduler}"
+    line = f"{server.protocol.value:<4} {host_port(server.address, server.port)} {server.scheduler}"
     if server.flags & IPVS_FLAG_PERSISTENT:
         line += f" persistent {server.timeout}"
     names = [name for bit, name in _SCHED_FLAGS.get(server.scheduler, ()) if server.flags & bit]
@@ -55,7 +51,7 @@ def ipvsadm_service_line(server: VirtualServer) -> str:
 
 def ipvsadm_dest_line(server: RealServer) -> str:
     return (
-        f"  -> {_endpoint(server.address, server.port):<28} "
+        f"  -> {host_port(server.address, server.port):<28} "
         f"{_FORWARD_NAMES[server.forward]:<7} {server.weight:<6} "
         f"{server.active_connections:<10} {server.inactive_connections:<10}"
     )

@@ -84,6 +84,7 @@ from ipvsproxy.model import (
     RealServerKey,
     VirtualServer,
     VirtualServerKey,
+    host_port,
 )
 from ipvsproxy.operations import (
     AddRealServer,
@@ -531,17 +532,13 @@ def encode_operation(op: IpvsOperation, *, family_id: int, seq: int) -> bytes:
 # --- human-readable names, for failures and logs ------------------------------------------
 
 
-def _hostport(address: IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
 def describe_virtual(key: VirtualServerKey) -> str:
     """``TCP 10.96.0.1:80`` / ``UDP [fd00::1]:53``, as ipvsadm -Ln prints a service."""
-    return f"{key.protocol.value} {_hostport(key.address, key.port)}"
+    return f"{key.protocol.value} {host_port(key.address, key.port)}"
 
 
 def describe_real(key: RealServerKey) -> str:
-    return _hostport(key.address, key.port)
+    return host_port(key.address, key.port)
 
 
 def describe_operation(op: IpvsOperation) -> str:
@@ -707,7 +704,7 @@ def parse_dest(payload: bytes, *, service_af: int) -> RealServer | SkippedEntry:
     try:
         forward = ForwardMethod(fwd)
     except ValueError:
-        return SkippedEntry(f"real server {_hostport(address, port)} forwarding method {fwd}")
+        return SkippedEntry(f"real server {host_port(address, port)} forwarding method {fwd}")
     weight_span = attrs.get(IPVS_DEST_ATTR_WEIGHT)
     active_span = attrs.get(IPVS_DEST_ATTR_ACTIVE_CONNS)
     inactive_span = attrs.get(IPVS_DEST_ATTR_INACT_CONNS)
