@@ -160,9 +160,14 @@ def _cmd_once(args: argparse.Namespace) -> int:
     state, config = _desired(args)
     for failure in ensure_sysctls(strict_arp=config.strict_arp):
         logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
-    if config.ipvs_timeouts is not None:
-        logger.warning("ipvs tcpTimeout, tcpFinTimeout and udpTimeout are not applied yet")
+    timeouts_ok = True
     with _dataplanes(args.iptables_backend) as dataplanes:
+        if config.ipvs_timeouts is not None:
+            try:
+                dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
+            except KernelError as exc:
+                logger.error("cannot set IPVS timeouts", error=str(exc))
+                timeouts_ok = False
         outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
     result = outcome.result
     logger.info(
@@ -172,7 +177,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
         failed=len(result.failures),
         virtual_servers=len(state.virtual_servers),
     )
-    return EXIT_OK if result.ok else EXIT_KERNEL
+    return EXIT_OK if result.ok and timeouts_ok else EXIT_KERNEL
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

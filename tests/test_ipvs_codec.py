@@ -640,3 +640,13 @@ def test_encode_only_sink_counts_and_reports_unencodable() -> None:
     assert sink.execute([]) == []
     assert sink.writes == 6
     assert sink.snapshot() == {}
+
+
+def test_config_timeouts_round_trip() -> None:
+    message = codec.encode_set_config((600, 30, 0), family_id=0x25, seq=7)
+    (parsed,) = codec.split_messages(message)
+    assert (parsed.type, parsed.seq) == (0x25, 7)
+    # A GET_CONFIG reply carries the same attributes after the genl header.
+    assert codec.parse_config(parsed.payload) == (600, 30, 0)
+    with pytest.raises(codec.EncodeError):
+        codec.encode_set_config((-1, 0, 0), family_id=0x25, seq=8)

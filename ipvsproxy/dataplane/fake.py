@@ -63,6 +63,7 @@ class FakeKernel:
             }
             for family in IPFamily
         }
+        self.timeouts = (900, 120, 300)  # IPVS tcp, tcpfin, udp connection timeouts
         self.writes = 0  # every state-changing call, whatever the subsystem
         self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
         # Operation types refused with EPERM, as a kernel or a security module might.
@@ -85,6 +86,15 @@ class FakeKernel:
                     OperationFailure(op, code, f"{type(op).__name__}: {errno.errorcode[code]}")
                 )
         return failures
+
+    def set_timeouts(self, timeouts: tuple[int, int, int]) -> bool:
+        # The kernel keeps a timeout given as 0; the defaults are 900, 120 and 300 s.
+        new = tuple(v or held for v, held in zip(timeouts, self.timeouts, strict=True))
+        if new == self.timeouts:
+            return False
+        self.writes += 1
+        self.timeouts = (new[0], new[1], new[2])
+        return True
 
     def _ipvs(self, op: IpvsOperation) -> int:
         if type(op) in self.refuse:

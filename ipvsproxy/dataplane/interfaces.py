@@ -27,6 +27,8 @@ class IpvsDataplane(Protocol):
 
     def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]: ...
 
+    def set_timeouts(self, timeouts: tuple[int, int, int]) -> bool: ...
+
 
 class AddressDataplane(Protocol):
     """The dummy interface and the service addresses bound to it."""

@@ -33,9 +33,12 @@ from ipvsproxy.dataplane.ipvs_codec import (
     SkippedEntry,
     address_af,
     describe_operation,
+    encode_get_config,
     encode_get_dests,
     encode_get_services,
     encode_operation,
+    encode_set_config,
+    parse_config,
     parse_dest,
     parse_service,
 )
@@ -176,6 +179,43 @@ class IpvsSocket(NetlinkSocket):
             reals = self.real_servers(server.key)
             result[server.key] = (server, {real.key: real for real in reals})
         return result
+
+    def timeouts(self) -> tuple[int, int, int]:
+        """The tcp, tcpfin and udp connection timeouts in seconds (`ipvsadm -L --timeout`)."""
+        family_id = self.family_id
+        replies, err, text = self._request(
+            lambda seq: encode_get_config(family_id=family_id, seq=seq)
+        )
+        if err:
+            raise KernelError(f"reading IPVS timeouts failed: {os.strerror(err)} {text}".strip())
+        for message in replies:
+            if message.type == family_id:
+                return parse_config(message.payload)
+        raise KernelError("the kernel sent no IPVS configuration")
+
+    def set_timeouts(self, timeouts: tuple[int, int, int]) -> bool:
+        """Set the tcp, tcpfin and udp timeouts (0 keeps a value); False if already so.
+
+        Like `ipvsadm --set`; kube-proxy applies its tcpTimeout, tcpFinTimeout and udpTimeout
+        this way. Nothing is written when the kernel already holds these values.
+        """
+        current = self.timeouts()
+        if all(value in (0, held) for value, held in zip(timeouts, current, strict=True)):
+            return False
+        family_id = self.family_id
+        try:
+            _, err, text = self._request(
+                lambda seq: encode_set_config(timeouts, family_id=family_id, seq=seq)
+            )
+        except EncodeError as exc:
+            raise KernelError(str(exc)) from exc
+        if err:
+            raise KernelError(
+                f"setting IPVS timeouts {timeouts} failed: {os.strerror(err)} {text}".strip(),
+                errno=err,
+            )
+        self.writes += 1
+        return True
 
     # --- writing --------------------------------------------------------------------------
 

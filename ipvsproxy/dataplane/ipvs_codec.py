@@ -124,15 +124,18 @@ __all__ = [
     "describe_virtual",
     "encode_del_dest",
     "encode_del_service",
+    "encode_get_config",
     "encode_get_dests",
     "encode_get_services",
     "encode_new_dest",
     "encode_new_service",
     "encode_operation",
+    "encode_set_config",
     "encode_set_dest",
     "encode_set_service",
     "genl_command",
     "parse_ack",
+    "parse_config",
     "parse_dest",
     "parse_done",
     "parse_error",
@@ -154,10 +157,15 @@ IPVS_CMD_NEW_DEST: Final = 5
 IPVS_CMD_SET_DEST: Final = 6
 IPVS_CMD_DEL_DEST: Final = 7
 IPVS_CMD_GET_DEST: Final = 8
+IPVS_CMD_SET_CONFIG: Final = 12
+IPVS_CMD_GET_CONFIG: Final = 13
 
 # attributes of a command
 IPVS_CMD_ATTR_SERVICE: Final = 1
 IPVS_CMD_ATTR_DEST: Final = 2
+IPVS_CMD_ATTR_TIMEOUT_TCP: Final = 4  # u32 seconds; these three are what `ipvsadm --set` sets
+IPVS_CMD_ATTR_TIMEOUT_TCP_FIN: Final = 5
+IPVS_CMD_ATTR_TIMEOUT_UDP: Final = 6
 
 # attributes nested in IPVS_CMD_ATTR_SERVICE
 IPVS_SVC_ATTR_AF: Final = 1
@@ -399,6 +407,51 @@ def encode_get_services(*, family_id: int, seq: int) -> bytes:
         IPVS_GENL_VERSION,
         0,
     )
+
+
+_TIMEOUT_ATTRS: Final = (
+    IPVS_CMD_ATTR_TIMEOUT_TCP,
+    IPVS_CMD_ATTR_TIMEOUT_TCP_FIN,
+    IPVS_CMD_ATTR_TIMEOUT_UDP,
+)
+_TIMEOUT_ATTR: Final = struct.Struct("=HHI")
+
+
+def encode_get_config(*, family_id: int, seq: int) -> bytes:
+    """IPVS_CMD_GET_CONFIG: the connection timeouts (tcp, tcpfin, udp), answered once."""
+    return _GENL_ONLY.pack(
+        _HDR_SIZE, family_id, REQUEST_ACK, seq, 0, IPVS_CMD_GET_CONFIG, IPVS_GENL_VERSION, 0
+    )
+
+
+def encode_set_config(
+    timeouts: tuple[int, int, int], *, family_id: int, seq: int, flags: int = REQUEST_ACK
+) -> bytes:
+    """IPVS_CMD_SET_CONFIG: set the tcp, tcpfin and udp timeouts in seconds.
+
+    The kernel (ip_vs_set_timeout) keeps a timeout whose value is 0, as `ipvsadm --set` does.
+    """
+    try:
+        attrs = b"".join(
+            _TIMEOUT_ATTR.pack(8, kind, value)
+            for kind, value in zip(_TIMEOUT_ATTRS, timeouts, strict=True)
+        )
+    except (struct.error, ValueError) as exc:
+        raise EncodeError(f"IPVS timeouts {timeouts}: {exc}") from None
+    header = _GENL_ONLY.pack(
+        _HDR_SIZE + len(attrs), family_id, flags, seq, 0, IPVS_CMD_SET_CONFIG, IPVS_GENL_VERSION, 0
+    )
+    return header + attrs
+
+
+def parse_config(payload: bytes) -> tuple[int, int, int]:
+    """The (tcp, tcpfin, udp) timeouts of an IPVS_CMD_GET_CONFIG reply; 0 where absent."""
+    _cmd, attrs = genl_command(payload)
+    values = []
+    for kind in _TIMEOUT_ATTRS:
+        span = attrs.get(kind)
+        values.append(_u32(payload, span, "timeout") if span is not None else 0)
+    return values[0], values[1], values[2]
 
 
 def _full_dest(

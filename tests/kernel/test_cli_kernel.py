@@ -366,3 +366,19 @@ def test_kernel_refusal_is_reported_and_the_rest_still_programmed(tmp_path: Path
     # With a scheduler the kernel knows, the next sync completes the job.
     cli("once", "-f", cluster)
     assert ipvsadm_lines() == ipvs_entries(cli("plan", "-f", cluster, "--section", "ipvs").stdout)
+
+
+def test_ipvs_timeouts_from_the_configuration(tmp_path: Path) -> None:
+    cluster = write_cluster(tmp_path / "cluster.yaml")
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "mode: ipvs\nipvs: {tcpTimeout: 10m, tcpFinTimeout: 30s}\n"
+    )
+    cli("once", "-f", cluster, "--config", str(config))
+    # udpTimeout unset (0) keeps the kernel's 300 s, as `ipvsadm --set` does.
+    assert "Timeout (tcp tcpfin udp): 600 30 300" in tool("ipvsadm", "-L", "--timeout")
+    with IpvsSocket() as ipvs:
+        assert ipvs.timeouts() == (600, 30, 300)
+        assert ipvs.set_timeouts((600, 30, 0)) is False  # already so: nothing written
+        assert ipvs.writes == 0
