@@ -158,10 +158,11 @@ def _cmd_once(args: argparse.Namespace) -> int:
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
 
     state, config = _desired(args)
-    for failure in ensure_sysctls(strict_arp=config.strict_arp):
-        logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
     timeouts_ok = True
     with _dataplanes(args.iptables_backend) as dataplanes:
+        # Only now, with IPVS known to be there: a node without it is left untouched.
+        for failure in ensure_sysctls(strict_arp=config.strict_arp):
+            logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
         if config.ipvs_timeouts is not None:
             try:
                 dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
