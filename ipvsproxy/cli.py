@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -83,12 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WORD_BREAKS = re.compile(r"[\s:,()'\"]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD_BREAKS.split(text)) - {""}
+
+
 def _log_format(record: Record) -> str:
     # The message, then its fields as key=value (escaped for loguru's format); a field whose
-    # value the message already spells out (a "{key}" template) is not repeated.
-    message = record["message"]
+    # value the message already spells out word for word (a "{key}" template) is left out.
+    words = _words(record["message"])
     fields = " ".join(
-        f"{key}={value}" for key, value in record["extra"].items() if str(value) not in message
+        f"{key}={value}"
+        for key, value in record["extra"].items()
+        if not _words(str(value)) or not _words(str(value)) <= words
     )
     fields = fields.replace("{", "{{").replace("}", "}}")
     return "{time:HH:mm:ss.SSS} {level: <7} {message}" + (f" {fields}" if fields else "") + "\n"
@@ -136,16 +146,11 @@ def _dataplanes(backend: str) -> Iterator[Dataplanes]:
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
 
-    chosen = detect_backend() if backend == "auto" else backend
-    logger.debug("iptables backend chosen", backend=chosen)
-    links = LinkTool()
-    try:
-        with IpvsSocket() as ipvs:
-            yield Dataplanes(
-                ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool(chosen)
-            )
-    finally:
-        links.close()
+    # IPVS first: without it nothing else is touched (backend detection may write a probe).
+    with IpvsSocket() as ipvs, LinkTool() as links:
+        chosen = detect_backend() if backend == "auto" else backend
+        logger.debug("iptables backend chosen", backend=chosen)
+        yield Dataplanes(ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool(chosen))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -155,20 +160,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    from ipvsproxy.dataplane.sysctl import ensure_sysctls
+    from ipvsproxy.dataplane.sysctl import SysctlFailure, ensure_sysctls
 
     state, config = _desired(args)
-    timeouts_ok = True
     with _dataplanes(args.iptables_backend) as dataplanes:
         # Only now, with IPVS known to be there: a node without it is left untouched.
-        for failure in ensure_sysctls(strict_arp=config.strict_arp):
-            logger.warning("cannot set sysctl", path=failure.path, error=failure.message)
+        settings_failed = ensure_sysctls(strict_arp=config.strict_arp)
+        for failure in settings_failed:
+            logger.error("cannot set sysctl", path=failure.path, error=failure.message)
         if config.ipvs_timeouts is not None:
             try:
                 dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
             except KernelError as exc:
                 logger.error("cannot set IPVS timeouts", error=str(exc))
-                timeouts_ok = False
+                settings_failed.append(SysctlFailure("ipvs timeouts", str(exc)))
         outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
     result = outcome.result
     logger.info(
@@ -178,7 +183,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
         failed=len(result.failures),
         virtual_servers=len(state.virtual_servers),
     )
-    return EXIT_OK if result.ok and timeouts_ok else EXIT_KERNEL
+    return EXIT_OK if result.ok and not settings_failed else EXIT_KERNEL
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def sync(
             error=failure.message,
         )
     if result.removals_skipped:
-        logger.warning("stale objects kept until a sync succeeds: interface or iptables failed")
+        logger.warning("removals postponed to a later sync: an earlier step failed")
     return SyncResult(plan=plan, result=result)
 
 

@@ -117,7 +117,7 @@ class IPSetTool:
                 ]
                 pending = [op for op in pending if _set_name(op) != name]
         else:
-            reason = f"not applied: ipset refused {len(failures)} lines already"
+            reason = f"not retried after {_MAX_RESTORES} ipset restore runs"
             failures += [OperationFailure(op, 0, reason) for op in pending]
         return failures
 

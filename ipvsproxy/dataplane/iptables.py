@@ -18,9 +18,10 @@ from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 BACKENDS = ("legacy", "nft")
 _TABLES = ("nat", "filter")
 _KUBELET_CHAINS = (":KUBE-IPTABLES-HINT", ":KUBE-KUBELET-CANARY")
-# Wait up to 5 s for the xtables lock (polling every 100 ms) when kubelet, firewalld or
-# another writer holds it, as kube-proxy does, instead of failing the sync at once.
-_RESTORE_ARGS = ("--noflush", "-w", "5", "-W", "100000")
+# Wait up to 5 s for the xtables lock when kubelet, firewalld or another writer holds it,
+# as kube-proxy does, instead of failing the sync at once. (-W, the poll interval, is
+# deprecated since iptables 1.8.9 and only adds a warning to every error message.)
+_RESTORE_ARGS = ("--noflush", "-w", "5")
 
 
 def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:

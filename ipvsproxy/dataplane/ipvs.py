@@ -187,7 +187,9 @@ class IpvsSocket(NetlinkSocket):
             lambda seq: encode_get_config(family_id=family_id, seq=seq)
         )
         if err:
-            raise KernelError(f"reading IPVS timeouts failed: {os.strerror(err)} {text}".strip())
+            raise KernelError(
+                f"reading IPVS timeouts failed: {os.strerror(err)} {text}".strip(), errno=err
+            )
         for message in replies:
             if message.type == family_id:
                 return parse_config(message.payload)

@@ -250,7 +250,13 @@ class LinkTool(NetlinkSocket):
             )
 
     def addresses(self, name: str) -> frozenset[IPAddress]:
-        """The addresses on ``name`` (empty if it does not exist): one RTM_GETADDR dump."""
+        """The host addresses (/32, /128) on ``name`` (empty if it does not exist): one
+        RTM_GETADDR dump.
+
+        Only host addresses are what the proxy binds; an address someone added with a
+        shorter prefix is not reported, so it is neither taken for a service address nor
+        "unbound" as /32 again and again (the kernel would answer EADDRNOTAVAIL).
+        """
         index = self._index(name)
         if index is None:
             return frozenset()
@@ -266,7 +272,10 @@ class LinkTool(NetlinkSocket):
         for payload in payloads:
             parsed = parse_address(payload)
             # filtered here too: kernels before 4.20 dump every interface's addresses
-            if parsed is not None and parsed[0] == index:
+            if parsed is None or parsed[0] != index:
+                continue
+            prefix_length = payload[1]  # struct ifaddrmsg: family, prefixlen, ...
+            if prefix_length == (32 if parsed[1].version == 4 else 128):
                 found.add(parsed[1])
         return frozenset(found)
 
