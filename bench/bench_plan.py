@@ -23,19 +23,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
-from ipvsproxy.dataplane.ipvs_codec import encode_operation
+from ipvsproxy.dataplane.ipset import restore_line
+from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.k8s.files import Cluster, read_cluster
 from ipvsproxy.model import KernelState
-from ipvsproxy.operations import (
-    AddIPSetEntry,
-    AddRealServer,
-    AddVirtualServer,
-    CreateIPSet,
-    RestoreChains,
-)
+from ipvsproxy.operations import IPSetOperation, IpvsOperation, RestoreChains
 from ipvsproxy.plan import plan_sync
 from ipvsproxy.rules import restore_payload
 
@@ -43,22 +38,20 @@ FAMILY_ID = 0x25  # any generic netlink family id; nothing is sent
 
 
 def encode(plan_ops: tuple[Any, ...]) -> tuple[int, int]:
-    """Encode every kernel write of a plan; returns (IPVS messages, bytes)."""
-    messages = 0
-    size = 0
-    ipset_lines: list[str] = []
-    for seq, op in enumerate(plan_ops, start=1):
-        if isinstance(op, AddVirtualServer | AddRealServer):
-            size += len(encode_operation(op, family_id=FAMILY_ID, seq=seq))
-            messages += 1
-        elif isinstance(op, AddIPSetEntry):
-            ipset_lines.append(f"add {op.set_name} {op.entry}")
-        elif isinstance(op, CreateIPSet):
-            ipset_lines.append(f"create {op.name} {op.create_args}")
-        elif isinstance(op, RestoreChains):
-            size += len(restore_payload(op.ruleset, op.missing_jumps))
-    size += len("\n".join(ipset_lines))
-    return messages, size
+    """Encode every kernel write of a plan as the adapters would; (IPVS messages, bytes)."""
+    ipvs_ops = [op for op in plan_ops if isinstance(op, get_args(IpvsOperation))]
+    sink = EncodeOnlySink(family_id=FAMILY_ID)
+    if sink.execute(ipvs_ops):
+        raise SystemExit("an IPVS operation could not be encoded")
+    ipset_payload = "\n".join(
+        restore_line(op) for op in plan_ops if isinstance(op, get_args(IPSetOperation))
+    )
+    rules = sum(
+        len(restore_payload(op.ruleset, op.missing_jumps))
+        for op in plan_ops
+        if isinstance(op, RestoreChains)
+    )
+    return sink.writes, sink.bytes + len(ipset_payload) + rules
 
 
 def timed(profile: bool, fn: Callable[..., Any], *args: Any) -> tuple[float, Any, str]:

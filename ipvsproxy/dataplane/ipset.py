@@ -28,7 +28,8 @@ def _set_name(op: IPSetOperation) -> str:
     return op.name if isinstance(op, CreateIPSet) else op.set_name
 
 
-def _line(op: IPSetOperation) -> str:
+def restore_line(op: IPSetOperation) -> str:
+    """The `ipset restore` line that performs one operation."""
     if isinstance(op, CreateIPSet):
         return f"create {op.name} {op.create_args}"
     if isinstance(op, AddIPSetEntry):
@@ -92,7 +93,7 @@ class IPSetTool:
             if not pending:
                 break
             self.restores += 1
-            payload = "\n".join(_line(op) for op in pending) + "\n"
+            payload = "\n".join(restore_line(op) for op in pending) + "\n"
             result = self._run(["restore", "-exist"], payload)
             if result.returncode == 0:
                 break
@@ -106,12 +107,14 @@ class IPSetTool:
             bad = int(match.group(1)) - 1
             reason = match.group(2).strip()
             refused = pending[bad]
-            failures.append(OperationFailure(refused, 0, f"ipset {_line(refused)}: {reason}"))
+            failures.append(
+                OperationFailure(refused, 0, f"ipset {restore_line(refused)}: {reason}")
+            )
             pending = pending[:bad] + pending[bad + 1 :]
             if isinstance(refused, CreateIPSet) or _SET_LEVEL.search(reason):
                 name = _set_name(refused)
                 failures += [
-                    OperationFailure(op, 0, f"ipset {_line(op)}: not applied, {reason}")
+                    OperationFailure(op, 0, f"ipset {restore_line(op)}: not applied, {reason}")
                     for op in pending
                     if _set_name(op) == name
                 ]
