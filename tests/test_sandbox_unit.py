@@ -208,3 +208,11 @@ def test_shared_tempdir_avoids_what_the_guest_mounts_over(
     made = uml.shared_tempdir("ipvsproxy-unit-")
     made.rmdir()
     assert made.parent == Path("/tmp")
+
+
+def test_xstate_shim_compiles_and_interposes_ptrace(tmp_path: Path) -> None:
+    library = uml._build_xstate_shim(tmp_path)
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    assert any(line.split()[-1] == "ptrace" for line in symbols.splitlines())

@@ -224,11 +224,50 @@ def run_in_guest(
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(box),
             "TMPDIR": str(memdir),
+            "LD_PRELOAD": str(_build_xstate_shim(box)),
         }
         return _boot(cmdline, host_env=host_env, box=box, timeout=timeout, on_output=on_output)
     finally:
         shutil.rmtree(box, ignore_errors=True)
         shutil.rmtree(memdir, ignore_errors=True)
+
+
+_XSTATE_SHIM_SOURCE = Path(__file__).with_name("uml_xstate.c")
+
+
+def _build_xstate_shim(box: Path) -> Path:
+    """Compile the ptrace shim that lets UML 6.1 boot on CPUs with a large XSAVE area.
+
+    Without it the guest panics at once on such hosts ("ptrace set fp regs failed, errno =
+    14"; see uml_xstate.c). Compiling takes well under a second, so it is built per run
+    into the run's private directory rather than cached.
+    """
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise SandboxError(
+            "gcc not found: the sandbox compiles a small ptrace shim for "
+            "user-mode-linux (Debian: apt-get install gcc)"
+        )
+    library = box / "uml_xstate.so"
+    built = subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(library),
+            str(_XSTATE_SHIM_SOURCE),
+            "-ldl",
+            "-lpthread",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise SandboxError(f"cannot compile {_XSTATE_SHIM_SOURCE.name}: {built.stderr.strip()}")
+    return library
 
 
 def shared_tempdir(prefix: str) -> Path:
