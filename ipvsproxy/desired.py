@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -25,6 +25,7 @@ from ipvsproxy.model import (
     ServicePort,
     VirtualServer,
     VirtualServerKey,
+    host_port,
 )
 from ipvsproxy.rules import MasqueradeSettings, build_ruleset
 
@@ -106,6 +107,65 @@ def _virtual_server(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """What one Service asks of the kernel.
+
+    The unit of partial syncs: a change to a Service or one of its EndpointSlices recomputes
+    only this, and the difference to the previous one is what gets applied. Addresses and
+    set entries may be shared with other Services (two Services on one external IP), so
+    whoever removes them must count their users first.
+    """
+
+    virtual_servers: Mapping[VirtualServerKey, VirtualServer]
+    real_servers: Mapping[VirtualServerKey, Mapping[RealServerKey, RealServer]]
+    addresses: frozenset[IPAddress]
+    set_entries: tuple[tuple[str, str], ...]  # (set name, entry in ipset's syntax)
+
+
+EMPTY_SERVICE_STATE = ServiceState({}, {}, frozenset(), ())
+
+
+def service_state(
+    service: Service,
+    slices: Sequence[EndpointSlice],
+    *,
+    node: NodeInfo,
+    settings: DesiredSettings,
+) -> ServiceState:
+    """What the kernel should hold for one Service and its EndpointSlices."""
+    virtual_servers: dict[VirtualServerKey, VirtualServer] = {}
+    real_servers: dict[VirtualServerKey, Mapping[RealServerKey, RealServer]] = {}
+    addresses: set[IPAddress] = set()
+    set_entries: dict[tuple[str, str], None] = {}  # ordered and deduplicated
+    for cluster_ip in service.cluster_ips:
+        family = IPFamily.of(cluster_ip)
+        if family not in settings.families:
+            continue
+        cluster_set = ipsets.CLUSTER_IP.name_for(family)
+        loop_back = ipsets.LOOP_BACK.name_for(family)
+        addresses.add(cluster_ip)
+        set_entries[(ipsets.IPVS_IPS.name_for(family), str(cluster_ip))] = None
+        for port in service.ports:
+            server = _virtual_server(cluster_ip, port, service, settings.scheduler)
+            servers, local = real_servers_for(
+                port,
+                family,
+                slices,
+                node_name=node.name,
+                local_only=service.internal_traffic_local,
+            )
+            virtual_servers[server.key] = server
+            real_servers[server.key] = servers
+            set_entries[
+                (cluster_set, ipsets.ip_port_entry(cluster_ip, port.protocol, port.port))
+            ] = None
+            for address, target in local:
+                entry = ipsets.ip_port_ip_entry(address, port.protocol, target, address)
+                set_entries[(loop_back, entry)] = None
+    return ServiceState(virtual_servers, real_servers, frozenset(addresses), tuple(set_entries))
+
+
 def desired_state(
     services: Iterable[Service],
     slices: Iterable[EndpointSlice],
@@ -113,74 +173,67 @@ def desired_state(
     node: NodeInfo,
     settings: DesiredSettings,
 ) -> KernelState:
-    """Everything the kernel should hold for these objects (ClusterIP services)."""
+    """Everything the kernel should hold for these objects."""
     with gc_paused():
-        return _desired_state(services, slices, node=node, settings=settings)
+        by_service = index_slices(slices)
+        states = (
+            (
+                service.key,
+                service_state(
+                    service, by_service.get(service.key, ()), node=node, settings=settings
+                ),
+            )
+            for service in services
+        )
+        return merge_service_states(states, settings=settings)
 
 
-def _desired_state(
-    services: Iterable[Service],
-    slices: Iterable[EndpointSlice],
-    *,
-    node: NodeInfo,
-    settings: DesiredSettings,
+def merge_service_states(
+    states: Iterable[tuple[str, ServiceState]], *, settings: DesiredSettings
 ) -> KernelState:
-    by_service = index_slices(slices)
+    """The whole kernel state from every Service's part, plus the fixed iptables chains.
+
+    When two Services claim one virtual server (the API server prevents it; a hand-written
+    file may not), the first keeps it and the other is warned about.
+    """
     virtual_servers: dict[VirtualServerKey, VirtualServer] = {}
-    real_servers: dict[VirtualServerKey, dict[RealServerKey, RealServer]] = {}
+    real_servers: dict[VirtualServerKey, Mapping[RealServerKey, RealServer]] = {}
     addresses: set[IPAddress] = set()
     entries: dict[str, set[str]] = {
         spec.name_for(family): set() for family in IPFamily for spec in ipsets.IPSETS
     }
-    families = set(settings.families)
-    owners: dict[VirtualServerKey, str] = {}  # which Service got each virtual server
-
-    for service in services:
-        service_slices = by_service.get(service.key, [])
-        for cluster_ip in service.cluster_ips:
-            family = IPFamily.of(cluster_ip)
-            if family not in families:
-                continue
-            cluster_set = entries[ipsets.CLUSTER_IP.name_for(family)]
-            loop_back = entries[ipsets.LOOP_BACK.name_for(family)]
-            for port in service.ports:
-                server = _virtual_server(cluster_ip, port, service, settings.scheduler)
-                if server.key in owners:
-                    # The API server prevents this; a hand-written file may not.
-                    logger.warning(
-                        "two Services claim one virtual server; the first keeps it",
-                        virtual_server=f"{port.protocol.value} {cluster_ip}:{port.port}",
-                        kept=owners[server.key],
-                        skipped=service.key,
-                    )
-                    continue
-                owners[server.key] = service.key
-                servers, local = real_servers_for(
-                    port,
-                    family,
-                    service_slices,
-                    node_name=node.name,
-                    local_only=service.internal_traffic_local,
+    owners: dict[VirtualServerKey, str] = {}
+    for service_key, state in states:
+        for key, server in state.virtual_servers.items():
+            if key in owners:
+                logger.warning(
+                    "two Services claim one virtual server; the first keeps it",
+                    virtual_server=f"{key.protocol.value} {host_port(key.address, key.port)}",
+                    kept=owners[key],
+                    skipped=service_key,
                 )
-                virtual_servers[server.key] = server
-                real_servers[server.key] = servers
-                addresses.add(cluster_ip)
-                cluster_set.add(ipsets.ip_port_entry(cluster_ip, port.protocol, port.port))
-                for address, target in local:
-                    loop_back.add(ipsets.ip_port_ip_entry(address, port.protocol, target, address))
-
-    for address in addresses:
-        entries[ipsets.IPVS_IPS.name_for(IPFamily.of(address))].add(str(address))
-
-    nonempty = {name for name, members in entries.items() if members}
-    iptables: dict[IPFamily, IptablesRuleset] = {
-        family: build_ruleset(family, masquerade=settings.masquerade, nonempty_sets=nonempty)
-        for family in settings.families
-    }
+                continue
+            owners[key] = service_key
+            virtual_servers[key] = server
+            real_servers[key] = state.real_servers[key]
+        addresses.update(state.addresses)
+        for set_name, entry in state.set_entries:
+            entries[set_name].add(entry)
     return KernelState(
         virtual_servers=virtual_servers,
         real_servers=real_servers,
         addresses=frozenset(addresses),
         ipsets={name: frozenset(members) for name, members in entries.items()},
-        iptables=iptables,
+        iptables=desired_iptables(entries, settings=settings),
     )
+
+
+def desired_iptables(
+    entries: Mapping[str, Collection[str]], *, settings: DesiredSettings
+) -> dict[IPFamily, IptablesRuleset]:
+    """The fixed chains per family; some rules exist only while their set has entries."""
+    nonempty = {name for name, members in entries.items() if members}
+    return {
+        family: build_ruleset(family, masquerade=settings.masquerade, nonempty_sets=nonempty)
+        for family in settings.families
+    }
