@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -22,14 +20,12 @@ from ipvsproxy.config import ProxyConfig, load_config
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.errors import ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import read_cluster
+from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState
 from ipvsproxy.plan import DUMMY_INTERFACE
 from ipvsproxy.proxier import cleanup, observe, sync
 from ipvsproxy.render import SECTIONS, render
 from ipvsproxy.rules import MasqueradeSettings
-
-if TYPE_CHECKING:
-    from loguru import Record
 
 EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
 
@@ -39,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="ipvsproxy",
         description="Kubernetes Services to Linux IPVS, like kube-proxy --proxy-mode=ipvs.",
     )
-    parser.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    add_logging_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def objects_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -81,32 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--section", choices=SECTIONS)
     backend_option(show)
     backend_option(commands.add_parser("cleanup", help="remove everything the proxy created"))
+    for sub in commands.choices.values():
+        add_logging_arguments(sub, top_level=False)
     return parser
-
-
-_WORD_BREAKS = re.compile(r"[\s:,()'\"]+")
-
-
-def _words(text: str) -> set[str]:
-    return set(_WORD_BREAKS.split(text)) - {""}
-
-
-def _log_format(record: Record) -> str:
-    # The message, then its fields as key=value (escaped for loguru's format); a field whose
-    # value the message already spells out word for word (a "{key}" template) is left out.
-    words = _words(record["message"])
-    fields = " ".join(
-        f"{key}={value}"
-        for key, value in record["extra"].items()
-        if not _words(str(value)) or not _words(str(value)) <= words
-    )
-    fields = fields.replace("{", "{{").replace("}", "}}")
-    return "{time:HH:mm:ss.SSS} {level: <7} {message}" + (f" {fields}" if fields else "") + "\n"
-
-
-def _configure_logging(level: str) -> None:
-    logger.remove()
-    logger.add(sys.stderr, level=level, format=_log_format)
 
 
 def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:
@@ -214,7 +185,7 @@ _COMMANDS = {"plan": _cmd_plan, "once": _cmd_once, "show": _cmd_show, "cleanup":
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    logging_from_arguments(args)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, ConfigError) as exc:

@@ -278,6 +278,30 @@ class RealServer:
 
 
 @dataclass(frozen=True, slots=True)
+class IpvsStats:
+    """The kernel's traffic counters of one virtual server since it was created.
+
+    As ``ipvsadm -Ln --stats`` prints them: connections scheduled, packets and bytes in
+    (client to real server) and out (replies, seen with masquerading).
+    """
+
+    connections: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def __add__(self, other: IpvsStats) -> IpvsStats:
+        return IpvsStats(
+            self.connections + other.connections,
+            self.packets_in + other.packets_in,
+            self.packets_out + other.packets_out,
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class IptablesRuleset:
     """The proxy's iptables chains for one address family.
 
