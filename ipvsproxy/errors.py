@@ -35,3 +35,14 @@ class KernelError(IpvsProxyError):
 
 class SandboxError(IpvsProxyError):
     """The user-mode-linux test kernel could not be started or did not finish."""
+
+
+class ApiError(IpvsProxyError):
+    """The Kubernetes API server answered with an error status, or could not be reached.
+
+    status is the HTTP status (or the code of a watch ERROR event); 0 when no answer came.
+    """
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status

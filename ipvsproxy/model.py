@@ -157,6 +157,10 @@ class EndpointSlice:
     family: IPFamily
     ports: tuple[EndpointPort, ...]
     endpoints: tuple[Endpoint, ...]
+    # Annotation endpoints.kubernetes.io/last-change-trigger-time, in seconds since the
+    # epoch: when the change this slice reflects was triggered (a Pod or Service update).
+    # None when absent or unreadable. Feeds kubeproxy_network_programming_duration_seconds.
+    trigger_time: float | None = None
 
     @property
     def key(self) -> str:
@@ -165,6 +169,30 @@ class EndpointSlice:
     @property
     def service_key(self) -> str:
         return f"{self.namespace}/{self.service_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """This node's Node object, reduced to what the proxy uses."""
+
+    name: str
+    # InternalIP and ExternalIP addresses, in status order.
+    addresses: tuple[IPAddress, ...] = ()
+    # Label topology.kubernetes.io/zone, for topology-aware routing.
+    zone: str | None = None
+    # metadata.deletionTimestamp is set: the node is going away.
+    deleting: bool = False
+    # Tainted ToBeDeletedByClusterAutoscaler: the autoscaler is draining it.
+    to_be_deleted: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def eligible(self) -> bool:
+        """Whether load balancers should send traffic here (kube-proxy's /healthz)."""
+        return not (self.deleting or self.to_be_deleted)
 
 
 # --- Kernel side --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ipvsproxy.errors import InvalidObject
 from ipvsproxy.k8s.objects import (
     endpoint_slice_from_dict,
     node_addresses_from_dict,
+    node_from_dict,
     parse_ip,
     service_from_dict,
 )
@@ -20,6 +21,7 @@ from ipvsproxy.model import (
     EndpointPort,
     EndpointSlice,
     IPFamily,
+    Node,
     Protocol,
     Service,
     ServicePort,
@@ -754,6 +756,48 @@ def test_node_addresses() -> None:
     assert node_addresses_from_dict(node) == ("worker-1", (ip4("172.18.0.3"), ip6("2001:db8::3")))
 
 
+def test_node_zone_and_deletion() -> None:
+    node: Obj = {
+        "kind": "Node",
+        "metadata": {
+            "name": "worker-1",
+            "labels": {"topology.kubernetes.io/zone": "eu-1a"},
+            "deletionTimestamp": "2024-05-01T10:00:00Z",
+        },
+        "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1714557600"}]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]},
+    }
+    expected = Node(
+        name="worker-1",
+        addresses=(ip4("172.18.0.3"),),
+        zone="eu-1a",
+        deleting=True,
+        to_be_deleted=True,
+    )
+    assert node_from_dict(node) == expected
+    assert not expected.eligible
+    plain = node_from_dict({"metadata": {"name": "w2"}, "spec": {"taints": [{"key": "other"}]}})
+    assert plain == Node(name="w2") and plain.eligible
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [
+        ("2024-05-01T10:00:00Z", 1714557600.0),
+        ("2024-05-01T10:00:00.250+02:00", 1714550400.25),
+        ("yesterday", None),
+        (None, None),
+    ],
+)
+def test_endpoint_slice_trigger_time(annotation: str | None, expected: float | None) -> None:
+    obj = endpoint_slice(endpoint())
+    if annotation is not None:
+        annotations = {"endpoints.kubernetes.io/last-change-trigger-time": annotation}
+        obj["metadata"]["annotations"] = annotations
+    converted = endpoint_slice_from_dict(obj)
+    assert converted is not None and converted.trigger_time == expected
+
+
 @pytest.mark.parametrize(
     ("node", "key", "reason"),
     [
@@ -767,12 +811,17 @@ def test_node_addresses() -> None:
             "n1",
             "status.addresses[0].address: invalid IP address 'n1.local'",
         ),
+        (
+            {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"taints": "none"}},
+            "n1",
+            "spec.taints: expected a list, got a string 'none'",
+        ),
     ],
-    ids=["no name", "bad address"],
+    ids=["no name", "bad address", "bad taints"],
 )
 def test_invalid_node(node: Obj, key: str, reason: str) -> None:
     with pytest.raises(InvalidObject) as caught:
-        node_addresses_from_dict(node)
+        node_from_dict(node)
     assert (caught.value.kind, caught.value.key, caught.value.reason) == ("Node", key, reason)
 
 

@@ -17,6 +17,7 @@ its models would only be converted again.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from ipvsproxy.model import (
     EndpointSlice,
     IPAddress,
     IPFamily,
+    Node,
     Protocol,
     Service,
     ServicePort,
@@ -40,14 +42,22 @@ from ipvsproxy.model import (
 __all__ = [
     "MAX_AFFINITY_TIMEOUT",
     "SERVICE_NAME_LABEL",
+    "TRIGGER_TIME_ANNOTATION",
     "endpoint_slice_from_dict",
     "node_addresses_from_dict",
+    "node_from_dict",
     "parse_ip",
     "service_from_dict",
 ]
 
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 """Label that ties an EndpointSlice to its Service."""
+
+TRIGGER_TIME_ANNOTATION: Final = "endpoints.kubernetes.io/last-change-trigger-time"
+"""Annotation on an EndpointSlice: when the change it reflects was triggered (RFC 3339)."""
+
+ZONE_LABEL: Final = "topology.kubernetes.io/zone"
+TO_BE_DELETED_TAINT: Final = "ToBeDeletedByClusterAutoscaler"
 
 MAX_AFFINITY_TIMEOUT: Final = 86400
 """Largest sessionAffinityConfig.clientIP.timeoutSeconds the API accepts (one day)."""
@@ -411,7 +421,32 @@ def _endpoint_slice(namespace: str, name: str, obj: Mapping[str, object]) -> End
         family=family,
         ports=_endpoint_ports(obj),
         endpoints=_endpoints(obj, family),
+        trigger_time=_trigger_time(namespace, name, metadata),
     )
+
+
+def _trigger_time(namespace: str, name: str, metadata: Mapping[str, object]) -> float | None:
+    # Only a metric depends on it, so an unreadable value is dropped, not the slice
+    # (kube-proxy's endpointslicecache likewise ignores one it cannot parse).
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return None
+    text = annotations.get(TRIGGER_TIME_ANNOTATION)
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        logger.debug(
+            "EndpointSlice {key}: ignoring unreadable {annotation} {value!r}",
+            key=f"{namespace}/{name}",
+            annotation=TRIGGER_TIME_ANNOTATION,
+            value=text,
+        )
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def _endpoint_ports(obj: Mapping[str, object]) -> tuple[EndpointPort, ...]:
@@ -474,15 +509,45 @@ def node_addresses_from_dict(obj: Mapping[str, object]) -> tuple[str, tuple[IPAd
 
     Raises InvalidObject for a missing name or an address that is not an IP.
     """
+    node = node_from_dict(obj)
+    return node.name, node.addresses
+
+
+def node_from_dict(obj: Mapping[str, object]) -> Node:
+    """A v1 Node as a model Node: addresses, zone label, and whether it is going away.
+
+    Raises InvalidObject for a missing name or a field of the wrong type, naming it.
+    """
     _, name = _metadata("Node", obj, namespaced=False)
     try:
-        status = _mapping(obj.get("status"), "status")
-        addresses: list[IPAddress] = []
-        for index, raw in enumerate(_list(status.get("addresses"), "status.addresses")):
-            path = f"status.addresses[{index}]"
-            entry = _mapping(raw, path)
-            if _str(entry.get("type"), f"{path}.type", "") in _NODE_ADDRESS_TYPES:
-                addresses.append(_ip(entry.get("address"), f"{path}.address"))
+        return _node(name, obj)
     except _BadField as exc:
         raise InvalidObject("Node", name, str(exc)) from None
-    return name, _unique(addresses)
+
+
+def _node(name: str, obj: Mapping[str, object]) -> Node:
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    labels = _mapping(metadata.get("labels"), "metadata.labels")
+    zone = _optional_str(labels.get(ZONE_LABEL), f"metadata.labels[{ZONE_LABEL}]")
+    deleting = _optional_str(metadata.get("deletionTimestamp"), "metadata.deletionTimestamp")
+    spec = _mapping(obj.get("spec"), "spec")
+    to_be_deleted = False
+    for index, raw in enumerate(_list(spec.get("taints"), "spec.taints")):
+        taint = _mapping(raw, f"spec.taints[{index}]")
+        if _str(taint.get("key"), f"spec.taints[{index}].key", "") == TO_BE_DELETED_TAINT:
+            to_be_deleted = True
+
+    status = _mapping(obj.get("status"), "status")
+    addresses: list[IPAddress] = []
+    for index, raw in enumerate(_list(status.get("addresses"), "status.addresses")):
+        path = f"status.addresses[{index}]"
+        entry = _mapping(raw, path)
+        if _str(entry.get("type"), f"{path}.type", "") in _NODE_ADDRESS_TYPES:
+            addresses.append(_ip(entry.get("address"), f"{path}.address"))
+    return Node(
+        name=name,
+        addresses=_unique(addresses),
+        zone=zone or None,
+        deleting=bool(deleting),
+        to_be_deleted=to_be_deleted,
+    )
