@@ -12,6 +12,7 @@ invalid values raise ConfigError naming the field and the value.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ API_VERSION: Final = "kubeproxy.config.k8s.io/v1alpha1"
 KIND: Final = "KubeProxyConfiguration"
 
 DEFAULT_METRICS_PORT: Final = 10249
+DEFAULT_API_QPS: Final = 5.0  # kube-proxy's clientConnection defaults
+DEFAULT_API_BURST: Final = 10
 DEFAULT_HEALTHZ_PORT: Final = 10256
 
 
@@ -165,6 +168,20 @@ class ProxyConfig:
     healthz_bind_address: BindAddress = _DEFAULT_HEALTHZ
     """/healthz and /livez (`healthzBindAddress`). Default 0.0.0.0:10256."""
 
+    # -- API server connection (`clientConnection`)
+
+    kubeconfig: str | None = None
+    """kubeconfig file (`clientConnection.kubeconfig`, `--kubeconfig`); None: in-cluster."""
+
+    api_qps: float = DEFAULT_API_QPS
+    """Requests per second to the API server (`qps`); negative: unlimited. Default 5."""
+
+    api_burst: int = DEFAULT_API_BURST
+    """Requests allowed at once above api_qps (`burst`), >= 1. Default 10."""
+
+    api_content_type: str = "application/json"
+    """`contentType` as configured. Only JSON is spoken: the client warns about another."""
+
     def __post_init__(self) -> None:
         if not self.scheduler:
             raise ConfigError("scheduler: must not be empty")
@@ -178,6 +195,10 @@ class ProxyConfig:
                 f"min_sync_period: must be between 0 and sync_period ({self.sync_period:g}),"
                 f" got {self.min_sync_period:g}"
             )
+        if not math.isfinite(self.api_qps):
+            raise ConfigError(f"api_qps: must be a finite number, got {self.api_qps}")
+        if self.api_burst < 1:
+            raise ConfigError(f"api_burst: must be >= 1, got {self.api_burst}")
         if not 0 <= self.masquerade_bit <= 31:
             raise ConfigError(f"masquerade_bit: must be 0-31, got {self.masquerade_bit}")
         if not _one_per_family(self.cluster_cidrs):
@@ -215,6 +236,7 @@ def with_overrides(
     min_sync_period: float | None = None,
     metrics_bind_address: BindAddress | None = None,
     healthz_bind_address: BindAddress | None = None,
+    kubeconfig: str | None = None,
 ) -> ProxyConfig:
     """config with the settings given on the command line replaced; None keeps a setting.
 
@@ -234,6 +256,7 @@ def with_overrides(
         min_sync_period=_keep(min_sync_period, config.min_sync_period),
         metrics_bind_address=_keep(metrics_bind_address, config.metrics_bind_address),
         healthz_bind_address=_keep(healthz_bind_address, config.healthz_bind_address),
+        kubeconfig=_keep(kubeconfig or None, config.kubeconfig),
     )
 
 
@@ -462,6 +485,7 @@ class _Reader:
             raise self._fail("bindAddress", bind, "not an IP address") from None
 
         sync_period, min_sync_period = self._sync_periods()
+        qps, burst = self._client_rates()
         node_port_addresses, node_port_primary = self._node_port_addresses()
         return ProxyConfig(
             hostname_override=_hostname(self._str("hostnameOverride", "")),
@@ -487,6 +511,10 @@ class _Reader:
             healthz_bind_address=self._bind(
                 "healthzBindAddress", "[::]" if bind_v6 else "0.0.0.0", DEFAULT_HEALTHZ_PORT
             ),
+            kubeconfig=self._str("clientConnection.kubeconfig", "") or None,
+            api_qps=qps,
+            api_burst=burst,
+            api_content_type=self._str("clientConnection.contentType", "") or "application/json",
         )
 
     # -- fields that need more than a type check
@@ -506,6 +534,23 @@ class _Reader:
                 f"must not exceed ipvs.syncPeriod ({period:g}s)",
             )
         return period, min_period
+
+    def _client_rates(self) -> tuple[float, int]:
+        # Zero means "default", as kube-proxy's defaulting does; a negative qps turns the
+        # client-side limit off (client-go builds no rate limiter then).
+        qps = self._get("clientConnection.qps")
+        if qps is None or qps == 0:
+            qps = DEFAULT_API_QPS
+        if not isinstance(qps, int | float) or isinstance(qps, bool) or not math.isfinite(qps):
+            raise self._fail("clientConnection.qps", qps, "expected a number")
+        burst = self._get("clientConnection.burst")
+        if burst is None or burst == 0:
+            burst = DEFAULT_API_BURST
+        if not isinstance(burst, int) or isinstance(burst, bool):
+            raise self._fail("clientConnection.burst", burst, "expected an integer")
+        if burst < 0:
+            raise self._fail("clientConnection.burst", burst, "must be non-negative")
+        return float(qps), burst
 
     def _masquerade_bit(self) -> int:
         bit = self._get("iptables.masqueradeBit")

@@ -73,6 +73,7 @@ def test_kubeadm_defaults_give_defaults(warnings_logged: list[str]) -> None:
         document[section] = {key: None for key in document[section]}
     for key in ("clusterCIDR", "nodePortAddresses", "metricsBindAddress", "mode"):
         document[key] = None
+    document["clientConnection"]["kubeconfig"] = ""
     assert config_from_dict(document) == ProxyConfig()
     assert warnings_logged == []
 
@@ -92,6 +93,7 @@ def test_full_realistic_file(warnings_logged: list[str]) -> None:
         cluster_cidrs=(ip_network("10.244.0.0/16"), ip_network("fd00:10:244::/56")),
         node_port_addresses=(ip_network("172.18.0.0/16"), ip_network("fc00:f853:ccd:e793::/64")),
         metrics_bind_address=BindAddress(IPv4Address("0.0.0.0"), 10249),
+        kubeconfig="/var/lib/kube-proxy/kubeconfig.conf",
     )
     assert config.ipvs_timeouts == (900, 30, 300)
     assert not config.node_port_all_addresses
@@ -156,6 +158,19 @@ def test_configmap_without_a_configuration(tmp_path: Path) -> None:
         ({"bindAddress": "::"}, "metrics_bind_address", "[::1]:10249"),
         ({"bindAddress": "::"}, "healthz_bind_address", "[::]:10256"),
         ({"mode": "ipvs"}, "scheduler", "rr"),
+        ({"clientConnection": {"kubeconfig": "/etc/kc"}}, "kubeconfig", "/etc/kc"),
+        ({"clientConnection": {"qps": 0}}, "api_qps", 5.0),  # zero means default
+        ({"clientConnection": {"qps": 20}}, "api_qps", 20.0),
+        ({"clientConnection": {"qps": 0.5}}, "api_qps", 0.5),
+        ({"clientConnection": {"qps": -1}}, "api_qps", -1.0),  # no client-side limit
+        ({"clientConnection": {"burst": 0}}, "api_burst", 10),
+        ({"clientConnection": {"burst": 50}}, "api_burst", 50),
+        (
+            {"clientConnection": {"contentType": "application/vnd.kubernetes.protobuf"}},
+            "api_content_type",
+            "application/vnd.kubernetes.protobuf",  # kept; the client warns and uses JSON
+        ),
+        ({"clientConnection": {"contentType": ""}}, "api_content_type", "application/json"),
     ],
     ids=lambda value: None if not isinstance(value, dict) else str(value),
 )
@@ -199,6 +214,12 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"healthzBindAddress": "1.2.3.4:http"}, "healthzBindAddress: invalid value '1.2.3.4:http'"),
     ({"bindAddress": "node-1"}, "bindAddress: invalid value 'node-1': not an IP address"),
     ({"hostnameOverride": 5}, "hostnameOverride: invalid value 5: expected a string"),
+    ({"clientConnection": {"qps": "5"}}, "clientConnection.qps: invalid value '5': expected a n"),
+    ({"clientConnection": {"qps": True}}, "clientConnection.qps: invalid value True: expected"),
+    ({"clientConnection": {"burst": -1}}, "clientConnection.burst: invalid value -1: must be non"),
+    ({"clientConnection": {"burst": 2.5}}, "clientConnection.burst: invalid value 2.5: expected"),
+    ({"clientConnection": {"kubeconfig": 7}}, "clientConnection.kubeconfig: invalid value 7: exp"),
+    ({"clientConnection": "kc"}, "clientConnection: invalid value 'kc': expected a mapping"),
 ]
 
 
@@ -341,6 +362,7 @@ def test_with_overrides() -> None:
         sync_period=10.0,
         min_sync_period=2.0,
         metrics_bind_address=BindAddress(IPv4Address("127.0.0.1"), 9999),
+        kubeconfig="/root/.kube/config",
     )
     assert config == dataclasses.replace(
         base,
@@ -351,6 +373,7 @@ def test_with_overrides() -> None:
         sync_period=10.0,
         min_sync_period=2.0,
         metrics_bind_address=BindAddress(IPv4Address("127.0.0.1"), 9999),
+        kubeconfig="/root/.kube/config",
     )
     assert with_overrides(base) == base
 
@@ -363,6 +386,8 @@ def test_with_overrides() -> None:
         ({"masquerade_bit": 32}, "masquerade_bit: must be 0-31, got 32"),
         ({"tcp_timeout": -1}, "tcp_timeout: must be >= 0 seconds, got -1"),
         ({"scheduler": ""}, "scheduler: must not be empty"),
+        ({"api_burst": 0}, "api_burst: must be >= 1, got 0"),
+        ({"api_qps": float("nan")}, "api_qps: must be a finite number, got nan"),
         (
             {"cluster_cidrs": (ip_network("10.0.0.0/8"), ip_network("10.1.0.0/16"))},
             "cluster_cidrs: at most one network per IP family, got 10.0.0.0/8,10.1.0.0/16",
