@@ -19,6 +19,7 @@ from ipvsproxy.model import (
     IPAddress,
     IPFamily,
     IptablesRuleset,
+    IpvsStats,
     RealServer,
     RealServerKey,
     VirtualServer,
@@ -63,6 +64,9 @@ class FakeKernel:
             }
             for family in IPFamily
         }
+        # Traffic counters per virtual server, as the kernel keeps them (see count_traffic).
+        self.traffic: dict[VirtualServerKey, IpvsStats] = {}
+        self.stats_reads = 0  # stats() calls: each is one dump in the real kernel
         self.timeouts = (900, 120, 300)  # IPVS tcp, tcpfin, udp connection timeouts
         self.writes = 0  # every state-changing call, whatever the subsystem
         self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
@@ -75,6 +79,16 @@ class FakeKernel:
         return {
             key: (server, dict(self.destinations[key])) for key, server in self.services.items()
         }
+
+    def stats(self) -> dict[VirtualServerKey, IpvsStats]:
+        self.stats_reads += 1
+        return {key: self.traffic.get(key, IpvsStats()) for key in self.services}
+
+    def count_traffic(self, key: VirtualServerKey, traffic: IpvsStats) -> None:
+        """Add traffic to a virtual server's counters, as packets through it would; like
+        the kernel, traffic to a missing virtual server is not counted anywhere."""
+        if key in self.services:
+            self.traffic[key] = self.traffic.get(key, IpvsStats()) + traffic
 
     def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]:
         failures: list[OperationFailure] = []
@@ -110,6 +124,7 @@ class FakeKernel:
         if isinstance(op, DeleteVirtualServer):
             self.services.pop(op.key, None)
             self.destinations.pop(op.key, None)
+            self.traffic.pop(op.key, None)  # a re-created one counts from zero
             return 0
         if op.virtual not in self.services:
             return errno.ESRCH

@@ -9,6 +9,7 @@ from ipvsproxy.model import (
     IPAddress,
     IPFamily,
     IptablesRuleset,
+    IpvsStats,
     RealServer,
     RealServerKey,
     VirtualServer,
@@ -24,6 +25,10 @@ class IpvsDataplane(Protocol):
     (with the same end state) are not errors."""
 
     def snapshot(self) -> IpvsSnapshot: ...
+
+    def stats(self) -> dict[VirtualServerKey, IpvsStats]:
+        """The traffic counters of every TCP/UDP/SCTP virtual server, in one dump."""
+        ...
 
     def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]: ...
 

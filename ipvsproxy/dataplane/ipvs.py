@@ -42,9 +42,10 @@ from ipvsproxy.dataplane.ipvs_codec import (
     parse_dest,
     parse_service,
 )
+from ipvsproxy.dataplane.ipvs_stats import parse_service_stats
 from ipvsproxy.dataplane.netlink import NETLINK_GENERIC, NetlinkSocket, Outcome, rebuild
 from ipvsproxy.errors import KernelError
-from ipvsproxy.model import RealServer, VirtualServer, VirtualServerKey
+from ipvsproxy.model import IpvsStats, RealServer, VirtualServer, VirtualServerKey
 from ipvsproxy.operations import (
     AddRealServer,
     AddVirtualServer,
@@ -180,6 +181,19 @@ class IpvsSocket(NetlinkSocket):
             result[server.key] = (server, {real.key: real for real in reals})
         return result
 
+    def stats(self) -> dict[VirtualServerKey, IpvsStats]:
+        """The traffic counters of every TCP/UDP/SCTP virtual server (`ipvsadm -Ln --stats`),
+        from one service dump: the kernel sends them with each service."""
+        family_id = self.family_id
+        result: dict[VirtualServerKey, IpvsStats] = {}
+        for payload in self._dump(
+            lambda seq: encode_get_services(family_id=family_id, seq=seq), reply_type=family_id
+        ):
+            entry = parse_service_stats(payload)
+            if not isinstance(entry, SkippedEntry):
+                result[entry[0]] = entry[1]
+        return result
+
     def timeouts(self) -> tuple[int, int, int]:
         """The tcp, tcpfin and udp connection timeouts in seconds (`ipvsadm -L --timeout`)."""
         family_id = self.family_id
@@ -276,6 +290,9 @@ class EncodeOnlySink:
         self._seq = 0
 
     def snapshot(self) -> IpvsSnapshot:
+        return {}
+
+    def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         return {}
 
     def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]:
