@@ -274,7 +274,9 @@ class IpvsTrafficCollector(Collector):
     does not own (it is left out). A Service port reached through several virtual servers
     (ClusterIP, external IPs, both families) is summed into one series. The series are
     counters: the kernel's counts restart when a virtual server is re-created, which
-    Prometheus' rate() treats as the counter reset it is.
+    Prometheus' rate() treats as the counter reset it is. The kernel folds its per-CPU
+    counts into what it reports every 2 seconds (its rate estimator), so a scrape may lag
+    the traffic by that much.
     """
 
     def __init__(
