@@ -39,7 +39,7 @@ from ipvsproxy.config import BindAddress
 from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.httpserve import HttpServer, Request, Response
 from ipvsproxy.logs import RepeatedLog
-from ipvsproxy.model import IpvsStats, VirtualServerKey
+from ipvsproxy.model import IpvsStats, Service, VirtualServerKey
 
 __all__ = [
     "NETWORK_PROGRAMMING_BUCKETS",
@@ -50,6 +50,7 @@ __all__ = [
     "ServicePortLabels",
     "parse_trigger_time",
     "serve_metrics",
+    "service_port_labels",
 ]
 
 # Set by the EndpointSlice controller: when the change that produced this version happened.
@@ -251,6 +252,30 @@ class ServicePortLabels(NamedTuple):
     service: str
     port: str  # the Service port's name ("" when unnamed)
     protocol: str  # TCP, UDP or SCTP
+
+
+def service_port_labels(
+    service: Service, keys: Iterable[VirtualServerKey]
+) -> dict[VirtualServerKey, ServicePortLabels]:
+    """Label a Service's virtual servers (its ServiceState's keys) with their Service port,
+    matched by protocol and port, or node port; a key matching no port is left out.
+
+    The sync loop can keep one dict of these up to date per Service it syncs and give the
+    collector its ``get``: a dict lookup is safe from the scrape thread while the loop
+    replaces entries.
+    """
+    by_port: dict[tuple[str, int], ServicePortLabels] = {}
+    for port in service.ports:
+        labels = ServicePortLabels(service.namespace, service.name, port.name, port.protocol.value)
+        by_port.setdefault((port.protocol.value, port.port), labels)
+        if port.node_port:
+            by_port.setdefault((port.protocol.value, port.node_port), labels)
+    result: dict[VirtualServerKey, ServicePortLabels] = {}
+    for key in keys:
+        found = by_port.get((key.protocol.value, key.port))
+        if found is not None:
+            result[key] = found
+    return result
 
 
 _TRAFFIC_LABELS: Final = list(ServicePortLabels._fields)

@@ -17,8 +17,17 @@ from ipvsproxy.dataplane import netlink_codec as nl
 from ipvsproxy.dataplane.fake import FakeKernel
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.dataplane.ipvs_stats import encode_stats, parse_service_stats
-from ipvsproxy.metrics import IpvsTrafficCollector, ServicePortLabels
-from ipvsproxy.model import IpvsStats, Protocol, RealServer, VirtualServer, VirtualServerKey
+from ipvsproxy.desired import DesiredSettings, NodeInfo, service_state
+from ipvsproxy.metrics import IpvsTrafficCollector, ServicePortLabels, service_port_labels
+from ipvsproxy.model import (
+    IpvsStats,
+    Protocol,
+    RealServer,
+    Service,
+    ServicePort,
+    VirtualServer,
+    VirtualServerKey,
+)
 from ipvsproxy.operations import AddRealServer, AddVirtualServer, DeleteVirtualServer
 
 FAMILY_ID = 0x2A
@@ -208,4 +217,30 @@ def _samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if not sample.name.endswith("_created")
+    }
+
+
+def test_service_port_labels_from_a_services_virtual_servers() -> None:
+    web = Service(
+        namespace="shop",
+        name="web",
+        type="NodePort",
+        cluster_ips=(ip("10.96.0.10"), ip("fd00::10")),
+        ports=(
+            ServicePort("http", Protocol.TCP, 80, node_port=30080),
+            ServicePort("dns", Protocol.UDP, 80),
+        ),
+    )
+    state = service_state(web, [], node=NodeInfo(), settings=DesiredSettings())
+    node_port = VirtualServerKey(ip("192.0.2.1"), Protocol.TCP, 30080)
+    stray = VirtualServerKey(ip("10.96.0.10"), Protocol.SCTP, 80)
+    labels = service_port_labels(web, [*state.virtual_servers, node_port, stray])
+    http = ServicePortLabels("shop", "web", "http", "TCP")
+    dns = ServicePortLabels("shop", "web", "dns", "UDP")
+    assert labels == {
+        VirtualServerKey(ip("10.96.0.10"), Protocol.TCP, 80): http,
+        VirtualServerKey(ip("fd00::10"), Protocol.TCP, 80): http,
+        VirtualServerKey(ip("10.96.0.10"), Protocol.UDP, 80): dns,
+        VirtualServerKey(ip("fd00::10"), Protocol.UDP, 80): dns,
+        node_port: http,
     }
