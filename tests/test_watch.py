@@ -17,11 +17,10 @@ import pytest
 from loguru import logger
 
 from ipvsproxy.errors import ApiError
-from ipvsproxy.k8s.ratelimit import TokenBucket
+from ipvsproxy.k8s.ratelimit import Backoff, TokenBucket
 from ipvsproxy.k8s.watch import (
     ENDPOINT_SLICES,
     SERVICES,
-    Backoff,
     Reflector,
     Resource,
     WatchSettings,

@@ -1,4 +1,5 @@
-"""A client-side token bucket in front of API requests (clientConnection qps and burst).
+"""Pacing API requests: a client-side token bucket (clientConnection qps and burst), and
+the backoff between attempts after errors.
 
 client-go puts one such bucket in front of every request a client makes, watches included
 (flowcontrol.NewTokenBucketRateLimiter); kube-proxy's defaults are 5 requests/s with a
@@ -8,11 +9,12 @@ stopping thread is never stuck in here.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["TokenBucket"]
+__all__ = ["Backoff", "TokenBucket"]
 
 
 class TokenBucket:
@@ -46,3 +48,38 @@ class TokenBucket:
             self._tokens -= 1.0
             # A negative balance is a queue of booked tokens: each waits its turn.
             return 0.0 if self._tokens >= 0 else -self._tokens / self._qps
+
+
+class Backoff:
+    """Capped exponential delays with jitter (client-go's reflector: 0.8 s to 30 s)."""
+
+    def __init__(
+        self,
+        *,
+        initial: float,
+        cap: float,
+        reset_after: float,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._reset_after = reset_after
+        self._clock = clock
+        self._rng = rng
+        self._next = initial
+        self._last: float | None = None
+
+    def delay(self) -> float:
+        """The next delay: the base doubles each time, jitter adds up to 100%, capped."""
+        now = self._clock()
+        if self._last is not None and now - self._last > self._reset_after:
+            self._next = self._initial
+        self._last = now
+        base = self._next
+        self._next = min(self._cap, base * 2)
+        return min(self._cap, base * (1.0 + self._rng.random()))
+
+    def reset(self) -> None:
+        self._next = self._initial
+        self._last = None

@@ -55,12 +55,12 @@ from loguru import logger
 
 from ipvsproxy.errors import ApiError, InvalidObject
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, node_from_dict, service_from_dict
+from ipvsproxy.k8s.ratelimit import Backoff
 from ipvsproxy.model import EndpointSlice, Node, Service
 
 __all__ = [
     "ENDPOINT_SLICES",
     "SERVICES",
-    "Backoff",
     "ChangeHandler",
     "RateLimiter",
     "Reflector",
@@ -198,41 +198,6 @@ class WatchSettings:
 
     backoff_reset: float = 120.0
     """Seconds without an error after which the delay starts over from backoff_initial."""
-
-
-class Backoff:
-    """Capped exponential delays with jitter (client-go's reflector: 0.8 s to 30 s)."""
-
-    def __init__(
-        self,
-        *,
-        initial: float,
-        cap: float,
-        reset_after: float,
-        clock: Callable[[], float],
-        rng: random.Random,
-    ) -> None:
-        self._initial = initial
-        self._cap = cap
-        self._reset_after = reset_after
-        self._clock = clock
-        self._rng = rng
-        self._next = initial
-        self._last: float | None = None
-
-    def delay(self) -> float:
-        """The next delay: the base doubles each time, jitter adds up to 100%, capped."""
-        now = self._clock()
-        if self._last is not None and now - self._last > self._reset_after:
-            self._next = self._initial
-        self._last = now
-        base = self._next
-        self._next = min(self._cap, base * 2)
-        return min(self._cap, base * (1.0 + self._rng.random()))
-
-    def reset(self) -> None:
-        self._next = self._initial
-        self._last = None
 
 
 class _Expired(Exception):
@@ -378,7 +343,7 @@ class Reflector(Generic[V]):
         self._failures += 1
         log = logger.warning if self._failures == 1 else logger.debug
         log(
-            "{kind} {action} failed: {error}; retrying in {delay:.1f}s",
+            "{kind} {action} failed: {error}; retrying in {delay:.2f}s",
             kind=self.kind,
             action="list" if listing else "watch",
             error=exc,
