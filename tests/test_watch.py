@@ -511,3 +511,17 @@ def test_stop_wakes_a_blocked_watch() -> None:
     reflector.stop(timeout=5)
     assert blocked.woken.is_set() and blocked.closed
     assert reflector._thread is not None and not reflector._thread.is_alive()
+
+
+def test_an_error_event_after_good_events_still_backs_off() -> None:
+    handler, transport, sleeps, _ = run(
+        [
+            FakeResponse(page([], "10")),
+            watch(event("ADDED", svc("a", "10.0.0.1", rv="11")), error_event(500)),
+            watch(event("ADDED", svc("b", "10.0.0.2", rv="12"))),
+        ]
+    )
+    assert transport.slept_after[0] == 2  # backed off after the failed watch
+    assert transport.requests[2].query["resourceVersion"] == "11"
+    assert keys(handler) == ["default/a", "default/b"]
+    assert sleeps[0] > 0

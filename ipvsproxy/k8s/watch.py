@@ -208,6 +208,10 @@ class _Stopped(Exception):
     """stop() was called."""
 
 
+class _ErrorEvent(ApiError):
+    """A watch ERROR event other than 410: back off, then watch again."""
+
+
 class _BadStream(Exception):
     """A watch line that cannot be decoded: end this watch."""
 
@@ -270,6 +274,7 @@ class Reflector(Generic[V]):
         self._response: Response | None = None
         self._thread: threading.Thread | None = None
         self._failures = 0
+        self._events = 0  # events read by the current watch
 
     # -- public
 
@@ -496,9 +501,11 @@ class Reflector(Generic[V]):
             if exc.status == GONE:
                 raise _Expired from exc
             raise
-        events = 0
+        self._events = 0
         try:
-            events = self._read_events(response)
+            self._read_events(response)
+        except _ErrorEvent:
+            raise
         except ApiError as exc:
             # A connection cut mid-stream: watch again from the last resourceVersion,
             # as client-go does when its stream decoder hits an unexpected EOF.
@@ -509,14 +516,13 @@ class Reflector(Generic[V]):
             self._release(response)
         if self._stopping.is_set():
             raise _Stopped
-        if events:
+        if self._events:
             self._recovered()
         elif self._clock() - started < 1.0:
             # A server that ends watches at once would otherwise be asked in a tight loop.
             raise ApiError("watch ended at once without events")
 
-    def _read_events(self, response: Response) -> int:
-        events = 0
+    def _read_events(self, response: Response) -> None:
         pending = b""
         for chunk in response.chunks():
             if self._stopping.is_set():
@@ -528,11 +534,10 @@ class Reflector(Generic[V]):
             for line in lines:
                 if line.strip():
                     self._event(line)
-                    events += 1
+                    self._events += 1
         if pending.strip():
             self._event(pending)
-            events += 1
-        return events
+            self._events += 1
 
     def _event(self, line: bytes) -> None:
         try:
@@ -548,7 +553,7 @@ class Reflector(Generic[V]):
             if code == GONE:
                 raise _Expired
             status = code if isinstance(code, int) else 0
-            raise ApiError(f"watch ERROR event: {obj.get('message')}", status=status)
+            raise _ErrorEvent(f"watch ERROR event: {obj.get('message')}", status=status)
         version = _resource_version(obj)
         if kind == "BOOKMARK":
             if version:
