@@ -21,7 +21,7 @@ from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.errors import ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
-from ipvsproxy.model import IPAddress, IPFamily, KernelState
+from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
 from ipvsproxy.plan import DUMMY_INTERFACE
 from ipvsproxy.proxier import cleanup, observe, sync
 from ipvsproxy.render import SECTIONS, render
@@ -94,9 +94,24 @@ def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:
     return config, NodeInfo(name=name.lower(), addresses=tuple(addresses))
 
 
+def _with_node_object(node: NodeInfo, objects: Sequence[Node]) -> NodeInfo:
+    """This node's topology zone and pod CIDRs from its Node object, if the files hold
+    one; its addresses too unless --node-ip gave them."""
+    for candidate in objects:
+        if candidate.name == node.name:
+            return dataclasses.replace(
+                node,
+                addresses=node.addresses or candidate.addresses,
+                zone=candidate.zone or "",
+                pod_cidrs=candidate.pod_cidrs,
+            )
+    return node
+
+
 def _desired(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
     config, node = _settings(args)
     cluster = read_cluster(args.files)
+    node = _with_node_object(node, cluster.nodes)
     settings = DesiredSettings(
         scheduler=config.scheduler,
         masquerade=MasqueradeSettings(

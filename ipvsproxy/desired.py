@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from ipvsproxy import ipsets
+from ipvsproxy.endpoints import internal_servers, select_endpoints
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.model import (
     DEFAULT_SCHEDULER,
@@ -17,6 +18,7 @@ from ipvsproxy.model import (
     EndpointSlice,
     IPAddress,
     IPFamily,
+    IPNetwork,
     IptablesRuleset,
     KernelState,
     RealServer,
@@ -41,10 +43,12 @@ class DesiredSettings:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """This node, as endpoint locality needs it."""
+    """This node, as endpoint locality, topology and local traffic detection need it."""
 
     name: str = ""
     addresses: tuple[IPAddress, ...] = ()
+    zone: str = ""  # label topology.kubernetes.io/zone of its Node object
+    pod_cidrs: tuple[IPNetwork, ...] = ()  # spec.podCIDRs of its Node object
 
 
 def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
@@ -53,44 +57,6 @@ def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlic
     for endpoint_slice in slices:
         by_service[endpoint_slice.service_key].append(endpoint_slice)
     return by_service
-
-
-def real_servers_for(
-    port: ServicePort,
-    family: IPFamily,
-    slices: Sequence[EndpointSlice],
-    *,
-    node_name: str,
-    local_only: bool,
-) -> tuple[dict[RealServerKey, RealServer], list[tuple[IPAddress, int]]]:
-    """The ready endpoints of one Service port and family, deduplicated by ip:port.
-
-    Endpoint ports match Service ports by name and protocol, across every slice of the
-    Service. Also returns the local endpoints (any condition) for hairpin masquerading.
-    """
-    servers: dict[RealServerKey, RealServer] = {}
-    local: list[tuple[IPAddress, int]] = []
-    name, protocol = port.name, port.protocol
-    for endpoint_slice in slices:
-        if endpoint_slice.family is not family:
-            continue
-        target = 0
-        for slice_port in endpoint_slice.ports:
-            if slice_port.name == name and slice_port.protocol is protocol:
-                target = slice_port.port
-                break
-        if not target:
-            continue
-        for endpoint in endpoint_slice.endpoints:
-            is_local = bool(node_name) and endpoint.node_name == node_name
-            if is_local:
-                local.append((endpoint.address, target))
-            if not endpoint.ready or (local_only and not is_local):
-                continue
-            key = RealServerKey(endpoint.address, target)
-            if key not in servers:
-                servers[key] = RealServer(endpoint.address, target)
-    return servers, local
 
 
 def _virtual_server(
@@ -148,19 +114,13 @@ def service_state(
         set_entries[(ipsets.IPVS_IPS.name_for(family), str(cluster_ip))] = None
         for port in service.ports:
             server = _virtual_server(cluster_ip, port, service, settings.scheduler)
-            servers, local = real_servers_for(
-                port,
-                family,
-                slices,
-                node_name=node.name,
-                local_only=service.internal_traffic_local,
-            )
+            endpoints = select_endpoints(port, family, slices, node_name=node.name, zone=node.zone)
             virtual_servers[server.key] = server
-            real_servers[server.key] = servers
+            real_servers[server.key] = internal_servers(endpoints, service)
             set_entries[
                 (cluster_set, ipsets.ip_port_entry(cluster_ip, port.protocol, port.port))
             ] = None
-            for address, target in local:
+            for address, target in endpoints.hairpin:
                 entry = ipsets.ip_port_ip_entry(address, port.protocol, target, address)
                 set_entries[(loop_back, entry)] = None
     return ServiceState(virtual_servers, real_servers, frozenset(addresses), tuple(set_entries))

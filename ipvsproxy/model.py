@@ -145,6 +145,10 @@ class Endpoint:
     terminating: bool = False
     node_name: str | None = None
     zone: str | None = None
+    # Topology hints (EndpointSlice hints.forZones / hints.forNodes): where this endpoint
+    # should be used from; empty without hints.
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,8 @@ class Node:
     deleting: bool = False
     # Tainted ToBeDeletedByClusterAutoscaler: the autoscaler is draining it.
     to_be_deleted: bool = False
+    # spec.podCIDRs (spec.podCIDR on old objects), for detectLocalMode NodeCIDR.
+    pod_cidrs: tuple[IPNetwork, ...] = ()
 
     @property
     def key(self) -> str:

@@ -164,3 +164,49 @@ def test_fields_are_not_repeated_when_the_message_spells_them(
     _, _, err = run(capsys, "plan", "-f", str(path), "--section", "addresses")
     (line,) = [line for line in err.splitlines() if "ns/bad-ip" in line]
     assert line.count("ns/bad-ip") == 1
+
+
+ZONED = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: worker-a
+  labels: {topology.kubernetes.io/zone: zone-a}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: near, namespace: ns}
+spec:
+  clusterIP: 10.96.0.7
+  trafficDistribution: PreferClose
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: near-1
+  namespace: ns
+  labels: {kubernetes.io/service-name: near}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.1], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
+- {addresses: [10.244.2.1], zone: zone-b, hints: {forZones: [{name: zone-b}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [("worker-a", ["10.244.1.1:8080"]), ("worker-z", ["10.244.1.1:8080", "10.244.2.1:8080"])],
+    ids=["node-object-gives-the-zone", "no-node-object-no-zone"],
+)
+def test_plan_takes_the_zone_from_the_node_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], node: str, expected: list[str]
+) -> None:
+    path = tmp_path / "zoned.yaml"
+    path.write_text(ZONED)
+    argv = ["plan", "-f", str(path), "--hostname-override", node, "--section", "ipvs"]
+    assert main(argv) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()[3:]  # after ipvsadm's three header lines
+    shown = [line.split()[1] for line in lines if line.startswith("  -> ")]
+    assert sorted(shown) == expected

@@ -15,7 +15,7 @@ from loguru import logger
 
 from ipvsproxy.errors import InputError
 from ipvsproxy.k8s.files import Cluster, load_documents, read_cluster
-from ipvsproxy.model import IPFamily, Protocol
+from ipvsproxy.model import IPFamily, Node, Protocol
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -301,9 +301,9 @@ def test_example_cluster(warnings_logged: list[Record]) -> None:
         "10.244.3.9": (True, True, False),
         "fd00:10:244:1::15": (True, True, False),
     }
-    assert cluster.nodes == (
+    assert [(n.name, n.addresses) for n in cluster.nodes] == [
         ("worker-1", (IPv4Address("172.18.0.3"), IPv6Address("fc00:f853:ccd:e793::3"))),
-    )
+    ]
 
 
 BAD_OBJECTS = """\
@@ -401,7 +401,7 @@ def test_same_name_in_other_namespace_or_kind_is_no_duplicate(
     )
     cluster = read_cluster([write(tmp_path, "c.yaml", text)])
     assert len(cluster.services) == 2
-    assert cluster.nodes == (("a", ()),)
+    assert cluster.nodes == (Node(name="a"),)
     assert warnings_logged == []
 
 

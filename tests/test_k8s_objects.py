@@ -780,6 +780,45 @@ def test_node_zone_and_deletion() -> None:
     assert plain == Node(name="w2") and plain.eligible
 
 
+def test_node_pod_cidrs() -> None:
+    node: Obj = {
+        "kind": "Node",
+        "metadata": {"name": "worker-2"},
+        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24", "fd00:244:2::/64"]},
+    }
+    assert [str(c) for c in node_from_dict(node).pod_cidrs] == ["10.244.2.0/24", "fd00:244:2::/64"]
+    # Only the older single field: still read.
+    old: Obj = {"kind": "Node", "metadata": {"name": "n"}, "spec": {"podCIDR": "10.1.0.0/24"}}
+    assert [str(c) for c in node_from_dict(old).pod_cidrs] == ["10.1.0.0/24"]
+    with pytest.raises(InvalidObject, match=r"spec\.podCIDRs\[0\]: invalid CIDR"):
+        node_from_dict({"kind": "Node", "metadata": {"name": "n"}, "spec": {"podCIDR": "x"}})
+
+
+def test_endpoint_hints() -> None:
+    obj: Obj = {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "s",
+            "namespace": "d",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80}],
+        "endpoints": [
+            {
+                "addresses": ["10.0.0.1"],
+                "hints": {"forZones": [{"name": "a"}, {"name": "b"}], "forNodes": [{"name": "n1"}]},
+            },
+            {"addresses": ["10.0.0.2"]},
+        ],
+    }
+    parsed = endpoint_slice_from_dict(obj)
+    assert parsed is not None
+    first, second = parsed.endpoints
+    assert (first.zone_hints, first.node_hints) == (("a", "b"), ("n1",))
+    assert (second.zone_hints, second.node_hints) == ((), ())
+
+
 @pytest.mark.parametrize(
     ("annotation", "expected"),
     [

@@ -26,19 +26,16 @@ from ipvsproxy.errors import InputError, InvalidObject
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.k8s.objects import (
     endpoint_slice_from_dict,
-    node_addresses_from_dict,
+    node_from_dict,
     service_from_dict,
 )
-from ipvsproxy.model import EndpointSlice, IPAddress, Service
+from ipvsproxy.model import EndpointSlice, Node, Service
 
-__all__ = ["Cluster", "LoadedObject", "NodeAddresses", "load_documents", "read_cluster"]
+__all__ = ["Cluster", "LoadedObject", "load_documents", "read_cluster"]
 
 _Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader
 )
-
-NodeAddresses = tuple[str, tuple[IPAddress, ...]]
-"""A Node's name and its InternalIP/ExternalIP addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +64,7 @@ class Cluster:
 
     services: tuple[Service, ...] = ()
     slices: tuple[EndpointSlice, ...] = ()
-    nodes: tuple[NodeAddresses, ...] = ()
+    nodes: tuple[Node, ...] = ()
     skipped: tuple[InvalidObject, ...] = ()
 
 
@@ -374,11 +371,11 @@ def _list_items(
 
 # --- conversion ----------------------------------------------------------------------------
 
-_Value = Service | EndpointSlice | NodeAddresses | None
+_Value = Service | EndpointSlice | Node | None
 _CONVERTERS: Final[Mapping[str, Callable[[Mapping[str, object]], _Value]]] = {
     "Service": service_from_dict,
     "EndpointSlice": endpoint_slice_from_dict,
-    "Node": node_addresses_from_dict,
+    "Node": node_from_dict,
 }
 _NAMESPACED: Final = frozenset({"Service", "EndpointSlice"})
 
@@ -447,7 +444,7 @@ class _ClusterBuilder:
         return Cluster(
             services=tuple(v for v in values if isinstance(v, Service)),
             slices=tuple(v for v in values if isinstance(v, EndpointSlice)),
-            nodes=tuple(v for v in values if isinstance(v, tuple)),
+            nodes=tuple(v for v in values if isinstance(v, Node)),
             skipped=tuple(self._skipped),
         )
 

@@ -33,6 +33,7 @@ from ipvsproxy.model import (
     EndpointSlice,
     IPAddress,
     IPFamily,
+    IPNetwork,
     Node,
     Protocol,
     Service,
@@ -488,6 +489,7 @@ def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, .
             conditions.get("terminating"), f"{path}.conditions.terminating"
         )
         ready = True if ready is None else ready
+        hints = _mapping(entry.get("hints"), f"{path}.hints")
         endpoints.append(
             Endpoint(
                 address=addresses[0],
@@ -496,9 +498,22 @@ def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, .
                 terminating=bool(terminating),
                 node_name=_optional_str(entry.get("nodeName"), f"{path}.nodeName"),
                 zone=_optional_str(entry.get("zone"), f"{path}.zone"),
+                zone_hints=_hint_names(hints, "forZones", f"{path}.hints"),
+                node_hints=_hint_names(hints, "forNodes", f"{path}.hints"),
             )
         )
     return tuple(endpoints)
+
+
+def _hint_names(hints: Mapping[str, object], field: str, path: str) -> tuple[str, ...]:
+    """The names in hints.forZones or hints.forNodes ([{name: ...}, ...])."""
+    names: list[str] = []
+    for index, raw in enumerate(_list(hints.get(field), f"{path}.{field}")):
+        item = _mapping(raw, f"{path}.{field}[{index}]")
+        name = _str(item.get("name"), f"{path}.{field}[{index}].name", "")
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 # --- Node ----------------------------------------------------------------------------------
@@ -536,6 +551,10 @@ def _node(name: str, obj: Mapping[str, object]) -> Node:
         taint = _mapping(raw, f"spec.taints[{index}]")
         if _str(taint.get("key"), f"spec.taints[{index}].key", "") == TO_BE_DELETED_TAINT:
             to_be_deleted = True
+    cidr_texts = _list(spec.get("podCIDRs"), "spec.podCIDRs")
+    if not cidr_texts and spec.get("podCIDR"):
+        cidr_texts = [spec.get("podCIDR")]
+    pod_cidrs = tuple(_cidr(value, f"spec.podCIDRs[{i}]") for i, value in enumerate(cidr_texts))
 
     status = _mapping(obj.get("status"), "status")
     addresses: list[IPAddress] = []
@@ -550,4 +569,13 @@ def _node(name: str, obj: Mapping[str, object]) -> Node:
         zone=zone or None,
         deleting=bool(deleting),
         to_be_deleted=to_be_deleted,
+        pod_cidrs=pod_cidrs,
     )
+
+
+def _cidr(value: object, path: str) -> IPNetwork:
+    text = _str(value, path, "")
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        _fail(path, f"invalid CIDR {text!r}")
