@@ -12,10 +12,10 @@ only record and signal; the kernel is touched by the sync thread alone.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ipvsproxy.model import EndpointSlice, Service
+from ipvsproxy.model import EndpointSlice, Node, Service
 
 _UNSET: object = object()  # "no pending change recorded for this key"
 
@@ -54,17 +54,18 @@ class Pending:
 class ChangeTracker:
     """Thread-safe store of the objects the proxy watches, and of what changed.
 
-    `on_change` is called (outside the lock) after every recorded change and when both
-    Services and EndpointSlices have finished their first list: the runner's `run`.
+    `on_change(kind)` is called (outside the lock) after every recorded change, kind
+    "service", "slice" or "node", and with "synced" when both Services and EndpointSlices
+    have finished their first list: it should ask the runner for a sync.
     """
 
-    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, on_change: Callable[[str], None] = lambda kind: None) -> None:
         self._lock = threading.Lock()
         self._on_change = on_change
         self._services: dict[str, Service] = {}
         self._slices: dict[str, EndpointSlice] = {}
         self._by_service: dict[str, dict[str, EndpointSlice]] = {}
-        self._node: object | None = None
+        self._node: Node | None = None
         # Value at the last sync of every key changed since, to merge bursts per key.
         self._service_before: dict[str, Service | None] = {}
         self._slice_before: dict[str, EndpointSlice | None] = {}
@@ -86,7 +87,7 @@ class ChangeTracker:
         with self._lock:
             return self._services_synced and self._slices_synced
 
-    def current_node(self) -> object | None:
+    def current_node(self) -> Node | None:
         with self._lock:
             return self._node
 
@@ -110,11 +111,13 @@ class ChangeTracker:
     # -- what a sync takes
 
     def take(self, *, full: bool) -> Changes:
-        """Everything pending, now marked synced; with full, the inputs of every Service."""
+        """Everything pending, now marked synced; with full (or after a Node change), the
+        inputs of every Service, in the order they were first seen."""
         with self._lock:
-            keys = set(self._service_before) | self._endpoint_services()
+            full = full or self._node_changed
+            keys: Iterable[str] = set(self._service_before) | self._endpoint_services()
             if full:
-                keys = set(self._services)
+                keys = list(self._services)
             services = {key: self._input(key) for key in keys}
             trigger_times = tuple(
                 self._trigger_times[key] for key in self._slice_before if key in self._trigger_times
@@ -143,9 +146,10 @@ class ChangeTracker:
             return self._record_service(key, value if isinstance(value, Service) else None)
         if kind == "slice":
             return self._record_slice(key, value if isinstance(value, EndpointSlice) else None)
-        if self._node == value:
+        node = value if isinstance(value, Node) else None
+        if self._node == node:
             return False
-        self._node = value
+        self._node = node
         self._node_changed = True
         return True
 
@@ -186,9 +190,8 @@ class ChangeTracker:
         else:
             self._slices[key] = value
             self._by_service.setdefault(value.service_key, {})[key] = value
-            trigger = getattr(value, "trigger_time", None)
-            if isinstance(trigger, float | int) and key in self._slice_before:
-                self._trigger_times[key] = float(trigger)
+            if value.trigger_time is not None and key in self._slice_before:
+                self._trigger_times[key] = value.trigger_time
         return True
 
     def _known(self, kind: str) -> Mapping[str, object]:
@@ -231,7 +234,7 @@ class _Handler:
         with self._tracker._lock:
             changed = self._tracker._replace(self._kind, items)
         if changed:
-            self._tracker._on_change()
+            self._tracker._on_change(self._kind)
 
     def upsert(self, key: str, value: object) -> None:
         self._signal(key, value)
@@ -243,10 +246,10 @@ class _Handler:
         with self._tracker._lock:
             now_ready = self._tracker._synced(self._kind)
         if now_ready:
-            self._tracker._on_change()
+            self._tracker._on_change("synced")
 
     def _signal(self, key: str, value: object | None) -> None:
         with self._tracker._lock:
             changed = self._tracker._record(self._kind, "" if self._kind == "node" else key, value)
         if changed:
-            self._tracker._on_change()
+            self._tracker._on_change(self._kind)

@@ -16,8 +16,15 @@ from contextlib import contextmanager
 from loguru import logger
 
 from ipvsproxy.apply import Dataplanes
-from ipvsproxy.config import ProxyConfig, load_config
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.config import (
+    DEFAULT_HEALTHZ_PORT,
+    DEFAULT_METRICS_PORT,
+    BindAddress,
+    ProxyConfig,
+    load_config,
+    with_overrides,
+)
+from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state, with_node_object
 from ipvsproxy.errors import ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
@@ -75,6 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--section", choices=SECTIONS)
     backend_option(show)
     backend_option(commands.add_parser("cleanup", help="remove everything the proxy created"))
+    run = commands.add_parser(
+        "run", help="watch the API server and keep the kernel in step until SIGTERM"
+    )
+    run.add_argument("--kubeconfig", help="kubeconfig file; neither this nor --master: in-cluster")
+    run.add_argument("--master", help="API server URL (overrides the kubeconfig's server)")
+    run.add_argument("--config", help="kube-proxy's KubeProxyConfiguration YAML")
+    run.add_argument("--hostname-override", help="this node's name (default: the hostname)")
+    run.add_argument(
+        "--node-ip", action="append", default=[], metavar="IP", help="this node's IPs; repeatable"
+    )
+    run.add_argument(
+        "--healthz-bind-address",
+        metavar="IP:PORT",
+        help="serve /healthz and /livez here (default 0.0.0.0:10256)",
+    )
+    run.add_argument(
+        "--metrics-bind-address",
+        metavar="IP:PORT",
+        help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)",
+    )
+    backend_option(run)
     for sub in commands.choices.values():
         add_logging_arguments(sub, top_level=False)
     return parser
@@ -99,12 +127,7 @@ def _with_node_object(node: NodeInfo, objects: Sequence[Node]) -> NodeInfo:
     one; its addresses too unless --node-ip gave them."""
     for candidate in objects:
         if candidate.name == node.name:
-            return dataclasses.replace(
-                node,
-                addresses=node.addresses or candidate.addresses,
-                zone=candidate.zone or "",
-                pod_cidrs=candidate.pod_cidrs,
-            )
+            return with_node_object(node, candidate)
     return node
 
 
@@ -112,7 +135,13 @@ def _desired(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
     config, node = _settings(args)
     cluster = read_cluster(args.files)
     node = _with_node_object(node, cluster.nodes)
-    settings = DesiredSettings(
+    settings = _desired_settings(config)
+    state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
+    return state, config
+
+
+def _desired_settings(config: ProxyConfig) -> DesiredSettings:
+    return DesiredSettings(
         scheduler=config.scheduler,
         masquerade=MasqueradeSettings(
             mark=config.masquerade_mark,
@@ -120,8 +149,6 @@ def _desired(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
             cluster_cidrs=config.cluster_cidrs,
         ),
     )
-    state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
-    return state, config
 
 
 @contextmanager
@@ -145,21 +172,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_once(args: argparse.Namespace) -> int:
+def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes) -> bool:
+    """Sysctls and IPVS timeouts; whether all were set (failures are logged)."""
     from ipvsproxy.dataplane.sysctl import SysctlFailure, ensure_sysctls
 
+    # Only once IPVS is known to be there: a node without it is left untouched.
+    settings_failed = ensure_sysctls(strict_arp=config.strict_arp)
+    for failure in settings_failed:
+        logger.error("cannot set sysctl", path=failure.path, error=failure.message)
+    if config.ipvs_timeouts is not None:
+        try:
+            dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
+        except KernelError as exc:
+            logger.error("cannot set IPVS timeouts", error=str(exc))
+            settings_failed.append(SysctlFailure("ipvs timeouts", str(exc)))
+    return not settings_failed
+
+
+def _cmd_once(args: argparse.Namespace) -> int:
     state, config = _desired(args)
     with _dataplanes(args.iptables_backend) as dataplanes:
-        # Only now, with IPVS known to be there: a node without it is left untouched.
-        settings_failed = ensure_sysctls(strict_arp=config.strict_arp)
-        for failure in settings_failed:
-            logger.error("cannot set sysctl", path=failure.path, error=failure.message)
-        if config.ipvs_timeouts is not None:
-            try:
-                dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
-            except KernelError as exc:
-                logger.error("cannot set IPVS timeouts", error=str(exc))
-                settings_failed.append(SysctlFailure("ipvs timeouts", str(exc)))
+        settings_ok = _kernel_settings(config, dataplanes)
         outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
     result = outcome.result
     logger.info(
@@ -169,7 +202,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
         failed=len(result.failures),
         virtual_servers=len(state.virtual_servers),
     )
-    return EXIT_OK if result.ok and not settings_failed else EXIT_KERNEL
+    return EXIT_OK if result.ok and settings_ok else EXIT_KERNEL
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -195,7 +228,52 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_KERNEL if problems else EXIT_OK
 
 
-_COMMANDS = {"plan": _cmd_plan, "once": _cmd_once, "show": _cmd_show, "cleanup": _cmd_cleanup}
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ipvsproxy.agent import AgentSettings
+    from ipvsproxy.daemon import run_daemon
+
+    config, node = _settings(args)
+    config = with_overrides(
+        config,
+        kubeconfig=args.kubeconfig,
+        healthz_bind_address=_bind_flag(args.healthz_bind_address, DEFAULT_HEALTHZ_PORT),
+        metrics_bind_address=_bind_flag(args.metrics_bind_address, DEFAULT_METRICS_PORT),
+    )
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+
+    with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
+        _kernel_settings(config, dataplanes)  # failures logged; the proxy runs on
+        return run_daemon(
+            config,
+            dataplanes,
+            AgentSettings(
+                desired=_desired_settings(config),
+                node=node,
+                exclude_cidrs=config.exclude_cidrs,
+                sync_period=config.sync_period,
+                min_sync_period=config.min_sync_period,
+            ),
+            master=args.master,
+            traffic=stats_socket.stats,
+        )
+
+
+def _bind_flag(text: str | None, default_port: int) -> BindAddress | None:
+    if text is None:
+        return None
+    try:
+        return BindAddress.parse(text, default_port=default_port)
+    except ValueError as exc:
+        raise InputError(f"bind address {text!r}: {exc}") from exc
+
+
+_COMMANDS = {
+    "plan": _cmd_plan,
+    "once": _cmd_once,
+    "show": _cmd_show,
+    "cleanup": _cmd_cleanup,
+    "run": _cmd_run,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -320,6 +320,8 @@ _KNOWN_FIELDS: Final[Mapping[str, frozenset[str]]] = {
             "logging",
             "hostnameOverride",
             "bindAddress",
+            "syncPeriod",
+            "minSyncPeriod",
             "healthzBindAddress",
             "metricsBindAddress",
             "bindAddressHardFail",
@@ -520,18 +522,22 @@ class _Reader:
     # -- fields that need more than a type check
 
     def _sync_periods(self) -> tuple[float, float]:
+        # Newer files set syncPeriod / minSyncPeriod at the top level; the ipvs section's
+        # are the older spelling, used when the top-level ones are absent.
         # kube-proxy's defaulting: a zero syncPeriod becomes 30s; IPVS has no minimum.
-        period = self._duration("ipvs.syncPeriod") or 30.0
-        min_period = self._duration("ipvs.minSyncPeriod")
+        period_path = "syncPeriod" if self._get("syncPeriod") else "ipvs.syncPeriod"
+        min_path = "minSyncPeriod" if self._get("minSyncPeriod") else "ipvs.minSyncPeriod"
+        period = self._duration(period_path) or 30.0
+        min_period = self._duration(min_path)
         if period < 0:
-            raise self._fail("ipvs.syncPeriod", self._get("ipvs.syncPeriod"), "must be > 0")
+            raise self._fail(period_path, self._get(period_path), "must be > 0")
         if min_period < 0:
-            raise self._fail("ipvs.minSyncPeriod", self._get("ipvs.minSyncPeriod"), "must be >= 0")
+            raise self._fail(min_path, self._get(min_path), "must be >= 0")
         if min_period > period:
             raise self._fail(
-                "ipvs.minSyncPeriod",
-                self._get("ipvs.minSyncPeriod"),
-                f"must not exceed ipvs.syncPeriod ({period:g}s)",
+                min_path,
+                self._get(min_path),
+                f"must not exceed {period_path} ({period:g}s)",
             )
         return period, min_period
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loguru import logger
 
@@ -21,6 +21,7 @@ from ipvsproxy.model import (
     IPNetwork,
     IptablesRuleset,
     KernelState,
+    Node,
     RealServer,
     RealServerKey,
     Service,
@@ -49,6 +50,19 @@ class NodeInfo:
     addresses: tuple[IPAddress, ...] = ()
     zone: str = ""  # label topology.kubernetes.io/zone of its Node object
     pod_cidrs: tuple[IPNetwork, ...] = ()  # spec.podCIDRs of its Node object
+
+
+def with_node_object(node: NodeInfo, obj: Node | None) -> NodeInfo:
+    """node completed from its Node object: topology zone, pod CIDRs, and its addresses
+    unless they were given (--node-ip)."""
+    if obj is None or obj.name != node.name:
+        return node
+    return replace(
+        node,
+        addresses=node.addresses or obj.addresses,
+        zone=obj.zone or "",
+        pod_cidrs=obj.pod_cidrs,
+    )
 
 
 def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:

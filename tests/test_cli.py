@@ -210,3 +210,15 @@ def test_plan_takes_the_zone_from_the_node_object(
     lines = capsys.readouterr().out.splitlines()[3:]  # after ipvsadm's three header lines
     shown = [line.split()[1] for line in lines if line.startswith("  -> ")]
     assert sorted(shown) == expected
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--healthz-bind-address", "nonsense:1"],
+        ["--metrics-bind-address", "127.0.0.1:99999"],
+        ["--node-ip", "not-an-ip"],
+    ],
+)
+def test_run_rejects_bad_flags_before_touching_the_kernel(flags: list[str]) -> None:
+    assert main(["run", "--master", "http://127.0.0.1:1", *flags]) == EXIT_INPUT

@@ -126,6 +126,9 @@ def test_configmap_without_a_configuration(tmp_path: Path) -> None:
         ({"ipvs": {"syncPeriod": "0s"}}, "sync_period", 30.0),  # zero means default
         ({"ipvs": {"syncPeriod": "500ms"}}, "sync_period", 0.5),
         ({"ipvs": {"syncPeriod": "1h", "minSyncPeriod": "1m30s"}}, "min_sync_period", 90.0),
+        ({"syncPeriod": "45s", "ipvs": {"syncPeriod": "1h"}}, "sync_period", 45.0),
+        ({"minSyncPeriod": "2s", "ipvs": {"minSyncPeriod": "1s"}}, "min_sync_period", 2.0),
+        ({"ipvs": {"minSyncPeriod": "1s"}}, "min_sync_period", 1.0),
         ({"ipvs": {"tcpTimeout": "1500ms"}}, "tcp_timeout", 1),  # whole seconds, as kube-proxy
         ({"ipvs": {"udpTimeout": "300ms"}}, "udp_timeout", 0),  # ... so this keeps the kernel's
         ({"iptables": {"masqueradeBit": 0}}, "masquerade_mark", 1),

@@ -20,6 +20,8 @@ CORE = [
     "rules.py",
     "desired.py",
     "plan.py",
+    "partial.py",
+    "changes.py",
     "render.py",
     "errors.py",
     "k8s/objects.py",

@@ -144,7 +144,9 @@ def test_first_cluster_ip_makes_set_nonempty_and_restores_chains() -> None:
     assert ops.index(restores[0]) > max(
         i for i, op in enumerate(ops) if isinstance(op, AddIPSetEntry)
     )
-    assert any("KUBE-CLUSTER-IP" in rule for rule in kernel.tables[IPFamily.V4]["nat"]["KUBE-SERVICES"])
+    assert any(
+        "KUBE-CLUSTER-IP" in rule for rule in kernel.tables[IPFamily.V4]["nat"]["KUBE-SERVICES"]
+    )
 
 
 def test_last_cluster_ip_gone_empties_set_and_restores_chains() -> None:
@@ -256,7 +258,11 @@ def test_plan_partial_is_pure_until_commit() -> None:
         set_sizes=dict(cache.set_sizes),
         iptables=dict(cache.iptables),
     )
-    plan_partial(cache, {"default/web": None, "default/dns": states([DNS], [])["default/dns"]}, settings=SETTINGS)
+    plan_partial(
+        cache,
+        {"default/web": None, "default/dns": states([DNS], [])["default/dns"]},
+        settings=SETTINGS,
+    )
     assert cache == snapshot
 
 

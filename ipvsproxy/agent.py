@@ -1,0 +1,336 @@
+"""The node agent's sync loop: changes in, partial or full syncs out, on one worker thread.
+
+Reflector threads feed the ChangeTracker and ask the runner for a sync; only the runner's
+thread computes desired state and touches the kernel:
+
+- nothing is programmed until Services and EndpointSlices have both finished their first
+  list (a half-synced view must never wipe a node);
+- the first sync is full and adopts what the kernel holds: plan_sync diffs against what
+  it reads back, so a restarted proxy rewrites nothing that is already right;
+- later syncs are partial (only the Services that changed, diffed against what was last
+  applied; see partial.py) except every `sync_period`, after a Node change, and after any
+  failure: a full sync re-reads the kernel and repairs whatever drifted;
+- a failed sync is logged once with its reason, retried after `retry_interval`, and
+  makes the next sync full.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from ipvsproxy.apply import ApplyResult, Dataplanes, apply_plan
+from ipvsproxy.changes import Changes, ChangeTracker, ServiceInput
+from ipvsproxy.desired import (
+    DesiredSettings,
+    NodeInfo,
+    ServiceState,
+    merge_service_states,
+    service_state,
+    with_node_object,
+)
+from ipvsproxy.errors import IpvsProxyError
+from ipvsproxy.health import ProxyHealth
+from ipvsproxy.logs import RepeatedLog
+from ipvsproxy.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
+from ipvsproxy.model import IPNetwork, VirtualServerKey
+from ipvsproxy.operations import BindAddress, IpvsOperation, UnbindAddress
+from ipvsproxy.partial import AppliedCache, plan_partial
+from ipvsproxy.plan import Plan, plan_sync
+from ipvsproxy.proxier import observe
+from ipvsproxy.runner import BoundedFrequencyRunner, Clock, MonotonicClock
+
+__all__ = ["Agent", "AgentSettings", "SyncOutcome"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSettings:
+    """What the sync loop needs beyond the objects; times in seconds."""
+
+    desired: DesiredSettings = field(default_factory=DesiredSettings)
+    node: NodeInfo = field(default_factory=NodeInfo)
+    exclude_cidrs: tuple[IPNetwork, ...] = ()
+    sync_period: float = 30.0
+    """At least one sync, a full one, per sync_period (kube-proxy's syncPeriod)."""
+    min_sync_period: float = 0.0
+    """At most one sync per min_sync_period (kube-proxy's minSyncPeriod)."""
+    retry_interval: float = 5.0
+    """A failed sync is retried this long after (capped at sync_period)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    """One sync, as the loop saw it (the last one is kept for tests and debugging)."""
+
+    full: bool
+    ok: bool
+    services: int  # Services recomputed
+    operations: int
+    reason: str = ""  # why it failed
+    failed: int = 0  # operations the kernel refused
+
+
+class Agent:
+    """Owns the tracker, the runner and what was last applied."""
+
+    def __init__(
+        self,
+        dataplanes: Dataplanes,
+        settings: AgentSettings,
+        *,
+        metrics: ProxyMetrics | None = None,
+        health: ProxyHealth | None = None,
+        clock: Clock | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._dp = dataplanes
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        self._clock = clock or MonotonicClock()
+        self._wall = wall_clock
+        self.tracker = ChangeTracker(on_change=self._on_change)
+        self.runner = BoundedFrequencyRunner(
+            self.sync,
+            min_interval=settings.min_sync_period,
+            max_interval=settings.sync_period,
+            retry_interval=min(settings.retry_interval, settings.sync_period),
+            clock=self._clock,
+        )
+        self._cache: AppliedCache | None = None  # None: the next sync is full
+        self._last_full: float | None = None
+        self._unreported_triggers: list[float] = []
+        self._log = RepeatedLog(clock=self._clock.now)
+        self._failing = False
+        self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
+        self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
+        self.last: SyncOutcome | None = None
+        self.syncs = 0
+
+    # -- the reflectors' side
+
+    def _on_change(self, kind: str) -> None:
+        if self._metrics is not None:
+            if kind in ("service", "slice"):
+                self._metrics.changes_seen(services=kind == "service", endpoints=kind == "slice")
+            pending = self.tracker.pending()
+            self._metrics.changes_pending(services=pending.services, endpoints=pending.endpoints)
+            self._metrics.queued(self._wall())
+        if self._health is not None:
+            if kind == "node":
+                node = self.tracker.current_node()
+                self._health.set_node_eligible(node is None or node.eligible)
+            self._health.queued_update(self._wall())
+        self.runner.run()
+
+    def labels_for(self, key: VirtualServerKey) -> ServicePortLabels | None:
+        """The Service port of a virtual server the proxy applied (traffic metrics)."""
+        return self.labels.get(key)
+
+    # -- the worker's side
+
+    def sync(self) -> bool:
+        """One sync, full or partial; whether it succeeded (the runner's function)."""
+        if not self.tracker.ready:
+            logger.debug("waiting for the first list of Services and EndpointSlices")
+            return True
+        now = self._clock.now()
+        full = (
+            self._cache is None
+            or self._last_full is None
+            or now - self._last_full >= self._settings.sync_period
+        )
+        changes = self.tracker.take(full=full)
+        full = changes.full
+        if full:
+            self._last_full = now
+        started = time.perf_counter()
+        try:
+            outcome = self._full(changes) if full else self._partial(changes)
+        except IpvsProxyError as exc:
+            outcome = SyncOutcome(full, False, len(changes.services), 0, f"kernel: {exc}")
+        except Exception as exc:
+            logger.opt(exception=exc).error("sync failed with an unexpected error")
+            outcome = SyncOutcome(full, False, len(changes.services), 0, f"bug: {exc!r}")
+        seconds = time.perf_counter() - started
+        self.syncs += 1
+        self.last = outcome
+        if not outcome.ok:
+            self._cache = None
+        self._report(outcome, changes, seconds)
+        return outcome.ok
+
+    def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
+        wall = self._wall()
+        self._unreported_triggers += changes.trigger_times
+        if outcome.ok:
+            if self._failing:
+                logger.info("sync succeeded again", full=outcome.full)
+                self._log.clear()
+                self._failing = False
+            if self._health is not None:
+                self._health.updated(wall)
+            if self._metrics is not None:
+                self._metrics.network_programmed(self._unreported_triggers, wall)
+            self._unreported_triggers = []
+        else:
+            self._failing = True
+            self._log.error(
+                "sync failed; the next sync is full",
+                key=("sync failed", outcome.reason),
+                reason=outcome.reason,
+                failed_operations=outcome.failed,
+                retry_in=f"{self.runner_retry:g}s",
+            )
+        if self._metrics is not None:
+            self._metrics.sync_finished(seconds=seconds, full=outcome.full, ok=outcome.ok, now=wall)
+            if not outcome.ok:
+                self._metrics.sync_failed(outcome.reason.split(":", 1)[0])
+            pending = self.tracker.pending()
+            self._metrics.changes_pending(services=pending.services, endpoints=pending.endpoints)
+        log = logger.info if outcome.full else logger.debug
+        log(
+            "synced",
+            full=outcome.full,
+            ok=outcome.ok,
+            services=outcome.services,
+            operations=outcome.operations,
+            seconds=f"{seconds:.4f}",
+        )
+
+    @property
+    def runner_retry(self) -> float:
+        return min(self._settings.retry_interval, self._settings.sync_period)
+
+    def _desired_settings(self) -> tuple[NodeInfo, DesiredSettings]:
+        node = with_node_object(self._settings.node, self.tracker.current_node())
+        return node, self._settings.desired
+
+    def _state(self, key: str, given: ServiceInput, node: NodeInfo) -> ServiceState | None:
+        """One Service's desired state; None (logged) when computing it fails, so that one
+        bad object never costs the others their sync."""
+        assert given.service is not None
+        try:
+            return service_state(
+                given.service, given.slices, node=node, settings=self._settings.desired
+            )
+        except Exception as exc:
+            self._log.warning(
+                "cannot compute a Service's state; it keeps what it had",
+                key=("bad service", key, repr(exc)),
+                service=key,
+                error=repr(exc),
+            )
+            return None
+
+    def _full(self, changes: Changes) -> SyncOutcome:
+        node, settings = self._desired_settings()
+        previous = self._cache.states if self._cache is not None else {}
+        states: list[tuple[str, ServiceState]] = []
+        for key, given in changes.services.items():
+            if given.service is None:
+                continue
+            state = self._state(key, given, node)
+            if state is None:
+                state = previous.get(key)
+            if state is not None:
+                states.append((key, state))
+        desired = merge_service_states(states, settings=settings)
+        observed = observe(self._dp, tuple(desired.iptables))
+        plan = plan_sync(desired, observed, exclude_cidrs=self._settings.exclude_cidrs)
+        result = self._apply(plan)
+        if result.ok:
+            self._cache = AppliedCache.rebuild(states, desired.iptables)
+            self._relabel_all(changes.services, states)
+        return SyncOutcome(
+            True, result.ok, len(states), len(plan), _reason(result), len(result.failures)
+        )
+
+    def _partial(self, changes: Changes) -> SyncOutcome:
+        assert self._cache is not None
+        node, settings = self._desired_settings()
+        updates: dict[str, ServiceState | None] = {}
+        for key, given in changes.services.items():
+            if given.service is None:
+                updates[key] = None
+                continue
+            state = self._state(key, given, node)
+            if state is not None:
+                updates[key] = state
+        planned = plan_partial(
+            self._cache, updates, settings=settings, exclude_cidrs=self._settings.exclude_cidrs
+        )
+        result = self._apply(planned.plan)
+        if result.ok:
+            self._cache.commit(planned.delta)
+            for key in updates:
+                for vs_key in self._labelled.pop(key, ()):
+                    self.labels.pop(vs_key, None)
+            for key, state in updates.items():
+                self._label(changes.services[key], state)
+        return SyncOutcome(
+            False,
+            result.ok,
+            planned.services,
+            len(planned.plan),
+            _reason(result),
+            len(result.failures),
+        )
+
+    def _apply(self, plan: Plan) -> ApplyResult:
+        if not plan:
+            return ApplyResult(applied=0, failures=())
+        result = apply_plan(plan, self._dp)
+        for failure in result.failures:
+            logger.debug(
+                "kernel refused an operation",
+                operation=type(failure.operation).__name__,
+                error=failure.message,
+            )
+        if self._metrics is not None:
+            ops = plan.operations
+            self._metrics.netlink_sent(
+                sum(isinstance(op, IpvsOperation) for op in ops), subsystem="ipvs"
+            )
+            self._metrics.netlink_sent(
+                sum(isinstance(op, BindAddress | UnbindAddress) for op in ops),
+                subsystem="addresses",
+            )
+        return result
+
+    # -- traffic labels
+
+    def _relabel_all(
+        self, inputs: Mapping[str, ServiceInput], states: Iterable[tuple[str, ServiceState]]
+    ) -> None:
+        labels: dict[VirtualServerKey, ServicePortLabels] = {}
+        labelled: dict[str, tuple[VirtualServerKey, ...]] = {}
+        for key, state in states:
+            service = inputs[key].service
+            if service is not None:
+                found = service_port_labels(service, state.virtual_servers)
+                labels.update(found)
+                labelled[key] = tuple(found)
+        # Swapped whole: the scrape thread sees the old dict or the new one.
+        self.labels, self._labelled = labels, labelled
+
+    def _label(self, given: ServiceInput, state: ServiceState | None) -> None:
+        # The scrape thread only ever does single lookups, safe while entries change.
+        if state is not None and given.service is not None:
+            found = service_port_labels(given.service, state.virtual_servers)
+            self.labels.update(found)
+            self._labelled[given.service.key] = tuple(found)
+
+
+def _reason(result: ApplyResult) -> str:
+    """Why a plan failed, the same words each time it fails the same way (so that the
+    repeats are counted rather than logged); how many operations failed is logged apart."""
+    if result.ok:
+        return ""
+    if result.failures:
+        first = result.failures[0]
+        return f"apply: {type(first.operation).__name__}: {first.message}"
+    return "apply: removals postponed after an earlier failure"

@@ -1,0 +1,377 @@
+"""The agent's sync loop against the fake kernel, fed the way the reflectors feed it.
+
+Every scenario ends by comparing the fake kernel with a fresh kernel given one full sync
+of the same objects: partial syncs must leave exactly what a full sync would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+from builders import endpoint_slice, service
+from loguru import logger
+
+from ipvsproxy import agent as agent_module
+from ipvsproxy.agent import Agent, AgentSettings
+from ipvsproxy.apply import Dataplanes
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.health import ProxyHealth
+from ipvsproxy.metrics import ProxyMetrics
+from ipvsproxy.model import EndpointSlice, IPFamily, KernelState, Node, Service
+from ipvsproxy.operations import AddRealServer, AddVirtualServer
+from ipvsproxy.proxier import observe, sync
+
+NODE = NodeInfo(name="n1")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def dataplanes(kernel: FakeKernel) -> Dataplanes:
+    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+
+
+def kernel_state(kernel: FakeKernel) -> KernelState:
+    return observe(dataplanes(kernel), tuple(IPFamily))
+
+
+def reference(services: Sequence[Service], slices: Sequence[EndpointSlice]) -> KernelState:
+    kernel = FakeKernel()
+    desired = desired_state(services, slices, node=NODE, settings=DesiredSettings())
+    assert sync(desired, dataplanes(kernel)).result.ok
+    return kernel_state(kernel)
+
+
+class Harness:
+    """An agent on a fake kernel and a fake clock, with the reflectors' calls at hand."""
+
+    def __init__(self, *, min_sync_period: float = 0.0, kernel: FakeKernel | None = None) -> None:
+        self.kernel = kernel or FakeKernel()
+        self.clock = FakeClock()
+        self.metrics = ProxyMetrics()
+        self.health = ProxyHealth(health_timeout=60, clock=lambda: 1000.0)
+        self.agent = Agent(
+            dataplanes(self.kernel),
+            AgentSettings(node=NODE, sync_period=30.0, min_sync_period=min_sync_period),
+            metrics=self.metrics,
+            health=self.health,
+            clock=self.clock,
+            wall_clock=lambda: 1000.0,
+        )
+        self.tracker = self.agent.tracker
+        self.services: dict[str, Service] = {}
+        self.slices: dict[str, EndpointSlice] = {}
+
+    def start(self, services: Sequence[Service] = (), slices: Sequence[EndpointSlice] = ()) -> None:
+        self.services = {s.key: s for s in services}
+        self.slices = {s.key: s for s in slices}
+        self.tracker.services.replace(dict(self.services))
+        self.tracker.services.synced()
+        self.tracker.slices.replace(dict(self.slices))
+        self.tracker.slices.synced()
+
+    def put(self, obj: Service | EndpointSlice) -> None:
+        if isinstance(obj, Service):
+            self.services[obj.key] = obj
+            self.tracker.services.upsert(obj.key, obj)
+        else:
+            self.slices[obj.key] = obj
+            self.tracker.slices.upsert(obj.key, obj)
+
+    def remove(self, obj: Service | EndpointSlice) -> None:
+        if isinstance(obj, Service):
+            del self.services[obj.key]
+            self.tracker.services.delete(obj.key)
+        else:
+            del self.slices[obj.key]
+            self.tracker.slices.delete(obj.key)
+
+    def step(self) -> bool:
+        """What the worker does when woken: run a sync if one is due."""
+        return self.agent.runner.step()
+
+    def assert_in_step(self) -> None:
+        assert kernel_state(self.kernel) == reference(
+            list(self.services.values()), list(self.slices.values())
+        )
+
+
+WEB = service("web", "10.96.0.10")
+WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")
+DNS = service("dns", "10.96.0.53", ports=(("dns", "UDP", 53),))
+DNS_SLICE = endpoint_slice("dns", "10.244.1.9", ports=(("dns", "UDP", 53),))
+
+
+def test_nothing_is_programmed_before_both_lists_synced() -> None:
+    h = Harness()
+    h.tracker.services.replace({WEB.key: WEB})
+    h.tracker.services.synced()
+    h.tracker.slices.replace({WEB_SLICE.key: WEB_SLICE})  # listed, not yet synced
+    assert h.agent.sync()
+    assert h.kernel.writes == 0 and h.agent.last is None
+    h.tracker.slices.synced()
+    assert h.step()
+    assert h.agent.last is not None and h.agent.last.full and h.agent.last.ok
+    h.services, h.slices = {WEB.key: WEB}, {WEB_SLICE.key: WEB_SLICE}
+    h.assert_in_step()
+
+
+def test_first_sync_adopts_what_the_kernel_holds() -> None:
+    kernel = FakeKernel()
+    desired = desired_state(
+        [WEB, DNS], [WEB_SLICE, DNS_SLICE], node=NODE, settings=DesiredSettings()
+    )
+    sync(desired, dataplanes(kernel))
+    writes = kernel.writes
+    h = Harness(kernel=kernel)
+    h.start([WEB, DNS], [WEB_SLICE, DNS_SLICE])
+    assert h.step()
+    assert h.agent.last is not None and h.agent.last.full and h.agent.last.operations == 0
+    assert kernel.writes == writes  # nothing flushed, nothing rewritten
+
+
+def test_first_sync_removes_what_a_previous_run_left() -> None:
+    kernel = FakeKernel()
+    old = desired_state([WEB, DNS], [WEB_SLICE, DNS_SLICE], node=NODE, settings=DesiredSettings())
+    sync(old, dataplanes(kernel))
+    h = Harness(kernel=kernel)
+    h.start([WEB], [WEB_SLICE])  # dns was deleted while the proxy was down
+    h.step()
+    h.assert_in_step()
+
+
+def test_service_before_its_endpoints() -> None:
+    h = Harness()
+    h.start()
+    h.step()
+    h.put(WEB)
+    assert h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    h.assert_in_step()
+    h.put(WEB_SLICE)
+    h.step()
+    h.assert_in_step()
+    assert len(h.kernel.destinations[next(iter(h.kernel.services))]) == 2
+
+
+def test_endpoints_before_their_service() -> None:
+    h = Harness()
+    h.start()
+    h.step()
+    h.put(WEB_SLICE)
+    h.step()
+    assert not h.kernel.services  # endpoints alone program nothing
+    h.put(WEB)
+    h.step()
+    h.assert_in_step()
+
+
+def test_scale_up_and_down_then_delete_until_empty() -> None:
+    h = Harness()
+    h.start([WEB, DNS], [WEB_SLICE, DNS_SLICE])
+    h.step()
+    for count in (5, 20, 3, 1, 0):
+        ips = [f"10.244.3.{i}" for i in range(1, count + 1)]
+        h.put(endpoint_slice("web", *ips))
+        h.step()
+        assert h.agent.last is not None and not h.agent.last.full
+        h.assert_in_step()
+    for obj in (WEB_SLICE, WEB, DNS, DNS_SLICE):
+        h.remove(obj)
+        h.step()
+        h.assert_in_step()
+    assert not h.kernel.services and not h.kernel.links["kube-ipvs0"]
+    assert not any(h.kernel.sets.values())
+
+
+def test_burst_of_changes_is_coalesced() -> None:
+    h = Harness(min_sync_period=1.0)
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    first = h.agent.syncs
+    for i in range(1000):
+        h.put(endpoint_slice("web", f"10.244.{i // 250}.{i % 250 + 1}"))
+        h.clock.t += 0.002  # 1,000 changes in 2 seconds
+        h.step()  # the worker wakes on every change; the runner decides
+    h.clock.t += 1.0
+    h.step()
+    assert h.agent.syncs - first <= 4  # at most one per min_sync_period
+    assert h.agent.last is not None and not h.agent.last.full
+    h.assert_in_step()
+
+
+def test_failed_sync_is_retried_and_makes_the_next_sync_full() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    h.kernel.refuse = {AddRealServer}
+    h.put(endpoint_slice("web", "10.244.1.1", "10.244.2.1", "10.244.9.9"))
+    assert h.step()
+    assert h.agent.last is not None and not h.agent.last.ok
+    assert "AddRealServer" in h.agent.last.reason
+    assert h.agent.runner.next_run_at() == pytest.approx(h.clock.t + 5.0)  # retry interval
+    h.kernel.refuse = set()
+    assert not h.step()
+    h.clock.t += 5.0
+    assert h.step()  # the retry, with no new change
+    assert h.agent.last.full and h.agent.last.ok
+    h.assert_in_step()
+
+
+def test_failure_is_logged_once_while_it_repeats() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    h.kernel.refuse = {AddVirtualServer}
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="ERROR")
+    try:
+        for i in range(5):
+            h.put(service(f"new{i}", f"10.96.1.{i + 1}"))
+            h.clock.t += 10
+            h.step()
+    finally:
+        logger.remove(sink)
+    assert not h.agent.last.ok  # type: ignore[union-attr]
+    assert sum("sync failed" in line for line in lines) == 1
+
+
+def test_periodic_full_sync_repairs_drift() -> None:
+    h = Harness()
+    h.start([WEB, DNS], [WEB_SLICE, DNS_SLICE])
+    h.step()
+    vs = next(iter(h.kernel.services))
+    h.kernel.services.clear()  # ipvsadm -C
+    h.kernel.destinations.clear()
+    h.kernel.links["kube-ipvs0"].discard(vs.address)  # ip addr del
+    h.kernel.sets["KUBE-CLUSTER-IP"].clear()  # ipset flush
+    h.kernel.tables[IPFamily.V4]["nat"]["KUBE-SERVICES"] = []  # a flushed chain
+    h.clock.t += 29
+    assert not h.step()
+    h.clock.t += 1
+    assert h.step()  # sync_period after the last run
+    assert h.agent.last is not None and h.agent.last.full
+    h.assert_in_step()
+
+
+def test_partial_sync_reads_nothing_from_the_kernel() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    reads: list[str] = []
+    original = h.kernel.snapshot
+
+    def counted() -> object:
+        reads.append("snapshot")
+        return original()
+
+    h.kernel.snapshot = counted  # type: ignore[method-assign]
+    h.put(endpoint_slice("web", "10.244.1.1"))
+    h.step()
+    assert reads == []
+
+
+def test_bad_object_costs_only_its_own_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = agent_module.service_state
+
+    def picky(svc: Service, *args: object, **kwargs: object) -> object:
+        if svc.name == "bad":
+            raise ValueError("cannot compute")
+        return real(svc, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent_module, "service_state", picky)
+    h = Harness()
+    bad = service("bad", "10.96.0.99")
+    h.start([WEB, bad, DNS], [WEB_SLICE, DNS_SLICE])
+    h.step()
+    assert h.agent.last is not None and h.agent.last.ok
+    h.services.pop(bad.key)
+    h.assert_in_step()
+    h.put(endpoint_slice("web", "10.244.7.7"))
+    h.put(dataclasses.replace(bad, ports=()))  # still bad: still left out
+    h.step()
+    assert h.agent.last is not None and h.agent.last.ok
+    h.services.pop(bad.key)
+    h.assert_in_step()
+
+
+def test_node_change_makes_a_full_sync_and_sets_eligibility() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    h.tracker.node.replace({"n1": Node(name="n1", to_be_deleted=True)})
+    h.tracker.node.synced()
+    h.step()
+    assert h.agent.last is not None and h.agent.last.full
+    assert h.health.healthz()[0] == 503
+
+
+def test_metrics_and_health_follow_the_syncs() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    changed = dataclasses.replace(endpoint_slice("web", "10.244.1.1"), trigger_time=1000.0 - 0.25)
+    h.put(changed)
+    assert h.metrics.service_changes_pending._value.get() == 0
+    assert h.metrics.endpoint_changes_pending._value.get() == 1
+    h.step()
+    assert h.metrics.endpoint_changes_pending._value.get() == 0
+    registry = h.metrics.registry
+    assert (
+        registry.get_sample_value("kubeproxy_sync_partial_proxy_rules_duration_seconds_count") == 1
+    )
+    assert registry.get_sample_value("kubeproxy_sync_full_proxy_rules_duration_seconds_count") == 1
+    assert registry.get_sample_value("kubeproxy_network_programming_duration_seconds_count") == 1
+    assert registry.get_sample_value("kubeproxy_network_programming_duration_seconds_sum") == 0.25
+    assert h.health.healthz()[0] == 200
+
+
+def test_traffic_labels_follow_applied_services() -> None:
+    h = Harness()
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    (key,) = h.kernel.services
+    assert h.agent.labels_for(key) == ("default", "web", "http", "TCP")
+    moved = service("web", "10.96.0.10", ports=(("web", "TCP", 8080),))
+    h.put(moved)
+    h.step()
+    assert h.agent.labels_for(key) is None
+    (new_key,) = h.kernel.services
+    assert h.agent.labels_for(new_key) == ("default", "web", "web", "TCP")
+    h.remove(moved)
+    h.step()
+    assert h.agent.labels == {}
+
+
+def test_one_endpoint_change_among_10000_services_touches_only_that_service() -> None:
+    services = [
+        service(f"s{i}", f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(10_000)
+    ]
+    slices = [endpoint_slice(f"s{i}", f"10.244.{i // 256 % 256}.{i % 256}") for i in range(10_000)]
+    h = Harness()
+    h.start(services, slices)
+    h.step()
+    assert len(h.kernel.services) == 10_000
+    writes, restores = h.kernel.writes, h.kernel.tables[IPFamily.V4]
+    restored: list[object] = []
+    original_restore = h.kernel.restore
+
+    def counted_restore(op: object) -> object:
+        restored.append(op)
+        return original_restore(op)  # type: ignore[arg-type]
+
+    h.kernel.restore = counted_restore  # type: ignore[method-assign]
+    h.put(endpoint_slice("s4242", "10.244.16.146", "10.250.0.1"))
+    h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    assert h.agent.last.services == 1 and h.agent.last.operations == 1
+    assert h.kernel.writes - writes == 1  # one AddRealServer message
+    assert restored == [] and restores is h.kernel.tables[IPFamily.V4]
