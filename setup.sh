@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what ipvsproxy needs on Debian 12 (run as root) and create the virtualenv .venv.
 # Debian packages: user-mode-linux (the test kernel with IPVS), ipvsadm, ipset, iptables,
-# iproute2 and kmod (used by the proxy and inside the test kernel), python3-venv.
+# iproute2 and kmod (used by the proxy and inside the test kernel), python3-venv; kubectl.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +11,9 @@ for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$package")
 done
+# kubectl (tests/test_deploy.py builds deploy/ with it; the demo drives the API with it):
+# Debian's kubernetes-client, unless a kubectl is already installed by other means.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"
     apt-get update -qq

@@ -25,7 +25,7 @@ from ipvsproxy.config import (
     with_overrides,
 )
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state, with_node_object
-from ipvsproxy.errors import ConfigError, InputError, IpvsProxyError, KernelError
+from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
@@ -35,6 +35,7 @@ from ipvsproxy.render import SECTIONS, render
 from ipvsproxy.rules import MasqueradeSettings
 
 EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
+EXIT_DRIFT = 1  # verify: the kernel differs from the desired state
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +104,36 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)",
     )
     backend_option(run)
+    verify = commands.add_parser(
+        "verify",
+        help="compare the kernel with the API server (or -f files); exit 1 on drift",
+        description="Exit 0 when the kernel holds what the Services and EndpointSlices ask "
+        "for, 1 with the differences when it does not, 2 when that cannot be told (bad "
+        "input, API server unreachable). Without -f, one list of each resource from the "
+        "API server: --kubeconfig, --master, else the in-cluster service account.",
+    )
+    verify.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Kubernetes objects as YAML or JSON instead of the API server; repeatable",
+    )
+    verify.add_argument("--kubeconfig", help="kubeconfig file of the API server")
+    verify.add_argument("--master", help="API server URL (overrides the kubeconfig's server)")
+    verify.add_argument("--config", help="kube-proxy's KubeProxyConfiguration YAML")
+    verify.add_argument("--hostname-override", help="this node's name (default: the hostname)")
+    verify.add_argument(
+        "--node-ip", action="append", default=[], metavar="IP", help="this node's IPs; repeatable"
+    )
+    backend_option(verify)
+    sysctls = commands.add_parser(
+        "sysctls",
+        help="set the sysctls IPVS mode needs (loads ip_vs); for a privileged init container",
+    )
+    sysctls.add_argument("--config", help="kube-proxy's KubeProxyConfiguration YAML")
     for sub in commands.choices.values():
         add_logging_arguments(sub, top_level=False)
     return parser
@@ -267,12 +298,72 @@ def _bind_flag(text: str | None, default_port: int) -> BindAddress | None:
         raise InputError(f"bind address {text!r}: {exc}") from exc
 
 
+def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
+    """One list of Services, EndpointSlices and this node's Node; the state they make."""
+    from ipvsproxy.k8s.client import ClientSettings, connect
+    from ipvsproxy.k8s.snapshot import list_once
+    from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES, node_resource
+
+    config, node = _settings(args)
+    connection = connect(
+        ClientSettings(
+            kubeconfig=args.kubeconfig or config.kubeconfig,
+            master=args.master,
+            qps=config.api_qps,
+            burst=config.api_burst,
+            content_type=config.api_content_type,
+        )
+    )
+    try:
+        transport, limiter = connection.transport, connection.limiter
+        services = list_once(SERVICES, transport, limiter=limiter)
+        slices = list_once(ENDPOINT_SLICES, transport, limiter=limiter)
+        nodes = list_once(node_resource(node.name), transport, limiter=limiter)
+    except ApiError as exc:
+        raise InputError(f"verify: {exc}") from exc
+    finally:
+        connection.close()
+    node = _with_node_object(node, tuple(nodes.values()))
+    settings = _desired_settings(config)
+    return desired_state(services.values(), slices.values(), node=node, settings=settings), config
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ipvsproxy.verify import find_drift, render_drift
+
+    if args.files and (args.kubeconfig or args.master):
+        raise InputError("verify: give -f files or an API server (--kubeconfig/--master), not both")
+    desired, config = _desired(args) if args.files else _desired_from_api(args)
+    with _dataplanes(args.iptables_backend) as dataplanes:
+        observed = observe(dataplanes, tuple(desired.iptables))
+    drifts = find_drift(desired, observed, exclude_cidrs=config.exclude_cidrs)
+    sys.stdout.write(render_drift(drifts))
+    return EXIT_DRIFT if drifts else EXIT_OK
+
+
+def _cmd_sysctls(args: argparse.Namespace) -> int:
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+    from ipvsproxy.dataplane.sysctl import ensure_sysctls
+
+    config = load_config(args.config) if args.config else ProxyConfig()
+    # Asking for the IPVS netlink family makes the kernel load ip_vs, which brings
+    # net/ipv4/vs/* into being.
+    with IpvsSocket():
+        pass
+    failures = ensure_sysctls(strict_arp=config.strict_arp)
+    for failure in failures:
+        logger.error("cannot set sysctl", path=failure.path, error=failure.message)
+    return EXIT_KERNEL if failures else EXIT_OK
+
+
 _COMMANDS = {
     "plan": _cmd_plan,
     "once": _cmd_once,
     "show": _cmd_show,
     "cleanup": _cmd_cleanup,
     "run": _cmd_run,
+    "verify": _cmd_verify,
+    "sysctls": _cmd_sysctls,
 }
 
 

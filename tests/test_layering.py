@@ -22,6 +22,7 @@ CORE = [
     "plan.py",
     "partial.py",
     "changes.py",
+    "verify.py",
     "render.py",
     "errors.py",
     "k8s/objects.py",

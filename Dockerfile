@@ -1,0 +1,34 @@
+# ipvsproxy's image: the agent and the kernel tools it drives, on Debian 12.
+#   docker build -t ipvsproxy:0.1.0 .        (deploy/ expects this name and tag)
+# Checked without a container engine by tests/test_dockerfile.py.
+
+# Stage 1: build the project's wheel from this source tree.
+FROM debian:12-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY ipvsproxy ./ipvsproxy
+RUN python3 -m pip wheel --no-deps --wheel-dir /wheels .
+
+# Stage 2: the tools and the wheel, nothing of the source tree.
+# ipset, iptables (Debian's holds both the legacy and the nft backend; ipvsproxy picks
+# the one the node uses), ipvsadm and conntrack for the kernel state and for inspecting
+# it; kmod (lsmod, modinfo) and iproute2 (ip addr show kube-ipvs0) for operators.
+FROM debian:12-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        python3 python3-venv ipset iptables ipvsadm conntrack kmod iproute2 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /wheels /tmp/wheels
+RUN python3 -m venv /opt/ipvsproxy \
+    && /opt/ipvsproxy/bin/pip install --no-cache-dir /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels
+ENV PATH=/opt/ipvsproxy/bin:$PATH PYTHONDONTWRITEBYTECODE=1
+# Root, with the DaemonSet dropping every capability but NET_ADMIN and NET_RAW: iptables
+# and ipset run as child processes, and a non-root process loses its capabilities when it
+# executes them (Kubernetes cannot grant ambient capabilities); /run/xtables.lock, shared
+# with the host, is root's with mode 0600.
+USER root
+ENTRYPOINT ["ipvsproxy", "run"]

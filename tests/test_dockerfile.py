@@ -1,0 +1,84 @@
+"""The Dockerfile, checked without a container engine: parsed as docker parses it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dockerfile_parse import DockerfileParser
+
+from ipvsproxy.cli import _parser
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "debian:12-slim"
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[dict[str, Any]]:
+    parser = DockerfileParser(str(ROOT / "Dockerfile"))
+    return [i for i in parser.structure if i["instruction"] != "COMMENT"]
+
+
+def stages(instructions: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    found: list[list[dict[str, Any]]] = []
+    for instruction in instructions:
+        if instruction["instruction"] == "FROM":
+            found.append([])
+        found[-1].append(instruction)
+    return found
+
+
+def values(stage: list[dict[str, Any]], name: str) -> list[str]:
+    return [i["value"] for i in stage if i["instruction"] == name]
+
+
+def test_two_stages_on_the_pinned_slim_debian_base(instructions: list[dict[str, Any]]) -> None:
+    froms = [i["value"].split() for i in instructions if i["instruction"] == "FROM"]
+    assert froms == [[BASE, "AS", "build"], [BASE]]
+
+
+def test_every_copied_file_exists(instructions: list[dict[str, Any]]) -> None:
+    copied = 0
+    for value in values(instructions, "COPY") + values(instructions, "ADD"):
+        words = shlex.split(value)
+        if any(w.startswith("--from=") for w in words):
+            continue
+        for source in words[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file"
+            copied += 1
+    assert copied >= 3  # pyproject.toml, README.md (the readme pyproject names), ipvsproxy
+
+
+def test_the_image_holds_the_wheel_not_the_source(instructions: list[dict[str, Any]]) -> None:
+    build, runtime = stages(instructions)
+    assert any("pip wheel" in v and "--no-deps" in v for v in values(build, "RUN"))
+    assert values(runtime, "COPY") == ["--from=build /wheels /tmp/wheels"]
+    assert any("pip install" in v and "/tmp/wheels/*.whl" in v for v in values(runtime, "RUN"))
+
+
+def test_runtime_installs_the_kernel_tools(instructions: list[dict[str, Any]]) -> None:
+    _, runtime = stages(instructions)
+    (install,) = [v for v in values(runtime, "RUN") if "apt-get install" in v]
+    packages = set(install.split("--no-install-recommends", 1)[1].split("&&")[0].split())
+    assert {"ipset", "iptables", "ipvsadm", "kmod", "conntrack", "python3"} <= packages
+
+
+def test_entrypoint_is_the_console_script_running_the_agent(
+    instructions: list[dict[str, Any]],
+) -> None:
+    (entrypoint,) = values(instructions, "ENTRYPOINT")
+    argv = json.loads(entrypoint)  # exec form: no shell between the runtime and the agent
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[argv[0]] == "ipvsproxy.cli:main"
+    assert argv[1:] == ["run"]
+    assert _parser().parse_args(argv[1:]).command == "run"
+
+
+def test_user_is_stated(instructions: list[dict[str, Any]]) -> None:
+    # Root on purpose (see the Dockerfile and deploy/base/daemonset.yaml); said, not implied.
+    _, runtime = stages(instructions)
+    assert values(runtime, "USER") == ["root"]
