@@ -16,6 +16,7 @@ thread computes desired state and touches the kernel:
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ipvsproxy.desired import (
     with_node_object,
 )
 from ipvsproxy.errors import IpvsProxyError
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
@@ -125,6 +127,10 @@ class Agent:
                 self._health.set_node_eligible(node is None or node.eligible)
             self._health.queued_update(self._wall())
         self.runner.run()
+
+    def resync(self) -> None:
+        """Make the next sync a full one (re-read the kernel, rebuild what was applied)."""
+        self._cache = None
 
     def labels_for(self, key: VirtualServerKey) -> ServicePortLabels | None:
         """The Service port of a virtual server the proxy applied (traffic metrics)."""
@@ -230,23 +236,33 @@ class Agent:
         node, settings = self._desired_settings()
         previous = self._cache.states if self._cache is not None else {}
         states: list[tuple[str, ServiceState]] = []
-        for key, given in changes.services.items():
-            if given.service is None:
-                continue
-            state = self._state(key, given, node)
-            if state is None:
-                state = previous.get(key)
-            if state is not None:
-                states.append((key, state))
-        desired = merge_service_states(states, settings=settings)
-        observed = observe(self._dp, tuple(desired.iptables))
-        plan = plan_sync(desired, observed, exclude_cidrs=self._settings.exclude_cidrs)
+        gc.unfreeze()  # what the last full sync froze may be garbage now
+        with gc_paused():
+            for key, given in changes.services.items():
+                if given.service is None:
+                    continue
+                state = self._state(key, given, node)
+                if state is None:
+                    state = previous.get(key)
+                if state is not None:
+                    states.append((key, state))
+            desired = merge_service_states(states, settings=settings)
+            observed = observe(self._dp, tuple(desired.iptables))
+            plan = plan_sync(desired, observed, exclude_cidrs=self._settings.exclude_cidrs)
         result = self._apply(plan)
         if result.ok:
-            self._cache = AppliedCache.rebuild(states, desired.iptables)
-            self._relabel_all(changes.services, states)
+            with gc_paused():
+                self._cache = AppliedCache.rebuild(states, desired.iptables)
+                self._relabel_all(changes.services, states)
+        operations = len(plan)
+        del desired, observed, plan, previous
+        # The cache holds millions of long-lived values without cycles: keep the cyclic
+        # collector from rescanning them all on its own schedule, which would stall a
+        # partial sync now and then for tens of milliseconds. Cycles frozen with them are
+        # collected after the next full sync's unfreeze.
+        gc.freeze()
         return SyncOutcome(
-            True, result.ok, len(states), len(plan), _reason(result), len(result.failures)
+            True, result.ok, len(states), operations, _reason(result), len(result.failures)
         )
 
     def _partial(self, changes: Changes) -> SyncOutcome:
