@@ -69,6 +69,8 @@ class ChangeTracker:
         # Value at the last sync of every key changed since, to merge bursts per key.
         self._service_before: dict[str, Service | None] = {}
         self._slice_before: dict[str, EndpointSlice | None] = {}
+        # Service -> how many pending slice changes touch it.
+        self._endpoint_services: dict[str, int] = {}
         self._trigger_times: dict[str, float] = {}  # slice key -> its trigger time
         self._node_changed = False
         self._services_synced = False
@@ -95,18 +97,23 @@ class ChangeTracker:
         with self._lock:
             return Pending(
                 services=len(self._service_before),
-                endpoints=len(self._endpoint_services()),
+                endpoints=len(self._endpoint_services),
             )
 
-    def _endpoint_services(self) -> set[str]:
-        touched: set[str] = set()
-        for key, before in self._slice_before.items():
-            now = self._slices.get(key)
-            if before is not None:
-                touched.add(before.service_key)
-            if now is not None:
-                touched.add(now.service_key)
-        return touched
+    def _slice_services(self, key: str, sign: int) -> None:
+        """Count (sign 1) or uncount (-1) the Services a pending slice change touches:
+        the one it belonged to at the last sync and the one it belongs to now. Kept up to
+        date per event so that the pending count costs nothing however many are pending."""
+        if key not in self._slice_before:
+            return
+        before, now = self._slice_before[key], self._slices.get(key)
+        touched = {s.service_key for s in (before, now) if s is not None}
+        for service_key in touched:
+            count = self._endpoint_services.get(service_key, 0) + sign
+            if count:
+                self._endpoint_services[service_key] = count
+            else:
+                del self._endpoint_services[service_key]
 
     # -- what a sync takes
 
@@ -115,7 +122,7 @@ class ChangeTracker:
         inputs of every Service, in the order they were first seen."""
         with self._lock:
             full = full or self._node_changed
-            keys: Iterable[str] = set(self._service_before) | self._endpoint_services()
+            keys: Iterable[str] = self._service_before.keys() | self._endpoint_services.keys()
             if full:
                 keys = list(self._services)
             services = {key: self._input(key) for key in keys}
@@ -130,6 +137,7 @@ class ChangeTracker:
             )
             self._service_before.clear()
             self._slice_before.clear()
+            self._endpoint_services.clear()
             self._trigger_times.clear()
             self._node_changed = False
             return changes
@@ -174,6 +182,7 @@ class ChangeTracker:
         if old == value:
             return False
         self.endpoint_events += 1
+        self._slice_services(key, -1)
         before = self._slice_before.get(key, _UNSET)
         if before is _UNSET:
             self._slice_before[key] = old
@@ -192,6 +201,7 @@ class ChangeTracker:
             self._by_service.setdefault(value.service_key, {})[key] = value
             if value.trigger_time is not None and key in self._slice_before:
                 self._trigger_times[key] = value.trigger_time
+        self._slice_services(key, 1)
         return True
 
     def _known(self, kind: str) -> Mapping[str, object]:
