@@ -94,7 +94,7 @@ class Agent:
         self._health = health
         self._clock = clock or MonotonicClock()
         self._wall = wall_clock
-        self.tracker = ChangeTracker(on_change=self._on_change)
+        self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
         self.runner = BoundedFrequencyRunner(
             self.sync,
             min_interval=settings.min_sync_period,

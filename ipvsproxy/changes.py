@@ -59,8 +59,14 @@ class ChangeTracker:
     have finished their first list: it should ask the runner for a sync.
     """
 
-    def __init__(self, on_change: Callable[[str], None] = lambda kind: None) -> None:
+    def __init__(
+        self, on_change: Callable[[str], None] = lambda kind: None, *, started_at: float = 0.0
+    ) -> None:
         self._lock = threading.Lock()
+        # Trigger times before this (seconds since the epoch) are not this proxy's to
+        # measure: a restarted proxy would report hours of "programming latency" for every
+        # slice of its first list (kube-proxy skips them the same way).
+        self._started_at = started_at
         self._on_change = on_change
         self._services: dict[str, Service] = {}
         self._slices: dict[str, EndpointSlice] = {}
@@ -199,8 +205,9 @@ class ChangeTracker:
         else:
             self._slices[key] = value
             self._by_service.setdefault(value.service_key, {})[key] = value
-            if value.trigger_time is not None and key in self._slice_before:
-                self._trigger_times[key] = value.trigger_time
+            trigger = value.trigger_time
+            if trigger is not None and trigger > self._started_at and key in self._slice_before:
+                self._trigger_times[key] = trigger
         self._slice_services(key, 1)
         return True
 

@@ -57,14 +57,15 @@ class Harness:
         self.kernel = kernel or FakeKernel()
         self.clock = FakeClock()
         self.metrics = ProxyMetrics()
-        self.health = ProxyHealth(health_timeout=60, clock=lambda: 1000.0)
+        self.wall = 1000.0  # seconds since the epoch, for trigger times and health
+        self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
         self.agent = Agent(
             dataplanes(self.kernel),
             AgentSettings(node=NODE, sync_period=30.0, min_sync_period=min_sync_period),
             metrics=self.metrics,
             health=self.health,
             clock=self.clock,
-            wall_clock=lambda: 1000.0,
+            wall_clock=lambda: self.wall,
         )
         self.tracker = self.agent.tracker
         self.services: dict[str, Service] = {}
@@ -318,7 +319,8 @@ def test_metrics_and_health_follow_the_syncs() -> None:
     h = Harness()
     h.start([WEB], [WEB_SLICE])
     h.step()
-    changed = dataclasses.replace(endpoint_slice("web", "10.244.1.1"), trigger_time=1000.0 - 0.25)
+    h.wall = 1010.0
+    changed = dataclasses.replace(endpoint_slice("web", "10.244.1.1"), trigger_time=1010.0 - 0.25)
     h.put(changed)
     assert h.metrics.service_changes_pending._value.get() == 0
     assert h.metrics.endpoint_changes_pending._value.get() == 1

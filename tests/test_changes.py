@@ -182,3 +182,13 @@ def test_concurrent_feeds_and_takes_lose_nothing() -> None:
         thread.join()
     taken |= set(tracker.take(full=False).services)
     assert taken == {f"default/{p}{i}" for p in ("a", "bb") for i in range(500)}
+
+
+def test_trigger_times_from_before_the_start_are_not_measured() -> None:
+    tracker = ChangeTracker(started_at=100.0)
+    old = dataclasses.replace(WEB_SLICE, trigger_time=50.0)
+    tracker.slices.replace({old.key: old})
+    assert tracker.take(full=True).trigger_times == ()
+    new = dataclasses.replace(WEB_SLICE, trigger_time=150.0)
+    tracker.slices.upsert(new.key, new)
+    assert tracker.take(full=False).trigger_times == (150.0,)
