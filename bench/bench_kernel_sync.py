@@ -1,13 +1,15 @@
-"""Program a real kernel (the sandbox) with a synthetic cluster; time each subsystem.
+"""Program a real kernel (the sandbox) with a synthetic cluster, side by side with the tools.
 
-    python bench/bench_kernel_sync.py [--services 500] [--endpoints 10]
+    python bench/bench_kernel_sync.py [--sizes 1000 5000] [--endpoints 3] [--runs 3] [--quick]
 
-Boots the user-mode-linux kernel and, in a fresh network namespace, runs a cold sync of
-the cluster, then a no-op sync, timing every adapter call. Then, in another fresh namespace,
-it programs the same IPVS content with `ipvsadm -R` and the same ipset entries with one
-`ipset restore`, side by side. The guest kernel is slow (every system call traps to the
-host), so only the ratios between lines of one run mean anything, never absolute figures.
-It checks its own result: the kernel must hold exactly the desired virtual and real servers.
+Boots the user-mode-linux kernel once. For each size (a number of IPVS virtual servers) and
+each round, in a fresh network namespace, it runs a cold sync of the cluster with ipvsproxy,
+timing every adapter call, then a no-op sync; then, in another fresh namespace, it programs
+the same IPVS content with `ipvsadm -R` and the same ipset operations (every set, as our
+adapter would send them) with one bare `ipset restore`. Medians of the rounds; the guest
+kernel is slow (every system call traps to the host) and the host is shared, so only the
+ratios between lines of one run mean anything, never absolute figures. It checks its own
+result: the kernel must hold exactly the desired virtual and real servers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -75,30 +78,25 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def in_guest(cluster_file: str) -> int:
-    from loguru import logger
+VS_PER_SERVICE = 1.1 * 1.05  # one Service in ten has a UDP port, one in twenty is dual-stack
 
-    from ipvsproxy.dataplane.ipset import IPSetTool
+
+def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
+    """One cold sync and one no-op sync by ipvsproxy, then the tools on the same content,
+    each in a fresh namespace. Returns the timings and whether the result was right."""
+    from ipvsproxy.dataplane.ipset import IPSetTool, restore_line
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
+    from ipvsproxy.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
     from ipvsproxy.proxier import sync
     from ipvsproxy.sandbox.netns import enter_netns
 
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    cluster = read_cluster([cluster_file])
-    state = desired_state(
-        cluster.services, cluster.slices, node=NodeInfo(), settings=DesiredSettings()
-    )
     real = sum(len(v) for v in state.real_servers.values())
-    print(
-        f"cluster: {len(cluster.services)} Services -> {len(state.virtual_servers)} virtual "
-        f"servers, {real} real servers, {len(state.addresses)} addresses"
-    )
+    figures: dict[str, float] = {}
     ok = True
-    with enter_netns("bench-proxy"):
+    with enter_netns(f"sync-{name}"):
         ensure_sysctls()
         for label in ("cold sync", "no-op sync"):
             table: dict[str, float] = defaultdict(float)
@@ -111,67 +109,116 @@ def in_guest(cluster_file: str) -> int:
                     iptables=Timed("iptables", IptablesTool("legacy"), table),
                 )
                 seconds, outcome = clock(lambda: sync(state, dataplanes))  # noqa: B023
-                writes = ipvs.writes
             links.close()
-            print(
-                f"\n{label}: {seconds:.2f} s, {len(outcome.plan)} operations, {writes} IPVS writes"
-            )
-            for name, spent in sorted(table.items(), key=lambda item: -item[1]):
-                print(f"  {name:<28} {spent:7.2f} s")
+            figures[label] = seconds
+            for call, spent in table.items():
+                figures[f"{label}: {call}"] = spent
             ok = ok and outcome.result.ok
+            if label == "cold sync":
+                ipset_ops = [
+                    op
+                    for op in outcome.plan.operations
+                    if isinstance(op, CreateIPSet | AddIPSetEntry | DeleteIPSetEntry)
+                ]
+                figures["operations"] = len(outcome.plan)
         listed = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True, check=True)
-        dests = sum(line.startswith("  -> ") for line in listed.stdout.splitlines()[3:])
-        services = sum(not line.startswith("  -> ") for line in listed.stdout.splitlines()[3:])
-        ok = ok and (services, dests) == (len(state.virtual_servers), real)
+        lines = listed.stdout.splitlines()[3:]
+        dests = sum(line.startswith("  -> ") for line in lines)
+        ok = ok and (len(lines) - dests, dests) == (len(state.virtual_servers), real)
         sample = next(iter(next(iter(state.real_servers.values())).values()))
         ok = ok and ipvsadm_dest_line(sample) in listed.stdout
 
-    with enter_netns("bench-tools"):
+    with enter_netns(f"tools-{name}"):
         rules = ipvsadm_rules(state)
-        seconds, _ = clock(
+        figures["ipvsadm -R"], _ = clock(
             lambda: subprocess.run(["ipvsadm", "-R"], input=rules, text=True, check=True)
         )
-        print(f"\nipvsadm -R, same IPVS content: {seconds:.2f} s")
-        payload = "".join(
-            f"create {name} hash:ip,port family {'inet6' if '-6-' in name else 'inet'} -exist\n"
-            + "".join(f"add {name} {e}\n" for e in entries)
-            for name, entries in state.ipsets.items()
-            if entries and name.endswith("CLUSTER-IP")
-        )
-        seconds, _ = clock(
+        payload = "".join(restore_line(op) + "\n" for op in ipset_ops)
+        figures["ipset restore"], _ = clock(
             lambda: subprocess.run(
                 ["ipset", "restore", "-exist"], input=payload, text=True, check=True
             )
         )
-        print(f"ipset restore, the CLUSTER-IP entries: {seconds:.2f} s")
+    figures["ipset entries"] = sum(isinstance(op, AddIPSetEntry) for op in ipset_ops)
+    return figures, ok
+
+
+def in_guest(cluster_files: list[str], runs: int) -> int:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    ok = True
+    for path in cluster_files:
+        cluster = read_cluster([path])
+        state = desired_state(
+            cluster.services, cluster.slices, node=NodeInfo(), settings=DesiredSettings()
+        )
+        real = sum(len(v) for v in state.real_servers.values())
+        rounds: list[dict[str, float]] = []
+        for index in range(runs):
+            figures, good = one_round(state, f"{len(state.virtual_servers)}-{index}")
+            rounds.append(figures)
+            ok = ok and good
+        med = {
+            key: statistics.median(r.get(key, 0.0) for r in rounds)
+            for key in sorted({k for r in rounds for k in r})
+        }
+        ipvs_messages = len(state.virtual_servers) + real
+        print(
+            f"\n== {len(state.virtual_servers)} virtual servers, {real} real servers "
+            f"({ipvs_messages} IPVS messages), {int(med['ipset entries'])} ipset entries, "
+            f"{len(state.addresses)} addresses ({len(cluster.services)} Services); "
+            f"medians of {runs} rounds, seconds"
+        )
+        for label in ("cold sync", "no-op sync"):
+            print(f"  {label:<40} {med[label]:8.2f}")
+            parts = {k.split(": ", 1)[1]: v for k, v in med.items() if k.startswith(label + ": ")}
+            for call, spent in sorted(parts.items(), key=lambda item: -item[1]):
+                if spent >= 0.005:
+                    print(f"    {call:<38} {spent:8.2f}")
+        ours, theirs = med["cold sync: ipvs.execute"], med["ipvsadm -R"]
+        print(f"  {'ipvsadm -R, same IPVS content':<40} {theirs:8.2f}")
+        print(f"  {'ratio ipvsadm -R / our IPVS writes':<40} {theirs / ours:8.2f}")
+        ours, theirs = med["cold sync: ipset.apply"], med["ipset restore"]
+        print(f"  {'ipset restore, same ipset lines':<40} {theirs:8.2f}")
+        print(f"  {'ratio ipset restore / our ipset writes':<40} {theirs / ours:8.2f}")
     print("\nresult check:", "ok" if ok else "WRONG")
     return 0 if ok else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=int, default=500)
-    parser.add_argument("--endpoints", type=int, default=10)
-    parser.add_argument("--in-guest", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--endpoints", type=int, default=3, help="ready endpoints per Service")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="100 virtual servers, 2 rounds")
+    parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
-        return in_guest(args.in_guest)
+        return in_guest(args.in_guest, args.runs)
+    if args.quick:
+        args.sizes, args.runs = [100], 2
 
     from ipvsproxy.sandbox.uml import run_in_guest, shared_tempdir
 
     workdir = shared_tempdir("ipvsproxy-bench-")
     try:
-        cluster_file = os.path.join(workdir, "cluster.json")
-        with open(cluster_file, "w") as out:
-            json.dump(build(args.services, args.endpoints), out)
+        files = []
+        for size in args.sizes:
+            path = os.path.join(workdir, f"cluster-{size}.json")
+            with open(path, "w") as out:
+                json.dump(build(round(size / VS_PER_SERVICE), args.endpoints), out)
+            files.append(path)
+        argv = [sys.executable, os.path.abspath(__file__), "--runs", str(args.runs)]
         result = run_in_guest(
-            [sys.executable, os.path.abspath(__file__), "--in-guest", cluster_file],
+            [*argv, "--in-guest", *files],
             timeout=1800,
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    print(f"(guest kernel {result.kernel_release})")
+    print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")
     return result.exit_status
 
 

@@ -42,8 +42,15 @@ from ipvsproxy.dataplane.ipvs_codec import (
     parse_dest,
     parse_service,
 )
+from ipvsproxy.dataplane.ipvs_proc import parse_proc_ip_vs
 from ipvsproxy.dataplane.ipvs_stats import parse_service_stats
-from ipvsproxy.dataplane.netlink import NETLINK_GENERIC, NetlinkSocket, Outcome, rebuild
+from ipvsproxy.dataplane.netlink import (
+    NETLINK_GENERIC,
+    NetlinkDecodeError,
+    NetlinkSocket,
+    Outcome,
+    rebuild,
+)
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import IpvsStats, RealServer, VirtualServer, VirtualServerKey
 from ipvsproxy.operations import (
@@ -87,6 +94,9 @@ class IpvsSocket(NetlinkSocket):
             batch_bytes=batch_bytes,
             buffer_bytes=buffer_bytes,
         )
+        # /proc/thread-self/net follows the calling thread's network namespace, the socket
+        # the one it was opened in: the file is used only while both are the same.
+        self._netns = _netns_inode()
         try:
             self.family_id = self._resolve_family()
         except BaseException:
@@ -172,14 +182,41 @@ class IpvsSocket(NetlinkSocket):
         return servers
 
     def snapshot(self) -> IpvsSnapshot:
-        """Every virtual server with its real servers: one dump for the services, then one
-        per service (the kernel runs one dump at a time per socket, so they cannot be
-        pipelined)."""
+        """Every virtual server with its real servers.
+
+        Services come from one GET_SERVICE dump (netlink has every field). Real servers come
+        from one read of /proc/net/ip_vs, which lists them all: netlink would need one
+        GET_DEST dump per service (the kernel runs one dump at a time per socket), and that
+        read was several times slower than `ipvsadm -Ln` at 1,000 services and more
+        (bench/bench_kernel_read.py). A service the file does not list (added between the
+        two reads), or the whole file when it cannot be read or is in another network
+        namespace than this socket, falls back to the per-service dumps.
+        """
+        services = self.virtual_servers()
+        listed = self._proc_real_servers() if services else None
         result: IpvsSnapshot = {}
-        for server in self.virtual_servers():
-            reals = self.real_servers(server.key)
+        for server in services:
+            reals = None if listed is None else listed.get(server.key)
+            if reals is None:
+                reals = self.real_servers(server.key)
             result[server.key] = (server, {real.key: real for real in reals})
         return result
+
+    def _proc_real_servers(self) -> dict[VirtualServerKey, list[RealServer]] | None:
+        """The real servers in /proc/net/ip_vs, or None when that cannot be trusted."""
+        if self._netns is None or _netns_inode() != self._netns:
+            return None
+        try:
+            with open(PROC_IP_VS, encoding="ascii", errors="replace") as listing:
+                text = listing.read()
+        except OSError as exc:
+            logger.debug("cannot read {}; dumping per service", PROC_IP_VS, error=str(exc))
+            return None
+        try:
+            return parse_proc_ip_vs(text)
+        except NetlinkDecodeError as exc:
+            logger.warning("unexpected {}; dumping per service", PROC_IP_VS, error=str(exc))
+            return None
 
     def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         """The traffic counters of every TCP/UDP/SCTP virtual server (`ipvsadm -Ln --stats`),
@@ -312,6 +349,17 @@ class EncodeOnlySink:
         if self.keep:
             self.messages.extend(encoded)
         return failures
+
+
+# /proc/self/net would show the thread-group leader's namespace, not this thread's.
+PROC_IP_VS = "/proc/thread-self/net/ip_vs"
+
+
+def _netns_inode() -> int | None:
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return None
 
 
 # --- outcome rules (pure) -----------------------------------------------------------------

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from ipvsproxy.dataplane import ipvs as ipvs_module
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipvs import IpvsSocket
 from ipvsproxy.model import (
@@ -35,6 +37,7 @@ from ipvsproxy.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
+from ipvsproxy.sandbox.netns import enter_netns
 
 pytestmark = pytest.mark.kernel
 
@@ -356,6 +359,50 @@ def test_foreign_services_are_skipped_not_fatal(ipvs: IpvsSocket) -> None:
     ipvsadm("-a", "-f", "42", "-r", "10.244.7.7:0", "-m")
     assert ipvs.snapshot() == _state(SCENARIO[:2])
     assert ipvs.real_servers(VirtualServerKey(ip("10.96.9.9"), Protocol.UDP, 1)) == []
+
+
+def _count_dumps(sock: IpvsSocket, monkeypatch: pytest.MonkeyPatch) -> list[VirtualServerKey]:
+    """Records the per-service GET_DEST dumps the socket makes."""
+    dumped: list[VirtualServerKey] = []
+    real_servers = sock.real_servers
+
+    def counted(key: VirtualServerKey) -> list[RealServer]:
+        dumped.append(key)
+        return real_servers(key)
+
+    monkeypatch.setattr(sock, "real_servers", counted)
+    return dumped
+
+
+def test_snapshot_takes_real_servers_from_proc(
+    ipvs: IpvsSocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every family, forwarding method and weight of SCENARIO, plus a firewall-mark service
+    with a real server, read through /proc/net/ip_vs without one GET_DEST dump; without the
+    file, the per-service dumps return the same."""
+    assert ipvs.execute(_add_ops(SCENARIO)) == []
+    ipvsadm("-A", "-f", "42", "-s", "rr")
+    ipvsadm("-a", "-f", "42", "-r", "10.244.7.7:0", "-m")
+    dumped = _count_dumps(ipvs, monkeypatch)
+    assert ipvs.snapshot() == _state(SCENARIO)
+    assert dumped == []
+    monkeypatch.setattr(ipvs_module, "PROC_IP_VS", "/proc/thread-self/net/no_such_file")
+    assert ipvs.snapshot() == _state(SCENARIO)
+    assert len(dumped) == len(SCENARIO)
+
+
+def test_snapshot_stays_in_the_sockets_namespace(
+    ipvs: IpvsSocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket opened in one namespace, read from a thread now in another: /proc would
+    list the other namespace's table, so the real servers come from netlink dumps."""
+    assert ipvs.execute(_add_ops(SCENARIO[:2])) == []
+    dumped = _count_dumps(ipvs, monkeypatch)
+    with enter_netns(f"other-{os.getpid()}"):
+        ipvsadm("-A", "-t", "10.96.0.1:80", "-s", "rr")
+        ipvsadm("-a", "-t", "10.96.0.1:80", "-r", "10.1.1.1:1", "-m")
+        assert ipvs.snapshot() == _state(SCENARIO[:2])
+    assert len(dumped) == 2
 
 
 def test_lost_acks_are_failures_and_the_socket_recovers() -> None:
