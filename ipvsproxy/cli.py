@@ -26,6 +26,7 @@ from ipvsproxy.config import (
 )
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state, with_node_object
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
+from ipvsproxy.frontends import NodePortSettings
 from ipvsproxy.k8s.files import read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
@@ -64,7 +65,16 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="IP",
-            help="this node's IPs; repeatable",
+            help="this node's primary IPs (default: its Node object's, if in the files); "
+            "repeatable",
+        )
+        sub.add_argument(
+            "--local-address",
+            action="append",
+            default=None,
+            metavar="IP",
+            help="an address of this host's interfaces, serving NodePorts (default: read "
+            "from the kernel); repeatable",
         )
         return sub
 
@@ -144,13 +154,18 @@ def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:
     if args.hostname_override:
         config = dataclasses.replace(config, hostname_override=args.hostname_override)
     name = config.hostname_override or socket.gethostname()
+    addresses = _ips("--node-ip", args.node_ip)
+    return config, NodeInfo(name=name.lower(), addresses=addresses)
+
+
+def _ips(option: str, texts: Sequence[str]) -> tuple[IPAddress, ...]:
     addresses: list[IPAddress] = []
-    for text in args.node_ip:
+    for text in texts:
         try:
             addresses.append(ipaddress.ip_address(text))
         except ValueError as exc:
-            raise InputError(f"--node-ip {text!r} is not an IP address") from exc
-    return config, NodeInfo(name=name.lower(), addresses=tuple(addresses))
+            raise InputError(f"{option} {text!r} is not an IP address") from exc
+    return tuple(addresses)
 
 
 def _with_node_object(node: NodeInfo, objects: Sequence[Node]) -> NodeInfo:
@@ -162,10 +177,28 @@ def _with_node_object(node: NodeInfo, objects: Sequence[Node]) -> NodeInfo:
     return node
 
 
-def _desired(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
+def _host_addresses() -> frozenset[IPAddress]:
+    """The host's interface addresses except kube-ipvs0's (NodePorts are served there)."""
+    from ipvsproxy.dataplane.links import LinkTool
+
+    with LinkTool() as links:
+        return links.node_addresses(DUMMY_INTERFACE)
+
+
+def _desired(
+    args: argparse.Namespace, local_addresses: frozenset[IPAddress] | None = None
+) -> tuple[KernelState, ProxyConfig]:
+    """The desired state for the files; the host's addresses are --local-address, else
+    local_addresses, else read from the kernel here."""
     config, node = _settings(args)
     cluster = read_cluster(args.files)
     node = _with_node_object(node, cluster.nodes)
+    given = getattr(args, "local_address", None)
+    if given is not None:
+        local_addresses = frozenset(_ips("--local-address", given))
+    elif local_addresses is None:
+        local_addresses = _host_addresses()
+    node = dataclasses.replace(node, local_addresses=local_addresses)
     settings = _desired_settings(config)
     state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
     return state, config
@@ -178,6 +211,9 @@ def _desired_settings(config: ProxyConfig) -> DesiredSettings:
             mark=config.masquerade_mark,
             masquerade_all=config.masquerade_all,
             cluster_cidrs=config.cluster_cidrs,
+        ),
+        node_ports=NodePortSettings(
+            networks=config.node_port_addresses, primary=config.node_port_primary
         ),
     )
 
@@ -221,8 +257,10 @@ def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes) -> bool:
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    state, config = _desired(args)
     with _dataplanes(args.iptables_backend) as dataplanes:
+        # The host's addresses as the kernel has them now: NodePorts follow them.
+        host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
+        state, config = _desired(args, host)
         settings_ok = _kernel_settings(config, dataplanes)
         outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
     result = outcome.result
@@ -324,6 +362,7 @@ def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfi
     finally:
         connection.close()
     node = _with_node_object(node, tuple(nodes.values()))
+    node = dataclasses.replace(node, local_addresses=_host_addresses())
     settings = _desired_settings(config)
     return desired_state(services.values(), slices.values(), node=node, settings=settings), config
 

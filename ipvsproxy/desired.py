@@ -9,7 +9,13 @@ from dataclasses import dataclass, field, replace
 from loguru import logger
 
 from ipvsproxy import ipsets
-from ipvsproxy.endpoints import internal_servers, select_endpoints
+from ipvsproxy.endpoints import (
+    PortEndpoints,
+    external_servers,
+    internal_servers,
+    select_endpoints,
+)
+from ipvsproxy.frontends import NodePortSettings, node_port_addresses, service_frontends
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.model import (
     DEFAULT_SCHEDULER,
@@ -22,6 +28,7 @@ from ipvsproxy.model import (
     IptablesRuleset,
     KernelState,
     Node,
+    Protocol,
     RealServer,
     RealServerKey,
     Service,
@@ -40,16 +47,26 @@ class DesiredSettings:
     scheduler: str = DEFAULT_SCHEDULER
     masquerade: MasqueradeSettings = field(default_factory=MasqueradeSettings)
     families: tuple[IPFamily, ...] = (IPFamily.V4, IPFamily.V6)
+    node_ports: NodePortSettings = field(default_factory=NodePortSettings)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """This node, as endpoint locality, topology and local traffic detection need it."""
+    """This node, as endpoint locality, topology, local traffic detection and frontends
+    need it.
+
+    addresses: the node's primary IPs (`--node-ip`, else the Node object's), for
+    nodePortAddresses "primary" and for source ranges that admit the node itself.
+    local_addresses: every address on the host's interfaces except kube-ipvs0's, read from
+    the kernel at each full sync; NodePorts are served on them, and an external IP among
+    them is not bound to kube-ipvs0.
+    """
 
     name: str = ""
     addresses: tuple[IPAddress, ...] = ()
     zone: str = ""  # label topology.kubernetes.io/zone of its Node object
     pod_cidrs: tuple[IPNetwork, ...] = ()  # spec.podCIDRs of its Node object
+    local_addresses: frozenset[IPAddress] = frozenset()
 
 
 def with_node_object(node: NodeInfo, obj: Node | None) -> NodeInfo:
@@ -74,7 +91,7 @@ def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlic
 
 
 def _virtual_server(
-    address: IPAddress, port: ServicePort, service: Service, scheduler: str
+    address: IPAddress, protocol: Protocol, port: int, service: Service, scheduler: str
 ) -> VirtualServer:
     flags, timeout = 0, 0
     if service.affinity_timeout is not None:
@@ -82,9 +99,7 @@ def _virtual_server(
     if scheduler == "mh":
         # kube-proxy hashes on the source port too with mh (FlagSourceHash).
         flags |= IPVS_FLAG_SOURCE_HASH
-    return VirtualServer(
-        address, port.protocol, port.port, scheduler=scheduler, flags=flags, timeout=timeout
-    )
+    return VirtualServer(address, protocol, port, scheduler=scheduler, flags=flags, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,30 +128,60 @@ def service_state(
     node: NodeInfo,
     settings: DesiredSettings,
 ) -> ServiceState:
-    """What the kernel should hold for one Service and its EndpointSlices."""
+    """What the kernel should hold for one Service and its EndpointSlices.
+
+    Every frontend (frontends.py) is a virtual server with the Service's affinity; cluster
+    IPs take the internal view of the endpoints, node ports and external and load-balancer
+    IPs the external one (endpoints.py).
+    """
     virtual_servers: dict[VirtualServerKey, VirtualServer] = {}
     real_servers: dict[VirtualServerKey, Mapping[RealServerKey, RealServer]] = {}
     addresses: set[IPAddress] = set()
     set_entries: dict[tuple[str, str], None] = {}  # ordered and deduplicated
+    has_node_ports = any(port.node_port for port in service.ports)
     for cluster_ip in service.cluster_ips:
         family = IPFamily.of(cluster_ip)
         if family not in settings.families:
             continue
-        cluster_set = ipsets.CLUSTER_IP.name_for(family)
+        node_ports = (
+            node_port_addresses(
+                node.local_addresses,
+                family=family,
+                settings=settings.node_ports,
+                primary_ips=node.addresses,
+            )
+            if has_node_ports
+            else ()
+        )
+        fronts = service_frontends(
+            service,
+            family,
+            cluster_ip=cluster_ip,
+            node_ports=node_ports,
+            node_addresses=node.local_addresses,
+            primary_ips=node.addresses,
+        )
+        addresses.update(fronts.bind)
+        set_entries.update(dict.fromkeys(fronts.set_entries))
         loop_back = ipsets.LOOP_BACK.name_for(family)
-        addresses.add(cluster_ip)
-        set_entries[(ipsets.IPVS_IPS.name_for(family), str(cluster_ip))] = None
-        for port in service.ports:
-            server = _virtual_server(cluster_ip, port, service, settings.scheduler)
-            endpoints = select_endpoints(port, family, slices, node_name=node.name, zone=node.zone)
+        selected: dict[ServicePort, PortEndpoints] = {}
+        for frontend in fronts.frontends:
+            port = frontend.service_port
+            endpoints = selected.get(port)
+            if endpoints is None:
+                endpoints = select_endpoints(
+                    port, family, slices, node_name=node.name, zone=node.zone
+                )
+                selected[port] = endpoints
+                for address, target in endpoints.hairpin:
+                    entry = ipsets.ip_port_ip_entry(address, port.protocol, target, address)
+                    set_entries[(loop_back, entry)] = None
+            server = _virtual_server(
+                frontend.address, port.protocol, frontend.port, service, settings.scheduler
+            )
             virtual_servers[server.key] = server
-            real_servers[server.key] = internal_servers(endpoints, service)
-            set_entries[
-                (cluster_set, ipsets.ip_port_entry(cluster_ip, port.protocol, port.port))
-            ] = None
-            for address, target in endpoints.hairpin:
-                entry = ipsets.ip_port_ip_entry(address, port.protocol, target, address)
-                set_entries[(loop_back, entry)] = None
+            view = external_servers if frontend.external else internal_servers
+            real_servers[server.key] = view(endpoints, service)
     return ServiceState(virtual_servers, real_servers, frozenset(addresses), tuple(set_entries))
 
 
@@ -208,6 +253,24 @@ def desired_iptables(
     """The fixed chains per family; some rules exist only while their set has entries."""
     nonempty = {name for name, members in entries.items() if members}
     return {
-        family: build_ruleset(family, masquerade=settings.masquerade, nonempty_sets=nonempty)
+        family: build_ruleset(
+            family,
+            masquerade=settings.masquerade,
+            nonempty_sets=nonempty,
+            no_node_access=_no_node_access(entries, family),
+        )
         for family in settings.families
     }
+
+
+def _no_node_access(entries: Mapping[str, Collection[str]], family: IPFamily) -> list[str]:
+    """Firewalled load-balancer ports whose source ranges do not admit the node (those
+    have no KUBE-LOAD-BALANCER-SOURCE-IP entry), sorted so the rules compare stably."""
+    firewalled = entries.get(ipsets.LOAD_BALANCER_FW.name_for(family), ())
+    if not firewalled:
+        return []
+    admitted = {
+        entry.rsplit(",", 1)[0]
+        for entry in entries.get(ipsets.LOAD_BALANCER_SOURCE_IP.name_for(family), ())
+    }
+    return sorted(entry for entry in firewalled if entry not in admitted)

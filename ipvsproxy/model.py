@@ -120,6 +120,10 @@ class Service:
     load_balancer_ips: tuple[IPAddress, ...] = ()
     external_traffic_local: bool = False
     internal_traffic_local: bool = False
+    # spec.loadBalancerSourceRanges (or its older annotation): who may use the LB IPs.
+    load_balancer_source_ranges: tuple[IPNetwork, ...] = ()
+    # spec.healthCheckNodePort; 0 unless type LoadBalancer with externalTrafficPolicy Local.
+    health_check_node_port: int = 0
 
     @property
     def key(self) -> str:

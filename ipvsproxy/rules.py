@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ipvsproxy import ipsets
 from ipvsproxy.ipsets import IPSetSpec
-from ipvsproxy.model import IPFamily, IPNetwork, IptablesRuleset
+from ipvsproxy.model import IPFamily, IPNetwork, IptablesRuleset, Protocol
 
 NAT_CHAINS = (
     "KUBE-SERVICES",
@@ -117,13 +117,35 @@ def _set_rule_text(rule: SetRule, family: IPFamily) -> str:
     )
 
 
+def no_node_access_rule(entry: str, family: IPFamily) -> str:
+    """A KUBE-IPVS-OUT-FILTER rule dropping node-originated traffic to one load-balancer
+    "ip,proto:port" (a KUBE-LOAD-BALANCER-FW entry), as iptables-save prints it.
+
+    Such traffic never crosses INPUT or FORWARD, where KUBE-PROXY-FIREWALL filters: IPVS
+    schedules it in LOCAL_OUT, before filter OUTPUT, so only the ipvs match still sees the
+    virtual address; the node's own packets leave from the VIP itself (kubernetes#119656).
+    """
+    address, proto_port = entry.split(",")
+    protocol, port = proto_port.split(":")
+    number = Protocol(protocol.upper()).number
+    prefix = 32 if family is IPFamily.V4 else 128
+    return (
+        f"-s {address}/{prefix} -m ipvs --vproto {number} --vaddr {address} --vport {port} -j DROP"
+    )
+
+
 def build_ruleset(
     family: IPFamily,
     *,
     masquerade: MasqueradeSettings,
     nonempty_sets: Collection[str],
+    no_node_access: Sequence[str] = (),
 ) -> IptablesRuleset:
-    """The proxy's chains for one family, given which of its ipsets hold entries."""
+    """The proxy's chains for one family, given which of its ipsets hold entries.
+
+    no_node_access: the KUBE-LOAD-BALANCER-FW entries whose source ranges leave out this
+    node; the only rules whose number depends on Services, as in kube-proxy.
+    """
 
     def has(spec: IPSetSpec) -> bool:
         return spec.name_for(family) in nonempty_sets
@@ -204,6 +226,7 @@ def build_ruleset(
                 f"{comment(spec)} -m set --match-set {name(spec)} dst,dst,src -j RETURN"
             )
     filt["KUBE-SOURCE-RANGES-FIREWALL"].append("-j DROP")
+    filt["KUBE-IPVS-OUT-FILTER"] += [no_node_access_rule(e, family) for e in no_node_access]
 
     filt["KUBE-FORWARD"] += [
         f"-m comment --comment {quote('kubernetes forwarding rules')} "

@@ -33,7 +33,10 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_plan_matches_golden(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["plan", "--hostname-override", "node-1"]
+    # The node's interface addresses are given, so that the plan does not depend on the
+    # machine the test runs on.
+    args = ["plan", "--hostname-override", "node-1", "--local-address", "172.18.0.2"]
+    args += ["--local-address", "fc00:f853:ccd:e793::2"]
     for path in CASES[name]:
         args += ["-f", str(path)]
     assert main(args) == EXIT_OK

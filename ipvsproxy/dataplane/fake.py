@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.iptables import parse_save
+from ipvsproxy.dataplane.links import is_node_address
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import (
     IPAddress,
@@ -55,6 +56,7 @@ class FakeKernel:
     def __init__(self) -> None:
         self.services: dict[VirtualServerKey, VirtualServer] = {}
         self.destinations: dict[VirtualServerKey, dict[RealServerKey, RealServer]] = {}
+        # Interfaces and their addresses; the host's own (eth0, lo) may be added by tests.
         self.links: dict[str, set[IPAddress]] = {}
         self.sets: dict[str, set[str]] = {}
         self.tables: dict[IPFamily, dict[str, dict[str, list[str]]]] = {
@@ -166,6 +168,15 @@ class FakeKernel:
 
     def addresses(self, name: str) -> frozenset[IPAddress]:
         return frozenset(self.links.get(name, ()))
+
+    def node_addresses(self, exclude: str) -> frozenset[IPAddress]:
+        return frozenset(
+            address
+            for name, addresses in self.links.items()
+            if name != exclude
+            for address in addresses
+            if is_node_address(address)
+        )
 
     def bind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
         if name not in self.links:

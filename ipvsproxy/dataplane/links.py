@@ -54,6 +54,7 @@ __all__ = [
     "encode_get_addresses",
     "encode_get_link",
     "encode_new_dummy",
+    "is_node_address",
     "parse_address",
     "parse_link_index",
 ]
@@ -148,6 +149,14 @@ def parse_address(payload: bytes) -> tuple[int, IPAddress] | None:
     if family == _AF_INET6 and len(value) == 16:
         return index, IPv6Address(value)
     return None
+
+
+def is_node_address(address: IPAddress) -> bool:
+    """Whether a host address counts as a node address: not loopback, not IPv6 link-local
+    (kube-proxy's isValidForSet; a link-local address needs a zone no VIP can carry)."""
+    if address.is_loopback:
+        return False
+    return not (isinstance(address, IPv6Address) and address.is_link_local)
 
 
 def _ifname(name: str) -> bytes:
@@ -276,6 +285,23 @@ class LinkTool(NetlinkSocket):
                 continue
             prefix_length = payload[1]  # struct ifaddrmsg: family, prefixlen, ...
             if prefix_length == (32 if parsed[1].version == 4 else 128):
+                found.add(parsed[1])
+        return frozenset(found)
+
+    def node_addresses(self, exclude: str) -> frozenset[IPAddress]:
+        """Every address on the host's interfaces except those on ``exclude`` (kube-ipvs0),
+        loopback and IPv6 link-local ones: one RTM_GETADDR dump of all interfaces, as
+        kube-proxy's GetAllLocalAddressesExcept."""
+        excluded = self._index(exclude)
+        payloads = self._dump(
+            lambda seq: encode_get_addresses(index=0, seq=seq), reply_type=RTM_NEWADDR
+        )
+        found: set[IPAddress] = set()
+        for payload in payloads:
+            parsed = parse_address(payload)
+            if parsed is None or parsed[0] == excluded:
+                continue
+            if is_node_address(parsed[1]):
                 found.add(parsed[1])
         return frozenset(found)
 

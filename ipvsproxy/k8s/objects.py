@@ -41,8 +41,10 @@ from ipvsproxy.model import (
 )
 
 __all__ = [
+    "HEADLESS_LABEL",
     "MAX_AFFINITY_TIMEOUT",
     "SERVICE_NAME_LABEL",
+    "SERVICE_PROXY_NAME_LABEL",
     "TRIGGER_TIME_ANNOTATION",
     "endpoint_slice_from_dict",
     "node_addresses_from_dict",
@@ -59,6 +61,12 @@ TRIGGER_TIME_ANNOTATION: Final = "endpoints.kubernetes.io/last-change-trigger-ti
 
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 TO_BE_DELETED_TAINT: Final = "ToBeDeletedByClusterAutoscaler"
+SERVICE_PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
+"""Label naming another proxy that serves the object; kube-proxy's informers select only
+objects without it (and without HEADLESS_LABEL), whatever its value."""
+
+HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
+"""Label the EndpointSlice controller puts on the slices of headless Services."""
 
 MAX_AFFINITY_TIMEOUT: Final = 86400
 """Largest sessionAffinityConfig.clientIP.timeoutSeconds the API accepts (one day)."""
@@ -246,8 +254,22 @@ def service_from_dict(obj: Mapping[str, object]) -> Service | None:
         raise InvalidObject("Service", key, str(exc)) from None
 
 
+def _ignored_by_label(obj: Mapping[str, object]) -> str | None:
+    """The label for which kube-proxy never sees this object, or None."""
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    labels = _mapping(metadata.get("labels"), "metadata.labels")
+    for label in (SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL):
+        if label in labels:
+            return label
+    return None
+
+
 def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | None:
     key = f"{namespace}/{name}"
+    label = _ignored_by_label(obj)
+    if label is not None:
+        logger.debug("skipping Service {key}: label {label}", key=key, label=label)
+        return None
     spec = _mapping(obj.get("spec"), "spec")
     service_type = _str(spec.get("type"), "spec.type", "") or "ClusterIP"
     if service_type == "ExternalName":
@@ -274,6 +296,12 @@ def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | 
     external_policy = _traffic_policy(spec, "externalTrafficPolicy")
     internal_policy = _traffic_policy(spec, "internalTrafficPolicy")
     externally_reachable = service_type in _EXTERNALLY_REACHABLE_TYPES or bool(external_ips)
+    external_local = external_policy == "Local" and externally_reachable
+    health_check_node_port = 0
+    if service_type == "LoadBalancer" and external_local:  # kube-proxy's NeedsHealthCheck
+        path = "spec.healthCheckNodePort"
+        health_check_node_port = _optional_int(spec.get("healthCheckNodePort"), path) or 0
+        _in_range(health_check_node_port, path, 0, 65535)
 
     return Service(
         namespace=namespace,
@@ -284,9 +312,26 @@ def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | 
         affinity_timeout=affinity_timeout,
         external_ips=external_ips,
         load_balancer_ips=load_balancer_ips,
-        external_traffic_local=external_policy == "Local" and externally_reachable,
+        external_traffic_local=external_local,
         internal_traffic_local=internal_policy == "Local",
+        load_balancer_source_ranges=_source_ranges(spec),
+        health_check_node_port=health_check_node_port,
     )
+
+
+def _source_ranges(spec: Mapping[str, object]) -> tuple[IPNetwork, ...]:
+    """spec.loadBalancerSourceRanges. Like kube-proxy, padding is trimmed and host bits
+    are masked ("10.0.0.1/8" is 10.0.0.0/8). An invalid range makes the Service invalid
+    rather than being dropped: dropping the only range would open the firewall."""
+    field = "spec.loadBalancerSourceRanges"
+    networks: list[IPNetwork] = []
+    for index, value in enumerate(_list(spec.get("loadBalancerSourceRanges"), field)):
+        text = _str(value, f"{field}[{index}]", "").strip()
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            _fail(f"{field}[{index}]", f"invalid CIDR {text!r}")
+    return tuple(dict.fromkeys(networks))
 
 
 def _cluster_ips(spec: Mapping[str, object]) -> tuple[IPAddress, ...]:
@@ -408,6 +453,11 @@ def _endpoint_slice(namespace: str, name: str, obj: Mapping[str, object]) -> End
     family = _ADDRESS_FAMILIES.get(address_type)
     if family is None:
         _fail("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
+    label = _ignored_by_label(obj)
+    if label is not None:
+        key = f"{namespace}/{name}"
+        logger.debug("skipping EndpointSlice {key}: label {label}", key=key, label=label)
+        return None
 
     metadata = _mapping(obj.get("metadata"), "metadata")
     labels = _mapping(metadata.get("labels"), "metadata.labels")

@@ -12,7 +12,15 @@ The node answers for its link-local gateway addresses, so neither proxy ARP nor 
 is needed, and every packet between pods, or between a pod and a service address, is routed
 by the node, where IPVS sees it (replies included, which masquerading needs).
 
-Backends answer TCP and UDP on a port with their pod name. One server process serves all
+``add_external_host`` adds a host outside the cluster: a namespace on its own subnet,
+joined to the node by a veth pair whose node end carries a node address (as eth0 would)::
+
+    host netns                              node
+    eth0  192.168.50.2/24  <--veth-->       vhN  192.168.50.1/24 (a NodePort address)
+          default via 192.168.50.1
+
+Backends answer TCP and UDP on a port with their pod name (``serve(echo_client=True)``:
+the name, a space and the client address they saw). One server process serves all
 pods of a ``serve`` call: it creates each listening socket inside that pod's namespace, so
 the guest pays Python's start-up (about a second there) once instead of once per pod.
 Clients run in the calling process, briefly switched into the client pod's namespace.
@@ -42,6 +50,7 @@ from ipvsproxy.sandbox.netns import ip, netns_path, switch_netns
 __all__ = [
     "NODE_GATEWAY_V4",
     "NODE_GATEWAY_V6",
+    "ExternalHost",
     "Pod",
     "PodNetwork",
     "tcp_requests",
@@ -84,32 +93,53 @@ def listen(kind, port):
     return s
 
 
+def client(peer):
+    # An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+    return peer[0].removeprefix("::ffff:").encode()
+
+
 sel = selectors.DefaultSelector()
 home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-for path, name, port in json.loads(sys.argv[1]):
+for path, name, port, echo in json.loads(sys.argv[1]):
     fd = os.open(path, os.O_RDONLY)
     setns(fd)
     os.close(fd)
-    reply = name.encode()
+    reply = (name.encode(), echo)
     sel.register(listen(socket.SOCK_STREAM, port), selectors.EVENT_READ, (True, reply))
     sel.register(listen(socket.SOCK_DGRAM, port), selectors.EVENT_READ, (False, reply))
 setns(home)
 print("ready", flush=True)
 while True:
     for key, _ in sel.select():
-        stream, reply = key.data
+        stream, (name, echo) = key.data
         try:
             if stream:
-                conn, _ = key.fileobj.accept()
+                conn, peer = key.fileobj.accept()
                 conn.setblocking(True)
-                conn.sendall(reply)
+                conn.sendall(name + (b" " + client(peer) if echo else b""))
                 conn.close()
             else:
                 _, peer = key.fileobj.recvfrom(2048)
-                key.fileobj.sendto(reply, peer)
+                key.fileobj.sendto(name + (b" " + client(peer) if echo else b""), peer)
         except OSError as exc:
             print("serve:", exc, file=sys.stderr, flush=True)
 """
+
+
+@dataclass(frozen=True)
+class ExternalHost:
+    """A host outside the cluster on its own subnet; node_ips are the node's addresses on
+    that subnet (NodePort addresses), ips the host's own."""
+
+    name: str
+    netns: str
+    ips: tuple[str, ...]
+    node_ips: tuple[str, ...]
+    node_link: str
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,7 @@ class PodNetwork:
         self._python = python or sys.executable
         self._ready_timeout = ready_timeout
         self._pods: dict[str, Pod] = {}
+        self._hosts: dict[str, ExternalHost] = {}
         self._servers: list[subprocess.Popen[str]] = []
         self._logs: list[IO[bytes]] = []
         self._forwarding: set[int] = set()
@@ -192,15 +223,61 @@ class PodNetwork:
         _ip_batch(inside, netns=pod.netns)
         return pod
 
-    def serve(self, port: int, pods: Iterable[Pod | str] | None = None) -> None:
-        """Start answering TCP and UDP ``port`` in each pod (default: all) with its name.
+    def add_external_host(self, name: str, *subnets: str) -> ExternalHost:
+        """Create a host outside the cluster, one address per subnet (IPv4 and/or IPv6):
+        the node takes the subnet's first address, the host the second and routes
+        everything through the node.
+        """
+        if not _POD_NAME.match(name):
+            raise SandboxError(f"bad host name {name!r}")
+        if name in self._pods or name in self._hosts:
+            raise SandboxError(f"{name!r} exists")
+        networks = [ipaddress.ip_network(subnet) for subnet in subnets]
+        if not networks:
+            raise SandboxError("add_external_host: no subnet")
+        for version in sorted({n.version for n in networks}):
+            self._enable_forwarding(version)
+        node_ips = [str(n.network_address + 1) for n in networks]
+        ips = [str(n.network_address + 2) for n in networks]
+        host = ExternalHost(
+            name=name,
+            netns=f"{self._id}-{name}",
+            ips=tuple(ips),
+            node_ips=tuple(node_ips),
+            node_link=f"vh{os.getpid()}x{next(_links)}",
+        )
+        ip("netns", "add", host.netns)
+        self._hosts[name] = host
+        with switch_netns(host.netns):
+            for conf in ("all", "default"):
+                _sysctl(f"net/ipv6/conf/{conf}/accept_dad", "0", missing_ok=True)
+        node = [
+            f"link add {host.node_link} type veth peer name eth0 netns {host.netns}",
+            f"link set {host.node_link} up",
+        ]
+        inside = ["link set lo up", "link set eth0 up"]
+        for network, node_ip, own_ip in zip(networks, node_ips, ips, strict=True):
+            nodad = " nodad" if network.version == 6 else ""
+            node.append(f"address add {node_ip}/{network.prefixlen} dev {host.node_link}{nodad}")
+            inside.append(f"address add {own_ip}/{network.prefixlen} dev eth0{nodad}")
+            default = "default" if network.version == 4 else "::/0"
+            inside.append(f"route add {default} via {node_ip} dev eth0")
+        _ip_batch(node)
+        _ip_batch(inside, netns=host.netns)
+        return host
+
+    def serve(
+        self, port: int, pods: Iterable[Pod | str] | None = None, *, echo_client: bool = False
+    ) -> None:
+        """Start answering TCP and UDP ``port`` in each pod (default: all) with its name,
+        followed by a space and the client's address with ``echo_client``.
 
         Returns when every socket is listening.
         """
         chosen = [self._pod(p) for p in pods] if pods is not None else list(self._pods.values())
         if not chosen:
             raise SandboxError("serve: no pods")
-        spec = json.dumps([[netns_path(p.netns), p.name, port] for p in chosen])
+        spec = json.dumps([[netns_path(p.netns), p.name, port, echo_client] for p in chosen])
         # A file, not a pipe, for the server's complaints: nobody reads them while it runs,
         # and a full pipe would stall it.
         log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
@@ -237,7 +314,7 @@ class PodNetwork:
         port: int,
         count: int,
         *,
-        source: Pod | str | None = None,
+        source: Pod | ExternalHost | str | None = None,
         timeout: float = 10.0,
     ) -> list[str]:
         """``count`` TCP requests from pod ``source`` (default: the node); the replies."""
@@ -249,7 +326,7 @@ class PodNetwork:
         port: int,
         count: int,
         *,
-        source: Pod | str | None = None,
+        source: Pod | ExternalHost | str | None = None,
         timeout: float = 5.0,
     ) -> list[str]:
         """``count`` UDP requests from pod ``source`` (default: the node); the replies."""
@@ -265,12 +342,14 @@ class PodNetwork:
             log.close()
         self._logs.clear()
         errors = []
-        for pod in self._pods.values():
+        names = [p.netns for p in self._pods.values()] + [h.netns for h in self._hosts.values()]
+        for netns in names:
             try:
-                ip("netns", "delete", pod.netns)
+                ip("netns", "delete", netns)
             except SandboxError as exc:
                 errors.append(str(exc))
         self._pods.clear()
+        self._hosts.clear()
         if errors:
             raise SandboxError("; ".join(errors))
 
@@ -292,8 +371,13 @@ class PodNetwork:
         except KeyError:
             raise SandboxError(f"no pod {name!r}") from None
 
-    def _netns(self, source: Pod | str | None) -> str | None:
-        return None if source is None else self._pod(source).netns
+    def _netns(self, source: Pod | ExternalHost | str | None) -> str | None:
+        if source is None:
+            return None
+        name = source if isinstance(source, str) else source.name
+        if name in self._hosts:
+            return self._hosts[name].netns
+        return self._pod(name).netns
 
     def _enable_forwarding(self, version: int) -> None:
         if version in self._forwarding:

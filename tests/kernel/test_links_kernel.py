@@ -277,3 +277,25 @@ def test_bulk_against_one_request_per_address(links: LinkTool) -> None:
         assert len(list(ipr.get_addr(index=index))) == len(wanted)
         pyroute2_dump = time.perf_counter() - started
     print(f"  bind {bind:.3f} s; addresses() {dump:.3f} s; pyroute2 get_addr {pyroute2_dump:.3f} s")
+
+
+def test_node_addresses_are_the_hosts_except_kube_ipvs0(links: LinkTool) -> None:
+    """One dump of every interface: kube-ipvs0's, loopback and IPv6 link-local excluded,
+    any prefix length kept; a change on the host shows at the next read."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    links.ensure_interface(DEV)
+    assert links.bind(DEV, [ip("10.96.0.1"), ip("fd00::1")]) == []
+    batch = [
+        "link add eth-np type dummy",
+        "link set eth-np up",
+        "address add 192.168.7.7/24 dev eth-np",
+        "address add 2001:db8:7::7/64 dev eth-np nodad",
+        "address add fe80::7/64 dev eth-np nodad",
+    ]
+    subprocess.run(["ip", "-batch", "-"], input="\n".join(batch) + "\n", text=True, check=True)
+    assert links.node_addresses(DEV) == {ip("192.168.7.7"), ip("2001:db8:7::7")}
+    subprocess.run(["ip", "address", "add", "192.168.8.8/32", "dev", "eth-np"], check=True)
+    assert ip("192.168.8.8") in links.node_addresses(DEV)
+    # Without kube-ipvs0 nothing is excluded by interface.
+    links.delete_interface(DEV)
+    assert links.node_addresses(DEV) == {ip("192.168.7.7"), ip("192.168.8.8"), ip("2001:db8:7::7")}
