@@ -35,6 +35,7 @@ from ipvsproxy.desired import (
 )
 from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.gcpause import gc_paused
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
@@ -61,6 +62,8 @@ class AgentSettings:
     """At most one sync per min_sync_period (kube-proxy's minSyncPeriod)."""
     retry_interval: float = 5.0
     """A failed sync is retried this long after (capped at sync_period)."""
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    """Longest graceful termination of a TCP real server (see graceful.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Agent:
             clock=self._clock,
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
+        self._drains: Mapping[DrainKey, float] = {}  # real servers draining, since when
         self._last_full: float | None = None
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
@@ -248,8 +252,16 @@ class Agent:
                     states.append((key, state))
             desired = merge_service_states(states, settings=settings)
             observed = observe(self._dp, tuple(desired.iptables))
-            plan = plan_sync(desired, observed, exclude_cidrs=self._settings.exclude_cidrs)
+            plan = plan_sync(
+                desired,
+                observed,
+                exclude_cidrs=self._settings.exclude_cidrs,
+                drains=self._drains,
+                now=self._clock.now(),
+                drain_timeout=self._settings.drain_timeout,
+            )
         result = self._apply(plan)
+        self._drains = plan.draining
         if result.ok:
             with gc_paused():
                 self._cache = AppliedCache.rebuild(states, desired.iptables)

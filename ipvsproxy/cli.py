@@ -262,7 +262,12 @@ def _cmd_once(args: argparse.Namespace) -> int:
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
         state, config = _desired(args, host)
         settings_ok = _kernel_settings(config, dataplanes)
-        outcome = sync(state, dataplanes, exclude_cidrs=config.exclude_cidrs)
+        outcome = sync(
+            state,
+            dataplanes,
+            exclude_cidrs=config.exclude_cidrs,
+            drain_timeout=config.graceful_termination_timeout,
+        )
     result = outcome.result
     logger.info(
         "sync finished",
@@ -321,6 +326,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 exclude_cidrs=config.exclude_cidrs,
                 sync_period=config.sync_period,
                 min_sync_period=config.min_sync_period,
+                drain_timeout=config.graceful_termination_timeout,
             ),
             master=args.master,
             traffic=stats_socket.stats,

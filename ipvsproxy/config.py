@@ -23,6 +23,7 @@ import yaml
 from loguru import logger
 
 from ipvsproxy.errors import ConfigError
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT
 from ipvsproxy.model import DEFAULT_SCHEDULER, IPAddress, IPNetwork
 
 __all__ = [
@@ -130,6 +131,11 @@ class ProxyConfig:
     udp_timeout: int = 0
     """Timeout of IPVS UDP connections, in seconds; 0 keeps the kernel's value."""
 
+    graceful_termination_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    """Longest time a removed TCP real server drains at weight 0 before it is deleted,
+    in seconds; 0 deletes at once (`ipvs.gracefulTerminationTimeout`, ipvsproxy's own
+    field: kube-proxy has no limit). Default 900 (15 minutes)."""
+
     # -- sync (`ipvs.syncPeriod`, `ipvs.minSyncPeriod`)
 
     sync_period: float = 30.0
@@ -190,6 +196,11 @@ class ProxyConfig:
                 raise ConfigError(f"{name}: must be >= 0 seconds, got {getattr(self, name)}")
         if self.sync_period <= 0:
             raise ConfigError(f"sync_period: must be > 0 seconds, got {self.sync_period}")
+        if not 0 <= self.graceful_termination_timeout < math.inf:
+            raise ConfigError(
+                "graceful_termination_timeout: must be >= 0 seconds, "
+                f"got {self.graceful_termination_timeout}"
+            )
         if not 0 <= self.min_sync_period <= self.sync_period:
             raise ConfigError(
                 f"min_sync_period: must be between 0 and sync_period ({self.sync_period:g}),"
@@ -365,6 +376,7 @@ _KNOWN_FIELDS: Final[Mapping[str, frozenset[str]]] = {
             "tcpFinTimeout",
             "udpTimeout",
             "ipSet",
+            "gracefulTerminationTimeout",  # ipvsproxy's own
         }
     ),
     "nftables": frozenset({"masqueradeBit", "masqueradeAll", "syncPeriod", "minSyncPeriod"}),
@@ -500,6 +512,7 @@ class _Reader:
             tcp_timeout=self._timeout("ipvs.tcpTimeout"),
             tcp_fin_timeout=self._timeout("ipvs.tcpFinTimeout"),
             udp_timeout=self._timeout("ipvs.udpTimeout"),
+            graceful_termination_timeout=self._drain_timeout(),
             sync_period=sync_period,
             min_sync_period=min_sync_period,
             masquerade_all=self._bool("iptables.masqueradeAll"),
@@ -520,6 +533,15 @@ class _Reader:
         )
 
     # -- fields that need more than a type check
+
+    def _drain_timeout(self) -> float:
+        path = "ipvs.gracefulTerminationTimeout"
+        if self._get(path) in (None, ""):
+            return DEFAULT_DRAIN_TIMEOUT
+        seconds = self._duration(path)
+        if seconds < 0:
+            raise self._fail(path, self._get(path), "must be >= 0")
+        return seconds
 
     def _sync_periods(self) -> tuple[float, float]:
         # Newer files set syncPeriod / minSyncPeriod at the top level; the ipvs section's

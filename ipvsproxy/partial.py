@@ -32,6 +32,7 @@ from typing import TypeVar
 from loguru import logger
 
 from ipvsproxy.desired import EMPTY_SERVICE_STATE, DesiredSettings, ServiceState, desired_iptables
+from ipvsproxy.graceful import leave_without_counters
 from ipvsproxy.model import (
     IPAddress,
     IPFamily,
@@ -50,7 +51,6 @@ from ipvsproxy.operations import (
     AddVirtualServer,
     BindAddress,
     DeleteIPSetEntry,
-    DeleteRealServer,
     DeleteVirtualServer,
     Operation,
     RestoreChains,
@@ -70,10 +70,11 @@ _VirtualEntry = tuple[VirtualServer, Mapping[RealServerKey, RealServer]]
 def real_server_removed(virtual: VirtualServerKey, server: RealServer) -> list[Operation]:
     """The operations that take a real server out of a virtual server that stays.
 
-    The one place a partial sync decides this: graceful termination replaces it (drain at
-    weight 0, delete once its connections are gone).
+    Graceful termination (graceful.py): a TCP server drains at weight 0 and the next full
+    sync, which reads its connection counters, deletes it once idle or after the drain
+    timeout; UDP and SCTP servers are deleted at once.
     """
-    return [DeleteRealServer(virtual, server.key)]
+    return [leave_without_counters(virtual, server)]
 
 
 @dataclass(slots=True)

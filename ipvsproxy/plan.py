@@ -12,10 +12,11 @@ rules that match them, virtual servers before their real servers, removals last.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ipvsproxy.gcpause import gc_paused
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey, drain_step
 from ipvsproxy.ipsets import all_set_names
 from ipvsproxy.model import IPAddress, IPNetwork, KernelState, address_sort_key
 from ipvsproxy.operations import (
@@ -25,7 +26,6 @@ from ipvsproxy.operations import (
     BindAddress,
     CreateIPSet,
     DeleteIPSetEntry,
-    DeleteRealServer,
     DeleteVirtualServer,
     EnsureDummyInterface,
     Operation,
@@ -41,9 +41,11 @@ DUMMY_INTERFACE = "kube-ipvs0"
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Operations in the order they must be applied."""
+    """Operations in the order they must be applied, and the real servers left draining
+    (with the time each drain started) for the next plan."""
 
     operations: tuple[Operation, ...]
+    draining: Mapping[DrainKey, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.operations)
@@ -61,14 +63,35 @@ def plan_sync(
     observed: KernelState,
     *,
     exclude_cidrs: Sequence[IPNetwork] = (),
+    drains: Mapping[DrainKey, float] | None = None,
+    now: float = 0.0,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> Plan:
-    """The operations that turn observed into desired (see module docstring)."""
+    """The operations that turn observed into desired (see module docstring).
+
+    Real servers no longer wanted drain gracefully (see graceful.py): `drains` holds when
+    each drain started, as the previous plan returned it, and `now` is the current time
+    on the same (monotonic) clock.
+    """
+    draining: dict[DrainKey, float] = {}
+    timing = _DrainTiming(drains or {}, now, drain_timeout, draining)
     with gc_paused():
-        return Plan(tuple(_operations(desired, observed, exclude_cidrs)))
+        return Plan(tuple(_operations(desired, observed, exclude_cidrs, timing)), draining)
+
+
+@dataclass(frozen=True, slots=True)
+class _DrainTiming:
+    started: Mapping[DrainKey, float]
+    now: float
+    timeout: float
+    draining: dict[DrainKey, float]  # filled in by the plan
 
 
 def _operations(
-    desired: KernelState, observed: KernelState, exclude_cidrs: Sequence[IPNetwork]
+    desired: KernelState,
+    observed: KernelState,
+    exclude_cidrs: Sequence[IPNetwork],
+    timing: _DrainTiming,
 ) -> list[Operation]:
     ops: list[Operation] = []
     if not observed.dummy_interface:
@@ -102,7 +125,7 @@ def _operations(
         if chains_differ or missing_jumps:
             ops.append(RestoreChains(ruleset, missing_jumps))
 
-    ops += _ipvs_operations(desired, observed, exclude_cidrs)
+    ops += _ipvs_operations(desired, observed, exclude_cidrs, timing)
 
     ops += [
         UnbindAddress(a)
@@ -117,7 +140,10 @@ def _operations(
 
 
 def _ipvs_operations(
-    desired: KernelState, observed: KernelState, exclude_cidrs: Sequence[IPNetwork]
+    desired: KernelState,
+    observed: KernelState,
+    exclude_cidrs: Sequence[IPNetwork],
+    timing: _DrainTiming,
 ) -> list[Operation]:
     adds: list[Operation] = []
     real_server_deletes: list[Operation] = []
@@ -140,10 +166,17 @@ def _ipvs_operations(
                 adds.append(AddRealServer(key, rs))
             elif have != rs:
                 adds.append(UpdateRealServer(key, rs))
-        real_server_deletes += [
-            DeleteRealServer(key, rs_key)
-            for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
-        ]
+        leaving = sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
+        if leaving:
+            step = drain_step(
+                key,
+                (current[rs_key] for rs_key in leaving),
+                started=timing.started,
+                now=timing.now,
+                timeout=timing.timeout,
+            )
+            real_server_deletes += step.operations
+            timing.draining.update(step.draining)
 
     stale = [
         key

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
 
 from ipvsproxy.apply import ApplyResult, Dataplanes, apply_plan
 from ipvsproxy.errors import KernelError
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.ipsets import all_set_names
 from ipvsproxy.model import IPFamily, IPNetwork, IptablesRuleset, KernelState
 from ipvsproxy.operations import DeleteVirtualServer
@@ -42,10 +44,24 @@ def sync(
     dataplanes: Dataplanes,
     *,
     exclude_cidrs: Sequence[IPNetwork] = (),
+    drains: Mapping[DrainKey, float] | None = None,
+    now: float | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> SyncResult:
-    """Make the kernel match the desired state; failures are returned, never swallowed."""
+    """Make the kernel match the desired state; failures are returned, never swallowed.
+
+    drains: when each real server still draining started, from the previous sync's
+    plan (`result.plan.draining`); now: the monotonic clock, read here when None.
+    """
     observed = observe(dataplanes, tuple(desired.iptables))
-    plan = plan_sync(desired, observed, exclude_cidrs=exclude_cidrs)
+    plan = plan_sync(
+        desired,
+        observed,
+        exclude_cidrs=exclude_cidrs,
+        drains=drains,
+        now=time.monotonic() if now is None else now,
+        drain_timeout=drain_timeout,
+    )
     result = apply_plan(plan, dataplanes)
     for failure in result.failures:
         logger.error(

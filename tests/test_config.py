@@ -131,6 +131,9 @@ def test_configmap_without_a_configuration(tmp_path: Path) -> None:
         ({"ipvs": {"minSyncPeriod": "1s"}}, "min_sync_period", 1.0),
         ({"ipvs": {"tcpTimeout": "1500ms"}}, "tcp_timeout", 1),  # whole seconds, as kube-proxy
         ({"ipvs": {"udpTimeout": "300ms"}}, "udp_timeout", 0),  # ... so this keeps the kernel's
+        ({}, "graceful_termination_timeout", 900.0),
+        ({"ipvs": {"gracefulTerminationTimeout": "2m"}}, "graceful_termination_timeout", 120.0),
+        ({"ipvs": {"gracefulTerminationTimeout": "0s"}}, "graceful_termination_timeout", 0.0),
         ({"iptables": {"masqueradeBit": 0}}, "masquerade_mark", 1),
         ({"iptables": {"masqueradeBit": 31}}, "masquerade_mark", 1 << 31),
         (
@@ -198,6 +201,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ),
     ({"ipvs": {"tcpTimeout": "-1s"}}, "ipvs.tcpTimeout: invalid value '-1s': must be >= 0"),
     ({"ipvs": {"udpTimeout": "5d"}}, "ipvs.udpTimeout: invalid value '5d'"),
+    (
+        {"ipvs": {"gracefulTerminationTimeout": "-1m"}},
+        "ipvs.gracefulTerminationTimeout: invalid value '-1m': must be >= 0",
+    ),
     (
         {"ipvs": {"excludeCIDRs": ["10.0.0.0/8", "10.0.0.0/33"]}},
         "ipvs.excludeCIDRs[1]: invalid value '10.0.0.0/33': not a CIDR",

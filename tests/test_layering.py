@@ -19,6 +19,8 @@ CORE = [
     "ipsets.py",
     "rules.py",
     "desired.py",
+    "endpoints.py",
+    "graceful.py",
     "plan.py",
     "partial.py",
     "changes.py",

@@ -35,6 +35,7 @@ from ipvsproxy.operations import (
     Operation,
     RestoreChains,
     UnbindAddress,
+    UpdateRealServer,
     UpdateVirtualServer,
 )
 from ipvsproxy.partial import AppliedCache, plan_partial
@@ -69,7 +70,16 @@ def dataplanes(kernel: FakeKernel) -> Dataplanes:
 
 
 def kernel_state(kernel: FakeKernel) -> KernelState:
-    return observe(dataplanes(kernel), tuple(IPFamily))
+    """What the kernel holds, less real servers at weight 0: a partial sync only quiesces
+    a leaving TCP server (graceful termination); a full sync deletes it once idle."""
+    state = observe(dataplanes(kernel), tuple(IPFamily))
+    return dataclasses.replace(
+        state,
+        real_servers={
+            key: {k: rs for k, rs in servers.items() if rs.weight}
+            for key, servers in state.real_servers.items()
+        },
+    )
 
 
 def partial(
@@ -108,9 +118,22 @@ def test_one_endpoint_added_is_one_real_server() -> None:
     assert len(ops) == 1 and isinstance(ops[0], AddRealServer)
 
 
-def test_one_endpoint_removed_is_one_real_server_delete() -> None:
+def test_one_tcp_endpoint_removed_is_one_real_server_quiesced() -> None:
     shrunk = endpoint_slice("web", "10.244.1.1")
-    ops, _, _ = partial(([WEB], [WEB_SLICE]), ([WEB], [shrunk]))
+    ops, kernel, _ = partial(([WEB], [WEB_SLICE]), ([WEB], [shrunk]))
+    assert [type(op) for op in ops] == [UpdateRealServer]
+    weights = {
+        str(k.address): rs.weight for k, rs in next(iter(kernel.destinations.values())).items()
+    }
+    assert weights == {"10.244.1.1": 1, "10.244.2.1": 0}
+    # The next full sync reads the (zero) connection counters and deletes it.
+    full_sync(kernel, [WEB], [shrunk])
+    assert [str(k.address) for d in kernel.destinations.values() for k in d] == ["10.244.1.1"]
+
+
+def test_one_udp_endpoint_removed_is_one_real_server_delete() -> None:
+    grown = endpoint_slice("dns", "10.244.1.9", "10.244.2.9", ports=(("dns", "UDP", 53),))
+    ops, _, _ = partial(([DNS], [grown]), ([DNS], [DNS_SLICE]))
     assert [type(op) for op in ops] == [DeleteRealServer]
 
 

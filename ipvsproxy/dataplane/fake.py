@@ -92,6 +92,15 @@ class FakeKernel:
         if key in self.services:
             self.traffic[key] = self.traffic.get(key, IpvsStats()) + traffic
 
+    def set_connections(
+        self, virtual: VirtualServerKey, key: RealServerKey, *, active: int, inactive: int = 0
+    ) -> None:
+        """Set a real server's connection counters, as clients connecting through it would."""
+        server = self.destinations[virtual][key]
+        self.destinations[virtual][key] = replace(
+            server, active_connections=active, inactive_connections=inactive
+        )
+
     def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]:
         failures: list[OperationFailure] = []
         for op in ops:

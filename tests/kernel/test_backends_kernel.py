@@ -1,0 +1,146 @@
+"""Endpoint lifecycle and the fixed chains, with real traffic through the sandbox kernel.
+
+Each test runs in a fresh network namespace of the guest; pods are namespaces around it
+(see ipvsproxy/sandbox/pods.py) and the kernel is programmed with `ipvsproxy once`.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_cli_kernel import cli, tool
+
+from ipvsproxy.sandbox.netns import switch_netns
+from ipvsproxy.sandbox.pods import Pod, PodNetwork
+
+pytestmark = pytest.mark.kernel
+
+VIP = "10.96.5.1"
+
+
+def web_cluster(
+    path: Path,
+    endpoints: Sequence[str | tuple[str, str]],
+    *,
+    protocol: str = "TCP",
+    extra: str = "",
+) -> str:
+    """Service web (VIP:80 -> 8080) with these endpoints: "ip" (ready) or (ip, conditions)."""
+    lines = []
+    for item in endpoints:
+        ip, conditions = (item, "{ready: true}") if isinstance(item, str) else item
+        lines.append(f"  - {{addresses: [{ip}], conditions: {conditions}}}\n")
+    path.write_text(
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: v1\n  kind: Service\n  metadata: {name: web, namespace: shop}\n"
+        f"  spec:\n    clusterIP: {VIP}\n{extra}"
+        f"    ports: [{{name: p, port: 80, protocol: {protocol}, targetPort: 8080}}]\n"
+        "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n"
+        "  metadata:\n    name: web-1\n    namespace: shop\n"
+        "    labels: {kubernetes.io/service-name: web}\n"
+        f"  addressType: IPv4\n  ports: [{{name: p, port: 8080, protocol: {protocol}}}]\n"
+        "  endpoints:\n" + ("".join(lines) if lines else "  []\n")
+    )
+    return str(path)
+
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+def echo(c):
+    with c:
+        try:
+            while data := c.recv(4096):
+                c.sendall(data)
+        except ConnectionResetError:
+            pass
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+@contextmanager
+def echo_server(pod: Pod, port: int) -> Iterator[None]:
+    """A TCP echo server in the pod that keeps every connection open until the client
+    closes it (the pod network's own servers answer once and close)."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", pod.netns, sys.executable, "-c", ECHO_SERVER, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def ipvs_destinations() -> dict[str, tuple[int, int, int]]:
+    """ipvsadm -Ln destinations of the VIP: "ip:port" -> (weight, active, inactive)."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for line in tool("ipvsadm", "-Ln", "-t", f"{VIP}:80").splitlines():
+        fields = line.split()
+        if fields[:1] == ["->"] and fields[1][0].isdigit():
+            found[fields[1]] = (int(fields[3]), int(fields[4]), int(fields[5]))
+    return found
+
+
+def wait_for(check: object, what: str, timeout: float = 30.0) -> None:
+    """Poll the kernel until check() holds; the kernel's own timers decide when."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_long_lived_connection_survives_endpoint_removal(tmp_path: Path) -> None:
+    with PodNetwork() as network:
+        client = network.add_pod("client", "10.244.0.2")
+        old = network.add_pod("old", "10.244.1.1")
+        new = network.add_pod("new", "10.244.2.1")
+        network.serve(8080, [new])
+        with echo_server(old, 8080):
+            cli("once", "-f", web_cluster(tmp_path / "a.yaml", ["10.244.1.1"]))
+            with switch_netns(client.netns):
+                conn = socket.create_connection((VIP, 80), timeout=10)
+            with conn:
+                conn.sendall(b"one")
+                assert conn.recv(16) == b"one"
+
+                # The endpoint goes: its real server is quiesced, not deleted.
+                moved = web_cluster(tmp_path / "b.yaml", ["10.244.2.1"])
+                cli("once", "-f", moved)
+                assert ipvs_destinations() == {
+                    "10.244.1.1:8080": (0, 1, 0),
+                    "10.244.2.1:8080": (1, 0, 0),
+                }
+                conn.sendall(b"two")
+                assert conn.recv(16) == b"two"  # the established connection carries on
+                assert network.tcp_requests(VIP, 80, 3, source=client) == ["new"] * 3
+                cli("once", "-f", moved)  # still busy: still there
+                assert "10.244.1.1:8080" in ipvs_destinations()
+
+                # Closed with a reset, the connection is inactive for IPVS's CLOSE state
+                # timeout (10 s), then the kernel forgets it and the next sync deletes.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            wait_for(
+                lambda: ipvs_destinations().get("10.244.1.1:8080", (0, 0, 0))[1:] == (0, 0),
+                "the closed connection to leave IPVS's table",
+            )
+            cli("once", "-f", moved)
+            assert list(ipvs_destinations()) == ["10.244.2.1:8080"]
