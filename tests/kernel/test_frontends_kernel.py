@@ -184,3 +184,60 @@ def test_external_ip_and_load_balancer_source_ranges(
         capture_output=True, text=True,
     )  # fmt: skip
     assert "operations=0" in result.stderr, result.stderr
+
+
+def test_health_check_node_port_from_outside(tmp_path: Path, pod_network: PodNetwork) -> None:
+    """With INPUT dropping everything, the probe still gets through: KUBE-NODE-PORT (filter)
+    accepts the ports in KUBE-HEALTH-CHECK-NODE-PORT."""
+    import http.client
+    import json
+
+    from ipvsproxy.healthcheck import HealthCheckServers, health_check_ports
+    from ipvsproxy.k8s.files import read_cluster
+    from ipvsproxy.sandbox.netns import switch_netns
+
+    outside = pod_network.add_external_host("outside", "192.168.50.0/24")
+    program(
+        tmp_path,
+        """\
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec:
+    type: LoadBalancer
+    clusterIP: 10.96.0.10
+    externalTrafficPolicy: Local
+    healthCheckNodePort: 31862
+    ports: [{name: tcp, port: 80, protocol: TCP, nodePort: 30080}]
+"""
+        + slice_yaml("web", 8080, ("10.244.1.1", NODE), ("10.244.2.1", "node-b")),
+    )
+    assert (
+        "add KUBE-HEALTH-CHECK-NODE-PORT 31862"
+        in subprocess.run(["ipset", "save"], capture_output=True, text=True).stdout
+    )
+    subprocess.run(["iptables-legacy", "-P", "INPUT", "DROP"], check=True)
+    cluster = read_cluster([str(tmp_path / "cluster.yaml")])
+    wanted = health_check_ports(cluster.services, cluster.slices, node_name=NODE)
+    assert wanted == {31862: ("shop/web", 1)}
+
+    def probe() -> tuple[int, object]:
+        with switch_netns(outside.netns):
+            conn = http.client.HTTPConnection(outside.node_ips[0], 31862, timeout=5)
+            try:
+                conn.request("GET", "/")
+                reply = conn.getresponse()
+                return reply.status, json.loads(reply.read())
+            finally:
+                conn.close()
+
+    servers = HealthCheckServers()
+    try:
+        servers.sync(wanted)
+        status, body = probe()
+        assert status == 200
+        assert body["localEndpoints"] == 1  # type: ignore[index]
+        servers.sync({31862: ("shop/web", 0)})
+        assert probe()[0] == 503
+    finally:
+        servers.close()
