@@ -48,6 +48,8 @@ from ipvsproxy.runner import BoundedFrequencyRunner, Clock, MonotonicClock
 
 __all__ = ["Agent", "AgentSettings", "SyncOutcome"]
 
+_MAX_UNREPORTED_TRIGGERS = 10_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSettings:
@@ -102,7 +104,7 @@ class Agent:
             self.sync,
             min_interval=settings.min_sync_period,
             max_interval=settings.sync_period,
-            retry_interval=min(settings.retry_interval, settings.sync_period),
+            retry_interval=self._retry_interval,
             clock=self._clock,
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
@@ -175,7 +177,11 @@ class Agent:
 
     def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
         wall = self._wall()
-        self._unreported_triggers += changes.trigger_times
+        # Kept across failed syncs, to be measured once applied; bounded, should the
+        # kernel refuse for hours.
+        self._unreported_triggers = [*self._unreported_triggers, *changes.trigger_times][
+            -_MAX_UNREPORTED_TRIGGERS:
+        ]
         if outcome.ok:
             if self._failing:
                 logger.info("sync succeeded again", full=outcome.full)
@@ -193,7 +199,7 @@ class Agent:
                 key=("sync failed", outcome.reason),
                 reason=outcome.reason,
                 failed_operations=outcome.failed,
-                retry_in=f"{self.runner_retry:g}s",
+                retry_in=f"{self._retry_interval:g}s",
             )
         if self._metrics is not None:
             self._metrics.sync_finished(seconds=seconds, full=outcome.full, ok=outcome.ok, now=wall)
@@ -201,7 +207,10 @@ class Agent:
                 self._metrics.sync_failed(outcome.reason.split(":", 1)[0])
             pending = self.tracker.pending()
             self._metrics.changes_pending(services=pending.services, endpoints=pending.endpoints)
-        log = logger.info if outcome.full else logger.debug
+        # Partial syncs and quiet periodic ones are routine; the first sync and a full
+        # sync that had to change something (a repair) are worth a line.
+        noteworthy = outcome.full and (self.syncs == 1 or outcome.operations or not outcome.ok)
+        log = logger.info if noteworthy else logger.debug
         log(
             "synced",
             full=outcome.full,
@@ -212,7 +221,7 @@ class Agent:
         )
 
     @property
-    def runner_retry(self) -> float:
+    def _retry_interval(self) -> float:
         return min(self._settings.retry_interval, self._settings.sync_period)
 
     def _desired_settings(self) -> tuple[NodeInfo, DesiredSettings]:
