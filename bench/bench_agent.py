@@ -106,6 +106,9 @@ class Recorder:
     def addresses(self, name: str) -> frozenset[IPAddress]:
         return self.held.addresses
 
+    def node_addresses(self, exclude: str) -> frozenset[IPAddress]:
+        return frozenset()
+
     def _addresses(self, command: int, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
         for address in addresses:
             self._seq += 1

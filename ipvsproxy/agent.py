@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loguru import logger
 
@@ -39,10 +39,10 @@ from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
-from ipvsproxy.model import IPNetwork, VirtualServerKey
+from ipvsproxy.model import IPAddress, IPNetwork, VirtualServerKey
 from ipvsproxy.operations import BindAddress, IpvsOperation, UnbindAddress
 from ipvsproxy.partial import AppliedCache, plan_partial
-from ipvsproxy.plan import Plan, plan_sync
+from ipvsproxy.plan import DUMMY_INTERFACE, Plan, plan_sync
 from ipvsproxy.proxier import observe
 from ipvsproxy.runner import BoundedFrequencyRunner, Clock, MonotonicClock
 
@@ -109,6 +109,8 @@ class Agent:
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
         self._drains: Mapping[DrainKey, float] = {}  # real servers draining, since when
+        # The host's interface addresses (NodePorts), read at each full sync only.
+        self._local_addresses: frozenset[IPAddress] = frozenset()
         self._last_full: float | None = None
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
@@ -226,7 +228,7 @@ class Agent:
 
     def _desired_settings(self) -> tuple[NodeInfo, DesiredSettings]:
         node = with_node_object(self._settings.node, self.tracker.current_node())
-        return node, self._settings.desired
+        return replace(node, local_addresses=self._local_addresses), self._settings.desired
 
     def _state(self, key: str, given: ServiceInput, node: NodeInfo) -> ServiceState | None:
         """One Service's desired state; None (logged) when computing it fails, so that one
@@ -246,6 +248,7 @@ class Agent:
             return None
 
     def _full(self, changes: Changes) -> SyncOutcome:
+        self._local_addresses = self._dp.links.node_addresses(DUMMY_INTERFACE)
         node, settings = self._desired_settings()
         previous = self._cache.states if self._cache is not None else {}
         states: list[tuple[str, ServiceState]] = []

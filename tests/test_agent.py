@@ -20,7 +20,15 @@ from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.metrics import ProxyMetrics
-from ipvsproxy.model import EndpointSlice, IPFamily, KernelState, Node, Service
+from ipvsproxy.model import (
+    EndpointSlice,
+    IPAddress,
+    IPFamily,
+    KernelState,
+    Node,
+    Service,
+    ServicePort,
+)
 from ipvsproxy.operations import AddRealServer, AddVirtualServer
 from ipvsproxy.proxier import observe, sync
 
@@ -55,9 +63,14 @@ def without_draining(state: KernelState) -> KernelState:
     )
 
 
-def reference(services: Sequence[Service], slices: Sequence[EndpointSlice]) -> KernelState:
+def reference(
+    services: Sequence[Service],
+    slices: Sequence[EndpointSlice],
+    local: frozenset[IPAddress] = frozenset(),
+) -> KernelState:
     kernel = FakeKernel()
-    desired = desired_state(services, slices, node=NODE, settings=DesiredSettings())
+    node = dataclasses.replace(NODE, local_addresses=local)
+    desired = desired_state(services, slices, node=node, settings=DesiredSettings())
     assert sync(desired, dataplanes(kernel)).result.ok
     return kernel_state(kernel)
 
@@ -112,8 +125,9 @@ class Harness:
         return self.agent.runner.step()
 
     def assert_in_step(self) -> None:
+        local = self.kernel.node_addresses("kube-ipvs0")
         assert without_draining(kernel_state(self.kernel)) == reference(
-            list(self.services.values()), list(self.slices.values())
+            list(self.services.values()), list(self.slices.values()), local
         )
 
 
@@ -389,3 +403,32 @@ def test_one_endpoint_change_among_10000_services_touches_only_that_service() ->
     assert h.agent.last.services == 1 and h.agent.last.operations == 1
     assert h.kernel.writes - writes == 1  # one AddRealServer message
     assert restored == [] and restores is h.kernel.tables[IPFamily.V4]
+
+
+def test_node_ports_follow_the_host_addresses_read_at_full_syncs() -> None:
+    import ipaddress
+
+    kernel = FakeKernel()
+    kernel.links["eth0"] = {ipaddress.ip_address("192.168.1.5")}
+    h = Harness(kernel=kernel)
+    node_port = dataclasses.replace(
+        WEB, type="NodePort", ports=(ServicePort("http", WEB.ports[0].protocol, 80, 30080),)
+    )
+    h.start([node_port], [WEB_SLICE])
+    h.step()
+    served = {(k.address, k.port) for k in kernel.services}
+    assert (ipaddress.ip_address("192.168.1.5"), 30080) in served
+    h.assert_in_step()
+    # A partial sync reuses the addresses the last full sync read.
+    h.put(endpoint_slice("web", "10.244.1.1", "10.244.7.7"))
+    h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    h.assert_in_step()
+    kernel.links["eth0"].add(ipaddress.ip_address("192.168.1.6"))
+    h.clock.t += 30
+    h.step()
+    assert h.agent.last.full
+    h.assert_in_step()
+    assert (ipaddress.ip_address("192.168.1.6"), 30080) in {
+        (k.address, k.port) for k in kernel.services
+    }
