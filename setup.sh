@@ -11,7 +11,8 @@ for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$package")
 done
-# kubectl (tests/test_deploy.py builds deploy/ with it; the demo drives the API with it):
+# kubectl (tests/test_deploy.py builds deploy/ with it; tests/test_testapi_kubectl.py and the
+# demo drive the test API server with it):
 # Debian's kubernetes-client, unless a kubectl is already installed by other means.
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then

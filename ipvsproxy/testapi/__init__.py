@@ -16,23 +16,25 @@ plain HTTP, by default on 127.0.0.1, so that the real `kubernetes` client and th
   ADDED first), `allowWatchBookmarks`, `sendInitialEvents`, `timeoutSeconds`; objects
   entering or leaving a watch's selector arrive as ADDED or DELETED;
 - create, replace (optimistic concurrency on metadata.resourceVersion), delete (with
-  preconditions), PATCH as JSON patch, JSON merge patch, and strategic merge patch applied
-  as a JSON merge patch (lists are replaced, not merged by key), the `status` subresource;
+  preconditions), PATCH as JSON patch, JSON merge patch and strategic merge patch (with the
+  merge keys of these kinds' lists, see `patch.py`), the `status` subresource;
 - Service defaulting the proxy relies on: type, ports' protocol and targetPort, traffic
   policies, cluster IPs (10.96.0.0/16, fd00:10:96::/112) and node ports allocated, and kept
   on update when the new object leaves them out;
 - discovery documents (`/api`, `/apis`, `/api/v1`, `/apis/discovery.k8s.io[/v1]`,
-  `/version`) and `/healthz`, `/livez`, `/readyz`;
+  `/version`), just enough OpenAPI v3 for kubectl to leave validation to the server (see
+  `openapi.py`), and `/healthz`, `/livez`, `/readyz`;
 - fault injection, from Python (`TestAPIServer.faults`, `.go_away()`, `.cut_watches()`,
   `.store.compact()`) or over HTTP under `/testapi/` (see `server.py`).
 
 It does NOT implement: authentication or authorization (any token is accepted and
 ignored), TLS, admission (namespaces come into being with their first object), validation
 beyond names, labels, cluster IPs and node ports, defaulting beyond the fields listed
-above, field managers and server-side apply, finalizers and graceful deletion, owner
-references and garbage collection, dry run, protobuf or CBOR, Table output, OpenAPI
-documents, aggregated discovery, `resourceVersionMatch`, other resources than the four above,
-and watch cache semantics beyond `resourceVersion=0` lists.
+above, field managers and server-side apply, `fieldValidation` (accepted, unknown fields are kept),
+finalizers and graceful deletion, owner references and garbage collection, dry run,
+protobuf or CBOR, Table output (kubectl prints NAME and AGE), OpenAPI schemas, aggregated
+discovery (kubectl falls back to the plain documents), `resourceVersionMatch`, deletecollection,
+other resources than the four above, and watch cache semantics beyond `resourceVersion=0` lists.
 """
 
 from ipvsproxy.testapi.faults import Faults

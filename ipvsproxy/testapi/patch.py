@@ -1,8 +1,10 @@
-"""PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+"""PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902), strategic merge patch.
 
-Strategic merge patches are applied as JSON merge patches with their `$` directives
-dropped: lists are replaced whole rather than merged by key, which is what kubectl's
-`apply`, `edit`, `label` and `annotate` need when they send whole lists or none.
+The strategic merge patch knows the merge keys of the lists these four kinds have
+(Service spec.ports by port, Node status.addresses and conditions by type, ownerReferences
+by uid, finalizers as a set) and the directives kubectl sends: `$patch` (delete, replace,
+merge), `$setElementOrder/<list>`, `$deleteFromPrimitiveList/<list>` and `$retainKeys`.
+Every other list is replaced whole, as the real API does for atomic lists.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: object) -> dic
     if kind in (MERGE, STRATEGIC):
         if not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
-        result = _merge(target, _without_directives(patch) if kind == STRATEGIC else patch)
+        if kind == STRATEGIC:
+            return _strategic(target, patch, ())
+        result = _merge(target, patch)
         assert isinstance(result, dict)
         return result
     if kind == JSON_PATCH:
@@ -36,12 +40,96 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: object) -> dic
     )
 
 
-def _without_directives(patch: object) -> object:
-    if isinstance(patch, dict):
-        return {k: _without_directives(v) for k, v in patch.items() if not k.startswith("$")}
-    if isinstance(patch, list):
-        return [_without_directives(v) for v in patch]
-    return patch
+# Lists merged by key (path of field names from the object's root -> merge key), and lists
+# of strings merged as sets; from the patchMergeKey / patchStrategy tags of the Go types.
+_MERGE_KEYS: dict[tuple[str, ...], str] = {
+    ("spec", "ports"): "port",
+    ("status", "addresses"): "type",
+    ("status", "conditions"): "type",
+    ("metadata", "ownerReferences"): "uid",
+}
+_SET_LISTS: frozenset[tuple[str, ...]] = frozenset({("metadata", "finalizers")})
+
+
+def _strategic(
+    target: dict[str, Any], patch: dict[str, Any], path: tuple[str, ...]
+) -> dict[str, Any]:
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
+    if patch.get("$patch") == "delete":
+        return {}
+    result = dict(target)
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            if isinstance(result.get(field), list) and isinstance(value, list):
+                result[field] = [item for item in result[field] if item not in value]
+        if key.startswith("$"):
+            continue
+        here = (*path, key)
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            current = result.get(key)
+            result[key] = _strategic(current if isinstance(current, dict) else {}, value, here)
+        elif isinstance(value, list) and here in _MERGE_KEYS:
+            current = result.get(key)
+            result[key] = _merge_list(
+                current if isinstance(current, list) else [], value, _MERGE_KEYS[here], here
+            )
+        elif isinstance(value, list) and here in _SET_LISTS:
+            existing = result.get(key)
+            current = list(existing) if isinstance(existing, list) else []
+            result[key] = current + [item for item in value if item not in current]
+        else:
+            result[key] = copy.deepcopy(value)
+    for key, order in patch.items():
+        if key.startswith("$setElementOrder/") and isinstance(order, list):
+            field = key.split("/", 1)[1]
+            merge_key = _MERGE_KEYS.get((*path, field))
+            if merge_key and isinstance(result.get(field), list):
+                result[field] = _ordered(result[field], order, merge_key)
+    retain = patch.get("$retainKeys")
+    if isinstance(retain, list):
+        result = {k: v for k, v in result.items() if k in retain}
+    return result
+
+
+def _merge_list(
+    current: list[Any], patch: list[Any], merge_key: str, path: tuple[str, ...]
+) -> list[Any]:
+    result = [copy.deepcopy(item) for item in current]
+    for item in patch:
+        if not isinstance(item, dict) or merge_key not in item:
+            raise ApiError(422, f"{'.'.join(path)}: an element lacks the merge key {merge_key!r}")
+        position = next(
+            (
+                i
+                for i, old in enumerate(result)
+                if isinstance(old, dict) and old.get(merge_key) == item[merge_key]
+            ),
+            None,
+        )
+        if item.get("$patch") == "delete":
+            if position is not None:
+                del result[position]
+        elif position is None:
+            result.append(_strategic({}, item, path))
+        else:
+            result[position] = _strategic(result[position], item, path)
+    return result
+
+
+def _ordered(items: list[Any], order: list[Any], merge_key: str) -> list[Any]:
+    rank = {
+        entry.get(merge_key): index for index, entry in enumerate(order) if isinstance(entry, dict)
+    }
+    return sorted(
+        items,
+        key=lambda item: rank.get(
+            item.get(merge_key) if isinstance(item, dict) else None, len(rank)
+        ),
+    )
 
 
 def _merge(target: object, patch: object) -> object:

@@ -18,6 +18,7 @@ from loguru import logger
 
 from ipvsproxy.testapi import resources
 from ipvsproxy.testapi.faults import Faults
+from ipvsproxy.testapi.openapi import openapi_root, openapi_spec
 from ipvsproxy.testapi.patch import apply_patch
 from ipvsproxy.testapi.resources import ResourceType, by_path
 from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
@@ -179,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
     server_version = "ipvsproxy-testapi"
+    _is_control = False  # control requests are never subject to faults
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -216,9 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         query = _query(url.query)
+        self._is_control = url.path.startswith(CONTROL_PREFIX)
         try:
             body = self._read_body()
-            if url.path.startswith(CONTROL_PREFIX):
+            if self._is_control:
                 self._control(method, url.path, body)
                 return
             faults = self.api.faults
@@ -254,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"the request body is not valid JSON or YAML: {exc}") from None
 
     def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-        truncate = code < 300 and self.api.faults.take_truncate()
+        truncate = code < 300 and not self._is_control and self.api.faults.take_truncate()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -373,6 +376,10 @@ class _Handler(BaseHTTPRequestHandler):
             document = resources.api_resource_list(parts[1], parts[2])
         elif path == "/version":
             document = resources.version_info()
+        elif path == "/openapi/v3":
+            document = openapi_root()
+        elif path.startswith("/openapi/v3/"):
+            document = openapi_spec(path[len("/openapi/v3/") :])
         elif path in ("/healthz", "/livez", "/readyz"):
             self._send(200, b"ok", "text/plain; charset=utf-8")
             return True
