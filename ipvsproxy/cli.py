@@ -31,7 +31,7 @@ from ipvsproxy.k8s.files import read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
 from ipvsproxy.plan import DUMMY_INTERFACE
-from ipvsproxy.proxier import cleanup, observe, sync
+from ipvsproxy.proxier import cleanup, observe, probe_scheduler, sync
 from ipvsproxy.render import SECTIONS, render
 from ipvsproxy.rules import MasqueradeSettings
 
@@ -239,6 +239,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:
+    """Refuse to start with a scheduler the kernel lacks, before anything is touched."""
+    problem = probe_scheduler(dataplanes.ipvs, config.scheduler)
+    if problem is not None:
+        raise KernelError(problem)
+
+
 def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes) -> bool:
     """Sysctls and IPVS timeouts; whether all were set (failures are logged)."""
     from ipvsproxy.dataplane.sysctl import SysctlFailure, ensure_sysctls
@@ -261,6 +268,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
         # The host's addresses as the kernel has them now: NodePorts follow them.
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
         state, config = _desired(args, host)
+        _check_scheduler(config, dataplanes)
         settings_ok = _kernel_settings(config, dataplanes)
         outcome = sync(
             state,
@@ -316,6 +324,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
+        _check_scheduler(config, dataplanes)
         _kernel_settings(config, dataplanes)  # failures logged; the proxy runs on
         return run_daemon(
             config,

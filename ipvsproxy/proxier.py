@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,11 +11,19 @@ from dataclasses import dataclass
 from loguru import logger
 
 from ipvsproxy.apply import ApplyResult, Dataplanes, apply_plan
+from ipvsproxy.dataplane.interfaces import IpvsDataplane
 from ipvsproxy.errors import KernelError
 from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.ipsets import all_set_names
-from ipvsproxy.model import IPFamily, IPNetwork, IptablesRuleset, KernelState
-from ipvsproxy.operations import DeleteVirtualServer
+from ipvsproxy.model import (
+    IPFamily,
+    IPNetwork,
+    IptablesRuleset,
+    KernelState,
+    Protocol,
+    VirtualServer,
+)
+from ipvsproxy.operations import AddVirtualServer, DeleteVirtualServer
 from ipvsproxy.plan import DUMMY_INTERFACE, Plan, plan_sync
 
 
@@ -72,6 +82,35 @@ def sync(
     if result.removals_skipped:
         logger.warning("removals postponed to a later sync: an earlier step failed")
     return SyncResult(plan=plan, result=result)
+
+
+# kube-proxy's probe (CanUseIPVSProxier): a documentation address (RFC 5737), never bound
+# to kube-ipvs0, so the probe is never mistaken for one of the proxy's virtual servers.
+PROBE_ADDRESS = ipaddress.IPv4Address("198.51.100.0")
+PROBE_PORT = 20000
+
+
+def probe_scheduler(ipvs: IpvsDataplane, scheduler: str) -> str | None:
+    """Whether the kernel can use `scheduler`: None if so, else why not.
+
+    Like kube-proxy at start: unless a virtual server already uses the scheduler, create a
+    throw-away one with it and delete it again. The kernel loads ip_vs_<scheduler> on
+    demand and answers ENOENT when it has no such module.
+    """
+    if any(server.scheduler == scheduler for server, _ in ipvs.snapshot().values()):
+        return None
+    probe = VirtualServer(PROBE_ADDRESS, Protocol.TCP, PROBE_PORT, scheduler=scheduler)
+    failures = ipvs.execute([AddVirtualServer(probe)])
+    ipvs.execute([DeleteVirtualServer(probe.key)])
+    if not failures:
+        return None
+    if failures[0].errno == errno.ENOENT:
+        return (
+            f"IPVS scheduler {scheduler!r} is not available: the kernel has no module "
+            f"ip_vs_{scheduler} (try `modprobe ip_vs_{scheduler}`; kernel schedulers are "
+            "rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf twos)"
+        )
+    return f"IPVS scheduler {scheduler!r} cannot be used: {failures[0].message}"
 
 
 def cleanup(dataplanes: Dataplanes) -> list[str]:

@@ -46,7 +46,7 @@ def web_cluster(
         "  metadata:\n    name: web-1\n    namespace: shop\n"
         "    labels: {kubernetes.io/service-name: web}\n"
         f"  addressType: IPv4\n  ports: [{{name: p, port: 8080, protocol: {protocol}}}]\n"
-        "  endpoints:\n" + ("".join(lines) if lines else "  []\n")
+        + ("  endpoints:\n" + "".join(lines) if lines else "  endpoints: []\n")
     )
     return str(path)
 
@@ -144,3 +144,76 @@ def test_long_lived_connection_survives_endpoint_removal(tmp_path: Path) -> None
             )
             cli("once", "-f", moved)
             assert list(ipvs_destinations()) == ["10.244.2.1:8080"]
+
+
+def test_service_without_endpoints_refuses_promptly(tmp_path: Path) -> None:
+    with PodNetwork() as network:
+        client = network.add_pod("client", "10.244.0.2")
+        cli("once", "-f", web_cluster(tmp_path / "empty.yaml", []))
+        assert ipvs_destinations() == {}  # the virtual server exists, with no real server
+        started = time.monotonic()
+        with switch_netns(client.netns), pytest.raises(ConnectionRefusedError):
+            socket.create_connection((VIP, 80), timeout=10)
+        # IPVS answers ICMP port unreachable itself when it has no destination.
+        assert time.monotonic() - started < 2.0
+
+
+def test_service_address_answers_only_on_service_ports(tmp_path: Path) -> None:
+    with PodNetwork() as network:
+        client = network.add_pod("client", "10.244.0.2")
+        web = network.add_pod("web", "10.244.1.1")
+        network.serve(8080, [web])
+        cli("once", "-f", web_cluster(tmp_path / "web.yaml", ["10.244.1.1"]))
+        # A node service on every address (as sshd or the kubelet would be).
+        listener = socket.create_server(("0.0.0.0", 9999))
+        with listener, switch_netns(client.netns):
+            socket.create_connection(("169.254.1.1", 9999), timeout=5).close()  # reachable
+            with pytest.raises(ConnectionRefusedError):  # KUBE-IPVS-FILTER rejects
+                socket.create_connection((VIP, 9999), timeout=5)
+        assert network.tcp_requests(VIP, 80, 1, source=client) == ["web"]
+
+
+def test_pod_reaches_itself_through_its_service(tmp_path: Path) -> None:
+    with PodNetwork() as network:
+        web = network.add_pod("web", "10.244.1.1")
+        network.serve(8080, [web])
+        cluster = web_cluster(tmp_path / "web.yaml", ["10.244.1.1"])
+        text = (
+            Path(cluster)
+            .read_text()
+            .replace("addresses: [10.244.1.1]", "addresses: [10.244.1.1], nodeName: node-1")
+        )
+        Path(cluster).write_text(text)
+        cli("once", "-f", cluster, "--hostname-override", "node-1")
+        assert "add KUBE-LOOP-BACK 10.244.1.1,tcp:8080,10.244.1.1" in tool("ipset", "save")
+        # Without KUBE-LOOP-BACK's masquerade the pod would answer itself from its own
+        # address, not the VIP's, and the connection would never complete.
+        assert network.tcp_requests(VIP, 80, 2, source=web, timeout=5) == ["web", "web"]
+
+
+KERNEL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
+
+
+def test_every_kernel_scheduler_passes_the_probe_and_a_missing_one_is_named(
+    tmp_path: Path,
+) -> None:
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+    from ipvsproxy.proxier import probe_scheduler
+
+    with IpvsSocket() as ipvs:
+        for scheduler in KERNEL_SCHEDULERS:  # the guest loads each module on demand
+            assert probe_scheduler(ipvs, scheduler) is None, scheduler
+    assert len(tool("ipvsadm", "-Ln").splitlines()) == 3  # headers only: no probe left
+
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "ipvs: {scheduler: nosuch}\n"
+    )
+    cluster = web_cluster(tmp_path / "web.yaml", ["10.244.1.1"])
+    result = cli("once", "-f", cluster, "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert "no module ip_vs_nosuch" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Refused before anything was touched.
+    assert subprocess.run(["ip", "link", "show", "kube-ipvs0"], capture_output=True).returncode
