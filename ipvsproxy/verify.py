@@ -173,7 +173,7 @@ def find_drift(
     return [drift for operation in plan.operations for drift in _drifts(operation, observed)]
 
 
-_PLURALS: Mapping[str, str] = {"address": "addresses"}
+_PLURALS: Mapping[str, str] = {"address": "addresses", "set entry": "set entries"}
 _SIGNS: Mapping[Change, str] = {Change.MISSING: "+", Change.EXTRA: "-", Change.DIFFERS: "~"}
 
 

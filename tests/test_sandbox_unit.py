@@ -216,3 +216,12 @@ def test_xstate_shim_compiles_and_interposes_ptrace(tmp_path: Path) -> None:
         ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
     ).stdout
     assert any(line.split()[-1] == "ptrace" for line in symbols.splitlines())
+
+
+def test_interactive_init_script_gives_the_payload_the_console(tmp_path: Path) -> None:
+    kwargs = {"box": tmp_path, "argv": ["/bin/bash", "-i"], "env": {"A": "1"}, "cwd": "/"}
+    interactive = uml._init_script(**kwargs, interactive=True)  # type: ignore[arg-type]
+    batch = uml._init_script(**kwargs)  # type: ignore[arg-type]
+    assert "setsid -c -w env -i A=1 /bin/bash -i < /dev/console > /dev/console 2>&1" in interactive
+    assert '"$box/output"' not in interactive
+    assert 'env -i A=1 /bin/bash -i > "$box/output" 2>&1 < /dev/null' in batch

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +168,7 @@ def run_in_guest(
     cwd: str | None = None,
     venv: str | None = None,
     on_output: Callable[[str], None] | None = None,
+    interactive: bool = False,
 ) -> GuestResult:
     """Boot a guest, run one payload in it as root, and return its status and output.
 
@@ -178,6 +179,10 @@ def run_in_guest(
     HOME, LANG and a tmpfs TMPDIR, then ``env`` on top. ``cwd`` defaults to the current
     directory. ``on_output`` receives the payload's output as it is written, in chunks.
     A payload that fails is not an error: its exit status is returned.
+
+    ``interactive``: the payload's terminal is this process's (the guest console on our
+    stdin and stdout, the host terminal put in raw mode meanwhile, so that the guest's
+    own terminal handles echo, line editing and Ctrl-C); its output is not captured.
     """
     kernel = uml_kernel()
     if isinstance(argv_or_script, str):
@@ -203,7 +208,9 @@ def run_in_guest(
         helper.write_text(_MODPROBE_HELPER.format(scratch=shlex.quote(GUEST_SCRATCH)))
         helper.chmod(0o755)
         init = box / "init"
-        init.write_text(_init_script(box=box, argv=payload, env=guest_env, cwd=workdir))
+        init.write_text(
+            _init_script(box=box, argv=payload, env=guest_env, cwd=workdir, interactive=interactive)
+        )
         init.chmod(0o755)
         cmdline = [
             kernel,
@@ -214,7 +221,7 @@ def run_in_guest(
             "rw",
             f"init={init}",
             "con=null",
-            "con0=null,fd:1",
+            "con0=fd:0,fd:1" if interactive else "con0=null,fd:1",
             # Boot chatter off; warnings, oopses and panics still reach the console.
             "quiet",
             # UML keeps a pid file and its management socket in ~/.uml/<umid> by default.
@@ -226,7 +233,15 @@ def run_in_guest(
             "TMPDIR": str(memdir),
             "LD_PRELOAD": str(_build_xstate_shim(box)),
         }
-        return _boot(cmdline, host_env=host_env, box=box, timeout=timeout, on_output=on_output)
+        with _raw_terminal(interactive):
+            return _boot(
+                cmdline,
+                host_env=host_env,
+                box=box,
+                timeout=timeout,
+                on_output=on_output,
+                interactive=interactive,
+            )
     finally:
         shutil.rmtree(box, ignore_errors=True)
         shutil.rmtree(memdir, ignore_errors=True)
@@ -302,9 +317,35 @@ def _guest_env(env: Mapping[str, str] | None, venv: str | None) -> dict[str, str
     return result
 
 
-def _init_script(*, box: Path, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str:
+@contextlib.contextmanager
+def _raw_terminal(interactive: bool) -> Iterator[None]:
+    if not (interactive and sys.stdin.isatty()):
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _init_script(
+    *, box: Path, argv: Sequence[str], env: Mapping[str, str], cwd: str, interactive: bool = False
+) -> str:
     q = shlex.quote
     assignments = " ".join(q(f"{key}={value}") for key, value in env.items())
+    command = f"env -i {assignments} {shlex.join(argv)}"
+    if interactive:
+        # The console becomes the payload's controlling terminal (setsid -c), so that a
+        # shell gets job control and Ctrl-C reaches the guest's foreground job.
+        run = f"setsid -c -w {command} < /dev/console > /dev/console 2>&1"
+    else:
+        run = f'{command} > "$box/output" 2>&1 < /dev/null'
     return f"""#!/bin/sh
 # PID 1 of a user-mode-linux guest booted by ipvsproxy.sandbox.uml (generated).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -364,7 +405,7 @@ fi
 ip link set lo up || fail "cannot bring lo up"
 cd {q(cwd)} || fail "cannot change to directory {cwd}"
 date +%s.%N > "$box/{_STARTED_MARK}"
-env -i {assignments} {shlex.join(argv)} > "$box/output" 2>&1 < /dev/null
+{run}
 printf '%s\\n' "$?" > "$box/status"
 stop
 """
@@ -377,14 +418,15 @@ def _boot(
     box: Path,
     timeout: float,
     on_output: Callable[[str], None] | None,
+    interactive: bool = False,
 ) -> GuestResult:
     start = time.time()
     # Own process group: UML runs each guest address space as a host child process, and a
     # timeout must take all of them down.
     proc = subprocess.Popen(
         cmdline,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdin=None if interactive else subprocess.DEVNULL,
+        stdout=None if interactive else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=dict(host_env),
         start_new_session=True,
@@ -399,9 +441,11 @@ def _boot(
     try:
         try:
             raw, _ = proc.communicate(timeout=timeout)
+            raw = raw or b""  # nothing captured when interactive
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             raw, _ = proc.communicate()
+            raw = raw or b""
             raise SandboxError(
                 f"user-mode-linux guest did not finish within {timeout:g} s; "
                 f"console tail:\n{_tail(raw)}"
