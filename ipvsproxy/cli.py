@@ -239,6 +239,28 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _clear_stale_udp(args: argparse.Namespace, state: KernelState) -> None:
+    """Delete conntrack entries of UDP flows whose endpoint is gone (see conntrack.py)."""
+    from ipvsproxy.conntrack import stale_entries, udp_frontends
+    from ipvsproxy.dataplane.conntrack import ConntrackSocket
+    from ipvsproxy.desired import index_slices
+
+    cluster = read_cluster(args.files)
+    frontends = udp_frontends(cluster.services, index_slices(cluster.slices))
+    if not frontends.addresses and not frontends.node_ports:
+        return
+    families = {vs.family for vs in state.virtual_servers}
+    try:
+        with ConntrackSocket() as conntrack:
+            for family in sorted(families):
+                stale = stale_entries(conntrack.entries(family), frontends)
+                if stale:
+                    deleted = conntrack.delete(stale)
+                    logger.info("stale UDP conntrack entries deleted", count=deleted)
+    except KernelError as exc:
+        logger.error("cannot clear stale UDP conntrack entries", error=str(exc))
+
+
 def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:
     """Refuse to start with a scheduler the kernel lacks, before anything is touched."""
     problem = probe_scheduler(dataplanes.ipvs, config.scheduler)
@@ -276,6 +298,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
             exclude_cidrs=config.exclude_cidrs,
             drain_timeout=config.graceful_termination_timeout,
         )
+        _clear_stale_udp(args, state)
     result = outcome.result
     logger.info(
         "sync finished",

@@ -20,6 +20,7 @@ CORE = [
     "rules.py",
     "desired.py",
     "endpoints.py",
+    "conntrack.py",
     "graceful.py",
     "plan.py",
     "partial.py",

@@ -217,3 +217,40 @@ def test_every_kernel_scheduler_passes_the_probe_and_a_missing_one_is_named(
     assert "Traceback" not in result.stderr
     # Refused before anything was touched.
     assert subprocess.run(["ip", "link", "show", "kube-ipvs0"], capture_output=True).returncode
+
+
+def test_udp_client_keeping_its_socket_moves_to_a_live_endpoint(tmp_path: Path) -> None:
+    from ipvsproxy.conntrack import ConntrackEntry
+    from ipvsproxy.dataplane.conntrack import ConntrackSocket
+    from ipvsproxy.model import IPFamily
+
+    def to_old() -> list[ConntrackEntry]:
+        with ConntrackSocket() as conntrack:
+            entries = conntrack.entries(IPFamily.V4)
+        return [e for e in entries if str(e.reply_source) == "10.244.1.1"]
+
+    with PodNetwork() as network:
+        client = network.add_pod("client", "10.244.0.2")
+        network.add_pod("old", "10.244.1.1")
+        network.add_pod("new", "10.244.2.1")
+        network.serve(8080)
+        cli("once", "-f", web_cluster(tmp_path / "a.yaml", ["10.244.1.1"], protocol="UDP"))
+        with switch_netns(client.netns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            sock.settimeout(3)
+            sock.connect((VIP, 80))
+            sock.send(b"?")
+            assert sock.recv(64) == b"old"
+            assert to_old()  # the flow's conntrack entry, replying from the old endpoint
+
+            cli("once", "-f", web_cluster(tmp_path / "b.yaml", ["10.244.2.1"], protocol="UDP"))
+            assert not to_old()  # deleted as stale
+            replies = []
+            for _ in range(3):  # expire_nodest_conn may drop the first datagram
+                sock.send(b"?")
+                try:
+                    replies.append(sock.recv(64))
+                except TimeoutError:
+                    continue
+            assert replies and set(replies) == {b"new"}
