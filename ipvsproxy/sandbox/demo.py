@@ -105,15 +105,16 @@ def run(argv: list[str], *, title: str = "", env: dict[str, str] | None = None) 
 
 
 def real_servers(address: str, port: int) -> set[str] | None:
-    """The real servers of a TCP virtual server, as the kernel holds them (None: no such
-    virtual server)."""
+    """The serving real servers of a TCP virtual server, as the kernel holds them (None:
+    no such virtual server). A removed endpoint's real server drains at weight 0 until
+    its connections are gone, so only those with a weight count."""
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with IpvsSocket() as ipvs:
         snapshot = ipvs.snapshot()
     for key, (_, servers) in snapshot.items():
         if str(key.address) == address and key.port == port and key.protocol.value == "TCP":
-            return {str(rs.address) for rs in servers.values()}
+            return {str(rs.address) for rs in servers.values() if rs.weight > 0}
     return None
 
 
@@ -175,7 +176,8 @@ def follow(
     seconds = followed - written
     print(
         f"-> the kernel followed {seconds:.2f} s after the API server's write: "
-        f"{vip[0]}:{vip[1]} now has {len(expected)} real server(s)",
+        f"{vip[0]}:{vip[1]} now sends to {len(expected)} real server(s)"
+        " (removed ones drain at weight 0 until their connections end)",
         flush=True,
     )
     return seconds
@@ -186,7 +188,7 @@ def in_guest(shell: bool) -> int:
 
     from ipvsproxy.k8s.files import load_documents
     from ipvsproxy.sandbox.netns import enter_netns
-    from ipvsproxy.sandbox.pods import PodNetwork
+    from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
     from ipvsproxy.testapi import Store, TestAPIServer, kubeconfig
 
     logger.remove()  # the API server's request log would drown the demo
@@ -225,6 +227,8 @@ def in_guest(shell: bool) -> int:
             run(["ipvsadm", "-Ln"], title="what the kernel holds now")
             say("traffic through the web ClusterIP")
             tally(network, *WEB)
+            say("traffic through web's NodePort, on the node's address the pods route through")
+            tally(network, NODE_GATEWAY_V4, 30080, count=20)
             udp = Counter(network.udp_requests("10.96.0.53", 53, 20, source="client"))
             print(
                 "20 UDP requests to dns 10.96.0.53:53: "
@@ -257,6 +261,10 @@ def in_guest(shell: bool) -> int:
             if shell:
                 return _shell(env, server.url, agent_log)
             return 0
+        except BaseException:
+            print(f"\nthe agent's log ({agent_log}), last lines:", flush=True)
+            print("".join(agent_log.read_text().splitlines(keepends=True)[-30:]), flush=True)
+            raise
         finally:
             agent.terminate()
             agent.wait(timeout=10)
