@@ -386,3 +386,16 @@ def test_node_port_only_for_ports_that_have_one() -> None:
     )
     state = run([svc])
     assert {k.port for k in state.virtual_servers} == {80, 81, 30081}
+
+
+def test_fake_kernel_node_addresses_like_the_real_adapter() -> None:
+    """The fake answers node_addresses as LinkTool does (tests/kernel/test_links_kernel.py)."""
+    from ipvsproxy.dataplane.fake import FakeKernel
+
+    kernel = FakeKernel()
+    kernel.links = {
+        "lo": {ip("127.0.0.1"), ip("::1")},
+        "eth0": {ip("192.168.7.7"), ip("2001:db8:7::7"), ip("fe80::7")},
+        "kube-ipvs0": {ip("10.96.0.1")},
+    }
+    assert kernel.node_addresses("kube-ipvs0") == {ip("192.168.7.7"), ip("2001:db8:7::7")}
