@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -354,3 +356,24 @@ def test_replace_keeps_allocated_cluster_ip_and_an_unchanged_write_is_no_event(
     again = core.replace_namespaced_service("web", "default", service("web", app="web"))
     assert again.metadata.resource_version == replaced.metadata.resource_version
     assert server.store.resource_version == before
+
+
+def test_protobuf_bodies_are_refused_as_unsupported(server: TestAPIServer) -> None:
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/namespaces",
+        data=b"k8s\x00\n\x0f\n\x02v1\x12\tNamespace",
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    with caught.value:
+        assert caught.value.code == 415
+        assert json.load(caught.value)["reason"] == "UnsupportedMediaType"
+
+
+def test_serves_ipv6_loopback() -> None:
+    with TestAPIServer(host="::1") as server:
+        assert server.url.startswith("http://[::1]:")
+        with urllib.request.urlopen(f"{server.url}/version", timeout=10) as response:
+            assert json.load(response)["major"] == "1"

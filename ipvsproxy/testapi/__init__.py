@@ -30,11 +30,13 @@ plain HTTP, by default on 127.0.0.1, so that the real `kubernetes` client and th
 It does NOT implement: authentication or authorization (any token is accepted and
 ignored), TLS, admission (namespaces come into being with their first object), validation
 beyond names, labels, cluster IPs and node ports, defaulting beyond the fields listed
-above, field managers and server-side apply, `fieldValidation` (accepted, unknown fields are kept),
-finalizers and graceful deletion, owner references and garbage collection, dry run,
-protobuf or CBOR, Table output (kubectl prints NAME and AGE), OpenAPI schemas, aggregated
-discovery (kubectl falls back to the plain documents), `resourceVersionMatch`, deletecollection,
-other resources than the four above, and watch cache semantics beyond `resourceVersion=0` lists.
+above, field managers and server-side apply, `fieldValidation` (accepted; unknown fields
+are kept), finalizers and graceful deletion, owner references and garbage collection, dry
+run, protobuf or CBOR (such bodies get 415, so kubectl's typed generators such as
+`kubectl create namespace` fail while `kubectl create -f` works), Table output (kubectl
+then prints NAME and AGE), OpenAPI schemas, aggregated discovery (kubectl falls back to the
+plain documents), `resourceVersionMatch`, deletecollection, resources other than the four
+above, and watch cache semantics beyond `resourceVersion=0` lists.
 """
 
 from ipvsproxy.testapi.faults import Faults

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(history=args.history)
     try:
         for name in args.filename:
-            for warning in store.load(loaded.obj for loaded in load_documents(name)):
+            for warning in store.load((o.obj for o in load_documents(name)), owned=True):
                 logger.warning("{}: {}", name, warning)
     except InputError as exc:
         logger.error("{}", exc)

@@ -10,6 +10,7 @@ object are kept from the old one, as the real API does (`patchAllocatedValues`).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -150,16 +151,14 @@ class Allocator:
             return
         ips = list(spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []))
         for ip in ips:
-            try:
-                ipaddress.ip_address(str(ip))
-            except ValueError:
+            if _family(ip) is None:
                 raise ApiError(
                     422,
                     f'Service "{name}" is invalid: spec.clusterIPs: Invalid value: "{ip}": '
                     "must be a valid IP address",
                     name=name,
                     kind="Service",
-                ) from None
+                )
         families = list(spec.get("ipFamilies") or [_family(ip) for ip in ips] or ["IPv4"])
         policy = spec.get("ipFamilyPolicy") or "SingleStack"
         if policy in ("PreferDualStack", "RequireDualStack") and len(families) == 1:
@@ -168,7 +167,7 @@ class Allocator:
             ips.append(self._free_ip(family))
         spec["clusterIP"] = ips[0]
         spec["clusterIPs"] = ips
-        spec["ipFamilies"] = [_family(ip) for ip in ips]
+        spec["ipFamilies"] = [_family(ip) or "IPv4" for ip in ips]
         spec["ipFamilyPolicy"] = policy
 
     def _free_ip(self, family: str) -> str:
@@ -207,8 +206,12 @@ class Allocator:
         return [p for p in ports if isinstance(p, int) and p]
 
 
-def _family(ip: object) -> str:
+def _family(ip: object) -> str | None:
+    """IPv4 or IPv6, or None for text that is no address (inet_pton: cheap at 30k Services)."""
+    text = str(ip)
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        return "IPv6" if ipaddress.ip_address(str(ip)).version == 6 else "IPv4"
-    except ValueError:
-        return "IPv4"
+        socket.inet_pton(family, text)
+    except OSError:
+        return None
+    return "IPv6" if family == socket.AF_INET6 else "IPv4"

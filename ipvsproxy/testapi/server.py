@@ -94,7 +94,8 @@ class TestAPIServer:
         self.stop()
 
     def _listen(self) -> None:
-        httpd = _HTTPServer((self._host, self._port), _Handler)
+        server_class = _HTTPServer6 if ":" in self._host else _HTTPServer
+        httpd = server_class((self._host, self._port), _Handler)
         httpd.api = self
         self._port = httpd.server_address[1]
         self._httpd = httpd
@@ -158,6 +159,10 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     api: TestAPIServer
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Cut(Exception):
@@ -249,6 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _parse_body(self, body: bytes) -> Any:
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if content_type in ("application/vnd.kubernetes.protobuf", "application/cbor"):
+            raise ApiError(
+                415,
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: application/json, application/yaml (got {content_type})",
+            )
         try:
             if "yaml" in content_type:
                 return yaml.safe_load(body)

