@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what ipvsproxy needs on Debian 12 (run as root) and create the virtualenv .venv.
-# Debian packages: user-mode-linux (the test kernel with IPVS), ipvsadm, ipset, iptables,
-# iproute2 and kmod (used by the proxy and inside the test kernel), python3-venv; kubectl.
+# Debian packages: user-mode-linux (the test kernel with IPVS), qemu-system-x86 and
+# busybox-static (the second test kernel, for iptables' nft backend), ipvsadm, ipset,
+# iptables, iproute2 and kmod (used by the proxy and inside the test kernels), python3-venv;
+# kubectl.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(python3 python3-venv python3-dev gcc user-mode-linux ipvsadm ipset iptables iproute2 kmod procps)
+packages=(python3 python3-venv python3-dev gcc user-mode-linux qemu-system-x86 busybox-static ipvsadm ipset iptables iproute2 kmod procps)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -25,4 +27,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The qemu test kernel: Debian's generic kernel package, downloaded and unpacked into a cache
+# folder (never installed); a no-op once cached.
+.venv/bin/python -c 'from ipvsproxy.sandbox.qemu import prepare_kernel; print("qemu test kernel:", prepare_kernel().release)'
 echo "setup done: $(.venv/bin/python --version), $(linux.uml --version 2>/dev/null | head -n1 || echo 'user-mode-linux installed')"

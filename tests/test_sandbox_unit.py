@@ -127,7 +127,7 @@ def test_guest_outcomes_are_replayed_on_the_host(
             "*RuntimeError: fixture broke in the guest*",
             "*AssertionError: guest arithmetic*",
             "*said in the guest*",
-            "kernel tests: 5 ran inside user-mode-linux guest, kernel 9.9.9-fake*",
+            "kernel tests: 5 ran inside the user-mode-linux guest, kernel 9.9.9-fake*",
             "SKIPPED *guest says skip*",
             "XFAIL *test_xfails*known guest bug*",
         ]
@@ -167,7 +167,7 @@ def test_a_guest_that_cannot_boot_fails_every_kernel_test(
     result.stdout.fnmatch_lines(
         [
             "*The guest run failed: linux.uml not found: apt-get install user-mode-linux",
-            "kernel tests: FAILED to run in the guest: linux.uml not found*",
+            "kernel tests: FAILED to run in the user-mode-linux guest: linux.uml not found*",
         ]
     )
 
@@ -195,8 +195,10 @@ def test_init_script_loads_modules_and_keeps_the_host_clean(tmp_path: Path) -> N
     # tmpfs on /run comes before anything that could write there (ip netns).
     assert script.index("mount -t tmpfs -o mode=0755 tmpfs /run") < script.index("mount -t proc")
     assert "uname -r" in script and "6.1.176" not in script
+    wanted = script.split("\nrequired=\nfor m in ")[1].split("; do")[0].split()
     for module in ("ip_vs", "ip_vs_rr", "dummy", "veth", "xt_set", "iptable_nat"):
-        assert f" {module} " in f" {script.split('required=')[1].splitlines()[0].strip(chr(39))} "
+        assert module in wanted
+    assert "nf_tables" not in wanted  # user-mode-linux has no nf_tables IPv4 nat
     assert "env -i 'A=x y' python -c 'print('\"'\"'a b'\"'\"')'" in script
     assert "cd '/srv/a dir'" in script
 
@@ -225,3 +227,74 @@ def test_interactive_init_script_gives_the_payload_the_console(tmp_path: Path) -
     assert "setsid -c -w env -i A=1 /bin/bash -i < /dev/console > /dev/console 2>&1" in interactive
     assert '"$box/output"' not in interactive
     assert 'env -i A=1 /bin/bash -i > "$box/output" 2>&1 < /dev/null' in batch
+
+
+QEMU_TESTS = """
+import os
+import pytest
+
+pytestmark = pytest.mark.kernel_qemu(netns=False)
+
+
+def test_in_qemu(guest_kernel):
+    assert guest_kernel == "qemu"
+
+
+def test_also_in_qemu():
+    assert os.environ["IPVSPROXY_GUEST_KERNEL"] == "qemu"
+"""
+
+
+def fake_qemu_guest(calls: list[list[str]]) -> object:
+    inner = fake_guest(calls=calls)
+
+    def run(argv: Sequence[str], **kwargs: object) -> GuestResult:
+        result = inner(argv, **kwargs)  # type: ignore[operator]
+        assert isinstance(result, GuestResult)
+        return GuestResult(
+            exit_status=result.exit_status,
+            output=result.output,
+            kernel_release="6.1.0-99-amd64",
+            console="",
+            boot_seconds=1.0,
+            elapsed_seconds=2.0,
+        )
+
+    return run
+
+
+def test_each_kernel_runs_its_own_tests_in_one_guest(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_nft=QEMU_TESTS)
+    uml_calls: list[list[str]] = []
+    qemu_calls: list[list[str]] = []
+    monkeypatch.setattr(pytest_plugin, "run_in_guest", fake_guest(calls=uml_calls))
+    monkeypatch.setattr(pytest_plugin, "run_in_qemu", fake_qemu_guest(qemu_calls))
+    result = project.runpytest("-k", "passes or qemu or on_host")
+    result.assert_outcomes(passed=4)
+    (_, uml_selection), (_, qemu_selection) = (uml_calls, qemu_calls)  # one boot each
+    assert uml_selection == ["test_outcomes.py::test_passes"]
+    assert qemu_selection == ["test_nft.py::test_in_qemu", "test_nft.py::test_also_in_qemu"]
+    result.stdout.fnmatch_lines(
+        [
+            "kernel tests: 1 ran inside the user-mode-linux guest, kernel 9.9.9-fake (*);"
+            " 2 ran inside the qemu guest, kernel 6.1.0-99-amd64 (boot 1.0 s, guest total 2.0 s)"
+        ]
+    )
+
+
+def test_a_qemu_guest_that_cannot_boot_fails_only_its_tests(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> GuestResult:
+        raise SandboxError("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
+
+    project.makepyfile(test_nft=QEMU_TESTS)
+    monkeypatch.setattr(pytest_plugin, "run_in_guest", fake_guest())
+    monkeypatch.setattr(pytest_plugin, "run_in_qemu", broken)
+    result = project.runpytest("-k", "passes or qemu")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        ["kernel tests: FAILED to run in the qemu guest: qemu-system-x86_64 not found*"]
+    )

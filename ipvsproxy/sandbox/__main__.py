@@ -1,4 +1,7 @@
-"""``python -m ipvsproxy.sandbox [--timeout S] -- CMD ARGS...``: run a command in the guest.
+"""``python -m ipvsproxy.sandbox [--kernel uml|qemu] -- CMD ARGS...``: run a command in a guest.
+
+``uml`` (the default) is the user-mode-linux kernel (iptables' legacy backend); ``qemu`` is
+Debian's generic kernel under qemu (both backends, nft included).
 
 The command's output is streamed while it runs; the exit status is the command's, or 125
 when the guest itself could not be run.
@@ -10,6 +13,7 @@ import argparse
 import sys
 
 from ipvsproxy.errors import SandboxError
+from ipvsproxy.sandbox.qemu import run_in_qemu
 from ipvsproxy.sandbox.uml import run_in_guest
 
 _SANDBOX_FAILED = 125
@@ -18,7 +22,13 @@ _SANDBOX_FAILED = 125
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ipvsproxy.sandbox",
-        description="Run a command as root inside a user-mode-linux guest kernel with IPVS.",
+        description="Run a command as root inside a guest kernel with IPVS.",
+    )
+    parser.add_argument(
+        "--kernel",
+        choices=("uml", "qemu"),
+        default="uml",
+        help="uml: user-mode-linux (default); qemu: Debian's generic kernel (iptables-nft)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument("--mem", default="1G", help="guest memory (default 1G)")
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        result = run_in_guest(
+        run = run_in_qemu if args.kernel == "qemu" else run_in_guest
+        result = run(
             command, timeout=args.timeout, env=env, mem=args.mem, cwd=args.cwd, on_output=show
         )
     except SandboxError as exc:

@@ -1,22 +1,28 @@
-"""pytest plugin: tests marked ``kernel`` run inside one user-mode-linux guest per session.
+"""pytest plugin: kernel tests run inside one guest per kernel per session.
+
+Tests marked ``kernel`` run in the user-mode-linux guest (iptables' legacy backend); tests
+marked ``kernel_qemu`` in Debian's generic kernel under qemu (``qemu.py``; iptables' nft
+backend too), which is several times slower: keep those few.
 
 On the host, every collected kernel test is swapped for a stand-in item with the same node
-id. When the first stand-in runs, one guest boots and runs ``pytest`` on all of them (the
-host's collection, ``-k``, ``-m`` and node ids already decided which); the guest session
-appends one JSON line per test to a file on hostfs. Each stand-in then replays the guest's
+id. When the first stand-in of a kernel runs, that kernel's guest boots and runs ``pytest``
+on all of that kernel's tests (the host's collection, ``-k``, ``-m`` and node ids already
+decided which); the guest session appends one JSON line per test to a file on the shared
+filesystem. Each stand-in then replays the guest's
 setup, call and teardown reports (serialised the way pytest-xdist ships them), so failures
 show the guest's traceback, skips its reason, and ``--durations`` its timings. A guest that
 cannot boot, or dies, fails every kernel test it did not report, with the reason: kernel
 tests never pass or skip silently.
 
-In the guest (``IPVSPROXY_IN_GUEST=1``) only the selected kernel tests run, each inside a
+In a guest (``IPVSPROXY_IN_GUEST=1``) only the selected kernel tests run, each inside a
 fresh network namespace (see the ``kernel_netns`` fixture), so they start from a clean
 IPVS table, ipset list, iptables and link set, and cannot disturb each other.
 
 Fixtures: ``kernel_netns`` (autouse; the namespace name, or None outside kernel tests or
 with ``@pytest.mark.kernel(netns=False)``), ``pod_network`` (a ``PodNetwork``, closed after
-the test). Environment: ``IPVSPROXY_SANDBOX_TIMEOUT`` (seconds for the whole guest run,
-default 1200), ``IPVSPROXY_SANDBOX_MEM`` (guest memory, default 1G).
+the test), ``guest_kernel`` ("uml" or "qemu" in a guest, else None). Environment:
+``IPVSPROXY_SANDBOX_TIMEOUT`` (seconds for each guest run, default 1200),
+``IPVSPROXY_SANDBOX_MEM`` (guest memory, default 1G).
 
 Keep this module light: the guest pays about a second per Python start, and several more for
 heavy imports (the kubernetes client takes ~7 s there), so import nothing big here.
@@ -36,19 +42,26 @@ from typing import Any
 import pytest
 
 from ipvsproxy.errors import SandboxError
+from ipvsproxy.sandbox.guest import GuestResult, shared_tempdir
 from ipvsproxy.sandbox.netns import enter_netns
 from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.sandbox.uml import GuestResult, run_in_guest, shared_tempdir
+from ipvsproxy.sandbox.qemu import run_in_qemu
+from ipvsproxy.sandbox.uml import run_in_guest
 
-__all__ = ["IN_GUEST_ENV", "KernelTestItem"]
+__all__ = ["IN_GUEST_ENV", "KernelTestItem", "run_in_guest", "run_in_qemu"]
 
 IN_GUEST_ENV = "IPVSPROXY_IN_GUEST"
+KERNEL_ENV = "IPVSPROXY_GUEST_KERNEL"
 RESULTS_ENV = "IPVSPROXY_GUEST_RESULTS"
 SELECTION_ENV = "IPVSPROXY_GUEST_SELECTION"
 TIMEOUT_ENV = "IPVSPROXY_SANDBOX_TIMEOUT"
 MEM_ENV = "IPVSPROXY_SANDBOX_MEM"
 DEFAULT_TIMEOUT = 1200.0
 MARKER = "kernel"
+QEMU_MARKER = "kernel_qemu"
+# Marker -> guest kernel, and how the summary names it.
+FLAVOURS = {MARKER: "uml", QEMU_MARKER: "qemu"}
+_KERNEL_NAMES = {"uml": "user-mode-linux", "qemu": "qemu"}
 
 _OUTPUT_TAIL = 6000
 _netns_names = itertools.count()
@@ -58,14 +71,27 @@ def in_guest() -> bool:
     return os.environ.get(IN_GUEST_ENV) == "1"
 
 
+def flavour_of(item: pytest.Item) -> str | None:
+    """Which guest kernel runs ``item``: "uml", "qemu", or None (the host)."""
+    if item.get_closest_marker(QEMU_MARKER) is not None:
+        return "qemu"
+    if item.get_closest_marker(MARKER) is not None:
+        return "uml"
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    declared = (line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers"))
-    if MARKER not in declared:
-        config.addinivalue_line(
-            "markers",
-            f"{MARKER}(netns=True): runs inside the user-mode-linux sandbox kernel, by default "
-            "in a fresh network namespace",
-        )
+    declared = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    for marker, where in (
+        (MARKER, "the user-mode-linux sandbox kernel"),
+        (QEMU_MARKER, "Debian's generic kernel under qemu (iptables-nft)"),
+    ):
+        if marker not in declared:
+            config.addinivalue_line(
+                "markers",
+                f"{marker}(netns=True): runs inside {where}, by default in a fresh network "
+                "namespace",
+            )
     if in_guest():
         config.pluginmanager.register(_GuestSession(config), "ipvsproxy-sandbox-guest")
     else:
@@ -75,12 +101,21 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def kernel_netns(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """In the guest, run each kernel test in a new network namespace; yields its name."""
-    marker = request.node.get_closest_marker(MARKER)
+    flavour = flavour_of(request.node)
+    marker = None
+    if flavour is not None:
+        marker = request.node.get_closest_marker(QEMU_MARKER if flavour == "qemu" else MARKER)
     if not in_guest() or marker is None or not marker.kwargs.get("netns", True):
         yield None
         return
     with enter_netns(f"kt{os.getpid()}-{next(_netns_names)}") as name:
         yield name
+
+
+@pytest.fixture
+def guest_kernel() -> str | None:
+    """The guest kernel the test runs in ("uml" or "qemu"), or None on the host."""
+    return os.environ.get(KERNEL_ENV) if in_guest() else None
 
 
 @pytest.fixture
@@ -116,7 +151,7 @@ class _GuestSession:
             if self._selection is not None:
                 wanted = item.nodeid in self._selection
             else:
-                wanted = item.get_closest_marker(MARKER) is not None
+                wanted = flavour_of(item) == os.environ.get(KERNEL_ENV, "uml")
             (keep if wanted else drop).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
@@ -158,17 +193,17 @@ class KernelTestItem(pytest.Item):
     """Host-side stand-in for a kernel test: replays the guest's reports for that node id."""
 
     def __init__(
-        self, *, host: _HostSession, location: tuple[str, int | None, str], **kw: Any
+        self, *, guest: _GuestRun, location: tuple[str, int | None, str], **kw: Any
     ) -> None:
         super().__init__(**kw)
-        self._host = host
+        self.guest = guest
         self._location = location
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return self._location
 
     def runtest(self) -> None:
-        self._host.check(self.nodeid)
+        self.guest.check(self.nodeid)
 
     def repr_failure(
         self,
@@ -181,17 +216,12 @@ class KernelTestItem(pytest.Item):
 
 
 class _HostSession:
-    """Swaps kernel tests for stand-ins and runs them all in one guest on first use."""
+    """Swaps kernel tests for stand-ins; each kernel's guest runs its tests on first use."""
 
     def __init__(self, config: pytest.Config) -> None:
         self._config = config
-        self._nodeids: list[str] = []
-        self._ran = False
-        self._results: dict[str, dict[str, dict[str, Any]]] = {}
-        self._collect_errors: list[str] = []
-        self._failure: str | None = None
-        self._explained = False
-        self._guest: GuestResult | None = None
+        # One run per kernel, each booted when its first test runs.
+        self._guests: dict[str, _GuestRun] = {}
 
     # Last, so that -k, -m and other plugins have already deselected what they will.
     @pytest.hookimpl(trylast=True)
@@ -199,20 +229,24 @@ class _HostSession:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         for index, item in enumerate(items):
-            if item.get_closest_marker(MARKER) is None or isinstance(item, KernelTestItem):
+            flavour = flavour_of(item)
+            if flavour is None or isinstance(item, KernelTestItem):
                 continue
+            guest = self._guests.get(flavour)
+            if guest is None:
+                guest = self._guests[flavour] = _GuestRun(self._config, flavour)
             path, lineno, name = item.reportinfo()
             assert item.parent is not None  # collected items always have one
             stand_in = KernelTestItem.from_parent(
                 item.parent,
                 name=item.name,
                 nodeid=item.nodeid,
-                host=self,
+                guest=guest,
                 location=(str(path), lineno, name),
             )
             stand_in.keywords.update(item.keywords)
             items[index] = stand_in
-            self._nodeids.append(item.nodeid)
+            guest.nodeids.append(item.nodeid)
 
     # Outermost wrapper, so the guest's verdict replaces whatever the host-side
     # plugins (skip and xfail marks) made of the stand-in.
@@ -221,10 +255,10 @@ class _HostSession:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         if isinstance(item, KernelTestItem):
-            self.run_guest()
+            item.guest.run()
         report = yield
         if isinstance(item, KernelTestItem):
-            data = self._results.get(item.nodeid, {}).get(call.when)
+            data = item.guest.results.get(item.nodeid, {}).get(call.when)
             if data is not None:
                 # JSON turned the tuples of skip reasons and locations into lists.
                 for key in ("longrepr", "location"):
@@ -237,38 +271,66 @@ class _HostSession:
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._ran:
+        ran = [self._guests[f] for f in _KERNEL_NAMES if f in self._guests and self._guests[f].ran]
+        if not ran:
             return
         tr = terminalreporter
-        if self._guest is not None:
-            guest = self._guest
-            tr.write_line(
-                f"kernel tests: {len(self._results)} ran inside user-mode-linux guest, "
-                f"kernel {guest.kernel_release} (boot {guest.boot_seconds:.1f} s, "
-                f"guest total {guest.elapsed_seconds:.1f} s)"
-            )
-        if self._failure is not None:
-            reason = self._failure.splitlines()[0]
-            tr.write_line(f"kernel tests: FAILED to run in the guest: {reason}", red=True)
+        parts = [guest.summary() for guest in ran if guest.result is not None]
+        if parts:
+            tr.write_line(f"kernel tests: {'; '.join(parts)}")
+        for guest in ran:
+            if guest.failure is not None:
+                reason = guest.failure.splitlines()[0]
+                tr.write_line(
+                    f"kernel tests: FAILED to run in the {guest.kernel_name} guest: {reason}",
+                    red=True,
+                )
+
+
+class _GuestRun:
+    """The tests of one guest kernel, run in one boot, and what that boot reported."""
+
+    def __init__(self, config: pytest.Config, flavour: str) -> None:
+        self._config = config
+        self.flavour = flavour
+        self.kernel_name = _KERNEL_NAMES[flavour]
+        self.nodeids: list[str] = []
+        self.ran = False
+        self.results: dict[str, dict[str, dict[str, Any]]] = {}
+        self.failure: str | None = None
+        self.result: GuestResult | None = None
+        self._collect_errors: list[str] = []
+        self._explained = False
+
+    def summary(self) -> str:
+        assert self.result is not None
+        guest = self.result
+        return (
+            f"{len(self.results)} ran inside the {self.kernel_name} guest, kernel "
+            f"{guest.kernel_release} (boot {guest.boot_seconds:.1f} s, guest total "
+            f"{guest.elapsed_seconds:.1f} s)"
+        )
 
     def check(self, nodeid: str) -> None:
         """Raise KernelTestUnavailable unless the guest reported on ``nodeid``."""
-        self.run_guest()
-        if nodeid in self._results:
+        self.run()
+        if nodeid in self.results:
             return
         raise KernelTestUnavailable(self._missing(nodeid))
 
-    def run_guest(self) -> None:
-        if self._ran:
+    def run(self) -> None:
+        if self.ran:
             return
-        self._ran = True
+        self.ran = True
+        # Looked up at call time, so tests can stand in for the guests.
+        runner = run_in_qemu if self.flavour == "qemu" else run_in_guest
         box = shared_tempdir("ipvsproxy-kernel-tests-")
         try:
             results = box / "results.jsonl"
             selection = box / "selection"
-            selection.write_text("\n".join(self._nodeids) + "\n")
+            selection.write_text("\n".join(self.nodeids) + "\n")
             try:
-                self._guest = run_in_guest(
+                self.result = runner(
                     self._guest_argv(),
                     timeout=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT)),
                     mem=os.environ.get(MEM_ENV, "1G"),
@@ -277,14 +339,14 @@ class _HostSession:
                     on_output=self._stream() if self._streaming else None,
                 )
             except SandboxError as exc:
-                self._failure = str(exc)
+                self.failure = str(exc)
             self._read(results)
         finally:
             shutil.rmtree(box, ignore_errors=True)
-        if self._guest is not None and self._guest.exit_status not in (0, 1):
-            self._failure = (
-                f"pytest in the guest exited with status {self._guest.exit_status}; "
-                f"its output ends with:\n{_tail(self._guest.output)}"
+        if self.result is not None and self.result.exit_status not in (0, 1):
+            self.failure = (
+                f"pytest in the guest exited with status {self.result.exit_status}; "
+                f"its output ends with:\n{_tail(self.result.output)}"
             )
 
     @property
@@ -301,7 +363,7 @@ class _HostSession:
 
     def _guest_argv(self) -> list[str]:
         option = self._config.option
-        files = sorted({nodeid.split("::", 1)[0] for nodeid in self._nodeids})
+        files = sorted({nodeid.split("::", 1)[0] for nodeid in self.nodeids})
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
         argv += ["--rootdir", str(self._config.rootpath)]
         if self._config.inipath is not None:
@@ -318,6 +380,7 @@ class _HostSession:
     def _guest_env(self, *, results: Path, selection: Path) -> dict[str, str]:
         env = {
             IN_GUEST_ENV: "1",
+            KERNEL_ENV: self.flavour,
             RESULTS_ENV: str(results),
             SELECTION_ENV: str(selection),
             # The host has compiled what it imported; the guest must not add files.
@@ -341,30 +404,30 @@ class _HostSession:
             if "collect_error" in record:
                 self._collect_errors.append(f"{record['collect_error']}:\n{record['text']}")
             else:
-                self._results[record["nodeid"]] = record["phases"]
+                self.results[record["nodeid"]] = record["phases"]
 
     def _missing(self, nodeid: str) -> str:
-        lines = [f"kernel test {nodeid} has no result from the user-mode-linux guest."]
-        if self._failure is not None:
+        lines = [f"kernel test {nodeid} has no result from the {self.kernel_name} guest."]
+        if self.failure is not None:
             if self._explained:
                 # Full details once; a guest that died takes many tests with it.
-                first_line = self._failure.splitlines()[0]
+                first_line = self.failure.splitlines()[0]
                 lines.append(f"The guest run failed: {first_line} (details above)")
                 return "\n".join(lines)
             self._explained = True
-            lines.append(f"The guest run failed: {self._failure}")
-        elif self._guest is not None:
+            lines.append(f"The guest run failed: {self.failure}")
+        elif self.result is not None:
             lines.append(
-                f"pytest in the guest exited with status {self._guest.exit_status}"
+                f"pytest in the guest exited with status {self.result.exit_status}"
                 " without reporting this test."
             )
         prefix = nodeid.split("::", 1)[0]
         for error in self._collect_errors:
             if error.startswith(prefix):
                 lines.append(f"Collection error in the guest: {error}")
-        if self._guest is not None:
-            lines.append(f"Guest pytest output (tail):\n{_tail(self._guest.output)}")
-            lines.append(f"Guest console (tail):\n{_tail(self._guest.console, 3000)}")
+        if self.result is not None:
+            lines.append(f"Guest pytest output (tail):\n{_tail(self.result.output)}")
+            lines.append(f"Guest console (tail):\n{_tail(self.result.console, 3000)}")
         return "\n".join(lines)
 
 
