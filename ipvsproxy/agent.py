@@ -37,6 +37,7 @@ from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.health import ProxyHealth
+from ipvsproxy.healthcheck import HealthCheckPorts, health_check_ports
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
 from ipvsproxy.model import IPAddress, IPNetwork, VirtualServerKey
@@ -90,6 +91,7 @@ class Agent:
         *,
         metrics: ProxyMetrics | None = None,
         health: ProxyHealth | None = None,
+        health_check_ports: Callable[[HealthCheckPorts], object] | None = None,
         clock: Clock | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +99,10 @@ class Agent:
         self._settings = settings
         self._metrics = metrics
         self._health = health
+        # Told the health-check node ports to serve after every sync that changed them.
+        self._serve_health_checks = health_check_ports
+        self._health_checks: dict[str, tuple[int, int]] = {}  # Service -> (port, local endpoints)
+        self._served_health_checks: HealthCheckPorts = {}
         self._clock = clock or MonotonicClock()
         self._wall = wall_clock
         self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
@@ -278,6 +284,8 @@ class Agent:
             with gc_paused():
                 self._cache = AppliedCache.rebuild(states, desired.iptables)
                 self._relabel_all(changes.services, states)
+            self._health_checks = {}
+            self._note_health_checks(changes.services, node.name)
         operations = len(plan)
         del desired, observed, plan, previous
         # The cache holds millions of long-lived values without cycles: keep the cyclic
@@ -311,6 +319,7 @@ class Agent:
                     self.labels.pop(vs_key, None)
             for key, state in updates.items():
                 self._label(changes.services[key], state)
+            self._note_health_checks({key: changes.services[key] for key in updates}, node.name)
         return SyncOutcome(
             False,
             result.ok,
@@ -340,6 +349,27 @@ class Agent:
                 subsystem="addresses",
             )
         return result
+
+    # -- health-check node ports (externalTrafficPolicy Local)
+
+    def _note_health_checks(self, inputs: Mapping[str, ServiceInput], node_name: str) -> None:
+        """Record the health-check ports of these Services, then serve the result if it
+        changed. Costs the changed Services only; the ports are few."""
+        for key, given in inputs.items():
+            self._health_checks.pop(key, None)
+            if given.service is not None and given.service.health_check_node_port:
+                found = health_check_ports([given.service], given.slices, node_name=node_name)
+                for port, (_, count) in found.items():
+                    self._health_checks[key] = (port, count)
+        if self._serve_health_checks is None:
+            return
+        wanted: dict[int, tuple[str, int]] = {}
+        for key in sorted(self._health_checks):  # the first Service on a port keeps it
+            port, count = self._health_checks[key]
+            wanted.setdefault(port, (key, count))
+        if wanted != self._served_health_checks:
+            self._served_health_checks = wanted
+            self._serve_health_checks(wanted)
 
     # -- traffic labels
 

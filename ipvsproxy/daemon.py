@@ -22,6 +22,7 @@ from ipvsproxy.apply import Dataplanes
 from ipvsproxy.config import ProxyConfig
 from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.health import ProxyHealth, serve_health
+from ipvsproxy.healthcheck import HealthCheckServers
 from ipvsproxy.httpserve import HttpServer
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES, Reflector, node_resource
@@ -69,7 +70,10 @@ def run_daemon(
     metrics = ProxyMetrics()
     # kube-proxy: unhealthy when a queued change waits longer than 2 x syncPeriod.
     health = ProxyHealth(health_timeout=2 * config.sync_period)
-    agent = Agent(dataplanes, settings, metrics=metrics, health=health)
+    health_checks = HealthCheckServers(healthy=health.is_healthy)
+    agent = Agent(
+        dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.sync
+    )
     connection = connect(
         ClientSettings(
             kubeconfig=config.kubeconfig,
@@ -96,6 +100,7 @@ def run_daemon(
     ]
     with ExitStack() as stack:
         stack.callback(connection.close)
+        stack.callback(health_checks.close)
         if traffic is not None:
             metrics.registry.register(IpvsTrafficCollector(traffic, agent.labels_for))
         servers: tuple[tuple[str, Callable[[], HttpServer]], ...] = (

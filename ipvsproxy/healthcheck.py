@@ -29,10 +29,17 @@ from loguru import logger
 from ipvsproxy.desired import index_slices
 from ipvsproxy.model import EndpointSlice, Service
 
-__all__ = ["HealthCheckServer", "HealthCheckServers", "health_check_ports", "response"]
+__all__ = [
+    "HealthCheckPorts",
+    "HealthCheckServer",
+    "HealthCheckServers",
+    "health_check_ports",
+    "response",
+]
 
-Desired = Mapping[int, tuple[str, int]]
+HealthCheckPorts = Mapping[int, tuple[str, int]]
 """health-check port -> ("namespace/name" of its Service, local ready endpoints)."""
+Desired = HealthCheckPorts
 
 
 def health_check_ports(

@@ -432,3 +432,28 @@ def test_node_ports_follow_the_host_addresses_read_at_full_syncs() -> None:
     assert (ipaddress.ip_address("192.168.1.6"), 30080) in {
         (k.address, k.port) for k in kernel.services
     }
+
+
+def test_health_check_ports_follow_their_services() -> None:
+    served: list[dict[int, tuple[str, int]]] = []
+    h = Harness()
+    h.agent._serve_health_checks = lambda ports: served.append(dict(ports))
+    lb = dataclasses.replace(
+        service("lb", "10.96.0.20"),
+        type="LoadBalancer",
+        external_traffic_local=True,
+        health_check_node_port=32000,
+    )
+    local_one = endpoint_slice("lb", ("10.244.1.1", True, "n1"), ("10.244.2.1", True, "n2"))
+    h.start([WEB, lb], [WEB_SLICE, local_one])
+    h.step()
+    assert served == [{32000: ("default/lb", 1)}]
+    h.put(endpoint_slice("lb", ("10.244.1.1", True, "n1"), ("10.244.1.2", True, "n1")))
+    h.step()  # partial: only lb recomputed
+    assert served[-1] == {32000: ("default/lb", 2)}
+    h.put(dataclasses.replace(WEB_SLICE, endpoints=WEB_SLICE.endpoints[:1]))
+    h.step()
+    assert len(served) == 2  # unchanged ports are not served again
+    h.remove(lb)
+    h.step()
+    assert served[-1] == {}

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,3 +115,64 @@ def test_run_follows_the_api_server_and_serves_health_and_metrics(
         daemon.join(5)
         assert not daemon.is_alive()
         assert time.monotonic() - started < 1.0
+
+
+def test_run_serves_health_check_node_ports(api: TestAPIServer, tmp_path: Path) -> None:
+    config_file = tmp_path / "kubeconfig"
+    config_file.write_text(kubeconfig(api.url))
+    health_port = free_port()
+    config = ProxyConfig(
+        kubeconfig=str(config_file),
+        healthz_bind_address=BindAddress.parse(f"127.0.0.1:{free_port()}", default_port=0),
+        metrics_bind_address=BindAddress.parse(f"127.0.0.1:{free_port()}", default_port=0),
+    )
+    lb = svc("lb", "10.96.0.20")
+    lb["spec"] |= {
+        "type": "LoadBalancer",
+        "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": health_port,
+    }
+    lb["spec"]["ports"][0]["nodePort"] = 30080
+    api.store.create(SERVICES, "default", lb)
+    local = eps("lb-1", "lb", "10.244.1.1")
+    local["endpoints"][0]["nodeName"] = "n1"
+    api.store.create(ENDPOINT_SLICES, "default", local)
+    kernel = FakeKernel()
+    dataplanes = Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    stop = threading.Event()
+    daemon = threading.Thread(
+        target=run_daemon,
+        args=(config, dataplanes, AgentSettings(node=NodeInfo(name="n1"))),
+        kwargs={"stop": stop},
+        daemon=True,
+    )
+    daemon.start()
+
+    def answer() -> tuple[int, dict[str, Any]] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/") as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: answer() is not None)
+        assert answer() == (
+            200,
+            {
+                "service": {"namespace": "default", "name": "lb"},
+                "localEndpoints": 1,
+                "serviceProxyHealthy": True,
+            },
+        )
+        local["endpoints"][0]["nodeName"] = "n2"  # the only endpoint moves off this node
+        api.store.replace(ENDPOINT_SLICES, "default", "lb-1", local)
+        wait_for(lambda: (answer() or (0, {}))[0] == 503)
+        api.store.delete(SERVICES, "default", "lb")
+        wait_for(lambda: answer() is None)
+    finally:
+        stop.set()
+        daemon.join(5)
+        assert not daemon.is_alive()
