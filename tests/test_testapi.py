@@ -377,3 +377,19 @@ def test_serves_ipv6_loopback() -> None:
         assert server.url.startswith("http://[::1]:")
         with urllib.request.urlopen(f"{server.url}/version", timeout=10) as response:
             assert json.load(response)["major"] == "1"
+
+
+def test_a_table_watch_sends_one_row_per_event_and_columns_once(
+    server: TestAPIServer, core: client.CoreV1Api
+) -> None:
+    server.store.load([service("a"), service("b")])
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/namespaces/default/services?watch=1&timeoutSeconds=10",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        first, second = json.loads(response.readline()), json.loads(response.readline())
+    assert first["type"] == second["type"] == "ADDED"
+    assert first["object"]["kind"] == "Table" and first["object"]["columnDefinitions"]
+    assert second["object"]["columnDefinitions"] is None
+    assert [event["object"]["rows"][0]["cells"][0] for event in (first, second)] == ["a", "b"]

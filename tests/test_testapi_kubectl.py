@@ -210,3 +210,16 @@ def test_command_line_serves_a_file_to_kubectl(tmp_path: Path) -> None:
         finally:
             process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_get_prints_the_columns_kubectl_shows_for_a_real_server(
+    kubectl: Kubectl, manifest: Path
+) -> None:
+    kubectl("create", "-f", str(manifest))
+    ip = kubectl.json("get", "svc", "-n", "shop", "web")["spec"]["clusterIP"]
+    header, row = kubectl("get", "svc", "-n", "shop").stdout.splitlines()
+    assert header.split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert row.split()[:5] == ["web", "ClusterIP", ip, "<none>", "80/TCP"]
+    header, row = kubectl("get", "endpointslices", "-A").stdout.splitlines()
+    assert header.split() == ["NAMESPACE", "NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    assert row.split()[:5] == ["shop", "web-abc", "IPv4", "8080", "10.244.1.5"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from ipvsproxy.testapi import ApiError, Store
 from ipvsproxy.testapi.patch import apply_patch
 from ipvsproxy.testapi.resources import ENDPOINT_SLICES, NAMESPACES, NODES, SERVICES
 from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
+from ipvsproxy.testapi.tables import human_duration, table, wants_table
 
 SMP = "application/strategic-merge-patch+json"
 
@@ -242,3 +244,64 @@ def test_load_skips_what_it_does_not_serve() -> None:
         ]
     )
     assert len(warnings) == 2 and store.count(NODES) == 1
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (5, "5s"),
+        (119, "119s"),
+        (125, "2m5s"),
+        (600, "10m"),
+        (3 * 3600 + 60, "3h1m"),
+        (30 * 3600, "30h"),
+        (3 * 86400 + 3600, "3d1h"),
+        (40 * 86400, "40d"),
+        (3 * 365 * 86400 + 86400, "3y1d"),
+    ],
+)
+def test_ages_read_as_kubectl_shows_them(seconds: int, text: str) -> None:
+    assert human_duration(seconds) == text
+
+
+def test_table_is_asked_for_by_kubectl_get() -> None:
+    kubectl = (
+        "application/json;as=Table;v=v1;g=meta.k8s.io,"
+        "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+    )
+    assert wants_table(kubectl)
+    assert not wants_table("application/json")
+    assert not wants_table("application/json, application/json;as=Table;v=v1;g=meta.k8s.io")
+
+
+def test_service_table_rows() -> None:
+    store = Store(clock=lambda: 1_000_000.0)
+    spec = {
+        "type": "LoadBalancer",
+        "ports": [{"port": 80, "nodePort": 30080}],
+        "selector": {"a": "b"},
+    }
+    stored = store.create(SERVICES, "default", service("web", **spec))
+    lb = {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}
+    stored = store.replace(
+        SERVICES, "default", "web", {**stored.load(), "status": lb}, subresource="status"
+    )
+    value = json.loads(table(SERVICES, [stored], resource_version=9, now=1_000_030.0))
+    assert [c["name"] for c in value["columnDefinitions"]] == [
+        "Name",
+        "Type",
+        "Cluster-IP",
+        "External-IP",
+        "Port(s)",
+        "Age",
+        "Selector",
+    ]
+    [row] = value["rows"]
+    ip = stored.load()["spec"]["clusterIP"]
+    assert row["cells"] == ["web", "LoadBalancer", ip, "203.0.113.5", "80:30080/TCP", "30s", "a=b"]
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["name"] == "web"
+    assert value["metadata"] == {"resourceVersion": "9"}

@@ -23,7 +23,8 @@ plain HTTP, by default on 127.0.0.1, so that the real `kubernetes` client and th
   on update when the new object leaves them out;
 - discovery documents (`/api`, `/apis`, `/api/v1`, `/apis/discovery.k8s.io[/v1]`,
   `/version`), just enough OpenAPI v3 for kubectl to leave validation to the server (see
-  `openapi.py`), and `/healthz`, `/livez`, `/readyz`;
+  `openapi.py`), Table answers with kubectl's columns for `kubectl get` (see `tables.py`),
+  and `/healthz`, `/livez`, `/readyz`;
 - fault injection, from Python (`TestAPIServer.faults`, `.go_away()`, `.cut_watches()`,
   `.store.compact()`) or over HTTP under `/testapi/` (see `server.py`).
 
@@ -33,10 +34,10 @@ beyond names, labels, cluster IPs and node ports, defaulting beyond the fields l
 above, field managers and server-side apply, `fieldValidation` (accepted; unknown fields
 are kept), finalizers and graceful deletion, owner references and garbage collection, dry
 run, protobuf or CBOR (such bodies get 415, so kubectl's typed generators such as
-`kubectl create namespace` fail while `kubectl create -f` works), Table output (kubectl
-then prints NAME and AGE), OpenAPI schemas, aggregated discovery (kubectl falls back to the
-plain documents), `resourceVersionMatch`, deletecollection, resources other than the four
-above, and watch cache semantics beyond `resourceVersion=0` lists.
+`kubectl create namespace` fail while `kubectl create -f` works), OpenAPI schemas,
+aggregated discovery (kubectl falls back to the plain documents), `resourceVersionMatch`,
+deletecollection, resources other than the four above, and watch cache semantics beyond
+`resourceVersion=0` lists.
 """
 
 from ipvsproxy.testapi.faults import Faults

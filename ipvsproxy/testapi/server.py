@@ -8,7 +8,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +24,7 @@ from ipvsproxy.testapi.resources import ResourceType, by_path
 from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
 from ipvsproxy.testapi.status import ApiError, status_object
 from ipvsproxy.testapi.store import Event, Store, Stored
+from ipvsproxy.testapi.tables import table, wants_table
 
 __all__ = ["TestAPIServer"]
 
@@ -303,7 +304,14 @@ class _Handler(BaseHTTPRequestHandler):
         resource, namespace, name, subresource = _resource_path(group, version, rest)
         if method == "GET":
             if name and not _true(query.get("watch")):
-                self._send(200, self.api.store.get(resource, namespace or "", name).full())
+                stored = self.api.store.get(resource, namespace or "", name)
+                if self._table_wanted():
+                    include = query.get("includeObject", "Metadata")
+                    self._send(
+                        200, table(resource, [stored], resource_version=stored.rv, include=include)
+                    )
+                else:
+                    self._send(200, stored.full())
             elif _true(query.get("watch")):
                 if name:
                     query["fieldSelector"] = f"metadata.name={name}"
@@ -428,6 +436,15 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if self.api.faults.take_empty_list():
             items, next_token = [], ""
+        if self._table_wanted():
+            include = query.get("includeObject", "Metadata")
+            self._send(
+                200,
+                table(
+                    resource, items, resource_version=rv, continue_token=next_token, include=include
+                ),
+            )
+            return
         meta = b'{"resourceVersion":"%d"' % rv
         if next_token:
             meta += b',"continue":"' + next_token.encode() + b'"'
@@ -480,8 +497,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._end_stream()
             return
         self._start_stream()
+        encode = self._event_encoder(resource, query)
         lines = [
-            _event_line("ADDED", stored.full())
+            encode("ADDED", stored)
             for stored in initial
             if (namespace is None or stored.namespace == namespace) and match(stored)
         ]
@@ -507,7 +525,8 @@ class _Handler(BaseHTTPRequestHandler):
             lines = [
                 line
                 for event in batch.events
-                if (line := _converted(event, resource, namespace, match))
+                if (seen := _converted(event, resource, namespace, match))
+                for line in [encode(*seen)]
             ]
             if lines:
                 self._write_lines(lines)
@@ -517,6 +536,28 @@ class _Handler(BaseHTTPRequestHandler):
             elif not batch.events and self._client_gone():
                 raise _Cut()
         self._end_stream()
+
+    def _table_wanted(self) -> bool:
+        return wants_table(self.headers.get("Accept") or "")
+
+    def _event_encoder(
+        self, resource: ResourceType, query: dict[str, str]
+    ) -> Callable[[str, Stored], bytes]:
+        """How this watch writes an event: the object, or a one-row Table for kubectl."""
+        if not self._table_wanted():
+            return lambda kind, stored: _event_line(kind, stored.full())
+        include = query.get("includeObject", "Metadata")
+        first = [True]
+
+        def encode(kind: str, stored: Stored) -> bytes:
+            # Column definitions come with the first event only, as the real API sends them.
+            body = table(
+                resource, [stored], resource_version=stored.rv, include=include, columns=first[0]
+            )
+            first[0] = False
+            return _event_line(kind, body)
+
+        return encode
 
     def _start_stream(self) -> None:
         self.send_response(200)
@@ -666,7 +707,7 @@ def _bookmark(resource: ResourceType, rv: int, *, initial_end: bool = False) -> 
 
 def _converted(
     event: Event, resource: ResourceType, namespace: str | None, match: Any
-) -> bytes | None:
+) -> tuple[str, Stored] | None:
     """The event as this watcher sees it, through its namespace and selectors.
 
     An object that stops matching is sent as DELETED (its last matching state, at the
@@ -675,18 +716,14 @@ def _converted(
     obj = event.obj
     if obj.resource is not resource or (namespace is not None and obj.namespace != namespace):
         return None
-    if event.type == "ADDED":
-        return _event_line("ADDED", obj.full()) if match(obj) else None
-    if event.type == "DELETED":
-        return _event_line("DELETED", obj.full()) if match(obj) else None
+    if event.type in ("ADDED", "DELETED"):
+        return (event.type, obj) if match(obj) else None
     now, before = match(obj), event.prev is not None and match(event.prev)
     if now and before:
-        return _event_line("MODIFIED", obj.full())
+        return "MODIFIED", obj
     if now:
-        return _event_line("ADDED", obj.full())
+        return "ADDED", obj
     if before:
         assert event.prev is not None
-        last = event.prev.load()
-        last["metadata"]["resourceVersion"] = str(event.rv)
-        return _event_line("DELETED", json.dumps(last, separators=(",", ":")).encode())
+        return "DELETED", event.prev.restamped(event.rv)
     return None

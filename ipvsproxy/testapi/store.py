@@ -71,6 +71,12 @@ class Stored:
         value: JSONDict = json.loads(self.full())
         return value
 
+    def restamped(self, rv: int) -> Stored:
+        """This object as it would read at another resourceVersion."""
+        obj = json.loads(self.body)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        return Stored(self.resource, self.namespace, self.name, rv, self.labels, _dumps(obj))
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -528,16 +534,12 @@ class Store:
 
     def _remove(self, current: Stored) -> Stored:
         rv = self._rv + 1
-        obj = json.loads(current.body)
-        obj["metadata"]["resourceVersion"] = str(rv)
-        gone = Stored(
-            current.resource, current.namespace, current.name, rv, current.labels, _body(obj)
-        )
+        gone = current.restamped(rv)
         table = self._tables[current.resource]
         del table.objects[current.key]
         table.sorted_keys = None
         if current.resource is SERVICES:
-            self._allocator.release(current.key, obj)
+            self._allocator.release(current.key, json.loads(current.body))
         self._record(Event(rv, "DELETED", gone, current))
         return gone
 
