@@ -50,6 +50,10 @@ PORT = 80  # every generated Service has TCP port 80 ("http") -> 8080
 TARGET_PORT = 8080
 
 
+# Figures per size, written as JSON when BENCH_JSON names a file (run_all.py reads them).
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
 # --- kube-proxy's iptables mode, generated from the cluster -------------------------------
 
 
@@ -237,23 +241,25 @@ def request(address: str) -> tuple[float, str]:
 
 
 def latencies(
-    client_netns: str, targets: dict[str, str], backends: dict[str, set[str]], connects: int
+    targets: dict[str, tuple[str, str]], backends: dict[str, set[str]], connects: int
 ) -> tuple[dict[str, float], bool]:
-    """Median latency per target, connections interleaved; and whether every reply came
+    """Median latency per target (label -> (client namespace, address)), the targets taken
+    in turn so that every one sees the same machine load; and whether every reply came
     from one of the target's backends."""
     from ipvsproxy.sandbox.netns import switch_netns
 
-    times: dict[str, list[float]] = {name: [] for name in targets}
+    times: dict[str, list[float]] = {label: [] for label in targets}
     ok = True
-    with switch_netns(client_netns):
-        for address in targets.values():
-            request(address)  # warm up: ARP, routes, caches
-        for _ in range(connects):
-            for name, address in targets.items():
+    for netns, address in targets.values():
+        with switch_netns(netns):
+            request(address)  # warm up: neighbours, routes, caches
+    for _ in range(connects):
+        for label, (netns, address) in targets.items():
+            with switch_netns(netns):
                 seconds, reply = request(address)
-                times[name].append(seconds)
-                ok = ok and reply in backends[name]
-    return {name: statistics.median(values) for name, values in times.items()}, ok
+            times[label].append(seconds)
+            ok = ok and reply in backends[label]
+    return {label: statistics.median(values) for label, values in times.items()}, ok
 
 
 def make_pods(ends: dict[str, SvcPort]) -> tuple[Any, dict[str, set[str]]]:
@@ -288,7 +294,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
     from ipvsproxy.model import IPFamily, Protocol, RealServer, VirtualServerKey
     from ipvsproxy.operations import AddRealServer, DeleteRealServer
     from ipvsproxy.proxier import sync
-    from ipvsproxy.sandbox.netns import enter_netns
+    from ipvsproxy.sandbox.netns import enter_netns, switch_netns
 
     cluster = read_cluster([path])
     state = desired_state(
@@ -298,7 +304,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
     with_endpoints = [i for i, svc in enumerate(ports) if svc.endpoints]
     first, last = with_endpoints[0], with_endpoints[-1]
     ends = {"first": ports[first], "last": ports[last]}
-    targets = {label: svc.cluster_ip for label, svc in ends.items()}
+    targets_by_label = {label: svc.cluster_ip for label, svc in ends.items()}
     nat = full_nat_table(ports)
     nat_rules = nat.count("\n-A ")
     print(
@@ -308,78 +314,91 @@ def measure(path: str, connects: int, changes: int) -> bool:
     )
     ok = True
     figures: dict[str, float] = {}
-
-    # iptables mode
-    with enter_netns(f"dp-ipt-{len(ports)}"):
-        network, backends = make_pods(ends)
-        try:
-            figures["ipt program"] = restore(nat, noflush=False)
-            lat, good = latencies(network.pods["client"].netns, targets, backends, connects)
-            ok = ok and good
-            figures.update({f"ipt {k}": v for k, v in lat.items()})
-            full: list[float] = []
-            minimal: list[float] = []
-            svc = ports[last]
-            original = list(svc.endpoints)
-            for n in range(changes):
-                # one endpoint of the last Service is replaced, then put back
-                gone = svc.endpoints[0]
-                svc.endpoints = [f"10.1.{n}.1:{TARGET_PORT}", *original[1:]]
-                minimal.append(restore(minimal_change(ports, svc, gone), noflush=True))
-                full.append(restore(full_nat_table(ports), noflush=False))
-                svc.endpoints = original
-                restore(full_nat_table(ports), noflush=False)
-            figures["ipt change full"] = statistics.median(full)
-            figures["ipt change minimal"] = statistics.median(minimal)
-            lat, good = latencies(network.pods["client"].netns, targets, backends, 3)
-            ok = ok and good
-        finally:
-            network.close()
-
-    # IPVS mode
-    with enter_netns(f"dp-ipvs-{len(ports)}"):
-        ensure_sysctls()
-        network, backends = make_pods(ends)
-        links = LinkTool()
-        try:
-            with IpvsSocket() as ipvs:
-                dataplanes = Dataplanes(
-                    ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
-                )
-                start = time.perf_counter()
-                ok = sync(state, dataplanes).result.ok and ok
-                figures["ipvs program"] = time.perf_counter() - start
-                lat, good = latencies(network.pods["client"].netns, targets, backends, connects)
-                ok = ok and good
-                figures.update({f"ipvs {k}": v for k, v in lat.items()})
-                svc = ports[last]
-                key = VirtualServerKey(
-                    ipaddress_of(svc.cluster_ip), Protocol(svc.protocol), svc.port
-                )
-                old = next(iter(state.real_servers[key].values()))
-                times = []
-                for n in range(changes):
-                    new = RealServer(ipaddress_of(f"10.1.{n}.1"), old.port, weight=old.weight)
+    ipt_node, ipvs_node = f"dp-ipt-{len(ports)}", f"dp-ipvs-{len(ports)}"
+    svc = ports[last]
+    original = list(svc.endpoints)
+    # Both nodes live at once so that their connections and changes can be interleaved.
+    with enter_netns(ipt_node):
+        ipt_pods, backends = make_pods(ends)
+        figures["ipt program"] = restore(nat, noflush=False)
+        with enter_netns(ipvs_node):
+            ensure_sysctls()
+            ipvs_pods, _ = make_pods(ends)
+            links = LinkTool()
+            try:
+                with IpvsSocket() as ipvs:
+                    dataplanes = Dataplanes(
+                        ipvs=ipvs,
+                        links=links,
+                        ipsets=IPSetTool(),
+                        iptables=IptablesTool("legacy"),
+                    )
                     start = time.perf_counter()
-                    failures = ipvs.execute(
-                        [DeleteRealServer(key, old.key), AddRealServer(key, new)]
+                    ok = sync(state, dataplanes).result.ok and ok
+                    figures["ipvs program"] = time.perf_counter() - start
+                    targets = {
+                        f"{mode} {label}": (pods.pods["client"].netns, address)
+                        for mode, pods in (("ipt", ipt_pods), ("ipvs", ipvs_pods))
+                        for label, address in targets_by_label.items()
+                    }
+                    both = {
+                        f"{m} {label}": b for m in ("ipt", "ipvs") for label, b in backends.items()
+                    }
+                    lat, good = latencies(targets, both, connects)
+                    ok = ok and good
+                    figures.update(lat)
+
+                    key = VirtualServerKey(
+                        ipaddress_of(svc.cluster_ip), Protocol(svc.protocol), svc.port
                     )
-                    times.append(time.perf_counter() - start)
-                    failures += ipvs.execute(
-                        [DeleteRealServer(key, new.key), AddRealServer(key, old)]
-                    )
-                    ok = ok and not failures
-                figures["ipvs change"] = statistics.median(times)
-                lat, good = latencies(network.pods["client"].netns, targets, backends, 3)
-                ok = ok and good
-            saved = IptablesTool("legacy").save_text(IPFamily.V4)
-        finally:
-            links.close()
-            network.close()
+                    old = next(iter(state.real_servers[key].values()))
+                    full: list[float] = []
+                    minimal: list[float] = []
+                    ours: list[float] = []
+                    for n in range(changes):
+                        # one endpoint of the last Service is replaced, then put back
+                        new_host = f"10.1.{n}.1"
+                        with switch_netns(ipt_node):
+                            gone = svc.endpoints[0]
+                            svc.endpoints = [f"{new_host}:{TARGET_PORT}", *original[1:]]
+                            minimal.append(restore(minimal_change(ports, svc, gone), noflush=True))
+                            full.append(restore(full_nat_table(ports), noflush=False))
+                            svc.endpoints = original
+                            restore(full_nat_table(ports), noflush=False)
+                        new = RealServer(ipaddress_of(new_host), old.port, weight=old.weight)
+                        start = time.perf_counter()
+                        failures = ipvs.execute(
+                            [DeleteRealServer(key, old.key), AddRealServer(key, new)]
+                        )
+                        ours.append(time.perf_counter() - start)
+                        failures += ipvs.execute(
+                            [DeleteRealServer(key, new.key), AddRealServer(key, old)]
+                        )
+                        ok = ok and not failures
+                    figures["ipt change full"] = statistics.median(full)
+                    figures["ipt change minimal"] = statistics.median(minimal)
+                    figures["ipvs change"] = statistics.median(ours)
+                    # both still serve after the changes were undone
+                    _, good = latencies(targets, both, 2)
+                    ok = ok and good
+                saved = IptablesTool("legacy").save_text(IPFamily.V4)
+            finally:
+                links.close()
+                ipvs_pods.close()
+        ipt_pods.close()
     ipvs_rules = sum(1 for line in saved.splitlines() if line.startswith("-A ") and "KUBE-" in line)
 
     worst_first, avg_first = rules_to_first_dnat(ports, first)
     worst_last, avg_last = rules_to_first_dnat(ports, last)
+    RESULTS[str(len(cluster.services))] = {
+        "services": len(cluster.services),
+        "service_ports": len(ports),
+        "nat_rules": nat_rules,
+        "ipvs_kube_rules": ipvs_rules,
+        "rules_first": avg_first,
+        "rules_last": avg_last,
+        **figures,
+    }
     print(f"  nat rules, iptables mode: {nat_rules}; ipvsproxy's KUBE rules (all): {ipvs_rules}")
     print(
         f"  rules on a new connection's path, iptables mode: first Service {avg_first:g} "
@@ -421,6 +440,9 @@ def in_guest(files: list[str], connects: int, changes: int) -> int:
     logger.add(sys.stderr, level="WARNING")
     ok = all([measure(path, connects, changes) for path in files])
     print("\nresult check:", "ok" if ok else "WRONG")
+    if os.environ.get("BENCH_JSON"):
+        with open(os.environ["BENCH_JSON"], "w") as out:
+            json.dump({"ok": ok, "sizes": RESULTS}, out, indent=1)
     return 0 if ok else 1
 
 
@@ -431,6 +453,7 @@ def main() -> int:
     parser.add_argument("--connects", type=int, default=200, help="connections per target")
     parser.add_argument("--changes", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100 Services, fewer samples")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
     parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
@@ -452,8 +475,11 @@ def main() -> int:
         result = run_in_guest(
             [*argv, "--changes", str(args.changes), "--in-guest", *files],
             timeout=1800,
+            env={"BENCH_JSON": os.path.join(workdir, "results.json")},
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
+        if args.json and os.path.exists(os.path.join(workdir, "results.json")):
+            subprocess.run(["cp", os.path.join(workdir, "results.json"), args.json], check=True)
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")

@@ -42,6 +42,10 @@ SOCKETS = 4
 VS_PER_SERVICE = 1.1 * 1.05
 
 
+# Figures per size, written as JSON when BENCH_JSON names a file (run_all.py reads them).
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
 def elapsed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -206,6 +210,11 @@ def measure(path: str, runs: int) -> bool:
         for name, value in med.items():
             print(f"  {name:46} {value:9.3f} {value / ipvsadm:14.2f}")
         ratio = med["observe (whole)"] / med["the tools together"]
+        RESULTS[str(len(state.virtual_servers))] = {
+            "virtual_servers": len(state.virtual_servers),
+            "real_servers": real,
+            "medians": {name.strip(): value for name, value in med.items()},
+        }
         print(f"  ratio observe / the tools together: {ratio:.2f}")
         for sock in socks:
             sock.close()
@@ -221,6 +230,9 @@ def in_guest(cluster_files: list[str], runs: int) -> int:
     logger.add(sys.stderr, level="WARNING")
     ok = all([measure(path, runs) for path in cluster_files])
     print("\nresult check:", "ok" if ok else "WRONG")
+    if os.environ.get("BENCH_JSON"):
+        with open(os.environ["BENCH_JSON"], "w") as out:
+            json.dump({"ok": ok, "sizes": RESULTS}, out, indent=1)
     return 0 if ok else 1
 
 
@@ -230,6 +242,7 @@ def main() -> int:
     parser.add_argument("--endpoints", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100 virtual servers, 2 rounds")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
     parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
@@ -257,8 +270,11 @@ def main() -> int:
                 *files,
             ],
             timeout=1800,
+            env={"BENCH_JSON": os.path.join(workdir, "results.json")},
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
+        if args.json and os.path.exists(os.path.join(workdir, "results.json")):
+            subprocess.run(["cp", os.path.join(workdir, "results.json"), args.json], check=True)
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")

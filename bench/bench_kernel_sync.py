@@ -81,6 +81,10 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
 VS_PER_SERVICE = 1.1 * 1.05  # one Service in ten has a UDP port, one in twenty is dual-stack
 
 
+# Figures per size, written as JSON when BENCH_JSON names a file (run_all.py reads them).
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
 def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
     """One cold sync and one no-op sync by ipvsproxy, then the tools on the same content,
     each in a fresh namespace. Returns the timings and whether the result was right."""
@@ -177,6 +181,11 @@ def in_guest(cluster_files: list[str], runs: int) -> int:
             for call, spent in sorted(parts.items(), key=lambda item: -item[1]):
                 if spent >= 0.005:
                     print(f"    {call:<38} {spent:8.2f}")
+        RESULTS[str(len(state.virtual_servers))] = {
+            "virtual_servers": len(state.virtual_servers),
+            "real_servers": real,
+            "medians": med,
+        }
         ours, theirs = med["cold sync: ipvs.execute"], med["ipvsadm -R"]
         print(f"  {'ipvsadm -R, same IPVS content':<40} {theirs:8.2f}")
         print(f"  {'ratio ipvsadm -R / our IPVS writes':<40} {theirs / ours:8.2f}")
@@ -184,6 +193,9 @@ def in_guest(cluster_files: list[str], runs: int) -> int:
         print(f"  {'ipset restore, same ipset lines':<40} {theirs:8.2f}")
         print(f"  {'ratio ipset restore / our ipset writes':<40} {theirs / ours:8.2f}")
     print("\nresult check:", "ok" if ok else "WRONG")
+    if os.environ.get("BENCH_JSON"):
+        with open(os.environ["BENCH_JSON"], "w") as out:
+            json.dump({"ok": ok, "sizes": RESULTS}, out, indent=1)
     return 0 if ok else 1
 
 
@@ -193,6 +205,7 @@ def main() -> int:
     parser.add_argument("--endpoints", type=int, default=3, help="ready endpoints per Service")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100 virtual servers, 2 rounds")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
     parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
@@ -214,8 +227,11 @@ def main() -> int:
         result = run_in_guest(
             [*argv, "--in-guest", *files],
             timeout=1800,
+            env={"BENCH_JSON": os.path.join(workdir, "results.json")},
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
+        if args.json and os.path.exists(os.path.join(workdir, "results.json")):
+            subprocess.run(["cp", os.path.join(workdir, "results.json"), args.json], check=True)
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")
