@@ -188,7 +188,40 @@ def full_nat_table(ports: list[SvcPort]) -> str:
         if svc.endpoints:
             lines += svc_rules(svc)
     lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + FILTER_TABLE) + "\n"
+
+
+# kube-proxy's iptables mode also hooks the filter table; with every Service having
+# endpoints, its chains hold these fixed rules (the nfacct match of KUBE-FORWARD left out).
+FILTER_TABLE = [
+    "*filter",
+    ":INPUT ACCEPT [0:0]",
+    ":FORWARD ACCEPT [0:0]",
+    ":OUTPUT ACCEPT [0:0]",
+    ":KUBE-EXTERNAL-SERVICES - [0:0]",
+    ":KUBE-FORWARD - [0:0]",
+    ":KUBE-NODEPORTS - [0:0]",
+    ":KUBE-PROXY-FIREWALL - [0:0]",
+    ":KUBE-SERVICES - [0:0]",
+    '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer '
+    'firewall" -j KUBE-PROXY-FIREWALL',
+    '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
+    '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible '
+    'service portals" -j KUBE-EXTERNAL-SERVICES',
+    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer '
+    'firewall" -j KUBE-PROXY-FIREWALL',
+    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" '
+    "-j KUBE-SERVICES",
+    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible '
+    'service portals" -j KUBE-EXTERNAL-SERVICES',
+    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark '
+    "0x4000/0x4000 -j ACCEPT",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack '
+    "--ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "COMMIT",
+]
 
 
 def minimal_change(ports: list[SvcPort], changed: SvcPort, gone: str) -> str:
@@ -399,7 +432,10 @@ def measure(path: str, connects: int, changes: int) -> bool:
         "rules_last": avg_last,
         **figures,
     }
-    print(f"  nat rules, iptables mode: {nat_rules}; ipvsproxy's KUBE rules (all): {ipvs_rules}")
+    print(
+        f"  rules, iptables mode (nat and filter): {nat_rules}; "
+        f"ipvsproxy's KUBE rules (all): {ipvs_rules}"
+    )
     print(
         f"  rules on a new connection's path, iptables mode: first Service {avg_first:g} "
         f"(worst {worst_first}), last Service {avg_last:g} (worst {worst_last}); IPVS mode: "
