@@ -245,3 +245,21 @@ def test_control_rejects_unknown_actions(server: TestAPIServer) -> None:
     with caught.value:
         assert caught.value.code == 404
         assert json.load(caught.value)["reason"] == "NotFound"
+
+
+def test_control_rejects_bad_arguments_and_loads_objects(
+    server: TestAPIServer, core: client.CoreV1Api
+) -> None:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        control(server, "faults/delay", seconds="soon")
+    with caught.value:
+        assert caught.value.code == 400
+    answer = control(
+        server,
+        "load",
+        kind="List",
+        items=[{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}],
+    )
+    assert answer["warnings"] == [] and answer["resourceVersion"] == server.store.resource_version
+    assert [n.metadata.name for n in core.list_node().items] == ["node-1"]
+    assert control(server, "state")["counts"]["nodes"] == 1

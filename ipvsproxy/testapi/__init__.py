@@ -26,7 +26,7 @@ plain HTTP, by default on 127.0.0.1, so that the real `kubernetes` client and th
   `openapi.py`), Table answers with kubectl's columns for `kubectl get` (see `tables.py`),
   and `/healthz`, `/livez`, `/readyz`;
 - fault injection, from Python (`TestAPIServer.faults`, `.go_away()`, `.cut_watches()`,
-  `.store.compact()`) or over HTTP under `/testapi/` (see `server.py`).
+  `.store.compact()`) or over HTTP under `/testapi/` (see `control.py`).
 
 It does NOT implement: authentication or authorization (any token is accepted and
 ignored), TLS, admission (namespaces come into being with their first object), validation
