@@ -525,3 +525,79 @@ def test_an_error_event_after_good_events_still_backs_off() -> None:
     assert transport.requests[2].query["resourceVersion"] == "11"
     assert keys(handler) == ["default/a", "default/b"]
     assert sleeps[0] > 0
+
+
+# --- suspicious relists ----------------------------------------------------------------------
+
+
+def test_an_empty_relist_is_held_back_until_a_second_list_and_a_good_one_wins() -> None:
+    held = [svc("a", "10.0.0.1"), svc("b", "10.0.0.2")]
+    handler, transport, sleeps, _ = run(
+        [
+            FakeResponse(page(held, "10")),
+            watch(error_event(410)),
+            FakeResponse(page([], "20")),  # by mistake
+            FakeResponse(page([*held, svc("c", "10.0.0.3")], "30")),
+        ],
+        settings=WatchSettings(confirm_delay=7.0),
+    )
+    assert keys(handler) == ["default/a", "default/b", "default/c"]
+    replaces = [sorted(call[1]) for call in handler.calls if call[0] == "replace"]
+    assert [] not in replaces
+    assert sleeps[0] == 7.0 and transport.slept_after[0] == 3
+    assert transport.requests[4].query["resourceVersion"] == "30"
+
+
+def test_an_empty_relist_confirmed_by_a_second_one_is_believed() -> None:
+    handler, _, sleeps, _ = run(
+        [
+            FakeResponse(page([svc("a", "10.0.0.1")], "10")),
+            watch(error_event(410)),
+            FakeResponse(page([], "20")),
+            FakeResponse(page([], "21")),
+        ],
+        settings=WatchSettings(confirm_delay=7.0),
+    )
+    assert keys(handler) == []
+    assert sleeps[0] == 7.0
+
+
+def test_a_relist_removing_most_of_many_objects_is_held_back_but_not_a_few() -> None:
+    many = [svc(f"s{i}", f"10.0.1.{i}") for i in range(30)]
+    settings = WatchSettings(confirm_delay=5.0, suspicious_fraction=0.5, suspicious_min=20)
+    handler, _, sleeps, _ = run(
+        [
+            FakeResponse(page(many, "10")),
+            watch(error_event(410)),
+            FakeResponse(page(many[:10], "20")),  # 20 of 30 gone: suspicious
+            FakeResponse(page(many, "30")),
+            watch(error_event(410)),
+            FakeResponse(page(many[:20], "40")),  # 10 of 30 gone: believed at once
+        ],
+        settings=settings,
+    )
+    assert len(handler.state) == 20
+    assert sleeps[0] == 5.0 and 5.0 not in sleeps[1:]
+    assert [len(call[1]) for call in handler.calls if call[0] == "replace"] == [30, 30, 20]
+
+
+def test_the_first_list_may_be_empty() -> None:
+    handler, _, sleeps, _ = run([FakeResponse(page([], "10"))])
+    assert handler.calls[:2] == [("replace", {}), ("synced",)]
+    assert 10.0 not in sleeps
+
+
+def test_gone_in_a_loop_backs_off_after_the_first_relist() -> None:
+    steps: list[Step] = [FakeResponse(page([svc("a", "10.0.0.1")], "10"))]
+    for version in range(11, 16):
+        steps += [watch(error_event(410)), FakeResponse(page([svc("a", "10.0.0.1")], str(version)))]
+    steps.append(watch(event("ADDED", svc("b", "10.0.0.2", rv="20")), error_event(410)))
+    steps.append(FakeResponse(page([svc("a", "10.0.0.1"), svc("b", "10.0.0.2")], "30")))
+    handler, transport, sleeps, _ = run(steps)
+    assert keys(handler) == ["default/a", "default/b"]
+    # The first 410 relists at once; each further one right after a list backs off,
+    # growing; a watch that read events starts the count over (relist at once).
+    assert len(sleeps) == 4 + 1  # 4 backoffs, the script's end
+    assert sleeps[1] > sleeps[0] and sleeps[3] > sleeps[2]
+    assert sleeps[4] < sleeps[3]  # started over after the watch that read an event
+    assert transport.slept_after[:4] == [4, 6, 8, 10]  # after each second 410

@@ -9,6 +9,8 @@ thread, does what client-go's reflector does for kube-proxy's informers:
    together; when a watch ends, watch again from the last resourceVersion seen (events
    and bookmarks advance it);
 3. on `410 Gone` (an HTTP status or an ERROR event) list again and replace the cache;
+   a relist that would wipe what the reflector holds is held back until a second list
+   confirms it (see "Suspicious relists" below);
 4. on any other error wait a capped, jittered, exponential backoff and try again, from
    the last resourceVersion when there is one.
 
@@ -33,6 +35,20 @@ purpose (headless or ExternalName Services, FQDN slices) and invalid objects are
   invalid). Never called for a key the handler was not given.
 - `synced()`: called once, after the first `replace`: the handler now holds a complete
   view. Nothing should be programmed before every reflector it depends on has synced.
+
+Suspicious relists
+------------------
+An API server (or a proxy in front of it) that answers a list with no items by mistake
+would make a proxy delete every Service of its node at once. kube-proxy's informers have
+no guard against that: a relist is the truth. Here a relist is *suspicious* when the
+reflector holds objects and the list would remove all of them, or more than
+`WatchSettings.suspicious_fraction` of them when it holds at least
+`WatchSettings.suspicious_min` objects. A suspicious list is not handed on: the handler
+keeps its view (the node keeps serving what it had), one warning says so, and after
+`WatchSettings.confirm_delay` seconds the reflector lists again. That second list is
+believed, whatever it says: a server that says the same thing twice, seconds apart, is
+taken at its word (a namespace really deleted, a cluster really emptied), so the guard
+delays a true mass deletion by confirm_delay and never blocks it.
 
 Calls come from the reflector's own thread, one at a time and in order; handlers of
 different reflectors are called from different threads. A handler should only record the
@@ -199,6 +215,14 @@ class WatchSettings:
     backoff_reset: float = 120.0
     """Seconds without an error after which the delay starts over from backoff_initial."""
 
+    confirm_delay: float = 10.0
+    """A suspicious relist (see the module doc) is confirmed by a list this much later."""
+
+    suspicious_fraction: float = 0.5
+    suspicious_min: int = 20
+    """A relist removing all objects held, or more than suspicious_fraction of them when
+    at least suspicious_min are held, is suspicious."""
+
 
 class _Expired(Exception):
     """410 Gone: the resourceVersion asked for is too old; relist."""
@@ -275,6 +299,7 @@ class Reflector(Generic[V]):
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._events = 0  # events read by the current watch
+        self._gone_in_a_row = 0  # 410s with no event read in between
 
     # -- public
 
@@ -324,15 +349,25 @@ class Reflector(Generic[V]):
                 if need_list:
                     self._list()
                     need_list = False
-                    self._recovered()
+                    if not self._gone_in_a_row:
+                        self._recovered()
                 self._watch()
             except _Expired:
-                logger.info(
-                    "{kind} watch: resourceVersion {version} expired (410 Gone), listing again",
-                    kind=self.kind,
-                    version=self._resource_version,
-                )
                 need_list = True
+                if self._events:  # this watch did work: a 410 after it is routine
+                    self._gone_in_a_row = 0
+                    self._recovered()
+                self._gone_in_a_row += 1
+                if self._gone_in_a_row == 1:
+                    logger.info(
+                        "{kind} watch: resourceVersion {version} expired (410 Gone), listing again",
+                        kind=self.kind,
+                        version=self._resource_version,
+                    )
+                else:
+                    # 410 again, straight after a list: a server in that state would be
+                    # asked for full lists in a tight loop (client-go backs off too).
+                    self._failed(ApiError("410 Gone again after a fresh list"), listing=True)
             except ApiError as exc:
                 self._failed(exc, listing=need_list)
             except _Stopped:
@@ -402,7 +437,46 @@ class Reflector(Generic[V]):
     # -- list
 
     def _list(self) -> None:
-        """List every page, then replace the handler's view in one call."""
+        """List every page, then replace the handler's view in one call; a suspicious
+        list (see the module doc) only after a second list confirms it."""
+        items, seen, version = self._list_pages()
+        if self._suspicious(items):
+            logger.warning(
+                "{kind} list would remove {removed} of {held} objects; keeping them and"
+                " listing again in {delay:g}s to confirm",
+                kind=self.kind,
+                removed=sum(key not in items for key in self._cache),
+                held=len(self._cache),
+                delay=self._settings.confirm_delay,
+            )
+            self._wait(self._settings.confirm_delay)
+            items, seen, version = self._list_pages()
+            if self._suspicious(items):
+                logger.warning(
+                    "{kind} list confirmed: {removed} objects removed",
+                    kind=self.kind,
+                    removed=sum(key not in items for key in self._cache),
+                )
+        self._forget_warnings(seen)
+        self._resource_version = version
+        self._cache = dict(items)
+        self._call(self._handler.replace, items)
+        if not self._synced.is_set():
+            self._synced.set()
+            self._call(self._handler.synced)
+
+    def _suspicious(self, items: Mapping[str, V]) -> bool:
+        held = len(self._cache)
+        if not held:
+            return False
+        removed = sum(key not in items for key in self._cache)
+        settings = self._settings
+        return removed == held or (
+            held >= settings.suspicious_min and removed > settings.suspicious_fraction * held
+        )
+
+    def _list_pages(self) -> tuple[dict[str, V], set[str], str]:
+        """Every page of one list: the objects, the keys seen (valid or not), the version."""
         items: dict[str, V] = {}
         seen: set[str] = set()
         token = ""
@@ -435,14 +509,7 @@ class Reflector(Generic[V]):
                 raise
             token, version = self._read_page(body, items, seen)
             if not token:
-                break
-        self._forget_warnings(seen)
-        self._resource_version = version
-        self._cache = dict(items)
-        self._call(self._handler.replace, items)
-        if not self._synced.is_set():
-            self._synced.set()
-            self._call(self._handler.synced)
+                return items, seen, version
 
     def _read_page(self, body: bytes, items: dict[str, V], seen: set[str]) -> tuple[str, str]:
         try:
@@ -493,6 +560,7 @@ class Reflector(Generic[V]):
             *self._selectors(),
         ]
         started = self._clock()
+        self._events = 0
         try:
             response = self._get(
                 query, (settings.connect_timeout, seconds + settings.watch_read_slack)
@@ -501,7 +569,6 @@ class Reflector(Generic[V]):
             if exc.status == GONE:
                 raise _Expired from exc
             raise
-        self._events = 0
         try:
             self._read_events(response)
         except _ErrorEvent:
@@ -517,6 +584,7 @@ class Reflector(Generic[V]):
         if self._stopping.is_set():
             raise _Stopped
         if self._events:
+            self._gone_in_a_row = 0
             self._recovered()
         elif self._clock() - started < 1.0:
             # A server that ends watches at once would otherwise be asked in a tight loop.
