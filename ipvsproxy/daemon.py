@@ -25,7 +25,13 @@ from ipvsproxy.health import ProxyHealth, serve_health
 from ipvsproxy.healthcheck import HealthCheckServers
 from ipvsproxy.httpserve import HttpServer
 from ipvsproxy.k8s.client import ClientSettings, connect
-from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES, Reflector, node_resource
+from ipvsproxy.k8s.watch import (
+    ENDPOINT_SLICES,
+    SERVICES,
+    Reflector,
+    WatchSettings,
+    node_resource,
+)
 from ipvsproxy.metrics import IpvsTrafficCollector, ProxyMetrics, serve_metrics
 from ipvsproxy.model import IpvsStats, VirtualServerKey
 
@@ -61,11 +67,13 @@ def run_daemon(
     master: str | None = None,
     traffic: Callable[[], Mapping[VirtualServerKey, IpvsStats]] | None = None,
     stop: threading.Event | None = None,
+    watch_settings: WatchSettings | None = None,
 ) -> int:
     """Run until stopped (SIGTERM, SIGINT, or `stop` set); returns the exit status.
 
     traffic: reads every virtual server's counters in one dump, for the per-Service
     traffic series (from an IPVS socket of its own: scrapes come from HTTP threads).
+    watch_settings: the reflectors' timings (tests shorten backoffs and confirm delays).
     """
     metrics = ProxyMetrics()
     # kube-proxy: unhealthy when a queued change waits longer than 2 x syncPeriod.
@@ -86,16 +94,25 @@ def run_daemon(
     node_name = settings.node.name
     reflectors: list[Reflector[Any]] = [
         Reflector(
-            SERVICES, connection.transport, agent.tracker.services, limiter=connection.limiter
+            SERVICES,
+            connection.transport,
+            agent.tracker.services,
+            limiter=connection.limiter,
+            settings=watch_settings,
         ),
         Reflector(
-            ENDPOINT_SLICES, connection.transport, agent.tracker.slices, limiter=connection.limiter
+            ENDPOINT_SLICES,
+            connection.transport,
+            agent.tracker.slices,
+            limiter=connection.limiter,
+            settings=watch_settings,
         ),
         Reflector(
             node_resource(node_name),
             connection.transport,
             agent.tracker.node,
             limiter=connection.limiter,
+            settings=watch_settings,
         ),
     ]
     with ExitStack() as stack:
