@@ -7,129 +7,23 @@ of the same objects: partial syncs must leave exactly what a full sync would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import pytest
+from agentrig import NODE, Harness, dataplanes
 from builders import endpoint_slice, service
 from loguru import logger
 
 from ipvsproxy import agent as agent_module
-from ipvsproxy.agent import Agent, AgentSettings
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.health import ProxyHealth
-from ipvsproxy.metrics import ProxyMetrics
+from ipvsproxy.dataplane.fake import FakeKernel
+from ipvsproxy.desired import DesiredSettings, desired_state
 from ipvsproxy.model import (
-    EndpointSlice,
-    IPAddress,
     IPFamily,
-    KernelState,
     Node,
     Service,
     ServicePort,
 )
 from ipvsproxy.operations import AddRealServer, AddVirtualServer
-from ipvsproxy.proxier import observe, sync
-
-NODE = NodeInfo(name="n1")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def now(self) -> float:
-        return self.t
-
-
-def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
-
-
-def kernel_state(kernel: FakeKernel) -> KernelState:
-    return observe(dataplanes(kernel), tuple(IPFamily))
-
-
-def without_draining(state: KernelState) -> KernelState:
-    """The state less the real servers at weight 0: a partial sync quiesces a leaving TCP
-    server (graceful termination), the next full sync deletes it once it is idle."""
-    return dataclasses.replace(
-        state,
-        real_servers={
-            key: {k: rs for k, rs in servers.items() if rs.weight}
-            for key, servers in state.real_servers.items()
-        },
-    )
-
-
-def reference(
-    services: Sequence[Service],
-    slices: Sequence[EndpointSlice],
-    local: frozenset[IPAddress] = frozenset(),
-) -> KernelState:
-    kernel = FakeKernel()
-    node = dataclasses.replace(NODE, local_addresses=local)
-    desired = desired_state(services, slices, node=node, settings=DesiredSettings())
-    assert sync(desired, dataplanes(kernel)).result.ok
-    return kernel_state(kernel)
-
-
-class Harness:
-    """An agent on a fake kernel and a fake clock, with the reflectors' calls at hand."""
-
-    def __init__(self, *, min_sync_period: float = 0.0, kernel: FakeKernel | None = None) -> None:
-        self.kernel = kernel or FakeKernel()
-        self.clock = FakeClock()
-        self.metrics = ProxyMetrics()
-        self.wall = 1000.0  # seconds since the epoch, for trigger times and health
-        self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
-        self.agent = Agent(
-            dataplanes(self.kernel),
-            AgentSettings(node=NODE, sync_period=30.0, min_sync_period=min_sync_period),
-            metrics=self.metrics,
-            health=self.health,
-            clock=self.clock,
-            wall_clock=lambda: self.wall,
-        )
-        self.tracker = self.agent.tracker
-        self.services: dict[str, Service] = {}
-        self.slices: dict[str, EndpointSlice] = {}
-
-    def start(self, services: Sequence[Service] = (), slices: Sequence[EndpointSlice] = ()) -> None:
-        self.services = {s.key: s for s in services}
-        self.slices = {s.key: s for s in slices}
-        self.tracker.services.replace(dict(self.services))
-        self.tracker.services.synced()
-        self.tracker.slices.replace(dict(self.slices))
-        self.tracker.slices.synced()
-
-    def put(self, obj: Service | EndpointSlice) -> None:
-        if isinstance(obj, Service):
-            self.services[obj.key] = obj
-            self.tracker.services.upsert(obj.key, obj)
-        else:
-            self.slices[obj.key] = obj
-            self.tracker.slices.upsert(obj.key, obj)
-
-    def remove(self, obj: Service | EndpointSlice) -> None:
-        if isinstance(obj, Service):
-            del self.services[obj.key]
-            self.tracker.services.delete(obj.key)
-        else:
-            del self.slices[obj.key]
-            self.tracker.slices.delete(obj.key)
-
-    def step(self) -> bool:
-        """What the worker does when woken: run a sync if one is due."""
-        return self.agent.runner.step()
-
-    def assert_in_step(self) -> None:
-        local = self.kernel.node_addresses("kube-ipvs0")
-        assert without_draining(kernel_state(self.kernel)) == reference(
-            list(self.services.values()), list(self.slices.values()), local
-        )
-
+from ipvsproxy.proxier import sync
 
 WEB = service("web", "10.96.0.10")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")
