@@ -393,3 +393,25 @@ def test_a_table_watch_sends_one_row_per_event_and_columns_once(
     assert first["object"]["kind"] == "Table" and first["object"]["columnDefinitions"]
     assert second["object"]["columnDefinitions"] is None
     assert [event["object"]["rows"][0]["cells"][0] for event in (first, second)] == ["a", "b"]
+
+
+def test_list_at_a_resource_version_with_a_limit_is_exact(
+    server: TestAPIServer, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_service("default", service("old"))
+    then = core.list_namespaced_service("default").metadata.resource_version
+    core.create_namespaced_service("default", service("new"))
+    core.delete_namespaced_service("old", "default")
+
+    exact = core.list_namespaced_service("default", limit=10, resource_version=then)
+    assert names(exact.items) == ["default/old"] and exact.metadata.resource_version == then
+    # Without a limit the answer is anything not older: the latest.
+    latest = core.list_namespaced_service("default", resource_version=then)
+    assert names(latest.items) == ["default/new"]
+    server.store.compact()
+    with pytest.raises(ApiException) as caught:
+        core.list_namespaced_service("default", limit=10, resource_version=then)
+    assert caught.value.status == 410
+    with pytest.raises(ApiException) as caught:
+        core.list_namespaced_service("default", resource_version="999999")
+    assert caught.value.status == 504

@@ -9,7 +9,9 @@ plain HTTP, by default on 127.0.0.1, so that the real `kubernetes` client and th
 - list with `limit` / `continue` (a continued list shows the first page's snapshot, 410
   Expired once the event log has been compacted past it), `labelSelector` (`=`, `==`,
   `!=`, `in`, `notin`, `key`, `!key`), `fieldSelector` (`=`, `!=` on any field path),
-  `resourceVersion=0` served "from the cache" (limit ignored, as through Kubernetes 1.32);
+  `resourceVersion` as the real API reads it without `resourceVersionMatch` (absent: the
+  latest; "0": from the cache, limit ignored, as through Kubernetes 1.32; N with a limit:
+  exactly at N, 410 once compacted; N without: not older than N);
 - watch (`watch=1`) as chunked newline-delimited JSON events, ADDED / MODIFIED / DELETED /
   BOOKMARK / ERROR, from a resourceVersion (replayed from a bounded event log; an older one
   gets an ERROR event with a 410 Expired Status), or without one (the current objects as

@@ -22,7 +22,7 @@ from ipvsproxy.testapi.patch import apply_patch
 from ipvsproxy.testapi.resources import ResourceType, by_path
 from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
 from ipvsproxy.testapi.status import ApiError, status_object
-from ipvsproxy.testapi.store import Event, Stored
+from ipvsproxy.testapi.store import Event, Stored, parse_resource_version
 from ipvsproxy.testapi.tables import table, wants_table
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _LIVENESS_CHECK: Final = 1.0  # seconds between checks that an idle watcher's cl
 
 class APIHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default 5 drops connections when many clients start at once
     allow_reuse_address = True
     api: TestAPIServer
 
@@ -301,15 +302,22 @@ class Handler(BaseHTTPRequestHandler):
             limit = int(query.get("limit") or 0)
         except ValueError:
             raise ApiError(400, f"invalid limit {query.get('limit')!r}") from None
+        at: int | None = None
         if rv_param == "0" and not token:
             limit = 0  # served from the watch cache, which ignores limit (as through 1.32)
         elif rv_param:
-            self.api.store.watch_position(rv_param)  # 410 / 504 checks as for a watch
+            # Without resourceVersionMatch: a page of a limited list is the state exactly at
+            # rv (410 once compacted); an unlimited list is anything not older, so the latest.
+            rv_wanted = parse_resource_version(rv_param)
+            at = rv_wanted if limit > 0 else None
+            if at is None and rv_wanted > self.api.store.resource_version:
+                raise ApiError(504, f"Timeout: Too large resource version: {rv_wanted}")
         items, rv, next_token = self.api.store.list_page(
             resource,
             namespace=namespace,
             limit=max(0, limit),
             continue_token=token,
+            at=at,
             match=_matcher(labels, fields),
         )
         if self.api.faults.take_empty_list():

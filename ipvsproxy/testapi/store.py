@@ -109,6 +109,11 @@ def encode_continue(rv: int, start: str) -> str:
     return base64.urlsafe_b64encode(_dumps(token)).decode().rstrip("=")
 
 
+def parse_resource_version(text: str) -> int:
+    """A resourceVersion query parameter; 400 when it is not one."""
+    return _parse_rv(text)
+
+
 def decode_continue(token: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -206,13 +211,15 @@ class Store:
         namespace: str | None = None,
         limit: int = 0,
         continue_token: str = "",
+        at: int | None = None,
         match: Callable[[Stored], bool] | None = None,
     ) -> tuple[list[Stored], int, str]:
         """A page of objects in key order: (items, list resourceVersion, continue token).
 
         A continued list shows the objects as they were at the first page's
-        resourceVersion, rebuilt from the event log; when the log no longer reaches back
-        that far the API's answer is 410 Expired.
+        resourceVersion, and a list `at` a resourceVersion the objects as they were then,
+        both rebuilt from the event log; when the log no longer reaches back that far the
+        API's answer is 410 Expired.
         """
         with self._cond:
             prefix = f"{namespace}/" if namespace and resource.namespaced else ""
@@ -224,7 +231,13 @@ class Store:
                     raise ApiError(400, "continue key is not valid: resourceVersion in the future")
                 keys = self._keys_at(resource, rv, start, prefix)
             else:
-                rv, start = self._rv, ""
+                rv, start = (self._rv if at is None else at), ""
+                if rv < self._horizon:
+                    raise ApiError(
+                        410, f"too old resource version: {rv} ({self._horizon})", reason="Expired"
+                    )
+                if rv > self._rv:
+                    raise _too_large(rv, self._rv)
                 keys = self._keys_at(resource, rv, "", prefix)
             items: list[Stored] = []
             last = ""
@@ -297,11 +310,7 @@ class Store:
                     reason="Expired",
                 )
             if rv > self._rv:
-                raise ApiError(
-                    504,
-                    f"Timeout: Too large resource version: {rv}, current: {self._rv}",
-                    reason="Timeout",
-                )
+                raise _too_large(rv, self._rv)
             return rv, None
 
     def snapshot(self, resource: ResourceType) -> tuple[list[Stored], int]:
@@ -566,6 +575,12 @@ def _parse_rv(text: str) -> int:
     if rv < 0:
         raise ApiError(400, f"invalid resource version: {text!r}")
     return rv
+
+
+def _too_large(rv: int, current: int) -> ApiError:
+    return ApiError(
+        504, f"Timeout: Too large resource version: {rv}, current: {current}", reason="Timeout"
+    )
 
 
 def _plural_group(resource: ResourceType) -> str:
