@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IP:PORT",
         help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)",
     )
+    run.add_argument(
+        "--dataplane",
+        choices=("kernel", "fake"),
+        default="kernel",
+        help="fake: program an in-memory kernel instead of this host's (a hollow agent for "
+        "control-plane scale tests; needs no privileges)",
+    )
     backend_option(run)
     verify = commands.add_parser(
         "verify",
@@ -344,24 +351,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         healthz_bind_address=_bind_flag(args.healthz_bind_address, DEFAULT_HEALTHZ_PORT),
         metrics_bind_address=_bind_flag(args.metrics_bind_address, DEFAULT_METRICS_PORT),
     )
+    settings = AgentSettings(
+        desired=_desired_settings(config),
+        node=node,
+        exclude_cidrs=config.exclude_cidrs,
+        sync_period=config.sync_period,
+        min_sync_period=config.min_sync_period,
+        drain_timeout=config.graceful_termination_timeout,
+    )
+    if args.dataplane == "fake":
+        from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+
+        # Everything but the kernel: no sysctls, no sockets, so that many share a machine.
+        kernel = FakeKernel()
+        dataplanes = Dataplanes(
+            ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
+        )
+        _check_scheduler(config, dataplanes)
+        return run_daemon(config, dataplanes, settings, master=args.master, traffic=kernel.stats)
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
         _check_scheduler(config, dataplanes)
         _kernel_settings(config, dataplanes)  # failures logged; the proxy runs on
         return run_daemon(
-            config,
-            dataplanes,
-            AgentSettings(
-                desired=_desired_settings(config),
-                node=node,
-                exclude_cidrs=config.exclude_cidrs,
-                sync_period=config.sync_period,
-                min_sync_period=config.min_sync_period,
-                drain_timeout=config.graceful_termination_timeout,
-            ),
-            master=args.master,
-            traffic=stats_socket.stats,
+            config, dataplanes, settings, master=args.master, traffic=stats_socket.stats
         )
 
 

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 from kubernetes import client, watch
@@ -240,6 +241,20 @@ def test_watch_sees_writes_made_while_it_is_open(
         else:
             stream.stop()
     assert seen == ["ADDED first", "ADDED second"]
+
+
+def test_bytes_sent_count_list_bodies_and_watch_events(
+    server: TestAPIServer, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_service("default", service("first"))
+    listed = urlopen(server.url + "/api/v1/services").read()
+    assert server.bytes_sent() == {"list": len(listed), "watch": 0}
+    events(core.list_service_for_all_namespaces, count=1, resource_version="0")
+    watched = server.bytes_sent()["watch"]
+    # One ADDED line carrying the object, nothing else.
+    assert watched > len(b'{"type":"ADDED","object":}')
+    state = json.loads(urlopen(server.url + "/testapi/state").read())
+    assert state["bytesSent"] == {"list": len(listed), "watch": watched}
 
 
 def test_watch_from_a_compacted_resource_version_is_410_expired(

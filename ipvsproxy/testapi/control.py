@@ -42,6 +42,7 @@ def control(api: TestAPIServer, method: str, action: str, args: object) -> Contr
                 "horizon": api.store.horizon,
                 "faults": api.faults.state(),
                 "counts": {r.plural: api.store.count(r) for r in resources.RESOURCES},
+                "bytesSent": api.bytes_sent(),
             }
         )
     if method != "POST":

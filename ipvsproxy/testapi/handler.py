@@ -347,6 +347,7 @@ class Handler(BaseHTTPRequestHandler):
                 b"]}",
             )
         )
+        self.api.count_sent("list", len(body))
         self._send(200, body)
 
     # --- watch ----------------------------------------------------------------------------------
@@ -457,6 +458,7 @@ class Handler(BaseHTTPRequestHandler):
             half = data[: max(1, len(data) // 2)]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
             raise _Cut()
+        self.api.count_sent("watch", len(data))
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _write_lines(self, lines: Iterable[bytes]) -> None:

@@ -45,6 +45,18 @@ class TestAPIServer:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._away_timer: threading.Timer | None = None
+        # Body bytes sent to clients by lists and by watch streams (scale benchmarks).
+        self._sent = {"list": 0, "watch": 0}
+        self._sent_lock = threading.Lock()
+
+    def bytes_sent(self) -> dict[str, int]:
+        """Body bytes sent so far by list answers and by watch streams."""
+        with self._sent_lock:
+            return dict(self._sent)
+
+    def count_sent(self, kind: str, size: int) -> None:
+        with self._sent_lock:
+            self._sent[kind] += size
 
     # --- life cycle -----------------------------------------------------------------------------
 

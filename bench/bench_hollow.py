@@ -1,0 +1,386 @@
+"""Hollow agents: many `ipvsproxy run --dataplane fake` against one test API server.
+
+    python bench/bench_hollow.py [--agents 10] [--services 10000] [--changes 300] [--rate 5]
+
+As kubemark's hollow kube-proxy: each agent is the whole node agent (reflectors, change
+tracker, partial and full syncs, /metrics) programming an in-memory kernel, so that many
+share one machine and load the control plane as many nodes would. The script
+
+1. writes a realistic cluster (bench/gen_cluster.py) and serves it with the test API
+   server (`python -m ipvsproxy.testapi`), in a process of its own;
+2. starts --agents agents, each its own process and node name, serving /metrics on its
+   own loopback address (127.0.1.N), and waits until each has synced once (cold start);
+3. changes one endpoint of a different EndpointSlice --rate times a second, --changes in
+   all, each slice stamped with endpoints.kubernetes.io/last-change-trigger-time = now;
+4. waits until every agent has programmed every change, then scrapes each agent's
+   kubeproxy_network_programming_duration_seconds (trigger time to the end of the sync
+   that applied it) and reads each agent's CPU time and RSS from /proc.
+
+It prints network programming latency p50 / p99 across agents (interpolated within the
+histogram's buckets, as Prometheus' histogram_quantile does, plus the exact share within
+1 s), per agent its cold start, CPU and RSS, and the API server's list and watch bytes
+per agent. It checks its own result: every agent must have observed exactly one latency
+per change, else it exits 1. All agents, the API server and this script share the
+machine's cores: on a shared machine the latencies include waiting for one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gen_cluster import build_realistic
+
+LATENCY = "kubeproxy_network_programming_duration_seconds"
+LAST_SYNC = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
+TICKS = os.sysconf("SC_CLK_TCK")
+NEW_PODS = ipaddress.ip_network("10.250.0.0/16")  # outside gen_cluster's pod network
+
+
+@dataclass
+class Agent:
+    index: int
+    process: subprocess.Popen[bytes]
+    address: str
+    started: float  # wall clock at launch
+    ready_after: float = 0.0  # seconds from launch to its first sync
+    cpu_ready: float = 0.0  # CPU seconds at that point
+    cpu: float = 0.0  # CPU seconds during the changes
+    rss: float = 0.0  # MiB after the changes
+    peak_rss: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    ipvs_messages: float = 0.0  # IPVS messages sent during the changes
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:10249/metrics"
+
+
+@dataclass
+class HollowResult:
+    agents: list[Agent]
+    changes: int
+    list_bytes: int  # sent by the API server for the agents' first lists
+    watch_bytes: int  # sent on watches while the changes were made
+    seconds: float  # how long making the changes took
+
+    def merged(self) -> dict[float, float]:
+        merged: dict[float, float] = {}
+        for agent in self.agents:
+            for le, count in agent.buckets.items():
+                merged[le] = merged.get(le, 0.0) + count
+        return merged
+
+
+class Failed(Exception):
+    """The run went wrong: an agent died, a change was lost, a wait timed out."""
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format, reduced to name -> [(labels, value)]."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels = dict(
+            (k, v.strip('"'))
+            for k, _, v in (p.partition("=") for p in rest.rstrip("}").split(",") if p)
+        )
+        found.setdefault(name, []).append((labels, float(value)))
+    return found
+
+
+def histogram(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> dict[float, float]:
+    return {float(labels["le"]): value for labels, value in metrics.get(f"{LATENCY}_bucket", [])}
+
+
+def ipvs_sent(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> float:
+    return sum(
+        value
+        for labels, value in metrics.get("ipvsproxy_netlink_messages_sent_total", [])
+        if labels.get("subsystem") == "ipvs"
+    )
+
+
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """histogram_quantile: linear interpolation within the bucket holding the quantile."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if not total:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1)
+        lower, below = le, count
+    return bounds[-1]
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def proc_rss(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as stream:
+        for line in stream:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def api_state(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/testapi/state", timeout=30) as response:
+        state: dict[str, Any] = json.loads(response.read())
+        return state
+
+
+def wait(condition: Any, timeout: float, what: str, pause: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise Failed(f"{what} not within {timeout:g} s")
+        time.sleep(pause)
+
+
+def start_api(cluster_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ipvsproxy.testapi", "-f", str(cluster_file)],
+            stdout=subprocess.PIPE,
+            stderr=stream,
+        )
+    assert process.stdout is not None
+    url = process.stdout.readline().decode().strip()
+    if not url.startswith("http"):
+        raise Failed(f"the test API server did not start (see {log})")
+    return process, url
+
+
+def start_agent(index: int, url: str, log: Path) -> Agent:
+    address = f"127.0.1.{index + 1}"
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from ipvsproxy.cli import main; sys.exit(main())",
+        "run",
+        "--dataplane=fake",
+        f"--master={url}",
+        f"--hostname-override=node-{index:04d}",
+        f"--metrics-bind-address={address}:10249",
+        f"--healthz-bind-address={address}:10256",
+    ]
+    started = time.time()
+    with log.open("wb") as stream:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stream)
+    return Agent(index, process, address, started)
+
+
+def synced_at(agent: Agent) -> float | None:
+    """When the agent last finished a sync (epoch seconds), None before its first."""
+    if agent.process.poll() is not None:
+        raise Failed(f"agent {agent.index} exited with {agent.process.returncode}")
+    try:
+        values = scrape(agent.metrics_url).get(LAST_SYNC, [])
+    except OSError:
+        return None
+    return values[0][1] if values and values[0][1] > 0 else None
+
+
+def changed_slice(obj: dict[str, Any], n: int) -> dict[str, Any]:
+    """The slice with its first endpoint moved to a new pod, stamped with the time now."""
+    new = copy.deepcopy(obj)
+    new["endpoints"][0]["addresses"] = [str(NEW_PODS[n + 1])]
+    # Ready, so that every change writes real servers whatever the endpoint was before.
+    new["endpoints"][0]["conditions"] = {"ready": True, "serving": True, "terminating": False}
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+    new["metadata"].setdefault("annotations", {})[TRIGGER] = now.replace("+00:00", "Z")
+    return new
+
+
+def run_hollow(
+    *,
+    agents: int,
+    services: int,
+    changes: int,
+    rate: float,
+    workdir: Path,
+    ready_timeout: float = 600.0,
+) -> HollowResult:
+    cluster = build_realistic(services)
+    cluster_file = workdir / "cluster.json"
+    cluster_file.write_text(json.dumps(cluster))
+    slices = [
+        item
+        for item in cluster["items"]
+        if item["kind"] == "EndpointSlice" and item["addressType"] == "IPv4" and item["endpoints"]
+    ]
+    if changes > len(slices):
+        raise Failed(f"{changes} changes need as many slices, there are {len(slices)}")
+    api, url = start_api(cluster_file, workdir / "api.log")
+    running: list[Agent] = []
+    try:
+        running = [start_agent(i, url, workdir / f"agent-{i}.log") for i in range(agents)]
+        for agent in running:
+            wait(
+                lambda a=agent: synced_at(a) is not None,
+                ready_timeout,
+                f"agent {agent.index}'s first sync",
+            )
+            agent.ready_after = (synced_at(agent) or 0.0) - agent.started
+            agent.cpu_ready = proc_cpu(agent.process.pid)
+        messages = {a.index: ipvs_sent(scrape(a.metrics_url)) for a in running}
+        sent_before = api_state(url)["bytesSent"]
+        host = url.split("//", 1)[1]
+        connection = http.client.HTTPConnection(host, timeout=30)
+        began = time.monotonic()
+        for n, obj in enumerate(slices[:changes]):
+            delay = began + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            meta = obj["metadata"]
+            path = (
+                f"/apis/discovery.k8s.io/v1/namespaces/{meta['namespace']}"
+                f"/endpointslices/{meta['name']}"
+            )
+            body = json.dumps(changed_slice(obj, n)).encode()
+            connection.request("PUT", path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise Failed(f"PUT {path}: {response.status}")
+        seconds = time.monotonic() - began
+        connection.close()
+
+        def all_programmed() -> bool:
+            for agent in running:
+                agent.buckets = histogram(scrape(agent.metrics_url))
+            return all(a.buckets.get(float("inf"), 0) >= changes for a in running)
+
+        wait(all_programmed, 120 + 10 * agents, "every agent programming every change", 1.0)
+        sent_after = api_state(url)["bytesSent"]
+        for agent in running:
+            agent.cpu = proc_cpu(agent.process.pid) - agent.cpu_ready
+            agent.ipvs_messages = ipvs_sent(scrape(agent.metrics_url)) - messages[agent.index]
+            agent.rss, agent.peak_rss = proc_rss(agent.process.pid)
+            if agent.buckets[float("inf")] != changes:
+                raise Failed(
+                    f"agent {agent.index} observed {agent.buckets[float('inf')]:.0f}"
+                    f" latencies for {changes} changes"
+                )
+        return HollowResult(
+            agents=running,
+            changes=changes,
+            list_bytes=sent_before["list"],
+            watch_bytes=sent_after["watch"] - sent_before["watch"],
+            seconds=seconds,
+        )
+    finally:
+        for process in [*(a.process for a in running), api]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*(a.process for a in running), api]:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if api.stdout is not None:
+            api.stdout.close()
+
+
+def report(result: HollowResult, services: int, rate: float) -> None:
+    agents = result.agents
+    n = len(agents)
+    merged = result.merged()
+    total = merged[float("inf")]
+    within = merged.get(1.0, 0.0) / total
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{n} hollow agents, {services} Services, {result.changes} endpoint changes at"
+        f" {rate:g}/s ({result.seconds:.1f} s)"
+    )
+    print(
+        f"network programming latency across agents: p50 {quantile(merged, 0.5):.2f} s,"
+        f" p99 {quantile(merged, 0.99):.2f} s, {within:.1%} within 1 s"
+        f" ({total:.0f} observations)"
+    )
+    worst = max(agents, key=lambda a: quantile(a.buckets, 0.99))
+    print(f"worst agent's p99 {quantile(worst.buckets, 0.99):.2f} s (agent {worst.index})")
+
+    def spread(values: list[float], fmt: str) -> str:
+        return (
+            f"median {statistics.median(values):{fmt}}, min {min(values):{fmt}},"
+            f" max {max(values):{fmt}}"
+        )
+
+    print(f"cold start (launch to first sync), s: {spread([a.ready_after for a in agents], '.1f')}")
+    print(f"CPU to the first sync, s: {spread([a.cpu_ready for a in agents], '.1f')}")
+    per_change = [a.cpu / result.changes * 1e3 for a in agents]
+    print(
+        f"CPU during the changes, s: {spread([a.cpu for a in agents], '.2f')}"
+        f" ({statistics.median(per_change):.1f} ms per change, median)"
+    )
+    print(f"RSS after the changes, MiB: {spread([a.rss for a in agents], '.0f')}")
+    print(f"peak RSS, MiB: {spread([a.peak_rss for a in agents], '.0f')}")
+    print(
+        f"API server bytes per agent: first lists {result.list_bytes / n / 2**20:.1f} MiB,"
+        f" watches during the changes {result.watch_bytes / n / 2**10:.0f} KiB"
+        f" ({result.watch_bytes / n / result.changes:.0f} B per change)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--changes", type=int, default=300, help="endpoint changes in all")
+    parser.add_argument("--rate", type=float, default=5.0, help="endpoint changes per second")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hollow-") as workdir:
+        try:
+            result = run_hollow(
+                agents=args.agents,
+                services=args.services,
+                changes=args.changes,
+                rate=args.rate,
+                workdir=Path(workdir),
+            )
+        except Failed as exc:
+            print(f"FAILED: {exc}")
+            raise SystemExit(1) from None
+        report(result, args.services, args.rate)
+
+
+if __name__ == "__main__":
+    main()
