@@ -1,18 +1,28 @@
-"""Controller time of one change in a big cluster: partial syncs against a full sync.
+"""Controller cost of a big cluster: cold start by stage, RSS, and one change at a time.
 
-    python bench/bench_agent.py [--sizes 1000,10000] [--changes 1000] [--endpoints 10]
+    python bench/bench_agent.py [--sizes 1000,10000,30000] [--changes 1000]
+                                [--profile realistic|uniform] [--endpoints 10]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
 messages, ipset entries as `ipset restore` lines, chains as iptables-restore payloads.
-Clusters come from bench/gen_cluster.py, decoded by the watch layer's converters, fed to
-the agent through its change tracker exactly as the reflectors do.
+Clusters come from bench/gen_cluster.py (the realistic, long-tailed profile by default),
+served as the API server's two list answers (JSON bytes).
 
-Per size it times, over --changes changes each (tracker call + sync, controller only):
-one endpoint changed in a random Service, one Service added (Service + slice), one
-deleted; and a full sync, cold (empty kernel) and steady (kernel already in step). It
-prints medians and p99, the ratio 10k/1k of the medians, and peak RSS; it checks its
-own result (the messages each change wrote) and exits 1 when they are wrong.
+Each size runs in a process of its own (so that its peak RSS is its own) and reports:
+
+- cold start, by stage, from the list answers to every message encoded: list+decode (JSON
+  parse and conversion, as the reflector reads a page), desired (every Service's state and
+  the merge), diff (observe the empty recorder, plan_sync), encode (apply_plan into the
+  recorder); then the agent's own cold sync from the decoded objects, as a cross-check;
+- peak RSS (the whole run) and steady RSS (after the cold start, the list answers
+  dropped, the agent holding its applied state), and again after the changes;
+- one endpoint changed in a random Service, one Service added (Service + slices), one
+  deleted: --changes each, tracker call + partial sync, controller only, p50 and p99.
+
+Every figure is given as wall time and this thread's CPU time: the machine may be shared,
+and then the wall time's tail is mostly waiting for a core. The script checks its own
+result (the messages each change wrote) and exits 1 when they are wrong.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -32,15 +44,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_cluster import build
+from gen_cluster import build, build_realistic
 
 from ipvsproxy.agent import Agent, AgentSettings
-from ipvsproxy.apply import Dataplanes
+from ipvsproxy.apply import Dataplanes, apply_plan
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
-from ipvsproxy.desired import NodeInfo, merge_service_states
+from ipvsproxy.desired import (
+    NodeInfo,
+    ServiceState,
+    index_slices,
+    merge_service_states,
+    service_state,
+)
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
 from ipvsproxy.model import (
     EndpointSlice,
@@ -58,7 +77,12 @@ from ipvsproxy.operations import (
     OperationFailure,
     RestoreChains,
 )
+from ipvsproxy.plan import plan_sync
+from ipvsproxy.proxier import observe
 from ipvsproxy.rules import JUMP_RULES, restore_payload
+
+NODE = "node-0001"  # this node: a few endpoints of the realistic profile run on it
+STAGES = ("list+decode", "desired", "diff", "encode")
 
 
 class Recorder:
@@ -159,21 +183,42 @@ class RecorderIptables:
         pass
 
 
-def cluster(services: int, endpoints: int) -> tuple[list[Service], list[EndpointSlice]]:
-    items = build(services, endpoints)["items"]
-    svcs = [s for s in (service_from_dict(i) for i in items if i["kind"] == "Service") if s]
-    slices = [
-        s for s in (endpoint_slice_from_dict(i) for i in items if i["kind"] == "EndpointSlice") if s
-    ]
-    return svcs, slices
+def dataplanes_of(recorder: Recorder) -> Dataplanes:
+    return Dataplanes(
+        ipvs=recorder, links=recorder, ipsets=recorder, iptables=RecorderIptables(recorder)
+    )
+
+
+def list_bodies(profile: str, services: int, endpoints: int) -> tuple[bytes, bytes]:
+    """The API server's answers to the two lists, one page each."""
+    cluster = build_realistic(services) if profile == "realistic" else build(services, endpoints)
+    bodies = []
+    for kind, api_version in (("Service", "v1"), ("EndpointSlice", "discovery.k8s.io/v1")):
+        document = {
+            "kind": f"{kind}List",
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": "1"},
+            "items": [i for i in cluster["items"] if i["kind"] == kind],
+        }
+        bodies.append(json.dumps(document).encode())
+    return bodies[0], bodies[1]
+
+
+def decode(body: bytes, convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """A list answer into model values by namespace/name, as the reflector reads a page."""
+    found = {}
+    for obj in json.loads(body)["items"]:
+        value = convert(obj)
+        if value is not None:
+            found[f"{value.namespace}/{value.name}"] = value
+    return found
 
 
 CPU: list[float] = []  # the CPU time of every timed() call, in order
 
 
 def timed(fn: Callable[[], Any]) -> float:
-    """Wall-clock seconds of fn(); its CPU seconds (this thread's) go to CPU. On a shared
-    machine the wall time's tail is mostly waiting for a core; CPU time is not."""
+    """Wall-clock seconds of fn(); its CPU seconds (this thread's) go to CPU."""
     cpu = time.thread_time()
     start = time.perf_counter()
     fn()
@@ -187,27 +232,91 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+def rss_mib() -> float:
+    """This process's resident set now."""
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def fail(message: str) -> None:
-    print(f"FAILED: {message}")
+    print(f"FAILED: {message}", file=sys.stderr)
     raise SystemExit(1)
 
 
-def bench_size(size: int, endpoints: int, changes: int, rng: random.Random) -> dict[str, Any]:
-    services, slices = cluster(size, endpoints)
+def ipvs_messages(state: ServiceState) -> int:
+    """IPVS messages that add a Service's whole state: each virtual server, its servers."""
+    return sum(1 + len(state.real_servers.get(key, {})) for key in state.virtual_servers)
+
+
+def cold_start(services_body: bytes, slices_body: bytes) -> dict[str, tuple[float, float]]:
+    """The first full sync from the two list answers, stage by stage: (wall, CPU) seconds.
+
+    The stages call what the reflectors and Agent._full call, in their order."""
+    stages: dict[str, tuple[float, float]] = {}
+    found: dict[str, Any] = {}
     recorder = Recorder()
-    dataplanes = Dataplanes(
-        ipvs=recorder, links=recorder, ipsets=recorder, iptables=RecorderIptables(recorder)
+    dataplanes = dataplanes_of(recorder)
+    settings = AgentSettings().desired
+    node = NodeInfo(name=NODE)
+
+    def stage(name: str, fn: Callable[[], Any]) -> None:
+        wall = timed(lambda: found.__setitem__(name, fn()))
+        stages[name] = (wall, CPU[-1])
+
+    def desired() -> KernelState:
+        services, slices = found["list+decode"]
+        by_service = index_slices(slices.values())
+        states = [
+            (key, service_state(s, by_service.get(key, ()), node=node, settings=settings))
+            for key, s in services.items()
+        ]
+        return merge_service_states(states, settings=settings)
+
+    with gc_paused():
+        stage(
+            "list+decode",
+            lambda: (
+                decode(services_body, service_from_dict),
+                decode(slices_body, endpoint_slice_from_dict),
+            ),
+        )
+        stage("desired", desired)
+        stage(
+            "diff",
+            lambda: plan_sync(
+                found["desired"], observe(dataplanes, tuple(found["desired"].iptables))
+            ),
+        )
+        stage("encode", lambda: apply_plan(found["diff"], dataplanes))
+    if not found["encode"].ok or recorder.ipvs.writes == 0:
+        fail("cold start: nothing encoded, or the recorder refused a message")
+    return stages
+
+
+def bench_size(
+    profile: str, size: int, endpoints: int, changes: int, rng: random.Random
+) -> dict[str, Any]:
+    services_body, slices_body = list_bodies(profile, size, endpoints)
+    gc.collect()
+    stages = cold_start(services_body, slices_body)
+    gc.collect()
+
+    services = decode(services_body, service_from_dict)
+    slices = decode(slices_body, endpoint_slice_from_dict)
+    list_bytes = len(services_body) + len(slices_body)
+    del services_body, slices_body
+    recorder = Recorder()
+    agent = Agent(
+        dataplanes_of(recorder), AgentSettings(node=NodeInfo(name=NODE), sync_period=3600.0)
     )
-    agent = Agent(dataplanes, AgentSettings(node=NodeInfo(name="node-1"), sync_period=3600.0))
     tracker = agent.tracker
-    tracker.services.replace({s.key: s for s in services})
-    tracker.slices.replace({s.key: s for s in slices})
+    tracker.services.replace(services)
+    tracker.slices.replace(slices)
     tracker.services.synced()
     tracker.slices.synced()
-
     gc.collect()
-    cold = [timed(agent.sync)]
-    cold_cpu = CPU[-1]
+    agent_cold = timed(agent.sync)
+    agent_cold_cpu = CPU[-1]
     if not (agent.last and agent.last.ok and agent.last.full):
         fail("cold full sync")
     # From now on the "kernel" holds what was applied.
@@ -224,17 +333,28 @@ def bench_size(size: int, endpoints: int, changes: int, rng: random.Random) -> d
             fail(
                 f"steady full sync wrote {agent.last.operations if agent.last else '?'} operations"
             )
-
     steady_cpu = statistics.median(CPU[mark:])
-    by_key = {s.key: s for s in slices if s.family is IPFamily.V4}
-    slice_keys = list(by_key)
+    cache = agent._cache  # rebuilt by each full sync
+    assert cache is not None
+    gc.collect()
+    steady_rss = rss_mib()
+
+    by_key = {k: s for k, s in slices.items() if s.family is IPFamily.V4 and s.endpoints}
+    slice_keys = sorted(by_key)
     endpoint_times: list[float] = []
     mark = len(CPU)
     for n in range(changes):
         key = rng.choice(slice_keys)
         old = by_key[key]
-        moved = dataclasses.replace(old.endpoints[0], address=old.endpoints[0].address + 2**20 + n)
+        first = old.endpoints[0]
+        moved = dataclasses.replace(first, address=first.address + 2**20 + n)
         new = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+        state = cache.states.get(old.service_key)
+        # One real server added and one taken out per virtual server that served it.
+        expected = 2 * sum(
+            any(k.address == first.address for k in servers)
+            for servers in (state.real_servers.values() if state else ())
+        )
         before = recorder.writes()
 
         def change(key: str = key, new: EndpointSlice = new) -> None:
@@ -244,108 +364,166 @@ def bench_size(size: int, endpoints: int, changes: int, rng: random.Random) -> d
         endpoint_times.append(timed(change))
         by_key[key] = new
         written = tuple(a - b for a, b in zip(recorder.writes(), before, strict=True))
-        # One real server added and one deleted per virtual server of the Service.
-        if not agent.last or agent.last.full or written[0] not in (2, 4) or any(written[1:]):
-            fail(f"endpoint change wrote {written}")
-
+        if not agent.last or agent.last.full or written[0] != expected or written[1]:
+            fail(f"endpoint change wrote {written}, expected {expected} IPVS messages")
     endpoint_cpu = CPU[mark:]
+
+    # A ClusterIP Service and its slices, copied under new names and a new cluster IP.
+    template = next(
+        s
+        for s in services.values()
+        if s.type == "ClusterIP" and not s.external_ips and len(s.cluster_ips) == 1
+    )
+    template_slices = [s for s in slices.values() if s.service_key == template.key]
     add_times: list[float] = []
     delete_times: list[float] = []
     mark = len(CPU)
-    template_service, template_slice = (
-        services[1],
-        by_key[f"{services[1].namespace}/{services[1].name}-ipv4-0"],
-    )
+    base = template.cluster_ips[0].__class__("10.95.0.0")
     for n in range(changes):
-        ip = template_service.cluster_ips[0] + 2**16 + n
         name = f"bench-{n}"
-        svc = dataclasses.replace(template_service, name=name, cluster_ips=(ip,))
-        eps = dataclasses.replace(template_slice, name=f"{name}-1", service_name=name)
+        svc = dataclasses.replace(template, name=name, cluster_ips=(base + n,))
+        eps = [
+            dataclasses.replace(s, name=f"{name}-{i}", service_name=name)
+            for i, s in enumerate(template_slices)
+        ]
         before = recorder.writes()
 
-        def add(svc: Service = svc, eps: EndpointSlice = eps) -> None:
+        def add(svc: Service = svc, eps: list[EndpointSlice] = eps) -> None:
             tracker.services.upsert(svc.key, svc)
-            tracker.slices.upsert(eps.key, eps)
+            for s in eps:
+                tracker.slices.upsert(s.key, s)
             agent.sync()
 
         add_times.append(timed(add))
         written = tuple(a - b for a, b in zip(recorder.writes(), before, strict=True))
-        if written[0] != 1 + endpoints or written[1] != 1 or written[3]:
+        state = cache.states[svc.key]
+        if written[0] != ipvs_messages(state) or written[1] != 1 or written[3]:
             fail(f"adding a Service wrote {written}")
         before = recorder.writes()
 
-        def delete(svc: Service = svc, eps: EndpointSlice = eps) -> None:
+        def delete(svc: Service = svc, eps: list[EndpointSlice] = eps) -> None:
             tracker.services.delete(svc.key)
-            tracker.slices.delete(eps.key)
+            for s in eps:
+                tracker.slices.delete(s.key)
             agent.sync()
 
         delete_times.append(timed(delete))
         written = tuple(a - b for a, b in zip(recorder.writes(), before, strict=True))
-        if written[0] != 1 or written[1] != 1 or written[3]:
+        if written[0] != len(state.virtual_servers) or written[1] != 1 or written[3]:
             fail(f"deleting a Service wrote {written}")
-
     change_cpu = CPU[mark:]
+    gc.collect()
     return {
-        "endpoint_cpu": endpoint_cpu,
-        "add_cpu": change_cpu[0::2],
-        "delete_cpu": change_cpu[1::2],
         "services": len(services),
-        "real_servers": sum(len(r) for r in cache.states.values() for r in r.real_servers.values()),
-        "cold": statistics.median(cold),
-        "cold_cpu": cold_cpu,
-        "steady_cpu": steady_cpu,
-        "steady": statistics.median(steady),
-        "endpoint": endpoint_times,
-        "add": add_times,
-        "delete": delete_times,
+        "slices": len(slices),
+        "endpoints": sum(len(s.endpoints) for s in slices.values()),
+        "list_mib": list_bytes / 2**20,
+        "real_servers": sum(
+            len(r) for st in cache.states.values() for r in st.real_servers.values()
+        ),
+        "stages": stages,
+        "agent_cold": (agent_cold, agent_cold_cpu),
+        "steady": (statistics.median(steady), steady_cpu),
+        "steady_rss": steady_rss,
+        "after_rss": rss_mib(),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "endpoint": (endpoint_times, endpoint_cpu),
+        "add": (add_times, change_cpu[0::2]),
+        "delete": (delete_times, change_cpu[1::2]),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", default="1000,10000", help="Services per cluster, comma-separated"
+def report(results: list[dict[str, Any]]) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall / CPU)")
+    print("cold start, seconds:")
+    print(
+        "{:>9} {:>9} {:>8} ".format("Services", "endpoints", "list MiB")
+        + " ".join(f"{s:>17}" for s in (*STAGES, "total", "agent's sync"))
     )
-    parser.add_argument("--changes", type=int, default=1000, help="changes timed per kind")
-    parser.add_argument("--endpoints", type=int, default=10, help="ready endpoints per Service")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    from loguru import logger
-
-    logger.remove()  # the agent's per-sync lines would dominate what is measured
-    rng = random.Random(args.seed)
-    results = [
-        bench_size(int(size), args.endpoints, args.changes, rng) for size in args.sizes.split(",")
-    ]
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    header = ("Services", "change", "median ms", "p99 ms", "CPU median", "CPU p99")
-    print("{:>9} {:<18} {:>10} {:>8} {:>10} {:>8}".format(*header))
+    for r in results:
+        stages = [r["stages"][s] for s in STAGES]
+        total = (sum(w for w, _ in stages), sum(c for _, c in stages))
+        cells = [*stages, total, tuple(r["agent_cold"])]
+        print(
+            f"{r['services']:>9} {r['endpoints']:>9} {r['list_mib']:>8.1f} "
+            + " ".join(f"{w:>8.2f} /{c:>7.2f}" for w, c in cells)
+        )
+    print("memory, MiB:")
+    print(
+        "{:>9} {:>10} {:>10} {:>14}".format("Services", "peak RSS", "steady RSS", "after changes")
+    )
+    for r in results:
+        print(
+            f"{r['services']:>9} {r['peak_rss']:>10.0f} {r['steady_rss']:>10.0f}"
+            f" {r['after_rss']:>14.0f}"
+        )
+    print("one change, ms (tracker call + partial sync):")
+    header = ("Services", "change", "p50 wall", "p99 wall", "p50 CPU", "p99 CPU")
+    print("{:>9} {:<18} {:>9} {:>9} {:>9} {:>9}".format(*header))
     for r in results:
         for label, key in (
             ("endpoint change", "endpoint"),
             ("Service added", "add"),
             ("Service deleted", "delete"),
         ):
-            wall, cpu = r[key], r[f"{key}_cpu"]
+            wall, cpu = r[key]
             print(
-                f"{r['services']:>9} {label:<18} {statistics.median(wall) * 1e3:>10.3f}"
-                f" {percentile(wall, 0.99) * 1e3:>8.3f}"
-                f" {statistics.median(cpu) * 1e3:>10.3f} {percentile(cpu, 0.99) * 1e3:>8.3f}"
+                f"{r['services']:>9} {label:<18} {statistics.median(wall) * 1e3:>9.3f}"
+                f" {percentile(wall, 0.99) * 1e3:>9.3f}"
+                f" {statistics.median(cpu) * 1e3:>9.3f} {percentile(cpu, 0.99) * 1e3:>9.3f}"
             )
-        for label, key in (("full sync, cold", "cold"), ("full sync, steady", "steady")):
-            print(
-                f"{r['services']:>9} {label:<18} {r[key] * 1e3:>10.1f} {'':>8}"
-                f" {r[key + '_cpu'] * 1e3:>10.1f}"
-            )
+        wall, cpu = r["steady"]
+        print(
+            f"{r['services']:>9} {'full sync, steady':<18} {wall * 1e3:>9.1f} {'':>9}"
+            f" {cpu * 1e3:>9.1f}"
+        )
     if len(results) > 1:
         small, big = results[0], results[-1]
         ratios = ", ".join(
-            f"{key} {statistics.median(big[key]) / statistics.median(small[key]):.2f}x"
+            f"{key} {statistics.median(big[key][1]) / statistics.median(small[key][1]):.2f}x"
             for key in ("endpoint", "add", "delete")
         )
-        print(f"median ratio {big['services']} / {small['services']} Services: {ratios}")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {rss:.0f} MiB")
+        print(f"CPU median ratio {big['services']} / {small['services']} Services: {ratios}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="1000,10000,30000", help="Services per cluster, comma-separated"
+    )
+    parser.add_argument("--changes", type=int, default=1000, help="changes timed per kind")
+    parser.add_argument(
+        "--profile", choices=("realistic", "uniform"), default="realistic", help="cluster mix"
+    )
+    parser.add_argument("--endpoints", type=int, default=10, help="uniform: endpoints per Service")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
+    args = parser.parse_args()
+    from loguru import logger
+
+    logger.remove()  # the agent's per-sync lines would dominate what is measured
+    if args.one:
+        result = bench_size(
+            args.profile, args.one, args.endpoints, args.changes, random.Random(args.seed)
+        )
+        print(json.dumps(result))
+        return
+    results = []
+    for size in args.sizes.split(","):
+        command = [
+            sys.executable,
+            __file__,
+            f"--one={size}",
+            f"--changes={args.changes}",
+            f"--profile={args.profile}",
+            f"--endpoints={args.endpoints}",
+            f"--seed={args.seed}",
+        ]
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(done.returncode)
+        results.append(json.loads(done.stdout.splitlines()[-1]))
+    report(results)
 
 
 if __name__ == "__main__":
