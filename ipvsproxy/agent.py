@@ -31,6 +31,7 @@ from ipvsproxy.desired import (
     ServiceState,
     merge_service_states,
     service_state,
+    settings_for_node,
     with_node_object,
 )
 from ipvsproxy.errors import IpvsProxyError
@@ -234,7 +235,10 @@ class Agent:
 
     def _desired_settings(self) -> tuple[NodeInfo, DesiredSettings]:
         node = with_node_object(self._settings.node, self.tracker.current_node())
-        return replace(node, local_addresses=self._local_addresses), self._settings.desired
+        # With detectLocalMode NodeCIDR the chains follow the Node's pod CIDRs; a Node
+        # change makes the sync full, which rewrites them.
+        settings = settings_for_node(self._settings.desired, node)
+        return replace(node, local_addresses=self._local_addresses), settings
 
     def _state(self, key: str, given: ServiceInput, node: NodeInfo) -> ServiceState | None:
         """One Service's desired state; None (logged) when computing it fails, so that one
@@ -256,6 +260,12 @@ class Agent:
     def _full(self, changes: Changes) -> SyncOutcome:
         self._local_addresses = self._dp.links.node_addresses(DUMMY_INTERFACE)
         node, settings = self._desired_settings()
+        if settings.masquerade.node_cidrs and not settings.masquerade.cluster_cidrs:
+            self._log.warning(
+                "detectLocalMode NodeCIDR: the Node has no spec.podCIDRs (yet); only "
+                "node traffic from service addresses is masqueraded until it has",
+                node=node.name,
+            )
         previous = self._cache.states if self._cache is not None else {}
         states: list[tuple[str, ServiceState]] = []
         gc.unfreeze()  # what the last full sync froze may be garbage now

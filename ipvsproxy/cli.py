@@ -24,7 +24,13 @@ from ipvsproxy.config import (
     load_config,
     with_overrides,
 )
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state, with_node_object
+from ipvsproxy.desired import (
+    DesiredSettings,
+    NodeInfo,
+    desired_state,
+    settings_for_node,
+    with_node_object,
+)
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.frontends import NodePortSettings
 from ipvsproxy.k8s.files import read_cluster
@@ -206,7 +212,7 @@ def _desired(
     elif local_addresses is None:
         local_addresses = _host_addresses()
     node = dataclasses.replace(node, local_addresses=local_addresses)
-    settings = _desired_settings(config)
+    settings = settings_for_node(_desired_settings(config), node)
     state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
     return state, config
 
@@ -217,7 +223,9 @@ def _desired_settings(config: ProxyConfig) -> DesiredSettings:
         masquerade=MasqueradeSettings(
             mark=config.masquerade_mark,
             masquerade_all=config.masquerade_all,
-            cluster_cidrs=config.cluster_cidrs,
+            cluster_cidrs=config.cluster_cidrs if config.detect_local_mode == "ClusterCIDR" else (),
+            local_interface=config.local_interface,
+            node_cidrs=config.detect_local_mode == "NodeCIDR",
         ),
         node_ports=NodePortSettings(
             networks=config.node_port_addresses, primary=config.node_port_primary
@@ -415,7 +423,7 @@ def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfi
         connection.close()
     node = _with_node_object(node, tuple(nodes.values()))
     node = dataclasses.replace(node, local_addresses=_host_addresses())
-    settings = _desired_settings(config)
+    settings = settings_for_node(_desired_settings(config), node)
     return desired_state(services.values(), slices.values(), node=node, settings=settings), config
 
 

@@ -40,6 +40,8 @@ _T = TypeVar("_T")
 
 API_VERSION: Final = "kubeproxy.config.k8s.io/v1alpha1"
 KIND: Final = "KubeProxyConfiguration"
+LOCAL_MODES: Final = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+_INTERFACE_NAME: Final = re.compile(r"[A-Za-z0-9._-]+")
 
 DEFAULT_METRICS_PORT: Final = 10249
 DEFAULT_API_QPS: Final = 5.0  # kube-proxy's clientConnection defaults
@@ -153,8 +155,21 @@ class ProxyConfig:
     """Bit of the packet mark that flags packets to SNAT, 0-31. Default 14 (0x4000)."""
 
     cluster_cidrs: tuple[IPNetwork, ...] = ()
-    """Pod networks, at most one per family; traffic from outside them to a cluster IP
-    is SNATed. Empty: only node-originated traffic from a service VIP is."""
+    """Pod networks, at most one per family; with detect_local_mode ClusterCIDR, traffic
+    from outside them to a cluster IP is SNATed. Empty: only node-originated traffic
+    from a service VIP is."""
+
+    detect_local_mode: str = "ClusterCIDR"
+    """How pod traffic is told from the rest (`detectLocalMode`): ClusterCIDR
+    (cluster_cidrs), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface (arrives on
+    bridge_interface) or InterfaceNamePrefix (on an interface named
+    interface_name_prefix...)."""
+
+    bridge_interface: str = ""
+    """`detectLocal.bridgeInterface`, for detect_local_mode BridgeInterface."""
+
+    interface_name_prefix: str = ""
+    """`detectLocal.interfaceNamePrefix`, for detect_local_mode InterfaceNamePrefix."""
 
     # -- NodePorts (`nodePortAddresses`)
 
@@ -215,6 +230,35 @@ class ProxyConfig:
         if not _one_per_family(self.cluster_cidrs):
             shown = ",".join(str(network) for network in self.cluster_cidrs)
             raise ConfigError(f"cluster_cidrs: at most one network per IP family, got {shown}")
+        self._check_detect_local()
+
+    def _check_detect_local(self) -> None:
+        mode = self.detect_local_mode
+        if mode not in LOCAL_MODES:
+            raise ConfigError(
+                f"detect_local_mode: must be one of {', '.join(LOCAL_MODES)}, got {mode!r}"
+            )
+        # iptables takes at most IFNAMSIZ-1 characters, "+" of a prefix included.
+        for name, value, wanted, longest in (
+            ("bridge_interface", self.bridge_interface, "BridgeInterface", 15),
+            ("interface_name_prefix", self.interface_name_prefix, "InterfaceNamePrefix", 14),
+        ):
+            if mode == wanted and not value:
+                raise ConfigError(f"{name}: must be set with detect_local_mode {wanted}")
+            if value and (len(value) > longest or not _INTERFACE_NAME.fullmatch(value)):
+                raise ConfigError(
+                    f"{name}: not an interface name of at most {longest} characters "
+                    f"(letters, digits, '.', '-', '_'), got {value!r}"
+                )
+
+    @property
+    def local_interface(self) -> str:
+        """The `-i` match of an interface detector ("" for the CIDR ones)."""
+        if self.detect_local_mode == "BridgeInterface":
+            return self.bridge_interface
+        if self.detect_local_mode == "InterfaceNamePrefix":
+            return self.interface_name_prefix + "+"
+        return ""
 
     @property
     def masquerade_mark(self) -> int:
@@ -401,7 +445,6 @@ _KNOWN_FIELDS: Final[Mapping[str, frozenset[str]]] = {
 }
 
 _SUPPORTED_MODES: Final = frozenset({"", "ipvs"})
-_SUPPORTED_LOCAL_MODES: Final = frozenset({"", "ClusterCIDR"})
 _NODE_PORT_KEYWORDS: Final[Mapping[str, tuple[IPNetwork, ...]]] = {
     "all": (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0")),
     "localhost": (ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv6Network("::1/128")),
@@ -484,13 +527,7 @@ class _Reader:
                 source=self._source,
                 mode=mode,
             )
-        local_mode = self._str("detectLocalMode", "")
-        if local_mode not in _SUPPORTED_LOCAL_MODES:
-            logger.warning(
-                "{source}: detectLocalMode {mode!r} is not implemented, clusterCIDR is used",
-                source=self._source,
-                mode=local_mode,
-            )
+        local_mode, bridge, prefix = self._detect_local()
 
         bind = self._str("bindAddress", "") or "0.0.0.0"
         try:
@@ -518,6 +555,9 @@ class _Reader:
             masquerade_all=self._bool("iptables.masqueradeAll"),
             masquerade_bit=self._masquerade_bit(),
             cluster_cidrs=self._cluster_cidrs(),
+            detect_local_mode=local_mode,
+            bridge_interface=bridge,
+            interface_name_prefix=prefix,
             node_port_addresses=node_port_addresses,
             node_port_primary=node_port_primary,
             metrics_bind_address=self._bind(
@@ -542,6 +582,27 @@ class _Reader:
         if seconds < 0:
             raise self._fail(path, self._get(path), "must be >= 0")
         return seconds
+
+    def _detect_local(self) -> tuple[str, str, str]:
+        # kube-proxy's defaulting and validation: "" is ClusterCIDR; the interface
+        # modes need their field.
+        mode = self._str("detectLocalMode", "") or "ClusterCIDR"
+        if mode not in LOCAL_MODES:
+            raise self._fail("detectLocalMode", mode, f"must be one of {', '.join(LOCAL_MODES)}")
+        found = []
+        for path, wanted, longest in (
+            ("detectLocal.bridgeInterface", "BridgeInterface", 15),
+            ("detectLocal.interfaceNamePrefix", "InterfaceNamePrefix", 14),
+        ):
+            value = self._str(path, "")
+            if mode == wanted and not value:
+                raise self._fail(path, value, f"must be set with detectLocalMode {wanted}")
+            if value and (len(value) > longest or not _INTERFACE_NAME.fullmatch(value)):
+                raise self._fail(
+                    path, value, f"not an interface name of at most {longest} characters"
+                )
+            found.append(value)
+        return mode, found[0], found[1]
 
     def _sync_periods(self) -> tuple[float, float]:
         # Newer files set syncPeriod / minSyncPeriod at the top level; the ipvs section's

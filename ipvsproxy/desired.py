@@ -82,6 +82,23 @@ def with_node_object(node: NodeInfo, obj: Node | None) -> NodeInfo:
     )
 
 
+def settings_for_node(settings: DesiredSettings, node: NodeInfo) -> DesiredSettings:
+    """settings with detectLocalMode NodeCIDR resolved: the local traffic detector takes
+    the Node's spec.podCIDRs, the first of each family as kube-proxy does. A Node without
+    them leaves no detector (only VIP-sourced node traffic masqueraded) until it gets them;
+    kube-proxy instead waits for them at start and exits when they change."""
+    masquerade = settings.masquerade
+    if not masquerade.node_cidrs:
+        return settings
+    first: dict[int, IPNetwork] = {}
+    for cidr in node.pod_cidrs:
+        first.setdefault(cidr.version, cidr)
+    cidrs = tuple(first[version] for version in sorted(first))
+    if cidrs == masquerade.cluster_cidrs:
+        return settings
+    return replace(settings, masquerade=replace(masquerade, cluster_cidrs=cidrs))
+
+
 def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
     """EndpointSlices grouped by the "namespace/name" of their Service."""
     by_service: dict[str, list[EndpointSlice]] = defaultdict(list)

@@ -89,12 +89,22 @@ SET_RULES: tuple[SetRule, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class MasqueradeSettings:
-    """What decides which ClusterIP traffic is masqueraded."""
+    """What decides which ClusterIP traffic is masqueraded: kube-proxy's local traffic
+    detector (detectLocalMode) tells pod traffic, which is not, from the rest, which is.
+
+    - cluster_cidrs: pod networks, at most one per family (ClusterCIDR, and NodeCIDR once
+      the Node's spec.podCIDRs are filled in: see desired.settings_for_node);
+    - local_interface: pods' traffic arrives on this interface, an iptables `-i` argument
+      ("cbr0" for BridgeInterface, "veth+" for InterfaceNamePrefix "veth"); both families;
+    - node_cidrs: NodeCIDR mode, cluster_cidrs come from the Node object.
+    Without a detector only node-originated traffic from a service VIP is masqueraded.
+    """
 
     mark: int = 0x4000
     masquerade_all: bool = False
-    # Pod CIDRs of this family; traffic from outside them is masqueraded.
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+    local_interface: str = ""
+    node_cidrs: bool = False
 
 
 _UNQUOTED = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -174,10 +184,15 @@ def build_ruleset(
         own_cidrs = [c for c in masquerade.cluster_cidrs if IPFamily.of(c) is family]
         if masquerade.masquerade_all:
             nat["KUBE-SERVICES"].append(f"{match} dst,dst -j KUBE-MARK-MASQ")
+        elif masquerade.local_interface:
+            # kube-proxy's interface detectors; iptables-save prints "! -i" before matches.
+            nat["KUBE-SERVICES"].append(
+                f"! -i {masquerade.local_interface} {match} dst,dst -j KUBE-MARK-MASQ"
+            )
         elif own_cidrs:
-            # kube-proxy's local detector: traffic not from a pod is masqueraded.
-            for cidr in own_cidrs:
-                nat["KUBE-SERVICES"].append(f"! -s {cidr} {match} dst,dst -j KUBE-MARK-MASQ")
+            # kube-proxy's CIDR detectors (one CIDR per family): traffic not from a pod is
+            # masqueraded.
+            nat["KUBE-SERVICES"].append(f"! -s {own_cidrs[0]} {match} dst,dst -j KUBE-MARK-MASQ")
         else:
             # Without a detector only node-originated traffic from a VIP source is marked.
             nat["KUBE-SERVICES"].append(f"{match} src,dst -j KUBE-MARK-MASQ")

@@ -62,7 +62,13 @@ def reference(
 class Harness:
     """An agent on a fake kernel and a fake clock, with the reflectors' calls at hand."""
 
-    def __init__(self, *, min_sync_period: float = 0.0, kernel: FakeKernel | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        min_sync_period: float = 0.0,
+        kernel: FakeKernel | None = None,
+        desired: DesiredSettings | None = None,
+    ) -> None:
         self.kernel = kernel or FakeKernel()
         self.clock = FakeClock()
         self.metrics = ProxyMetrics()
@@ -70,7 +76,12 @@ class Harness:
         self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
         self.agent = Agent(
             dataplanes(self.kernel),
-            AgentSettings(node=NODE, sync_period=30.0, min_sync_period=min_sync_period),
+            AgentSettings(
+                desired=desired or DesiredSettings(),
+                node=NODE,
+                sync_period=30.0,
+                min_sync_period=min_sync_period,
+            ),
             metrics=self.metrics,
             health=self.health,
             clock=self.clock,

@@ -24,6 +24,7 @@ from ipvsproxy.model import (
 )
 from ipvsproxy.operations import AddRealServer, AddVirtualServer
 from ipvsproxy.proxier import sync
+from ipvsproxy.rules import MasqueradeSettings
 
 WEB = service("web", "10.96.0.10")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")
@@ -233,6 +234,34 @@ def test_node_change_makes_a_full_sync_and_sets_eligibility() -> None:
     h.step()
     assert h.agent.last is not None and h.agent.last.full
     assert h.health.healthz()[0] == 503
+
+
+def test_node_cidr_masquerade_rule_follows_the_node_object() -> None:
+    import ipaddress
+
+    def masquerade_rules() -> list[str]:
+        rules = h.kernel.read_rules(IPFamily.V4).tables["nat"]["KUBE-SERVICES"]
+        return [rule for rule in rules if "KUBE-CLUSTER-IP" in rule and "MARK-MASQ" in rule]
+
+    h = Harness(desired=DesiredSettings(masquerade=MasqueradeSettings(node_cidrs=True)))
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    # No Node yet: no detector, only VIP-sourced node traffic is masqueraded.
+    assert [r.split(" -j")[0].endswith("src,dst") for r in masquerade_rules()] == [True]
+    pods = (ipaddress.ip_network("10.244.3.0/24"), ipaddress.ip_network("fd00:3::/64"))
+    h.tracker.node.replace({"n1": Node(name="n1", pod_cidrs=pods)})
+    h.tracker.node.synced()
+    h.step()
+    assert h.agent.last is not None and h.agent.last.full and h.agent.last.ok
+    (rule,) = masquerade_rules()
+    assert rule.startswith("! -s 10.244.3.0/24 ") and "dst,dst -j KUBE-MARK-MASQ" in rule
+    # A partial sync that empties and refills the cluster IP set keeps the Node's CIDR.
+    h.remove(WEB)
+    h.step()
+    h.put(WEB)
+    h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    assert masquerade_rules() == [rule]
 
 
 def test_metrics_and_health_follow_the_syncs() -> None:

@@ -141,6 +141,44 @@ def test_config_scheduler_cluster_cidr_and_mark(
     assert "somethingNew" in err
 
 
+@pytest.mark.parametrize(
+    ("mode", "node", "expected"),
+    [
+        ("detectLocalMode: NodeCIDR", "node-1", "! -s 10.244.3.0/24 -m comment"),  # the Node's
+        ("detectLocalMode: NodeCIDR", "other", "KUBE-CLUSTER-IP src,dst"),  # no Node: none
+        (
+            "detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cbr0}",
+            "node-1",
+            "! -i cbr0 -m comment",
+        ),
+        (
+            "detectLocalMode: InterfaceNamePrefix\ndetectLocal: {interfaceNamePrefix: cali}",
+            "node-1",
+            "! -i cali+ -m comment",
+        ),
+    ],
+)
+def test_detect_local_modes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, node: str, expected: str
+) -> None:
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        GOOD + "---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n"
+        "spec: {podCIDR: 10.244.3.0/24, podCIDRs: [10.244.3.0/24]}\n"
+    )
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        f"clusterCIDR: 10.0.0.0/8\nhostnameOverride: {node}\n{mode}\n"
+    )
+    code, out, _ = run(
+        capsys, "plan", "-f", str(cluster), "--config", str(config), "--section", "iptables"
+    )
+    assert code == EXIT_OK
+    assert expected in out
+    assert "10.0.0.0/8" not in out  # clusterCIDR is for mode ClusterCIDR only
+
+
 def test_example_cluster_plans(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).parents[1] / "deploy" / "demo" / "cluster.yaml"
     code, out, _ = run(capsys, "plan", "-f", str(example), "--section", "addresses")

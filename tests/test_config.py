@@ -145,6 +145,29 @@ def test_configmap_without_a_configuration(tmp_path: Path) -> None:
             ),
         ),
         ({"clusterCIDR": "10.0.0.1/8"}, "cluster_cidrs", (ip_network("10.0.0.0/8"),)),
+        ({}, "detect_local_mode", "ClusterCIDR"),
+        ({"detectLocalMode": ""}, "detect_local_mode", "ClusterCIDR"),  # kube-proxy's default
+        ({"detectLocalMode": "NodeCIDR"}, "detect_local_mode", "NodeCIDR"),
+        ({"detectLocalMode": "NodeCIDR"}, "local_interface", ""),
+        (
+            {"detectLocalMode": "BridgeInterface", "detectLocal": {"bridgeInterface": "cbr0"}},
+            "local_interface",
+            "cbr0",
+        ),
+        (
+            {
+                "detectLocalMode": "InterfaceNamePrefix",
+                "detectLocal": {"interfaceNamePrefix": "veth"},
+            },
+            "local_interface",
+            "veth+",
+        ),
+        # The other mode's field is kept but not used.
+        (
+            {"detectLocalMode": "ClusterCIDR", "detectLocal": {"bridgeInterface": "cbr0"}},
+            "local_interface",
+            "",
+        ),
         ({"nodePortAddresses": ["primary"]}, "node_port_primary", True),
         ({"nodePortAddresses": ["primary"]}, "node_port_all_addresses", False),
         ({"nodePortAddresses": ["all"]}, "node_port_all_addresses", True),
@@ -218,6 +241,23 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         "clusterCIDR: invalid value '10.0.0.0/8,fd00::/48,10.1.0.0/16': at most one CIDR",
     ),
     ({"nodePortAddresses": ["eth0"]}, "nodePortAddresses[0]: invalid value 'eth0': not a CIDR"),
+    ({"detectLocalMode": "Magic"}, "detectLocalMode: invalid value 'Magic': must be one of"),
+    (
+        {"detectLocalMode": "BridgeInterface"},
+        "detectLocal.bridgeInterface: invalid value '': must be set with detectLocalMode",
+    ),
+    (
+        {"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {}},
+        "detectLocal.interfaceNamePrefix: invalid value '': must be set with detectLocalMode",
+    ),
+    (
+        {"detectLocal": {"interfaceNamePrefix": "a-very-long-name"}},
+        "detectLocal.interfaceNamePrefix: invalid value 'a-very-long-name': not an interface",
+    ),
+    (
+        {"detectLocal": {"bridgeInterface": "br 0"}},
+        "detectLocal.bridgeInterface: invalid value 'br 0': not an interface name",
+    ),
     ({"metricsBindAddress": "localhost:10249"}, "metricsBindAddress: invalid value 'localhost"),
     ({"metricsBindAddress": "1.2.3.4:0"}, "metricsBindAddress: invalid value '1.2.3.4:0'"),
     ({"healthzBindAddress": "::1:10256"}, "healthzBindAddress: invalid value '::1:10256'"),
@@ -286,10 +326,6 @@ def test_unknown_fields_are_warned_by_name(warnings_logged: list[str]) -> None:
     [
         ({"mode": "iptables"}, "kpc.yaml: mode 'iptables' ignored: only ipvs mode is implemented"),
         ({"mode": "nftables"}, "kpc.yaml: mode 'nftables' ignored: only ipvs mode is implemented"),
-        (
-            {"detectLocalMode": "NodeCIDR"},
-            "kpc.yaml: detectLocalMode 'NodeCIDR' is not implemented, clusterCIDR is used",
-        ),
     ],
 )
 def test_warned_settings(fields: dict[str, Any], warning: str, warnings_logged: list[str]) -> None:
@@ -398,6 +434,12 @@ def test_with_overrides() -> None:
         ({"scheduler": ""}, "scheduler: must not be empty"),
         ({"api_burst": 0}, "api_burst: must be >= 1, got 0"),
         ({"api_qps": float("nan")}, "api_qps: must be a finite number, got nan"),
+        ({"detect_local_mode": "nodecidr"}, "detect_local_mode: must be one of ClusterCIDR,"),
+        (
+            {"detect_local_mode": "BridgeInterface"},
+            "bridge_interface: must be set with detect_local_mode BridgeInterface",
+        ),
+        ({"interface_name_prefix": "veth+"}, "interface_name_prefix: not an interface name"),
         (
             {"cluster_cidrs": (ip_network("10.0.0.0/8"), ip_network("10.1.0.0/16"))},
             "cluster_cidrs: at most one network per IP family, got 10.0.0.0/8,10.1.0.0/16",
