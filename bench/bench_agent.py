@@ -2,6 +2,7 @@
 
     python bench/bench_agent.py [--sizes 1000,10000,30000] [--changes 1000]
                                 [--profile realistic|uniform] [--endpoints 10]
+                                [--baseline TREE]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
@@ -497,6 +498,12 @@ def main() -> None:
     )
     parser.add_argument("--endpoints", type=int, default=10, help="uniform: endpoints per Service")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="also run with the ipvsproxy package in TREE (e.g. `git archive main ipvsproxy`"
+        " unpacked there), alternating, and print the ratios",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
     args = parser.parse_args()
     from loguru import logger
@@ -508,22 +515,59 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
-    results = []
+    runs: dict[str, list[dict[str, Any]]] = {"": []}
+    if args.baseline:
+        runs[args.baseline] = []
     for size in args.sizes.split(","):
-        command = [
-            sys.executable,
-            __file__,
-            f"--one={size}",
-            f"--changes={args.changes}",
-            f"--profile={args.profile}",
-            f"--endpoints={args.endpoints}",
-            f"--seed={args.seed}",
+        for source, results in runs.items():  # alternating: both see the same load
+            command = [
+                sys.executable,
+                *(("-c", _FROM_SOURCE, source) if source else ()),
+                __file__,
+                f"--one={size}",
+                f"--changes={args.changes}",
+                f"--profile={args.profile}",
+                f"--endpoints={args.endpoints}",
+                f"--seed={args.seed}",
+            ]
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(done.returncode)
+            results.append(json.loads(done.stdout.splitlines()[-1]))
+    for source, results in runs.items():
+        if args.baseline:
+            print(f"== {source or 'this tree'}")
+        report(results)
+    if args.baseline:
+        compare(runs[""], runs[args.baseline])
+
+
+# Runs this script with the ipvsproxy package of another source tree (an export of main,
+# say), ahead of the installed one: argv is [-c, tree, script, options...].
+_FROM_SOURCE = """
+import runpy, sys
+tree, script = sys.argv[1], sys.argv[2]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, tree)
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
+    """Ratios of CPU medians and RSS, this tree over the baseline (below 1: better)."""
+    print("this tree / baseline (CPU time; below 1.00 is better):")
+    for a, b in zip(new, old, strict=True):
+        cells = [
+            f"{s} {a['stages'][s][1] / b['stages'][s][1]:.2f}" for s in STAGES if b["stages"][s][1]
         ]
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-        if done.returncode:
-            raise SystemExit(done.returncode)
-        results.append(json.loads(done.stdout.splitlines()[-1]))
-    report(results)
+        for key in ("endpoint", "add", "delete"):
+            ratio = statistics.median(a[key][1]) / statistics.median(b[key][1])
+            p99 = percentile(a[key][1], 0.99) / percentile(b[key][1], 0.99)
+            cells.append(f"{key} p50 {ratio:.2f} p99 {p99:.2f}")
+        cells.append(f"steady RSS {a['steady_rss'] / b['steady_rss']:.2f}")
+        cells.append(f"peak RSS {a['peak_rss'] / b['peak_rss']:.2f}")
+        print(f"{a['services']:>9}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":

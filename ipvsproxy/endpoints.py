@@ -87,12 +87,16 @@ def _target_port(endpoint_slice: EndpointSlice, port: ServicePort) -> int:
     return 0
 
 
+_Entry = tuple[RealServerKey, tuple[Endpoint, RealServer]]
+
+
 def _collect(
     port: ServicePort, family: IPFamily, slices: Sequence[EndpointSlice]
-) -> dict[RealServerKey, tuple[Endpoint, int]]:
-    """Every endpoint of the port, deduplicated by ip:port. As kube-proxy's slice cache
-    does, slices are taken in name order and a later duplicate replaces an earlier one."""
-    found: dict[RealServerKey, tuple[Endpoint, int]] = {}
+) -> dict[RealServerKey, tuple[Endpoint, RealServer]]:
+    """Every endpoint of the port with its real server, deduplicated by ip:port. As
+    kube-proxy's slice cache does, slices are taken in name order and a later duplicate
+    replaces an earlier one."""
+    found: dict[RealServerKey, tuple[Endpoint, RealServer]] = {}
     ordered = slices if len(slices) < 2 else sorted(slices, key=lambda s: s.name)
     for endpoint_slice in ordered:
         if endpoint_slice.family is not family:
@@ -101,7 +105,8 @@ def _collect(
         if not target:
             continue
         for endpoint in endpoint_slice.endpoints:
-            found[RealServerKey(endpoint.address, target)] = (endpoint, target)
+            address = endpoint.address
+            found[RealServerKey(address, target)] = (endpoint, RealServer(address, target))
     return found
 
 
@@ -130,16 +135,14 @@ def select_endpoints(
     if not found:
         return NO_ENDPOINTS
     entries = list(found.items())
-    ready = [endpoint for _, (endpoint, _) in entries if endpoint.ready]
+    ready = [endpoint for endpoint, _ in found.values() if endpoint.ready]
     mode = _topology_filter(ready, node_name, zone)
     name = node_name
 
-    def servers(keep: list[tuple[RealServerKey, tuple[Endpoint, int]]]) -> Servers:
-        return {key: RealServer(endpoint.address, target) for key, (endpoint, target) in keep}
+    def servers(keep: list[_Entry]) -> Servers:
+        return {key: server for key, (_, server) in keep}
 
-    def fallback(
-        candidates: list[tuple[RealServerKey, tuple[Endpoint, int]]],
-    ) -> list[tuple[RealServerKey, tuple[Endpoint, int]]]:
+    def fallback(candidates: list[_Entry]) -> list[_Entry]:
         usable = [item for item in candidates if item[1][0].ready]
         if usable:
             return usable
@@ -147,15 +150,21 @@ def select_endpoints(
 
     # A topology mode implies a ready endpoint for this node or zone: no fallback needed.
     if mode == "node":
-        cluster = [item for item in entries if item[1][0].ready and name in item[1][0].node_hints]
+        cluster = servers(
+            [item for item in entries if item[1][0].ready and name in item[1][0].node_hints]
+        )
     elif mode == "zone":
-        cluster = [item for item in entries if item[1][0].ready and zone in item[1][0].zone_hints]
+        cluster = servers(
+            [item for item in entries if item[1][0].ready and zone in item[1][0].zone_hints]
+        )
+    elif len(ready) == len(entries):  # the usual case: every endpoint ready
+        cluster = {key: server for key, (_, server) in entries}
     else:
-        cluster = fallback(entries)
+        cluster = servers(fallback(entries))
     on_node = [item for item in entries if name and item[1][0].node_name == name]
     return PortEndpoints(
-        cluster=servers(cluster),
+        cluster=cluster,
         local=servers(fallback(on_node)),
-        hairpin=tuple((endpoint.address, target) for _, (endpoint, target) in on_node),
-        serving=frozenset(endpoint.address for _, (endpoint, _) in entries if endpoint.serving),
+        hairpin=tuple((server.address, server.port) for _, (_, server) in on_node),
+        serving=frozenset(endpoint.address for endpoint, _ in found.values() if endpoint.serving),
     )

@@ -278,20 +278,25 @@ class RealServerKey:
     address: IPAddress
     port: int
     _hash: int = field(init=False, repr=False, compare=False)  # see VirtualServerKey
+    # The address as a number (the very int object the address holds, so nearly free):
+    # a partial sync compares thousands of keys, and ipaddress compares in Python.
+    _number: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        hashed = hash((int(self.address), self.address.version, self.port))
-        object.__setattr__(self, "_hash", hashed)
+        number = int(self.address)
+        object.__setattr__(self, "_number", number)
+        object.__setattr__(self, "_hash", hash((number, self.address.version, self.port)))
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, RealServerKey)
+            type(other) is RealServerKey
             and self._hash == other._hash
+            and self._number == other._number
             and self.port == other.port
-            and self.address == other.address
+            and type(self.address) is type(other.address)
         )
 
     def sort_key(self) -> tuple[int, int, int]:

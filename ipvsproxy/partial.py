@@ -305,15 +305,22 @@ def _ipvs_operations(
         old_server, current = old_entry
         if not server.same_settings(old_server):
             adds.append(UpdateVirtualServer(server))
-        for rs_key, rs in wanted.items():
-            have = current.get(rs_key)
-            if have is None:
-                adds.append(AddRealServer(vs_key, rs))
-            elif have != rs:
-                adds.append(UpdateRealServer(vs_key, rs))
+        if wanted is not current:
+            for rs_key, rs in wanted.items():
+                have = current.get(rs_key)
+                if have is None:
+                    adds.append(AddRealServer(vs_key, rs))
+                elif have is not rs and _settings_differ(have, rs):
+                    adds.append(UpdateRealServer(vs_key, rs))
         for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key()):
             real_server_deletes += real_server_removed(vs_key, current[rs_key])
     return adds + real_server_deletes + deletes
+
+
+def _settings_differ(have: RealServer, wanted: RealServer) -> bool:
+    """RealServer's `!=` for two servers under one key (so same address and port), without
+    comparing the addresses again: thousands of them per change of a big Service."""
+    return have.weight != wanted.weight or have.forward is not wanted.forward
 
 
 def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import pytest
 
 from ipvsproxy.errors import InvalidObject
+from ipvsproxy.k8s import objects
 from ipvsproxy.k8s.objects import (
+    SERVICE_NAME_LABEL,
     endpoint_slice_from_dict,
     node_addresses_from_dict,
     node_from_dict,
@@ -881,3 +884,52 @@ def test_parse_ip(text: str, expected: object) -> None:
 def test_parse_ip_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_ip(text)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"addresses": ["10.0.0.1"]},
+        {"addresses": ["10.0.0.1"], "conditions": None, "nodeName": None, "zone": None},
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": False, "serving": True}},
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": False, "terminating": True}},
+        {"addresses": ["10.0.0.1"], "conditions": {}, "nodeName": "n1", "zone": "z1"},
+        {"addresses": ["010.0.0.1"]},
+        {"addresses": ["10.0.0.1", "10.0.0.2"]},
+        {"addresses": ["10.0.0.1"], "hints": {"forZones": [{"name": "z1"}]}},
+    ],
+)
+def test_the_quick_endpoint_reading_agrees_with_the_validating_one(raw: dict[str, Any]) -> None:
+    quick = objects._plain_endpoint(raw)
+    careful = objects._endpoint(0, raw, IPFamily.V4)
+    assert quick is None or quick == careful
+    slice_obj = {
+        "metadata": {"name": "s", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "svc"}},
+        "addressType": "IPv4",
+        "endpoints": [raw],
+        "ports": [{"port": 80}],
+    }
+    decoded = endpoint_slice_from_dict(slice_obj)
+    assert decoded is not None and decoded.endpoints == (careful,)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"addresses": ["10.0.0"]}, "endpoints[0].addresses[0]"),
+        ({"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}, "conditions.ready"),
+        ({"addresses": ["10.0.0.1"], "nodeName": 7}, "endpoints[0].nodeName"),
+        ({"addresses": [7]}, "endpoints[0].addresses[0]"),
+    ],
+)
+def test_what_the_quick_reading_declines_is_still_refused_by_name(
+    raw: dict[str, Any], field: str
+) -> None:
+    assert objects._plain_endpoint(raw) is None
+    slice_obj = {
+        "metadata": {"name": "s", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "svc"}},
+        "addressType": "IPv4",
+        "endpoints": [raw],
+    }
+    with pytest.raises(InvalidObject, match=re.escape(field)):
+        endpoint_slice_from_dict(slice_obj)

@@ -23,7 +23,7 @@ from ipvsproxy.desired import (
     merge_service_states,
     service_state,
 )
-from ipvsproxy.model import EndpointSlice, IPFamily, KernelState, Service
+from ipvsproxy.model import EndpointSlice, IPFamily, KernelState, RealServer, Service
 from ipvsproxy.operations import (
     AddIPSetEntry,
     AddRealServer,
@@ -342,3 +342,10 @@ def test_random_change_sequences_match_full_syncs() -> None:
         assert cache.address_refs == rebuilt.address_refs
         assert cache.entry_refs == rebuilt.entry_refs
         assert cache.iptables == rebuilt.iptables
+
+
+def test_real_servers_under_one_key_differ_only_in_weight_or_forwarding() -> None:
+    # partial._settings_differ compares just these, so RealServer's equality must not
+    # grow another field without it.
+    compared = {f.name for f in dataclasses.fields(RealServer) if f.compare}
+    assert compared == {"address", "port", "weight", "forward"}

@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import socket
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Final, NoReturn
 
@@ -523,36 +525,92 @@ def _endpoint_ports(obj: Mapping[str, object]) -> tuple[EndpointPort, ...]:
 def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, ...]:
     endpoints: list[Endpoint] = []
     for index, raw in enumerate(_list(obj.get("endpoints"), "endpoints")):
-        path = f"endpoints[{index}]"
-        entry = _mapping(raw, path)
-        raw_addresses = _list(entry.get("addresses"), f"{path}.addresses")
-        addresses = [
-            _ip_of_family(value, f"{path}.addresses[{i}]", family)
-            for i, value in enumerate(raw_addresses)
-        ]
-        if not addresses:
-            continue  # kube-proxy ignores an endpoint without addresses
-        conditions = _mapping(entry.get("conditions"), f"{path}.conditions")
-        ready = _optional_bool(conditions.get("ready"), f"{path}.conditions.ready")
-        serving = _optional_bool(conditions.get("serving"), f"{path}.conditions.serving")
-        terminating = _optional_bool(
-            conditions.get("terminating"), f"{path}.conditions.terminating"
-        )
-        ready = True if ready is None else ready
-        hints = _mapping(entry.get("hints"), f"{path}.hints")
-        endpoints.append(
-            Endpoint(
-                address=addresses[0],
-                ready=ready,
-                serving=ready if serving is None else serving,
-                terminating=bool(terminating),
-                node_name=_optional_str(entry.get("nodeName"), f"{path}.nodeName"),
-                zone=_optional_str(entry.get("zone"), f"{path}.zone"),
-                zone_hints=_hint_names(hints, "forZones", f"{path}.hints"),
-                node_hints=_hint_names(hints, "forNodes", f"{path}.hints"),
-            )
-        )
+        endpoint = _plain_endpoint(raw) if family is IPFamily.V4 else None
+        if endpoint is None:
+            endpoint = _endpoint(index, raw, family)
+        if endpoint is not _NO_ADDRESS:
+            endpoints.append(endpoint)
     return tuple(endpoints)
+
+
+_NO_ADDRESS: Final = Endpoint(ipaddress.IPv4Address(0))  # kube-proxy ignores such an endpoint
+
+
+def _plain_endpoint(raw: object) -> Endpoint | None:
+    """The common IPv4 endpoint, read quickly (decoding is most of a cold start): one
+    dotted-quad address, conditions true/false/absent, names or null, no hints. None
+    for anything else, which _endpoint reads and validates; both agree on what this reads."""
+    if type(raw) is not dict or raw.get("hints") is not None:
+        return None
+    addresses = raw.get("addresses")
+    if type(addresses) is not list or len(addresses) != 1 or type(addresses[0]) is not str:
+        return None
+    try:
+        address = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, addresses[0]))
+    except OSError:
+        return None
+    conditions = raw.get("conditions")
+    if conditions is None:
+        conditions = {}
+    elif type(conditions) is not dict:
+        return None
+    ready, serving, terminating = (
+        conditions.get("ready"),
+        conditions.get("serving"),
+        conditions.get("terminating"),
+    )
+    node_name, zone = raw.get("nodeName"), raw.get("zone")
+    if not (
+        type(ready) in _BOOL_OR_NONE
+        and type(serving) in _BOOL_OR_NONE
+        and type(terminating) in _BOOL_OR_NONE
+        and type(node_name) in _STR_OR_NONE
+        and type(zone) in _STR_OR_NONE
+    ):
+        return None
+    ready = True if ready is None else ready
+    return Endpoint(
+        address=address,
+        ready=ready,
+        serving=ready if serving is None else serving,
+        terminating=bool(terminating),
+        # Thousands of endpoints share a handful of node and zone names: keep one copy.
+        node_name=None if node_name is None else sys.intern(node_name),
+        zone=None if zone is None else sys.intern(zone),
+    )
+
+
+_BOOL_OR_NONE: Final = frozenset({bool, type(None)})
+_STR_OR_NONE: Final = frozenset({str, type(None)})
+
+
+def _endpoint(index: int, raw: object, family: IPFamily) -> Endpoint:
+    """One endpoint, every field validated; _NO_ADDRESS when it has no address."""
+    path = f"endpoints[{index}]"
+    entry = _mapping(raw, path)
+    raw_addresses = _list(entry.get("addresses"), f"{path}.addresses")
+    addresses = [
+        _ip_of_family(value, f"{path}.addresses[{i}]", family)
+        for i, value in enumerate(raw_addresses)
+    ]
+    if not addresses:
+        return _NO_ADDRESS
+    conditions = _mapping(entry.get("conditions"), f"{path}.conditions")
+    ready = _optional_bool(conditions.get("ready"), f"{path}.conditions.ready")
+    serving = _optional_bool(conditions.get("serving"), f"{path}.conditions.serving")
+    terminating = _optional_bool(conditions.get("terminating"), f"{path}.conditions.terminating")
+    ready = True if ready is None else ready
+    hints = _mapping(entry.get("hints"), f"{path}.hints")
+    return Endpoint(
+        address=addresses[0],
+        ready=ready,
+        serving=ready if serving is None else serving,
+        terminating=bool(terminating),
+        node_name=_optional_str(entry.get("nodeName"), f"{path}.nodeName"),
+        zone=_optional_str(entry.get("zone"), f"{path}.zone"),
+        zone_hints=_hint_names(hints, "forZones", f"{path}.hints"),
+        node_hints=_hint_names(hints, "forNodes", f"{path}.hints"),
+    )
 
 
 def _hint_names(hints: Mapping[str, object], field: str, path: str) -> tuple[str, ...]:
