@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import yaml
 from loguru import logger
 
 from ipvsproxy.errors import ApiError, ConfigError
@@ -134,8 +135,12 @@ def _load_kubeconfig(path: str, configuration: Any) -> None:
         k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=path, client_configuration=configuration, persist_config=False
         )
-    except (OSError, ValueError, k8s_config.ConfigException) as exc:
+    except (OSError, ValueError, k8s_config.ConfigException, yaml.YAMLError) as exc:
         raise ConfigError(f"kubeconfig {path}: {exc}") from exc
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # YAML that is not a kubeconfig's shape (a list, a string): the loader indexes
+        # into it without checking.
+        raise ConfigError(f"kubeconfig {path}: not a kubeconfig ({exc!r})") from exc
 
 
 def _load_in_cluster(directory: str, environ: Mapping[str, str], configuration: Any) -> None:
