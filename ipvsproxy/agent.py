@@ -47,6 +47,7 @@ from ipvsproxy.partial import AppliedCache, plan_partial
 from ipvsproxy.plan import DUMMY_INTERFACE, Plan, plan_sync
 from ipvsproxy.proxier import observe
 from ipvsproxy.runner import BoundedFrequencyRunner, Clock, MonotonicClock
+from ipvsproxy.udpflows import StaleUdpFlows
 
 __all__ = ["Agent", "AgentSettings", "SyncOutcome"]
 
@@ -122,6 +123,7 @@ class Agent:
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
         self._failing = False
+        self.udp_flows = StaleUdpFlows(dataplanes.conntrack, log=self._log)
         self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
         self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
         self.last: SyncOutcome | None = None
@@ -296,6 +298,7 @@ class Agent:
                 self._relabel_all(changes.services, states)
             self._health_checks = {}
             self._note_health_checks(changes.services, node.name)
+            self.udp_flows.synced(changes.services, full=True)
         operations = len(plan)
         del desired, observed, plan, previous
         # The cache holds millions of long-lived values without cycles: keep the cyclic
@@ -319,7 +322,11 @@ class Agent:
             if state is not None:
                 updates[key] = state
         planned = plan_partial(
-            self._cache, updates, settings=settings, exclude_cidrs=self._settings.exclude_cidrs
+            self._cache,
+            updates,
+            settings=settings,
+            exclude_cidrs=self._settings.exclude_cidrs,
+            drain_timeout=self._settings.drain_timeout,
         )
         result = self._apply(planned.plan)
         if result.ok:
@@ -329,7 +336,9 @@ class Agent:
                     self.labels.pop(vs_key, None)
             for key, state in updates.items():
                 self._label(changes.services[key], state)
-            self._note_health_checks({key: changes.services[key] for key in updates}, node.name)
+            applied = {key: changes.services[key] for key in updates}
+            self._note_health_checks(applied, node.name)
+            self.udp_flows.synced(applied, full=False)
         return SyncOutcome(
             False,
             result.ok,

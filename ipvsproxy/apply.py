@@ -15,6 +15,7 @@ from typing import get_args
 
 from ipvsproxy.dataplane.interfaces import (
     AddressDataplane,
+    ConntrackDataplane,
     IPSetDataplane,
     IptablesDataplane,
     IpvsDataplane,
@@ -53,6 +54,7 @@ class Dataplanes:
     links: AddressDataplane
     ipsets: IPSetDataplane
     iptables: IptablesDataplane
+    conntrack: ConntrackDataplane | None = None  # stale UDP flows; None: left alone
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import ipaddress
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from loguru import logger
 
@@ -24,6 +24,7 @@ from ipvsproxy.config import (
     load_config,
     with_overrides,
 )
+from ipvsproxy.dataplane.interfaces import ConntrackDataplane
 from ipvsproxy.desired import (
     DesiredSettings,
     NodeInfo,
@@ -33,7 +34,7 @@ from ipvsproxy.desired import (
 )
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.frontends import NodePortSettings
-from ipvsproxy.k8s.files import read_cluster
+from ipvsproxy.k8s.files import Cluster, read_cluster
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
 from ipvsproxy.plan import DUMMY_INTERFACE
@@ -200,7 +201,7 @@ def _host_addresses() -> frozenset[IPAddress]:
 
 def _desired(
     args: argparse.Namespace, local_addresses: frozenset[IPAddress] | None = None
-) -> tuple[KernelState, ProxyConfig]:
+) -> tuple[KernelState, ProxyConfig, Cluster]:
     """The desired state for the files; the host's addresses are --local-address, else
     local_addresses, else read from the kernel here."""
     config, node = _settings(args)
@@ -214,7 +215,7 @@ def _desired(
     node = dataclasses.replace(node, local_addresses=local_addresses)
     settings = settings_for_node(_desired_settings(config), node)
     state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
-    return state, config
+    return state, config, cluster
 
 
 def _desired_settings(config: ProxyConfig) -> DesiredSettings:
@@ -242,38 +243,46 @@ def _dataplanes(backend: str) -> Iterator[Dataplanes]:
     from ipvsproxy.dataplane.links import LinkTool
 
     # IPVS first: without it nothing else is touched (backend detection may write a probe).
-    with IpvsSocket() as ipvs, LinkTool() as links:
+    with IpvsSocket() as ipvs, LinkTool() as links, ExitStack() as stack:
         chosen = detect_backend() if backend == "auto" else backend
         logger.debug("iptables backend chosen", backend=chosen)
-        yield Dataplanes(ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool(chosen))
+        yield Dataplanes(
+            ipvs=ipvs,
+            links=links,
+            ipsets=IPSetTool(),
+            iptables=IptablesTool(chosen),
+            conntrack=_conntrack(stack),
+        )
+
+
+def _conntrack(stack: ExitStack) -> ConntrackDataplane | None:
+    """The conntrack table, for stale UDP flows; None (logged) when it cannot be opened:
+    services work without it, UDP clients then wait for their flows to time out."""
+    from ipvsproxy.dataplane.conntrack import ConntrackSocket
+
+    try:
+        return stack.enter_context(ConntrackSocket())
+    except KernelError as exc:
+        logger.warning("stale UDP conntrack entries will not be deleted", error=str(exc))
+        return None
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    state, _ = _desired(args)
+    state, _, _ = _desired(args)
     sys.stdout.write(render(state, args.section))
     return EXIT_OK
 
 
-def _clear_stale_udp(args: argparse.Namespace, state: KernelState) -> None:
-    """Delete conntrack entries of UDP flows whose endpoint is gone (see conntrack.py)."""
-    from ipvsproxy.conntrack import stale_entries, udp_frontends
-    from ipvsproxy.dataplane.conntrack import ConntrackSocket
+def _clear_stale_udp(cluster: Cluster, dataplanes: Dataplanes) -> None:
+    """Delete conntrack entries of UDP flows whose endpoint is gone (see udpflows.py)."""
+    from ipvsproxy.changes import ServiceInput
     from ipvsproxy.desired import index_slices
+    from ipvsproxy.logs import RepeatedLog
+    from ipvsproxy.udpflows import StaleUdpFlows
 
-    cluster = read_cluster(args.files)
-    frontends = udp_frontends(cluster.services, index_slices(cluster.slices))
-    if not frontends.addresses and not frontends.node_ports:
-        return
-    families = {vs.family for vs in state.virtual_servers}
-    try:
-        with ConntrackSocket() as conntrack:
-            for family in sorted(families):
-                stale = stale_entries(conntrack.entries(family), frontends)
-                if stale:
-                    deleted = conntrack.delete(stale)
-                    logger.info("stale UDP conntrack entries deleted", count=deleted)
-    except KernelError as exc:
-        logger.error("cannot clear stale UDP conntrack entries", error=str(exc))
+    by_service = index_slices(cluster.slices)
+    inputs = {s.key: ServiceInput(s, tuple(by_service.get(s.key, ()))) for s in cluster.services}
+    StaleUdpFlows(dataplanes.conntrack, log=RepeatedLog()).synced(inputs, full=True)
 
 
 def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:
@@ -304,7 +313,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
     with _dataplanes(args.iptables_backend) as dataplanes:
         # The host's addresses as the kernel has them now: NodePorts follow them.
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
-        state, config = _desired(args, host)
+        state, config, cluster = _desired(args, host)
         _check_scheduler(config, dataplanes)
         settings_ok = _kernel_settings(config, dataplanes)
         outcome = sync(
@@ -313,7 +322,8 @@ def _cmd_once(args: argparse.Namespace) -> int:
             exclude_cidrs=config.exclude_cidrs,
             drain_timeout=config.graceful_termination_timeout,
         )
-        _clear_stale_udp(args, state)
+        if outcome.result.ok:
+            _clear_stale_udp(cluster, dataplanes)
     result = outcome.result
     logger.info(
         "sync finished",
@@ -432,7 +442,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     if args.files and (args.kubeconfig or args.master):
         raise InputError("verify: give -f files or an API server (--kubeconfig/--master), not both")
-    desired, config = _desired(args) if args.files else _desired_from_api(args)
+    desired, config = _desired(args)[:2] if args.files else _desired_from_api(args)
     with _dataplanes(args.iptables_backend) as dataplanes:
         observed = observe(dataplanes, tuple(desired.iptables))
     drifts = find_drift(desired, observed, exclude_cidrs=config.exclude_cidrs)

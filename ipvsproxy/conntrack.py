@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ipvsproxy.endpoints import select_endpoints
 from ipvsproxy.model import EndpointSlice, IPAddress, IPFamily, Protocol, Service
+
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,37 @@ def udp_frontends(
                         node_ports.get(port.node_port, frozenset()) | serving
                     )
     return UdpFrontends(addresses, node_ports)
+
+
+def merge_frontends(parts: Iterable[UdpFrontends]) -> UdpFrontends:
+    """The frontends of several Services as one (NodePort endpoints united)."""
+    addresses: dict[tuple[IPAddress, int], frozenset[IPAddress]] = {}
+    node_ports: dict[int, frozenset[IPAddress]] = {}
+    for part in parts:
+        addresses.update(part.addresses)
+        for port, serving in part.node_ports.items():
+            node_ports[port] = node_ports.get(port, frozenset()) | serving
+    return UdpFrontends(addresses, node_ports)
+
+
+def cleanup_needed(before: UdpFrontends | None, after: UdpFrontends) -> bool:
+    """Whether a Service's UDP flows may have gone stale between two of its frontend
+    sets (kube-proxy's ConntrackCleanupRequired): a frontend lost a serving endpoint, or
+    got its first one (flows made meanwhile answer from the frontend itself). before None:
+    nothing is known (a new Service, a restart)."""
+    if before is None:
+        return bool(after.addresses or after.node_ports)
+    return _changed(before.addresses, after.addresses) or _changed(
+        before.node_ports, after.node_ports
+    )
+
+
+def _changed(
+    before: Mapping[_K, frozenset[IPAddress]], after: Mapping[_K, frozenset[IPAddress]]
+) -> bool:
+    return any(
+        (old := before.get(key)) is None or not old <= serving for key, serving in after.items()
+    )
 
 
 def stale_entries(

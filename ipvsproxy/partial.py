@@ -32,7 +32,7 @@ from typing import TypeVar
 from loguru import logger
 
 from ipvsproxy.desired import EMPTY_SERVICE_STATE, DesiredSettings, ServiceState, desired_iptables
-from ipvsproxy.graceful import leave_without_counters
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, leave_without_counters
 from ipvsproxy.model import (
     IPAddress,
     IPFamily,
@@ -67,14 +67,17 @@ T = TypeVar("T")
 _VirtualEntry = tuple[VirtualServer, Mapping[RealServerKey, RealServer]]
 
 
-def real_server_removed(virtual: VirtualServerKey, server: RealServer) -> list[Operation]:
+def real_server_removed(
+    virtual: VirtualServerKey, server: RealServer, *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+) -> list[Operation]:
     """The operations that take a real server out of a virtual server that stays.
 
     Graceful termination (graceful.py): a TCP server drains at weight 0 and the next full
     sync, which reads its connection counters, deletes it once idle or after the drain
-    timeout; UDP and SCTP servers are deleted at once.
+    timeout; UDP and SCTP servers are deleted at once, and so is every server when the
+    drain timeout is 0 (graceful termination off).
     """
-    return [leave_without_counters(virtual, server)]
+    return [leave_without_counters(virtual, server, timeout=drain_timeout)]
 
 
 @dataclass(slots=True)
@@ -159,11 +162,13 @@ def plan_partial(
     *,
     settings: DesiredSettings,
     exclude_cidrs: Sequence[IPNetwork] = (),
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> PartialPlan:
     """The operations that take the kernel from the cached states to `updates`.
 
     updates: Service key -> its new ServiceState, None when the Service is gone. Reads
     `cache` only for the keys it touches; changes nothing (see AppliedCache.commit).
+    drain_timeout: as plan_sync's; 0 deletes leaving TCP real servers at once.
     """
     changed: dict[str, tuple[ServiceState, ServiceState]] = {}
     for key, new in updates.items():
@@ -206,7 +211,7 @@ def plan_partial(
 
     owners = _owners(cache, changed)
     states = {key: None if updates[key] is None else new for key, (_, new) in changed.items()}
-    ipvs = _ipvs_operations(cache, changed, owners, exclude_cidrs)
+    ipvs = _ipvs_operations(cache, changed, owners, exclude_cidrs, drain_timeout)
 
     ops: list[Operation] = [BindAddress(a) for a in binds]
     ops += [AddIPSetEntry(name, entry) for name, entry in entry_adds]
@@ -268,6 +273,7 @@ def _ipvs_operations(
     changed: Mapping[str, tuple[ServiceState, ServiceState]],
     owners: Mapping[VirtualServerKey, str | None],
     exclude_cidrs: Sequence[IPNetwork],
+    drain_timeout: float,
 ) -> list[Operation]:
     def before(vs_key: VirtualServerKey) -> _VirtualEntry | None:
         owner = cache.owners.get(vs_key)
@@ -313,7 +319,9 @@ def _ipvs_operations(
                 elif have is not rs and _settings_differ(have, rs):
                     adds.append(UpdateRealServer(vs_key, rs))
         for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key()):
-            real_server_deletes += real_server_removed(vs_key, current[rs_key])
+            real_server_deletes += real_server_removed(
+                vs_key, current[rs_key], drain_timeout=drain_timeout
+            )
     return adds + real_server_deletes + deletes
 
 

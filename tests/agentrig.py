@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from ipvsproxy.agent import Agent, AgentSettings
 from ipvsproxy.apply import Dataplanes
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
 from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.metrics import ProxyMetrics
 from ipvsproxy.model import EndpointSlice, IPAddress, IPFamily, KernelState, Service
@@ -27,8 +28,14 @@ class FakeClock:
         return self.t
 
 
-def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+def dataplanes(kernel: FakeKernel, conntrack: FakeConntrack | None = None) -> Dataplanes:
+    return Dataplanes(
+        ipvs=kernel,
+        links=kernel,
+        ipsets=kernel,
+        iptables=FakeIptables(kernel),
+        conntrack=conntrack,
+    )
 
 
 def kernel_state(kernel: FakeKernel) -> KernelState:
@@ -68,6 +75,8 @@ class Harness:
         min_sync_period: float = 0.0,
         kernel: FakeKernel | None = None,
         desired: DesiredSettings | None = None,
+        conntrack: FakeConntrack | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.kernel = kernel or FakeKernel()
         self.clock = FakeClock()
@@ -75,12 +84,13 @@ class Harness:
         self.wall = 1000.0  # seconds since the epoch, for trigger times and health
         self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
         self.agent = Agent(
-            dataplanes(self.kernel),
+            dataplanes(self.kernel, conntrack),
             AgentSettings(
                 desired=desired or DesiredSettings(),
                 node=NODE,
                 sync_period=30.0,
                 min_sync_period=min_sync_period,
+                drain_timeout=drain_timeout,
             ),
             metrics=self.metrics,
             health=self.health,

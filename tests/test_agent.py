@@ -264,6 +264,20 @@ def test_node_cidr_masquerade_rule_follows_the_node_object() -> None:
     assert masquerade_rules() == [rule]
 
 
+@pytest.mark.parametrize(("timeout", "weights"), [(900.0, [1, 0]), (0.0, [1])])
+def test_partial_sync_drains_or_deletes_per_the_drain_timeout(
+    timeout: float, weights: list[int]
+) -> None:
+    h = Harness(drain_timeout=timeout)
+    h.start([WEB], [WEB_SLICE])
+    h.step()
+    h.put(endpoint_slice("web", "10.244.1.1"))
+    h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    (servers,) = h.kernel.destinations.values()
+    assert [server.weight for server in servers.values()] == weights
+
+
 def test_metrics_and_health_follow_the_syncs() -> None:
     h = Harness()
     h.start([WEB], [WEB_SLICE])

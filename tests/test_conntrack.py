@@ -7,7 +7,14 @@ import ipaddress
 
 from builders import endpoint_slice, service
 
-from ipvsproxy.conntrack import ConntrackEntry, stale_entries, udp_frontends
+from ipvsproxy.conntrack import (
+    ConntrackEntry,
+    UdpFrontends,
+    cleanup_needed,
+    merge_frontends,
+    stale_entries,
+    udp_frontends,
+)
 from ipvsproxy.dataplane.conntrack import (
     CTA_TUPLE_IP,
     CTA_TUPLE_PROTO,
@@ -82,3 +89,25 @@ def test_codec_round_trip() -> None:
         ),
     )
     assert decode_entry(body + reply) == original
+
+
+def test_cleanup_needed_when_a_frontend_loses_an_endpoint_or_gets_its_first() -> None:
+    ip = ipaddress.ip_address
+    vip = (ip("10.96.0.53"), 53)
+    a, b = ip("10.244.1.1"), ip("10.244.2.1")
+
+    def fronts(serving: set[object], node_port: set[object] | None = None) -> UdpFrontends:
+        addresses = {vip: frozenset(serving)} if serving else {}
+        node_ports = {30053: frozenset(node_port)} if node_port else {}
+        return UdpFrontends(addresses, node_ports)  # type: ignore[arg-type]
+
+    assert cleanup_needed(None, fronts({a}))  # nothing known: check
+    assert not cleanup_needed(None, fronts(set()))  # nothing to check
+    assert not cleanup_needed(fronts({a}), fronts({a, b}))  # only gained one
+    assert cleanup_needed(fronts({a, b}), fronts({b}))  # lost one
+    assert cleanup_needed(fronts(set()), fronts({a}))  # its first
+    assert not cleanup_needed(fronts({a}), fronts(set()))  # none left: nowhere to go
+    assert cleanup_needed(fronts({a}, {a, b}), fronts({a}, {a}))  # a NodePort lost one
+    merged = merge_frontends([fronts(set(), {a}), fronts({b}, {b})])
+    assert merged.addresses == {vip: frozenset({b})}
+    assert merged.node_ports == {30053: frozenset({a, b})}

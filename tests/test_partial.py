@@ -131,6 +131,16 @@ def test_one_tcp_endpoint_removed_is_one_real_server_quiesced() -> None:
     assert [str(k.address) for d in kernel.destinations.values() for k in d] == ["10.244.1.1"]
 
 
+def test_tcp_endpoint_removed_without_graceful_termination_is_deleted_at_once() -> None:
+    kernel = FakeKernel()
+    cache = full_sync(kernel, [WEB], [WEB_SLICE])
+    shrunk = states([WEB], [endpoint_slice("web", "10.244.1.1")])
+    planned = plan_partial(cache, shrunk, settings=SETTINGS, drain_timeout=0.0)
+    assert [type(op) for op in planned.plan.operations] == [DeleteRealServer]
+    assert apply_plan(planned.plan, dataplanes(kernel)).ok
+    assert [str(k.address) for d in kernel.destinations.values() for k in d] == ["10.244.1.1"]
+
+
 def test_one_udp_endpoint_removed_is_one_real_server_delete() -> None:
     grown = endpoint_slice("dns", "10.244.1.9", "10.244.2.9", ports=(("dns", "UDP", 53),))
     ops, _, _ = partial(([DNS], [grown]), ([DNS], [DNS_SLICE]))

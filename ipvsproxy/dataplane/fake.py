@@ -12,6 +12,7 @@ import errno
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+from ipvsproxy.conntrack import ConntrackEntry
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.iptables import parse_save
 from ipvsproxy.dataplane.links import is_node_address
@@ -280,3 +281,31 @@ class FakeIptables:
 
     def remove(self, family: IPFamily) -> None:
         self._kernel.remove(family)
+
+
+class FakeConntrack:
+    """A conntrack table under the ConntrackDataplane interface: tests add entries, the
+    proxy dumps and deletes them. `fail` makes every call refuse, as a kernel without
+    nf_conntrack_netlink would."""
+
+    def __init__(self, entries: Sequence[ConntrackEntry] = ()) -> None:
+        self.table: list[ConntrackEntry] = list(entries)
+        self.dumps: list[IPFamily] = []
+        self.deleted: list[ConntrackEntry] = []
+        self.fail = False
+
+    def entries(self, family: IPFamily) -> list[ConntrackEntry]:
+        if self.fail:
+            raise KernelError("conntrack: Operation not supported", errno=errno.EOPNOTSUPP)
+        self.dumps.append(family)
+        return [entry for entry in self.table if entry.family is family]
+
+    def delete(self, entries: Sequence[ConntrackEntry]) -> int:
+        if self.fail:
+            raise KernelError("conntrack: Operation not supported", errno=errno.EOPNOTSUPP)
+        doomed = set(entries)
+        kept = [entry for entry in self.table if entry not in doomed]
+        gone = len(self.table) - len(kept)
+        self.deleted += [entry for entry in self.table if entry in doomed]
+        self.table = kept
+        return gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
+from ipvsproxy.conntrack import ConntrackEntry
 from ipvsproxy.model import (
     IPAddress,
     IPFamily,
@@ -73,3 +74,13 @@ class IptablesDataplane(Protocol):
     def restore(self, op: RestoreChains) -> OperationFailure | None: ...
 
     def remove(self, family: IPFamily) -> None: ...
+
+
+class ConntrackDataplane(Protocol):
+    """The conntrack table: dumped per family, entries deleted by their original tuple."""
+
+    def entries(self, family: IPFamily) -> list[ConntrackEntry]: ...
+
+    def delete(self, entries: Sequence[ConntrackEntry]) -> int:
+        """How many were deleted (one already gone is not an error)."""
+        ...

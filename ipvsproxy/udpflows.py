@@ -1,0 +1,92 @@
+"""Stale UDP conntrack entries deleted after each sync that applied (see conntrack.py).
+
+Each Service's UDP frontends, with their serving endpoints, are kept from one sync to the
+next. Only the Services a sync recomputed are compared with what was kept, so a partial
+sync costs its changed Services alone; the conntrack table is dumped only when one of
+them may have left stale flows (a frontend lost a serving endpoint, or got its first),
+and only the entries of those Services' frontends are deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from loguru import logger
+
+from ipvsproxy.changes import ServiceInput
+from ipvsproxy.conntrack import (
+    UdpFrontends,
+    cleanup_needed,
+    merge_frontends,
+    stale_entries,
+    udp_frontends,
+)
+from ipvsproxy.dataplane.interfaces import ConntrackDataplane
+from ipvsproxy.errors import KernelError
+from ipvsproxy.logs import RepeatedLog
+from ipvsproxy.model import IPFamily
+
+
+class StaleUdpFlows:
+    """What the last syncs knew of each Service's UDP frontends, and the clean-up."""
+
+    def __init__(self, conntrack: ConntrackDataplane | None, *, log: RepeatedLog) -> None:
+        self._conntrack = conntrack
+        self._log = log
+        self._known: dict[str, UdpFrontends] = {}
+        self.dumps = 0  # conntrack dumps asked for (one per family)
+
+    def synced(self, inputs: Mapping[str, ServiceInput], *, full: bool) -> int:
+        """Call after a sync of `inputs` applied (every Service when full); deletes the
+        entries they left stale and returns how many. A refusal is logged and the
+        Services are tried again at their next sync."""
+        if full:
+            for key in self._known.keys() - inputs.keys():
+                del self._known[key]
+        pending: dict[str, UdpFrontends] = {}
+        for key, given in inputs.items():
+            if given.service is None:
+                self._known.pop(key, None)
+                continue
+            try:
+                now = udp_frontends([given.service], {key: given.slices})
+            except Exception as exc:  # a bad object costs its own clean-up only
+                self._log.warning(
+                    "cannot compute a Service's UDP frontends",
+                    key=("udp frontends", key, repr(exc)),
+                    service=key,
+                    error=repr(exc),
+                )
+                continue
+            if cleanup_needed(self._known.get(key), now):
+                pending[key] = now
+            else:
+                self._known[key] = now
+        if not pending or self._conntrack is None:
+            self._known.update(pending)
+            return 0
+        frontends = merge_frontends(pending.values())
+        try:
+            deleted = self._delete(self._conntrack, frontends)
+        except KernelError as exc:
+            self._log.error(
+                "cannot delete stale UDP conntrack entries; retried at the next full sync",
+                key=("conntrack", str(exc)),
+                error=str(exc),
+            )
+            return 0
+        self._known.update(pending)
+        if deleted:
+            logger.info("stale UDP conntrack entries deleted", count=deleted)
+        return deleted
+
+    def _delete(self, conntrack: ConntrackDataplane, frontends: UdpFrontends) -> int:
+        families = {IPFamily.of(address) for address, _ in frontends.addresses}
+        families |= {IPFamily.of(ip) for serving in frontends.node_ports.values() for ip in serving}
+        deleted = 0
+        for family in sorted(families):
+            self.dumps += 1
+            stale = stale_entries(conntrack.entries(family), frontends)
+            if stale:
+                deleted += conntrack.delete(stale)
+        return deleted
