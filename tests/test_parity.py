@@ -1,11 +1,11 @@
 """`ipvsproxy plan` of a mixed cluster compared, as sets, with what kube-proxy's IPVS mode
 programs for the same objects.
 
-tests/data/mixed_cluster.yaml holds every Service type and policy. This node is node-1 with
-one interface address, 100.101.102.103 (plus loopback and link-local ones, which never
-serve), which is also its --node-ip. Each expectation names the case of kube-proxy's
-pkg/proxy/ipvs/proxier_test.go (or the code) it is taken from; where we differ on purpose,
-the README's parity table says why.
+tests/data/mixed_cluster.yaml holds every Service type and policy. This node is node-1 in
+zone-a (its Node object is in the file), with one interface address, 100.101.102.103 (plus
+loopback and link-local ones, which never serve), which is also its --node-ip. Each
+expectation names the case of kube-proxy's pkg/proxy/ipvs/proxier_test.go (or the code) it
+is taken from; where we differ on purpose, the README's parity table says why.
 """
 
 from __future__ import annotations
@@ -123,6 +123,26 @@ EXPECTED_IPVS = {
     "TCP [2001:db8::1:1]:3013 rr": {"[fd00:180::13]:8080", "[fd00:180:1::13]:8080"},
     # TestTestInternalTrafficPolicyE2E: internalTrafficPolicy Local, local endpoints only.
     "TCP 10.96.0.14:80 rr": local(14),
+    # Test_EndpointSliceOnlyReadyAndTerminatingCluster: no ready endpoint, so the serving
+    # and terminating ones; 10.180.2.20 (not serving) never.
+    "TCP 10.96.0.20:80 rr": {"10.180.0.20:8080", "10.180.1.20:8080"},
+    # Test_EndpointSliceOnlyReadyAndTerminatingLocal: externalTrafficPolicy Local, and no
+    # ready local endpoint: the NodePort takes the local serving and terminating one,
+    # the ClusterIP (Cluster view) the ready remote one.
+    "TCP 10.96.0.21:80 rr": {"10.180.1.21:8080"},
+    f"TCP {NP}:3021 rr": {"10.180.0.21:8080"},
+    # pkg/proxy/topology_test.go TestCategorizeEndpoints ("hints enabled, hints annotation
+    # == auto"; PreferClose since the field replaced it): every ready endpoint has zone
+    # hints and one names node-1's zone, so only zone-a's.
+    "TCP 10.96.0.22:80 rr": {"10.180.0.22:8080", "10.180.2.22:8080"},
+    # TestClusterIPNoEndpoint: the virtual server, with no real server.
+    "TCP 10.96.0.23:80 rr": set(),
+    # Deliberate difference (README): internalTrafficPolicy Local with no local endpoint.
+    # kube-proxy (syncProxyRules' clusterEndpoints fallback, UsesClusterEndpoints) gives
+    # this ClusterIP the remote endpoint 10.180.1.24 because an external IP with policy
+    # Cluster needs the Cluster view; we keep the ClusterIP local-only, as the policy says.
+    "TCP 10.96.0.24:80 rr": set(),
+    "TCP 50.60.70.84:80 rr": {"10.180.1.24:8080"},
     # Nothing for: headless (TestBuildServiceMapServiceHeadless), ExternalName
     # (...TypeExternalName), label service-proxy-name (the informers' label selector).
 }
@@ -133,16 +153,31 @@ def test_virtual_and_real_servers(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _sets() -> set[str]:
-    cluster = {f"KUBE-CLUSTER-IP 10.96.0.{n},tcp:80" for n in (1, 2, *range(4, 15))}
+    services = (1, 2, *range(4, 15), *range(20, 25))
+    cluster = {f"KUBE-CLUSTER-IP 10.96.0.{n},tcp:80" for n in services}
     cluster |= {"KUBE-CLUSTER-IP 10.96.0.2,udp:53", "KUBE-CLUSTER-IP 10.96.0.3,sctp:5000"}
-    # syncProxyRules' LOOP-BACK entries: every local endpoint (hairpin).
-    loop = {f"KUBE-LOOP-BACK 10.180.0.{n},tcp:8080,10.180.0.{n}" for n in (1, 2, *range(4, 15))}
+    # syncProxyRules' LOOP-BACK entries: every local endpoint (hairpin), whatever its
+    # conditions (TestOnlyLocalNodePorts' kubeLoopBackIPSet; the loop over
+    # endpointsMap skips only remote endpoints): 10.180.2.21 neither ready nor serving.
+    loop = {
+        f"KUBE-LOOP-BACK 10.180.0.{n},tcp:8080,10.180.0.{n}"
+        for n in (1, 2, *range(4, 15), 20, 21, 22)
+    }
     loop |= {
         "KUBE-LOOP-BACK 10.180.0.2,udp:5353,10.180.0.2",
         "KUBE-LOOP-BACK 10.180.0.3,sctp:5000,10.180.0.3",
+        "KUBE-LOOP-BACK 10.180.2.21,tcp:8080,10.180.2.21",
     }
-    bound = [f"10.96.0.{n}" for n in range(1, 15)]
-    bound += ["50.60.70.81", "50.60.70.82", "1.2.3.4", "1.2.3.5", "1.2.3.6", "1.2.3.7"]
+    bound = [f"10.96.0.{n}" for n in (*range(1, 15), *range(20, 25))]
+    bound += [
+        "50.60.70.81",
+        "50.60.70.82",
+        "50.60.70.84",
+        "1.2.3.4",
+        "1.2.3.5",
+        "1.2.3.6",
+        "1.2.3.7",
+    ]
     bound += ["1.2.3.9", "1.2.3.10"]
     return (
         cluster
@@ -150,10 +185,16 @@ def _sets() -> set[str]:
         # KUBE-IPVS-IPS is activeBindAddrs: cluster, external and ingress IPs.
         | {f"KUBE-IPVS-IPS {address}" for address in bound}
         # TestNodePortIPv4: TCP/UDP node ports as bitmap:port, SCTP per node address.
-        | {f"KUBE-NODE-PORT-TCP {p}" for p in (3001, 3006, 3007, 3008, 3009, 3010, 3011, 3013)}
+        | {
+            f"KUBE-NODE-PORT-TCP {p}"
+            for p in (3001, 3006, 3007, 3008, 3009, 3010, 3011, 3013, 3021)
+        }
+        # TestOnlyLocalNodePorts: a NodePort with externalTrafficPolicy Local.
+        | {"KUBE-NODE-PORT-LOCAL-TCP 3021"}
         | {"KUBE-NODE-PORT-UDP 3002", f"KUBE-NODE-PORT-SCTP-HASH {NP},sctp:3003"}
         # TestExternalIPs / TestOnlyLocalExternalIPs.
         | {"KUBE-EXTERNAL-IP 50.60.70.81,tcp:80", "KUBE-EXTERNAL-IP-LOCAL 50.60.70.82,tcp:80"}
+        | {"KUBE-EXTERNAL-IP 50.60.70.84,tcp:80"}
         # TestLoadBalancer, TestOnlyLocalLoadBalancing, TestHealthCheckNodePort.
         | {f"KUBE-LOAD-BALANCER 1.2.3.{n},tcp:80" for n in (4, 5, 6, 7, 9, 10)}
         | {"KUBE-LOAD-BALANCER-LOCAL 1.2.3.5,tcp:80", "KUBE-NODE-PORT-LOCAL-TCP 3007"}
@@ -225,3 +266,24 @@ def test_service_dependent_rules(capsys: pytest.CaptureFixture[str]) -> None:
         "-A KUBE-IPVS-OUT-FILTER -s 1.2.3.6/32 -m ipvs --vproto 6 --vaddr 1.2.3.6 --vport 80"
         " -j DROP"
     }
+
+
+def test_mh_scheduler_hashes_on_the_source_port_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """proxier.go syncProxyRules: with ipvs.scheduler mh every virtual server gets
+    FlagSourceHash (ipvsadm's "mh-port"); kube-proxy has no per-Service scheduler and no
+    flags for sh. Otherwise the same virtual and real servers."""
+    config = tmp_path / "kpc.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "ipvs: {scheduler: mh}\n"
+    )
+    assert main([*ARGS, "--config", str(config), "--section", "ipvs"]) == EXIT_OK
+    found = virtual_servers(capsys.readouterr().out)
+    assert all(key.endswith(" mh-port") for key in found), sorted(found)
+    as_rr = {
+        key.removesuffix(" mh-port").replace(" mh", " rr", 1): servers
+        for key, servers in found.items()
+    }
+    assert as_rr == EXPECTED_IPVS
