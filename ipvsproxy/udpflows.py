@@ -1,10 +1,11 @@
 """Stale UDP conntrack entries deleted after each sync that applied (see conntrack.py).
 
 Each Service's UDP frontends, with their serving endpoints, are kept from one sync to the
-next. Only the Services a sync recomputed are compared with what was kept, so a partial
-sync costs its changed Services alone; the conntrack table is dumped only when one of
-them may have left stale flows (a frontend lost a serving endpoint, or got its first),
-and only the entries of those Services' frontends are deleted.
+next (only those that have one: none is the same as not known). Only the Services a sync
+recomputed are compared with what was kept, so a partial sync costs its changed Services
+alone; the conntrack table is dumped only when one of them may have left stale flows (a
+frontend lost a serving endpoint, or got its first), and only the entries of those
+Services' frontends are deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ipvsproxy.conntrack import (
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane
 from ipvsproxy.errors import KernelError
 from ipvsproxy.logs import RepeatedLog
-from ipvsproxy.model import IPFamily
+from ipvsproxy.model import IPFamily, Protocol
 
 
 class StaleUdpFlows:
@@ -40,12 +41,16 @@ class StaleUdpFlows:
         """Call after a sync of `inputs` applied (every Service when full); deletes the
         entries they left stale and returns how many. A refusal is logged and the
         Services are tried again at their next sync."""
+        if self._conntrack is None:
+            return 0
         if full:
             for key in self._known.keys() - inputs.keys():
                 del self._known[key]
         pending: dict[str, UdpFrontends] = {}
         for key, given in inputs.items():
-            if given.service is None:
+            if given.service is None or not any(
+                port.protocol is Protocol.UDP for port in given.service.ports
+            ):
                 self._known.pop(key, None)
                 continue
             try:
@@ -60,10 +65,11 @@ class StaleUdpFlows:
                 continue
             if cleanup_needed(self._known.get(key), now):
                 pending[key] = now
-            else:
+            elif now.addresses or now.node_ports:
                 self._known[key] = now
-        if not pending or self._conntrack is None:
-            self._known.update(pending)
+            else:  # none kept: no frontend is the same as not known (see cleanup_needed)
+                self._known.pop(key, None)
+        if not pending:
             return 0
         frontends = merge_frontends(pending.values())
         try:
