@@ -17,7 +17,7 @@ from loguru import logger
 
 from ipvsproxy.testapi import resources
 from ipvsproxy.testapi.control import CONTROL_PREFIX, control
-from ipvsproxy.testapi.openapi import openapi_root, openapi_spec
+from ipvsproxy.testapi.openapi import OPENAPI_V2_PROTOBUF, openapi_root, openapi_spec
 from ipvsproxy.testapi.patch import apply_patch
 from ipvsproxy.testapi.resources import ResourceType, by_path
 from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
@@ -274,6 +274,12 @@ class Handler(BaseHTTPRequestHandler):
             document = resources.api_resource_list(parts[1], parts[2])
         elif path == "/version":
             document = resources.version_info()
+        elif path == "/openapi/v2":
+            # kubectl before 1.27 validates on its side against this document, fetched as
+            # protobuf. An empty message is a valid, empty Document: it knows no type, so
+            # such a kubectl checks nothing and sends the object on (Debian 12's is 1.20).
+            self._send(200, b"", OPENAPI_V2_PROTOBUF)
+            return True
         elif path == "/openapi/v3":
             document = openapi_root()
         elif path.startswith("/openapi/v3/"):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from ipvsproxy.testapi.resources import RESOURCES
 
-__all__ = ["openapi_root", "openapi_spec"]
+__all__ = ["OPENAPI_V2_PROTOBUF", "openapi_root", "openapi_spec"]
+
+# As kube-apiserver labels /openapi/v2 in protobuf ("@" would not parse as a media type).
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 _HASH = "ipvsproxy-testapi-1"
 
