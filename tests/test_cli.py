@@ -260,3 +260,26 @@ def test_plan_takes_the_zone_from_the_node_object(
 )
 def test_run_rejects_bad_flags_before_touching_the_kernel(flags: list[str]) -> None:
     assert main(["run", "--master", "http://127.0.0.1:1", *flags]) == EXIT_INPUT
+
+
+def test_without_a_conntrack_table_stale_udp_flows_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from contextlib import ExitStack
+
+    from ipvsproxy import cli
+    from ipvsproxy.dataplane import conntrack
+    from ipvsproxy.errors import KernelError
+
+    def refuse(**_: object) -> None:
+        raise KernelError("cannot open a netfilter netlink socket: Protocol not supported")
+
+    monkeypatch.setattr(conntrack, "ConntrackSocket", refuse)
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        with ExitStack() as stack:
+            assert cli._conntrack(stack) is None
+    finally:
+        logger.remove(sink)
+    assert messages == ["stale UDP conntrack entries will not be deleted"]

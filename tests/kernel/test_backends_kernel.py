@@ -235,6 +235,9 @@ def test_udp_client_keeping_its_socket_moves_to_a_live_endpoint(tmp_path: Path) 
         network.add_pod("new", "10.244.2.1")
         network.serve(8080)
         cli("once", "-f", web_cluster(tmp_path / "a.yaml", ["10.244.1.1"], protocol="UDP"))
+        # A flow answered once lives 30 s in conntrack: longer, so that a slow second
+        # `once` on a loaded host still finds it to delete.
+        Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").write_text("600\n")
         with switch_netns(client.netns):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:

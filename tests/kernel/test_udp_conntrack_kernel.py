@@ -83,6 +83,9 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
             "ipvs: {gracefulTerminationTimeout: 0s}\n"
         )
         with agent(tmp_path, kubeconfig_path, config) as running:
+            # A UDP flow answered once lives 30 s in conntrack; on a loaded host the change
+            # below may take longer than that, and an expired entry proves nothing.
+            Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").write_text("600\n")
             with switch_netns(client.netns):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             with sock:
@@ -94,10 +97,13 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
 
                 api.store.replace(ENDPOINT_SLICES, "kube-system", "dns-1", dns_slice("10.244.2.1"))
                 # Both protocols' old real server gone at once: no TCP drain at weight 0.
-                wait_for("the new endpoint", lambda: real_servers() == {"10.244.2.1:8080"})
+                wait_for(
+                    "the new endpoint", lambda: real_servers() == {"10.244.2.1:8080"}, timeout=60
+                )
                 wait_for(
                     "the stale entry's deletion",
                     lambda: "stale UDP conntrack entries deleted" in running.log(),
+                    timeout=60,
                 )
                 replies = [ask(sock) for _ in range(3)]
             assert b"new" in replies and b"old" not in replies, replies
