@@ -8,9 +8,9 @@ The kernel is replaced by a recorder that encodes every write as the adapters wo
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
 messages, ipset entries as `ipset restore` lines, chains as iptables-restore payloads.
 Clusters come from bench/gen_cluster.py (the realistic, long-tailed profile by default),
-served as the API server's two list answers (JSON bytes).
+served as the API server's list answers (JSON bytes, pages of 500 as the reflector asks).
 
-Each size runs in a process of its own (so that its peak RSS is its own) and reports:
+Each size runs in processes of their own (so that the RSS is the agent's) and reports:
 
 - cold start, by stage, from the list answers to every message encoded: list+decode (JSON
   parse and conversion, as the reflector reads a page), desired (every Service's state and
@@ -38,8 +38,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,28 +191,38 @@ def dataplanes_of(recorder: Recorder) -> Dataplanes:
     )
 
 
-def list_bodies(profile: str, services: int, endpoints: int) -> tuple[bytes, bytes]:
-    """The API server's answers to the two lists, one page each."""
+PAGE = 500  # items per list page, the reflector's default limit
+
+
+def write_pages(profile: str, services: int, endpoints: int, directory: Path) -> None:
+    """The API server's answers to the two lists, in pages as the reflector asks for them,
+    one file each, so that the measured process holds only what an agent would."""
     cluster = build_realistic(services) if profile == "realistic" else build(services, endpoints)
-    bodies = []
     for kind, api_version in (("Service", "v1"), ("EndpointSlice", "discovery.k8s.io/v1")):
-        document = {
-            "kind": f"{kind}List",
-            "apiVersion": api_version,
-            "metadata": {"resourceVersion": "1"},
-            "items": [i for i in cluster["items"] if i["kind"] == kind],
-        }
-        bodies.append(json.dumps(document).encode())
-    return bodies[0], bodies[1]
+        items = [i for i in cluster["items"] if i["kind"] == kind]
+        for page, start in enumerate(range(0, len(items), PAGE)):
+            document = {
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": "1", "continue": str(start + PAGE)},
+                "items": items[start : start + PAGE],
+            }
+            (directory / f"{kind}-{page:05d}.json").write_text(json.dumps(document))
 
 
-def decode(body: bytes, convert: Callable[[Any], Any]) -> dict[str, Any]:
-    """A list answer into model values by namespace/name, as the reflector reads a page."""
+def pages(directory: Path, kind: str) -> Iterator[bytes]:
+    for path in sorted(directory.glob(f"{kind}-*.json")):
+        yield path.read_bytes()
+
+
+def decode(bodies: Iterable[bytes], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """List answers into model values by namespace/name, as the reflector reads pages."""
     found = {}
-    for obj in json.loads(body)["items"]:
-        value = convert(obj)
-        if value is not None:
-            found[f"{value.namespace}/{value.name}"] = value
+    for body in bodies:
+        for obj in json.loads(body)["items"]:
+            value = convert(obj)
+            if value is not None:
+                found[f"{value.namespace}/{value.name}"] = value
     return found
 
 
@@ -249,7 +260,7 @@ def ipvs_messages(state: ServiceState) -> int:
     return sum(1 + len(state.real_servers.get(key, {})) for key in state.virtual_servers)
 
 
-def cold_start(services_body: bytes, slices_body: bytes) -> dict[str, tuple[float, float]]:
+def cold_start(directory: Path) -> dict[str, tuple[float, float]]:
     """The first full sync from the two list answers, stage by stage: (wall, CPU) seconds.
 
     The stages call what the reflectors and Agent._full call, in their order."""
@@ -277,8 +288,8 @@ def cold_start(services_body: bytes, slices_body: bytes) -> dict[str, tuple[floa
         stage(
             "list+decode",
             lambda: (
-                decode(services_body, service_from_dict),
-                decode(slices_body, endpoint_slice_from_dict),
+                decode(pages(directory, "Service"), service_from_dict),
+                decode(pages(directory, "EndpointSlice"), endpoint_slice_from_dict),
             ),
         )
         stage("desired", desired)
@@ -294,18 +305,12 @@ def cold_start(services_body: bytes, slices_body: bytes) -> dict[str, tuple[floa
     return stages
 
 
-def bench_size(
-    profile: str, size: int, endpoints: int, changes: int, rng: random.Random
-) -> dict[str, Any]:
-    services_body, slices_body = list_bodies(profile, size, endpoints)
-    gc.collect()
-    stages = cold_start(services_body, slices_body)
-    gc.collect()
-
-    services = decode(services_body, service_from_dict)
-    slices = decode(slices_body, endpoint_slice_from_dict)
-    list_bytes = len(services_body) + len(slices_body)
-    del services_body, slices_body
+def bench_size(directory: Path, changes: int, rng: random.Random) -> dict[str, Any]:
+    """The agent's cold start, RSS and changes (cold_start's stages run in another process,
+    so that this one's RSS is an agent's)."""
+    services = decode(pages(directory, "Service"), service_from_dict)
+    slices = decode(pages(directory, "EndpointSlice"), endpoint_slice_from_dict)
+    list_bytes = sum(p.stat().st_size for p in directory.glob("*.json"))
     recorder = Recorder()
     agent = Agent(
         dataplanes_of(recorder), AgentSettings(node=NodeInfo(name=NODE), sync_period=3600.0)
@@ -422,7 +427,6 @@ def bench_size(
         "real_servers": sum(
             len(r) for st in cache.states.values() for r in st.real_servers.values()
         ),
-        "stages": stages,
         "agent_cold": (agent_cold, agent_cold_cpu),
         "steady": (statistics.median(steady), steady_cpu),
         "steady_rss": steady_rss,
@@ -505,35 +509,43 @@ def main() -> None:
         " unpacked there), alternating, and print the ratios",
     )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
+    parser.add_argument("--pages", help=argparse.SUPPRESS)  # where its list pages are
+    parser.add_argument("--part", choices=("stages", "agent"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     from loguru import logger
 
     logger.remove()  # the agent's per-sync lines would dominate what is measured
     if args.one:
-        result = bench_size(
-            args.profile, args.one, args.endpoints, args.changes, random.Random(args.seed)
-        )
-        print(json.dumps(result))
+        directory = Path(args.pages)
+        if args.part == "stages":
+            print(json.dumps({"stages": cold_start(directory)}))
+        else:
+            print(json.dumps(bench_size(directory, args.changes, random.Random(args.seed))))
         return
     runs: dict[str, list[dict[str, Any]]] = {"": []}
     if args.baseline:
         runs[args.baseline] = []
     for size in args.sizes.split(","):
-        for source, results in runs.items():  # alternating: both see the same load
-            command = [
-                sys.executable,
-                *(("-c", _FROM_SOURCE, source) if source else ()),
-                __file__,
-                f"--one={size}",
-                f"--changes={args.changes}",
-                f"--profile={args.profile}",
-                f"--endpoints={args.endpoints}",
-                f"--seed={args.seed}",
-            ]
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-            if done.returncode:
-                raise SystemExit(done.returncode)
-            results.append(json.loads(done.stdout.splitlines()[-1]))
+        with tempfile.TemporaryDirectory(prefix="bench-agent-") as directory:
+            write_pages(args.profile, int(size), args.endpoints, Path(directory))
+            for source, results in runs.items():  # alternating: both see the same load
+                result: dict[str, Any] = {}
+                for part in ("stages", "agent"):
+                    command = [
+                        sys.executable,
+                        *(("-c", _FROM_SOURCE, source) if source else ()),
+                        __file__,
+                        f"--one={size}",
+                        f"--pages={directory}",
+                        f"--part={part}",
+                        f"--changes={args.changes}",
+                        f"--seed={args.seed}",
+                    ]
+                    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+                    if done.returncode:
+                        raise SystemExit(done.returncode)
+                    result.update(json.loads(done.stdout.splitlines()[-1]))
+                results.append(result)
     for source, results in runs.items():
         if args.baseline:
             print(f"== {source or 'this tree'}")
