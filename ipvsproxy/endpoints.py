@@ -104,9 +104,9 @@ def _collect(
         target = _target_port(endpoint_slice, port)
         if not target:
             continue
-        for endpoint in endpoint_slice.endpoints:
-            address = endpoint.address
-            found[RealServerKey(address, target)] = (endpoint, RealServer(address, target))
+        keys, servers = endpoint_slice.real_servers(target)
+        for endpoint, key, server in zip(endpoint_slice.endpoints, keys, servers, strict=True):
+            found[key] = (endpoint, server)
     return found
 
 

@@ -169,6 +169,10 @@ class EndpointSlice:
     # epoch: when the change this slice reflects was triggered (a Pod or Service update).
     # None when absent or unreadable. Feeds kubeproxy_network_programming_duration_seconds.
     trigger_time: float | None = None
+    # real_servers()'s answers by target port: built once per slice, not once per sync.
+    _servers: dict[int, tuple[tuple[RealServerKey, ...], tuple[RealServer, ...]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def key(self) -> str:
@@ -177,6 +181,26 @@ class EndpointSlice:
     @property
     def service_key(self) -> str:
         return f"{self.namespace}/{self.service_name}"
+
+    def real_servers(self, target: int) -> tuple[tuple[RealServerKey, ...], tuple[RealServer, ...]]:
+        """Each endpoint's real server at port `target` and its key, in endpoint order.
+
+        Kept with the slice: when one slice of a Service with thousands of endpoints
+        changes, only that slice's real servers are new, and the others are the very
+        objects applied before, which a partial sync's diff passes over by identity.
+        """
+        cache = self._servers
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_servers", cache)
+        found = cache.get(target)
+        if found is None:
+            found = (
+                tuple(RealServerKey(e.address, target) for e in self.endpoints),
+                tuple(RealServer(e.address, target) for e in self.endpoints),
+            )
+            cache[target] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
