@@ -2,7 +2,7 @@
 
     python bench/bench_agent.py [--sizes 1000,10000,30000] [--changes 1000]
                                 [--profile realistic|uniform] [--endpoints 10]
-                                [--baseline TREE]
+                                [--baseline TREE] [--json FILE]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
@@ -477,6 +477,11 @@ def report(results: list[dict[str, Any]]) -> None:
                 f" {percentile(wall, 0.99) * 1e3:>9.3f}"
                 f" {statistics.median(cpu) * 1e3:>9.3f} {percentile(cpu, 0.99) * 1e3:>9.3f}"
             )
+        wall, cpu = r["agent_cold"]
+        print(
+            f"{r['services']:>9} {'full sync, cold':<18} {wall * 1e3:>9.1f} {'':>9}"
+            f" {cpu * 1e3:>9.1f}"
+        )
         wall, cpu = r["steady"]
         print(
             f"{r['services']:>9} {'full sync, steady':<18} {wall * 1e3:>9.1f} {'':>9}"
@@ -508,6 +513,7 @@ def main() -> None:
         help="also run with the ipvsproxy package in TREE (e.g. `git archive main ipvsproxy`"
         " unpacked there), alternating, and print the ratios",
     )
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
     parser.add_argument("--pages", help=argparse.SUPPRESS)  # where its list pages are
     parser.add_argument("--part", choices=("stages", "agent"), help=argparse.SUPPRESS)
@@ -546,6 +552,8 @@ def main() -> None:
                         raise SystemExit(done.returncode)
                     result.update(json.loads(done.stdout.splitlines()[-1]))
                 results.append(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"sizes": [summary(r) for r in runs[""]]}))
     for source, results in runs.items():
         if args.baseline:
             print(f"== {source or 'this tree'}")
@@ -564,6 +572,26 @@ sys.path.insert(0, tree)
 sys.argv = sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    """One size's figures for --json: seconds and MiB, wall and CPU."""
+    out: dict[str, Any] = {
+        k: r[k] for k in ("services", "endpoints", "peak_rss", "steady_rss", "after_rss")
+    }
+    for stage, (wall, cpu) in r["stages"].items():
+        out[f"cold {stage}"] = {"wall": wall, "cpu": cpu}
+    out["agent cold sync"] = dict(zip(("wall", "cpu"), r["agent_cold"], strict=True))
+    out["steady full sync"] = dict(zip(("wall", "cpu"), r["steady"], strict=True))
+    for key in ("endpoint", "add", "delete"):
+        wall, cpu = r[key]
+        out[key] = {
+            "p50 wall": statistics.median(wall),
+            "p99 wall": percentile(wall, 0.99),
+            "p50 cpu": statistics.median(cpu),
+            "p99 cpu": percentile(cpu, 0.99),
+        }
+    return out
 
 
 def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
