@@ -96,7 +96,7 @@ class Failed(Exception):
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Prometheus text format, reduced to name -> [(labels, value)]."""
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=120) as response:
         text = response.read().decode()
     found: dict[str, list[tuple[dict[str, str], float]]] = {}
     for line in text.splitlines():
@@ -187,7 +187,7 @@ def start_api(cluster_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], s
     return process, url
 
 
-def start_agent(index: int, url: str, log: Path) -> Agent:
+def start_agent(index: int, url: str, log: Path, extra: list[str]) -> Agent:
     address = f"127.0.1.{index + 1}"
     command = [
         sys.executable,
@@ -199,6 +199,7 @@ def start_agent(index: int, url: str, log: Path) -> Agent:
         f"--hostname-override=node-{index:04d}",
         f"--metrics-bind-address={address}:10249",
         f"--healthz-bind-address={address}:10256",
+        *extra,
     ]
     started = time.time()
     with log.open("wb") as stream:
@@ -236,6 +237,7 @@ def run_hollow(
     rate: float,
     workdir: Path,
     ready_timeout: float = 600.0,
+    sync_period: float | None = None,
 ) -> HollowResult:
     cluster = build_realistic(services)
     cluster_file = workdir / "cluster.json"
@@ -250,7 +252,15 @@ def run_hollow(
     api, url = start_api(cluster_file, workdir / "api.log")
     running: list[Agent] = []
     try:
-        running = [start_agent(i, url, workdir / f"agent-{i}.log") for i in range(agents)]
+        config: list[str] = []
+        if sync_period is not None:
+            path = workdir / "config.yaml"
+            path.write_text(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+                f"mode: ipvs\nipvs:\n  syncPeriod: {sync_period:g}s\n"
+            )
+            config = [f"--config={path}"]
+        running = [start_agent(i, url, workdir / f"agent-{i}.log", config) for i in range(agents)]
         for agent in running:
             wait(
                 lambda a=agent: synced_at(a) is not None,
@@ -366,7 +376,12 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=300, help="endpoint changes in all")
     parser.add_argument("--rate", type=float, default=5.0, help="endpoint changes per second")
+    parser.add_argument(
+        "--sync-period", type=float, help="the agents' ipvs.syncPeriod (default kube-proxy's 30 s)"
+    )
     args = parser.parse_args()
+    # Stopped from outside: still stop the agents and the API server (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="hollow-") as workdir:
         try:
             result = run_hollow(
@@ -375,6 +390,7 @@ def main() -> None:
                 changes=args.changes,
                 rate=args.rate,
                 workdir=Path(workdir),
+                sync_period=args.sync_period,
             )
         except Failed as exc:
             print(f"FAILED: {exc}")

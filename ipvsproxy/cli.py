@@ -380,13 +380,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dataplane == "fake":
         from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 
-        # Everything but the kernel: no sysctls, no sockets, so that many share a machine.
+        # Everything but the kernel: no sysctls, no sockets, so that many share a machine;
+        # nor per-Service traffic series, which would be all zeros (and megabytes).
         kernel = FakeKernel()
         dataplanes = Dataplanes(
             ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
         )
         _check_scheduler(config, dataplanes)
-        return run_daemon(config, dataplanes, settings, master=args.master, traffic=kernel.stats)
+        return run_daemon(config, dataplanes, settings, master=args.master)
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
