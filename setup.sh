@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install what ipvsproxy needs on Debian 12 (run as root) and create the virtualenv .venv.
-# Debian packages: user-mode-linux (the test kernel with IPVS), qemu-system-x86 and
-# busybox-static (the second test kernel, for iptables' nft backend), ipvsadm, ipset,
-# iptables, iproute2 and kmod (used by the proxy and inside the test kernels), python3-venv;
-# kubectl.
+# Debian packages: user-mode-linux (the test kernel with IPVS); qemu-system-x86 and
+# busybox-static (the second test kernel, for iptables' nft backend) and nftables (its
+# tests); ipvsadm, ipset, iptables, iproute2 and kmod (used by the proxy and inside the
+# test kernels); python3-venv; kubectl.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(python3 python3-venv python3-dev gcc user-mode-linux qemu-system-x86 busybox-static ipvsadm ipset iptables iproute2 kmod procps)
+packages=(python3 python3-venv python3-dev gcc user-mode-linux qemu-system-x86 busybox-static nftables ipvsadm ipset iptables iproute2 kmod procps)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -235,22 +235,40 @@ def _desired_settings(config: ProxyConfig) -> DesiredSettings:
 
 
 @contextmanager
-def _dataplanes(backend: str) -> Iterator[Dataplanes]:
+def _dataplanes(backend: str, *, every_backend: bool = False) -> Iterator[Dataplanes]:
+    """The real adapters. ``every_backend`` (cleanup): remove chains from both iptables
+    backends when ``backend`` is auto, not only from the one detected."""
     # Imported here so that `plan` needs no kernel support at all.
+    from ipvsproxy.dataplane.interfaces import IptablesDataplane
     from ipvsproxy.dataplane.ipset import IPSetTool
-    from ipvsproxy.dataplane.iptables import IptablesTool, detect_backend
+    from ipvsproxy.dataplane.iptables import (
+        BACKENDS,
+        EveryBackend,
+        IptablesTool,
+        available_backends,
+        detect_backend,
+    )
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
 
     # IPVS first: without it nothing else is touched (backend detection may write a probe).
     with IpvsSocket() as ipvs, LinkTool() as links, ExitStack() as stack:
-        chosen = detect_backend() if backend == "auto" else backend
-        logger.debug("iptables backend chosen", backend=chosen)
+        if backend == "auto":
+            choice = detect_backend()
+            chosen = choice.backend
+            logger.info("iptables backend chosen", backend=chosen, reason=choice.reason)
+        else:
+            chosen = backend
+        iptables: IptablesDataplane = IptablesTool(chosen)
+        if every_backend and backend == "auto":
+            present = available_backends()
+            others = [IptablesTool(b) for b in BACKENDS if b != chosen and b in present]
+            iptables = EveryBackend(IptablesTool(chosen), others)
         yield Dataplanes(
             ipvs=ipvs,
             links=links,
             ipsets=IPSetTool(),
-            iptables=IptablesTool(chosen),
+            iptables=iptables,
             conntrack=_conntrack(stack),
         )
 
@@ -350,7 +368,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    with _dataplanes(args.iptables_backend) as dataplanes:
+    with _dataplanes(args.iptables_backend, every_backend=True) as dataplanes:
         problems = cleanup(dataplanes)
     for problem in problems:
         logger.error("cleanup step failed", error=problem)

@@ -1,14 +1,28 @@
 """iptables through iptables-save / iptables-restore, legacy or nft backend.
 
-The backend is chosen at start as kube-proxy's iptables-wrapper does: the one that holds
-kubelet's KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY chains, else the one with more rules,
-else nft when it works, else legacy.
+The backend is chosen at start as kube-proxy's iptables-wrapper does (see ``choose_backend``).
+Both backends print the same rule text for every rule the proxy writes (iptables 1.8.9,
+checked rule by rule in the sandbox kernels); what differs is around the rules, and the
+parser handles it:
+
+- iptables-nft-save lists tables in the kernel's order (filter before nat) and a table or
+  built-in chain only once something created it; legacy lists every loaded table.
+- With rules in both backends, iptables-nft-save warns ("# Warning: iptables-legacy tables
+  present, ...") on stderr or, in some versions, as a comment line in its output.
+- A table that also holds chains written with ``nft`` itself: iptables-nft-save 1.8.9 adds
+  "# Table `nat' contains incompatible base-chains, ..." and prints the rest (seen in the
+  sandbox; the proxy's chains stay visible). Versions that cannot show such a table at all
+  print "# Table `nat' is incompatible, use 'nft' tool." instead of it; the proxy could
+  not see its own chains there, so ``parse_save`` raises KernelError naming the table
+  rather than letting every sync restore the chains again.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import IPFamily, IptablesRuleset
@@ -17,7 +31,9 @@ from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 
 BACKENDS = ("legacy", "nft")
 _TABLES = ("nat", "filter")
-_KUBELET_CHAINS = (":KUBE-IPTABLES-HINT", ":KUBE-KUBELET-CANARY")
+# Kubelet (1.17+) creates one of these in the mangle table of the backend it uses.
+_KUBELET_CHAIN = re.compile(r"^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)[ \n]", re.MULTILINE)
+_INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
 # Wait up to 5 s for the xtables lock when kubelet, firewalld or another writer holds it,
 # as kube-proxy does, instead of failing the sync at once. (-W, the poll interval, is
 # deprecated since iptables 1.8.9 and only adds a warning to every error message.)
@@ -25,7 +41,16 @@ _RESTORE_ARGS = ("--noflush", "-w", "5")
 
 
 def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
-    """iptables-save output as table -> chain -> rules (text after "-A <chain> ")."""
+    """iptables-save output (either backend) as table -> chain -> rules (after "-A <chain> ").
+
+    KernelError if iptables-nft-save could not show a table (see the module docstring).
+    """
+    incompatible = _INCOMPATIBLE.search(text)
+    if incompatible:
+        raise KernelError(
+            f"iptables-nft-save cannot show the {incompatible.group(1)} table: it holds rules "
+            "written with nft that iptables cannot represent; inspect it with `nft list ruleset`"
+        )
     tables: dict[str, dict[str, list[str]]] = {}
     chains: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -58,27 +83,63 @@ def _run(
         raise KernelError(f"cannot run {argv[0]}: {exc}") from exc
 
 
-def detect_backend() -> str:
-    """Pick the backend the node's other components use (see module docstring)."""
-    outputs: dict[str, str] = {}
-    for backend in BACKENDS:
-        try:
-            result = _run([_command(backend, IPFamily.V4, "-save")], timeout=30.0)
-        except KernelError:
-            continue
-        if result.returncode == 0:
-            outputs[backend] = result.stdout
-    if not outputs:
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str
+    reason: str
+
+
+def choose_backend(saves: Mapping[str, str], nft_works: Callable[[], bool]) -> BackendChoice:
+    """The backend iptables-wrapper (kubernetes-sigs/iptables-wrappers) would choose.
+
+    ``saves`` maps each backend whose save tool runs to its iptables-save and ip6tables-save
+    output together. In order: the backend holding kubelet's KUBE-IPTABLES-HINT or
+    KUBE-KUBELET-CANARY chain (nft checked first, as the wrapper does); else legacy if it
+    holds more rules ("-" lines) than nft; else nft. One addition: where the wrapper would
+    pick nft with no rules to go by, nft must really create a nat chain (``nft_works``);
+    kernels without nf_tables IPv4 nat (the user-mode-linux test kernel) get legacy.
+    """
+    if not saves:
         raise KernelError("neither iptables-legacy-save nor iptables-nft-save works")
-    hinted = [b for b, text in outputs.items() if any(c in text for c in _KUBELET_CHAINS)]
-    if len(hinted) == 1:
-        return hinted[0]
+    for backend in ("nft", "legacy"):
+        if backend in saves and _KUBELET_CHAIN.search(saves[backend]):
+            return BackendChoice(backend, "kubelet's chains are there")
     counts = {
-        b: sum(line.startswith("-A ") for line in text.splitlines()) for b, text in outputs.items()
+        backend: sum(line.startswith("-") for line in text.splitlines())
+        for backend, text in saves.items()
     }
-    if len(counts) == 2 and counts["legacy"] != counts["nft"]:
-        return max(counts, key=lambda b: counts[b])
-    return "nft" if "nft" in outputs and _nft_usable() else "legacy"
+    legacy, nft = counts.get("legacy", 0), counts.get("nft", 0)
+    rules = f"{legacy} legacy rules, {nft} nft rules"
+    if legacy > nft:
+        return BackendChoice("legacy", rules)
+    if "nft" in saves and (nft > 0 or nft_works()):
+        return BackendChoice("nft", rules)
+    if "legacy" in saves:
+        return BackendChoice("legacy", f"{rules}; nft cannot create a nat chain here")
+    raise KernelError("iptables-legacy-save does not work and nft cannot create a nat chain")
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend whose save tools run, with their IPv4 and IPv6 output together."""
+    saves: dict[str, str] = {}
+    for backend in BACKENDS:
+        texts = []
+        for family in IPFamily:
+            try:
+                result = _run([_command(backend, family, "-save")], timeout=30.0)
+            except KernelError:
+                break
+            if result.returncode != 0:
+                break
+            texts.append(result.stdout)
+        else:
+            saves[backend] = "".join(texts)
+    return saves
+
+
+def detect_backend() -> BackendChoice:
+    """Pick the backend the node's other components use (see ``choose_backend``)."""
+    return choose_backend(available_backends(), _nft_usable)
 
 
 def _nft_usable() -> bool:
@@ -155,3 +216,32 @@ class IptablesTool:
         result = self._restore(family, "\n".join(lines) + "\n")
         if result.returncode != 0:
             raise KernelError(f"removing iptables chains failed: {result.stderr.strip()}")
+
+
+class EveryBackend:
+    """One backend for reading and writing; removal from every backend that has our chains.
+
+    For ``cleanup``: after a node switched backends (or someone ran the other one), the
+    proxy's chains may sit in both, and the kernel runs both, so a cleanup that left either
+    would leave masquerading and filtering rules active.
+    """
+
+    def __init__(self, primary: IptablesTool, others: Sequence[IptablesTool]) -> None:
+        self.primary = primary
+        self.others = tuple(others)
+
+    def read(self, family: IPFamily) -> IptablesRuleset:
+        return self.primary.read(family)
+
+    def restore(self, op: RestoreChains) -> OperationFailure | None:
+        return self.primary.restore(op)
+
+    def remove(self, family: IPFamily) -> None:
+        problems = []
+        for tool in (self.primary, *self.others):
+            try:
+                tool.remove(family)
+            except KernelError as exc:
+                problems.append(f"{tool.backend}: {exc}")
+        if problems:
+            raise KernelError("; ".join(problems))

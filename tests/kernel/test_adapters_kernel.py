@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from ipvsproxy import ipsets
 from ipvsproxy.dataplane.ipset import IPSetTool
-from ipvsproxy.dataplane.iptables import IptablesTool, detect_backend
 from ipvsproxy.model import IPFamily
-from ipvsproxy.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry, RestoreChains
-from ipvsproxy.rules import JUMP_RULES, MasqueradeSettings, build_ruleset
+from ipvsproxy.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
 
 pytestmark = pytest.mark.kernel
 
@@ -46,26 +42,3 @@ def test_ipset_missing_set_fails_its_lines_at_once() -> None:
     assert [f.operation for f in failures] == missing
     assert tool.restores == 2  # not one process per doomed line
     assert tool.read([CLUSTER_IP])[CLUSTER_IP] == {"10.96.0.1,tcp:80"}
-
-
-@pytest.mark.parametrize("family", list(IPFamily))
-def test_iptables_round_trip_compares_equal(family: IPFamily) -> None:
-    assert detect_backend() == "legacy"  # the sandbox kernel has no nf_tables nat
-    sets = IPSetTool()
-    specs = [(spec.name_for(family), spec.create_args(family)) for spec in ipsets.IPSETS]
-    assert sets.apply([CreateIPSet(name, args) for name, args in specs]) == []
-    nonempty = {name for name, _ in specs}  # every conditional rule present
-    ruleset = build_ruleset(
-        family, masquerade=MasqueradeSettings(mark=0x4000), nonempty_sets=nonempty
-    )
-    tool = IptablesTool("legacy")
-    assert tool.restore(RestoreChains(ruleset, JUMP_RULES)) is None
-    seen = tool.read(family).tables
-    for table, chains in ruleset.tables.items():
-        for chain, rules in chains.items():
-            assert seen[table][chain] == rules, (table, chain)
-    for jump in JUMP_RULES:
-        assert seen[jump.table][jump.chain].count(jump.rule) == 1
-    tool.remove(family)
-    save = "iptables-legacy-save" if family is IPFamily.V4 else "ip6tables-legacy-save"
-    assert "KUBE-" not in subprocess.run([save], capture_output=True, text=True).stdout
