@@ -35,6 +35,7 @@ from ipvsproxy.desired import NodeInfo
 from ipvsproxy.model import Protocol, VirtualServerKey
 from ipvsproxy.testapi import TestAPIServer, kubeconfig
 from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy.testapi.store import Store
 
 
 def _free_port() -> int:
@@ -144,7 +145,10 @@ def soak(
     rng = random.Random(seed)
     result = SoakResult()
     desired = {i: _endpoints(rng, i) for i in range(services)}
-    with TestAPIServer() as api, tempfile.TemporaryDirectory() as tmp:
+    # The API server runs in this process: its event log is kept short (as a real one
+    # compacts every few minutes) so that RSS over time shows the agent's memory, not
+    # the server's history of every change.
+    with TestAPIServer(Store(history=2000)) as api, tempfile.TemporaryDirectory() as tmp:
         for index, endpoints in desired.items():
             api.store.create(SERVICES, "soak", _service(index))
             api.store.create(ENDPOINT_SLICES, "soak", _slice(index, endpoints))
