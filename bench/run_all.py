@@ -507,6 +507,20 @@ def main() -> int:
         )
         agent.data = agent_figures(agent.output)
         runs["agent"] = agent
+    if (BENCH / "bench_testapi.py").exists():
+        big = [size for size in args.sizes if size >= 10000] or [max(args.sizes)]
+        runs["testapi"] = run(
+            "the test API server: load, list, watch (uniform clusters)",
+            [
+                py,
+                str(BENCH / "bench_testapi.py"),
+                "--sizes",
+                ",".join(map(str, big)),
+                "--repeat",
+                str(repeat),
+            ],
+            timeout=1800,
+        )
     if not args.skip_kernel:
         for key, script, sizes, extra in (
             (
