@@ -65,6 +65,9 @@ def run(title: str, argv: list[str], *, timeout: float) -> Run:
             text=True,
             timeout=timeout,
             check=False,
+            # loguru's default handler logs DEBUG; the servers some benchmarks start would
+            # bury their figures under one line per request
+            env={**os.environ, "LOGURU_LEVEL": "INFO"},
         )
         result.output, result.status = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as exc:
