@@ -1,0 +1,267 @@
+"""Running `ipvsproxy run` as a process in the sandbox kernel: the agent and its log,
+a client sending TCP requests back to back, and readers of the kernel's tables with the
+real tools. Shared by the agent, crash and privilege kernel tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ipvsproxy.sandbox.pods import tcp_requests
+from ipvsproxy.testapi import TestAPIServer
+from ipvsproxy.testapi.resources import ENDPOINT_SLICES
+
+CLUSTER_IP = "10.96.0.10"
+NODE = "node-a"
+HEALTHZ_PORT = 10256
+METRICS_PORT = 10249
+# The agent starts slowly in the guest (importing the kubernetes client takes seconds).
+START_TIMEOUT = 90.0
+
+
+def service() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": CLUSTER_IP,
+            "clusterIPs": [CLUSTER_IP],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+        },
+    }
+
+
+def endpoint_slice(*addresses: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-1",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [address], "conditions": {"ready": True}} for address in addresses
+        ],
+    }
+
+
+def set_endpoints(api: TestAPIServer, *addresses: str) -> None:
+    api.store.replace(ENDPOINT_SLICES, "shop", "web-1", endpoint_slice(*addresses))
+
+
+def tool(*argv: str) -> str:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
+
+
+def real_servers() -> set[str]:
+    """The destinations of every virtual server, as `ipvsadm -Ln` prints their addresses."""
+    return {
+        line.split()[1]
+        for line in tool("ipvsadm", "-Ln").splitlines()[3:]  # after the three header lines
+        if line.startswith("  -> ")
+    }
+
+
+def ipvs_table() -> list[str]:
+    """`ipvsadm -Ln` without its connection counters, which traffic changes."""
+    return [
+        " ".join(line.split()[:4] if line.startswith("  -> ") else line.split())
+        for line in tool("ipvsadm", "-Ln").splitlines()[3:]
+    ]
+
+
+def weights() -> dict[str, int]:
+    """Real server address:port -> weight, over every virtual server."""
+    return {
+        line.split()[1]: int(line.split()[3])
+        for line in tool("ipvsadm", "-Ln").splitlines()[3:]
+        if line.startswith("  -> ")
+    }
+
+
+def nat_rules() -> list[str]:
+    """The nat table as iptables-legacy-save prints it, without its comment lines and the
+    built-in chains' packet counters."""
+    return [
+        re.sub(r"\[\d+:\d+\]$", "", line)
+        for line in tool("iptables-legacy-save", "-t", "nat").splitlines()
+        if not line.startswith("#")
+    ]
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def metric(name: str) -> float:
+    """The sum of a metric's samples (``name`` may carry labels) on the agent's /metrics;
+    0 for a labelled series not yet created, but the metric must exist."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    family = name.split("{", 1)[0].removesuffix("_total")
+    assert f"# HELP {family}" in text, f"no metric {family} on /metrics"
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+class Agent:
+    """One `ipvsproxy run` process and its log."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        kubeconfig_path: Path,
+        config: Path,
+        *,
+        prefix: Sequence[str] = (),
+        entry: Sequence[str] = ("-m", "ipvsproxy.cli"),
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        """prefix: a command the agent runs under (setpriv); entry: what python runs;
+        args: more options of `run`."""
+        self.log_path = workdir / f"agent-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [
+                *prefix,
+                sys.executable,
+                *entry,
+                "run",
+                "--kubeconfig",
+                str(kubeconfig_path),
+                "--config",
+                str(config),
+                "--hostname-override",
+                NODE,
+                "--healthz-bind-address",
+                f"127.0.0.1:{HEALTHZ_PORT}",
+                "--metrics-bind-address",
+                f"127.0.0.1:{METRICS_PORT}",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_synced(self) -> None:
+        """Until /metrics reports a finished sync."""
+
+        def synced() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"agent exited {self.process.returncode}:\n{self.log()}")
+            try:
+                return metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 0
+            except OSError:
+                return False
+
+        wait_for("the agent's first sync", synced, timeout=START_TIMEOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        """Signal the agent; seconds until it exited."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self._log.close()
+        return time.monotonic() - started
+
+
+class Traffic:
+    """A client sending TCP requests to the ClusterIP one after another, counting failures.
+
+    At most one new connection per `pause` seconds: each leaves two conntrack entries (the
+    node's and the pod's) in TIME_WAIT for 120 s, and the guest's nf_conntrack_max is
+    8,192; back to back, the client alone fills the table within a minute and the kernel
+    then drops every new connection on the node, loopback included.
+    """
+
+    def __init__(self, pause: float = 0.05) -> None:
+        self._pause = pause
+        self.replies: list[str] = []
+        self.failures: list[str] = []
+        self.failed_at: list[float] = []  # monotonic times of the failures
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                # A refused or reset connection fails at once; the long timeout only
+                # spares a guest starved of CPU by a loaded host (its SYNs retransmit).
+                self.replies += tcp_requests(CLUSTER_IP, 80, 1, timeout=15.0)
+            except Exception as exc:  # every failure counts; the reason is kept
+                self.failures.append(repr(exc))
+                self.failed_at.append(time.monotonic())
+            self._stop.wait(self._pause)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def wait_replies(self, count: int, timeout: float = 20.0) -> None:
+        target = len(self.replies) + count
+        wait_for(f"{count} more replies", lambda: len(self.replies) >= target, timeout)
+
+
+@contextmanager
+def agent(workdir: Path, kubeconfig_path: Path, config: Path, **options: Any) -> Iterator[Agent]:
+    """A started agent, synced; its log printed if the block fails; killed after."""
+    running = Agent(workdir, kubeconfig_path, config, **options)
+    try:
+        running.wait_synced()
+        yield running
+    except BaseException:
+        print(f"--- agent log ---\n{running.log()}")
+        print(subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout)
+        print(subprocess.run(["ps", "axf"], capture_output=True, text=True).stdout)
+        print(running.process.poll(), running.process.args)  # shown by pytest for a failed test
+        raise
+    finally:
+        if running.process.poll() is None:
+            running.stop(signal.SIGKILL)
