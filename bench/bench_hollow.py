@@ -9,7 +9,7 @@ share one machine and load the control plane as many nodes would. The script
 1. writes a realistic cluster (bench/gen_cluster.py) and serves it with the test API
    server (`python -m ipvsproxy.testapi`), in a process of its own;
 2. starts --agents agents, each its own process and node name, serving /metrics on its
-   own loopback address (127.0.1.N), and waits until each has synced once (cold start);
+   own loopback address (127.0.1.N, a free port), and waits until each has synced once;
 3. changes one endpoint of a different EndpointSlice --rate times a second, --changes in
    all, each slice stamped with endpoints.kubernetes.io/last-change-trigger-time = now;
 4. waits until every agent has programmed every change, then scrapes each agent's
@@ -34,6 +34,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,7 @@ class Agent:
     index: int
     process: subprocess.Popen[bytes]
     address: str
+    port: int  # of its /metrics
     started: float  # wall clock at launch
     ready_after: float = 0.0  # seconds from launch to its first sync
     cpu_ready: float = 0.0  # CPU seconds at that point
@@ -71,7 +73,7 @@ class Agent:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.address}:10249/metrics"
+        return f"http://{self.address}:{self.port}/metrics"
 
 
 @dataclass
@@ -187,8 +189,16 @@ def start_api(cluster_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], s
     return process, url
 
 
+def free_port(address: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def start_agent(index: int, url: str, log: Path, extra: list[str]) -> Agent:
     address = f"127.0.1.{index + 1}"
+    metrics, healthz = free_port(address), free_port(address)  # others may run agents too
     command = [
         sys.executable,
         "-c",
@@ -197,14 +207,14 @@ def start_agent(index: int, url: str, log: Path, extra: list[str]) -> Agent:
         "--dataplane=fake",
         f"--master={url}",
         f"--hostname-override=node-{index:04d}",
-        f"--metrics-bind-address={address}:10249",
-        f"--healthz-bind-address={address}:10256",
+        f"--metrics-bind-address={address}:{metrics}",
+        f"--healthz-bind-address={address}:{healthz}",
         *extra,
     ]
     started = time.time()
     with log.open("wb") as stream:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stream)
-    return Agent(index, process, address, started)
+    return Agent(index, process, address, metrics, started)
 
 
 def synced_at(agent: Agent) -> float | None:
