@@ -21,7 +21,6 @@ from ipvsproxy.config import (
     DEFAULT_METRICS_PORT,
     BindAddress,
     ProxyConfig,
-    load_config,
     with_overrides,
 )
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane
@@ -35,6 +34,7 @@ from ipvsproxy.desired import (
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.frontends import NodePortSettings
 from ipvsproxy.k8s.files import Cluster, read_cluster
+from ipvsproxy.kubeproxyconfig import load_config
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
 from ipvsproxy.plan import DUMMY_INTERFACE

@@ -15,12 +15,10 @@ from loguru import logger
 from ipvsproxy.config import (
     BindAddress,
     ProxyConfig,
-    config_from_dict,
-    load_config,
-    parse_duration,
     with_overrides,
 )
 from ipvsproxy.errors import ConfigError
+from ipvsproxy.kubeproxyconfig import config_from_dict, load_config, parse_duration
 
 DATA = Path(__file__).parent / "data"
 HEADER = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"

@@ -19,9 +19,9 @@ import yaml
 
 import ipvsproxy.k8s.watch as watch
 from ipvsproxy.cli import _parser
-from ipvsproxy.config import load_config
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import Reflector, Resource, Response
+from ipvsproxy.kubeproxyconfig import load_config
 from ipvsproxy.testapi import Store, TestAPIServer
 
 ROOT = Path(__file__).resolve().parents[1]

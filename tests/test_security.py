@@ -23,10 +23,11 @@ from daemonrig import free_port, metric, svc, wait_for
 from loguru import logger
 
 from ipvsproxy.cli import EXIT_INPUT, main
-from ipvsproxy.config import BindAddress, ProxyConfig, load_config
+from ipvsproxy.config import BindAddress, ProxyConfig
 from ipvsproxy.health import ProxyHealth, serve_health
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import SERVICES, Reflector, WatchSettings
+from ipvsproxy.kubeproxyconfig import load_config
 from ipvsproxy.metrics import ProxyMetrics, serve_metrics
 from ipvsproxy.testapi import TestAPIServer
 from ipvsproxy.testapi.resources import SERVICES as SERVICE_TYPE
