@@ -36,9 +36,11 @@ from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_CMD_NEW_SERVICE,
     REQUEST_ACK,
     encode_operation,
+    split_messages,
+)
+from ipvsproxy.dataplane.ipvs_decode import (
     parse_dest,
     parse_service,
-    split_messages,
 )
 from ipvsproxy.model import (
     IPVS_FLAG_PERSISTENT,

@@ -55,9 +55,11 @@ def elapsed(fn: Callable[[], Any]) -> float:
 def multi_socket_snapshot(sockets: list[Any]) -> dict[Any, Any]:
     """Every virtual server with its real servers, one GET_DEST dump in flight per socket."""
     from ipvsproxy.dataplane.ipvs_codec import (
+        encode_get_dests,
+    )
+    from ipvsproxy.dataplane.ipvs_decode import (
         SkippedEntry,
         address_af,
-        encode_get_dests,
         parse_dest,
     )
     from ipvsproxy.dataplane.netlink import NLMSG_DONE, NLMSG_ERROR

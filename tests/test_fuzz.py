@@ -32,6 +32,8 @@ from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs_codec import (
     encode_new_dest,
     encode_new_service,
+)
+from ipvsproxy.dataplane.ipvs_decode import (
     parse_config,
     parse_dest,
     parse_service,

@@ -21,6 +21,7 @@ from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from ipvsproxy.dataplane import ipvs_codec as codec
+from ipvsproxy.dataplane import ipvs_decode as decode
 from ipvsproxy.dataplane import netlink_codec as nl
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.model import (
@@ -273,7 +274,7 @@ def test_pyroute2_service_decodes_with_ours(case: Case) -> None:
         "mask": 0xFFFFFFFF,
     }
     data = _pyroute2_encode(1, [("IPVS_CMD_ATTR_SERVICE", {"attrs": list(attrs.items())})])
-    assert codec.parse_service(_only_payload(data)) == case.virtual
+    assert decode.parse_service(_only_payload(data)) == case.virtual
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -291,7 +292,7 @@ def test_pyroute2_dest_decodes_with_ours(case: Case) -> None:
         ("IPVS_DEST_ATTR_ADDR_FAMILY", _af(case.real.address)),
     ]
     data = _pyroute2_encode(5, [("IPVS_CMD_ATTR_DEST", {"attrs": attrs})])
-    real = codec.parse_dest(_only_payload(data), service_af=_af(case.virtual.address))
+    real = decode.parse_dest(_only_payload(data), service_af=_af(case.virtual.address))
     assert real == case.real
     assert isinstance(real, RealServer)
     assert (real.active_connections, real.inactive_connections) == (12, 345)
@@ -312,7 +313,7 @@ def test_dest_without_address_family_takes_the_services() -> None:
         _attr(codec.IPVS_DEST_ATTR_ADDR, ip("fd00::9").packed),
         _attr(codec.IPVS_DEST_ATTR_PORT, struct.pack(">H", 80)),
     )
-    real = codec.parse_dest(payload, service_af=socket.AF_INET6)
+    real = decode.parse_dest(payload, service_af=socket.AF_INET6)
     assert real == RealServer(ip("fd00::9"), 80, weight=0)
 
 
@@ -338,7 +339,7 @@ def test_pyroute2_object_api_messages_decode_with_ours(case: Case) -> None:
         addr=str(real.address), port=real.port, weight=real.weight, fwd_method=int(real.forward)
     )
     data = _pyroute2_encode(1, [("IPVS_CMD_ATTR_SERVICE", service.dump_nla())])
-    assert codec.parse_service(_only_payload(data)) == virtual
+    assert decode.parse_service(_only_payload(data)) == virtual
     data = _pyroute2_encode(
         5,
         [
@@ -346,7 +347,7 @@ def test_pyroute2_object_api_messages_decode_with_ours(case: Case) -> None:
             ("IPVS_CMD_ATTR_DEST", dest.dump_nla()),
         ],
     )
-    assert codec.parse_dest(_only_payload(data), service_af=_af(virtual.address)) == real
+    assert decode.parse_dest(_only_payload(data), service_af=_af(virtual.address)) == real
 
 
 # --- ours -> ours -------------------------------------------------------------------------
@@ -361,8 +362,8 @@ def test_round_trip(case: Case) -> None:
         (FAMILY_ID, codec.REQUEST_ACK, 1),
         (FAMILY_ID, codec.REQUEST_ACK, 2),
     ]
-    assert codec.parse_service(messages[0].payload) == case.virtual
-    assert codec.parse_dest(messages[1].payload, service_af=_af(case.virtual.address)) == case.real
+    assert decode.parse_service(messages[0].payload) == case.virtual
+    assert decode.parse_dest(messages[1].payload, service_af=_af(case.virtual.address)) == case.real
 
 
 def test_hashed_flag_is_never_sent() -> None:
@@ -381,7 +382,7 @@ def test_scheduler_padding() -> None:
         data = codec.encode_set_service(server, family_id=FAMILY_ID, seq=length)
         assert len(data) % 4 == 0
         (message,) = codec.split_messages(data)
-        parsed = codec.parse_service(message.payload)
+        parsed = decode.parse_service(message.payload)
         assert isinstance(parsed, VirtualServer)
         assert parsed.scheduler == name
 
@@ -528,7 +529,7 @@ def _service_payload(attrs: list[tuple[str, Any]]) -> bytes:
     ids=["fwmark", "protocol", "family"],
 )
 def test_foreign_services_are_skipped(attrs: list[tuple[str, Any]], reason: str) -> None:
-    assert codec.parse_service(_service_payload(attrs)) == codec.SkippedEntry(reason)
+    assert decode.parse_service(_service_payload(attrs)) == decode.SkippedEntry(reason)
 
 
 def test_unknown_forwarding_method_or_family_is_skipped() -> None:
@@ -537,13 +538,13 @@ def test_unknown_forwarding_method_or_family_is_skipped() -> None:
     payload = _raw_dest_payload(
         address, port, _attr(codec.IPVS_DEST_ATTR_FWD_METHOD, struct.pack("=I", 7))
     )
-    assert codec.parse_dest(payload, service_af=socket.AF_INET) == codec.SkippedEntry(
+    assert decode.parse_dest(payload, service_af=socket.AF_INET) == decode.SkippedEntry(
         "real server 10.0.0.2:80 forwarding method 7"
     )
     payload = _raw_dest_payload(
         address, port, _attr(codec.IPVS_DEST_ATTR_ADDR_FAMILY, struct.pack("=H", 99))
     )
-    assert codec.parse_dest(payload, service_af=socket.AF_INET) == codec.SkippedEntry(
+    assert decode.parse_dest(payload, service_af=socket.AF_INET) == decode.SkippedEntry(
         "real server of address family 99"
     )
 
@@ -573,21 +574,21 @@ def test_truncated_payloads_raise_decode_error() -> None:
     dest = codec.encode_new_dest(case.virtual.key, case.real, family_id=FAMILY_ID, seq=1)[16:]
     for cut in range(len(service) - 1):
         with pytest.raises(codec.NetlinkDecodeError):
-            codec.parse_service(service[:cut])
+            decode.parse_service(service[:cut])
     for cut in range(len(dest) - 1):
         with pytest.raises(codec.NetlinkDecodeError):
-            codec.parse_dest(dest[:cut], service_af=socket.AF_INET)
+            decode.parse_dest(dest[:cut], service_af=socket.AF_INET)
     with pytest.raises(codec.NetlinkDecodeError):
         codec.parse_error(b"\0\0")
     # a dest message is not a service message, and the other way round
     with pytest.raises(codec.NetlinkDecodeError):
-        codec.parse_dest(service, service_af=socket.AF_INET)
+        decode.parse_dest(service, service_af=socket.AF_INET)
 
 
 def test_attribute_overrunning_its_container() -> None:
     payload = b"\1\1\0\0" + struct.pack("=HH", 200, codec.IPVS_CMD_ATTR_SERVICE) + b"\0" * 8
     with pytest.raises(codec.NetlinkDecodeError, match="overruns"):
-        codec.parse_service(payload)
+        decode.parse_service(payload)
 
 
 def test_random_garbage_never_escapes_as_another_error() -> None:
@@ -608,8 +609,8 @@ def test_random_garbage_never_escapes_as_another_error() -> None:
                 mutable[rng.randrange(len(mutable))] = rng.randrange(256)
             blob = bytes(mutable[: rng.randrange(len(mutable) + 1)])
         for parse in (
-            codec.parse_service,
-            lambda b: codec.parse_dest(b, service_af=socket.AF_INET6),
+            decode.parse_service,
+            lambda b: decode.parse_dest(b, service_af=socket.AF_INET6),
             codec.split_messages,
         ):
             with contextlib.suppress(codec.NetlinkDecodeError):
@@ -647,6 +648,6 @@ def test_config_timeouts_round_trip() -> None:
     (parsed,) = codec.split_messages(message)
     assert (parsed.type, parsed.seq) == (0x25, 7)
     # A GET_CONFIG reply carries the same attributes after the genl header.
-    assert codec.parse_config(parsed.payload) == (600, 30, 0)
+    assert decode.parse_config(parsed.payload) == (600, 30, 0)
     with pytest.raises(codec.EncodeError):
         codec.encode_set_config((-1, 0, 0), family_id=0x25, seq=8)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from ipvsproxy.dataplane import ipvs_codec as codec
+from ipvsproxy.dataplane import ipvs_decode as decode
 from ipvsproxy.dataplane import netlink_codec as nl
 from ipvsproxy.dataplane.fake import FakeKernel
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
@@ -73,7 +74,7 @@ def test_no_counters_read_as_zero_and_foreign_services_are_skipped() -> None:
     fwmark = _pyroute2_service(
         [("IPVS_SVC_ATTR_AF", 2), ("IPVS_SVC_ATTR_FWMARK", 7), ("IPVS_SVC_ATTR_PROTOCOL", 6)]
     )
-    assert isinstance(parse_service_stats(fwmark), codec.SkippedEntry)
+    assert isinstance(parse_service_stats(fwmark), decode.SkippedEntry)
 
 
 def test_truncated_counters_raise_decode_error() -> None:

@@ -1,9 +1,9 @@
 """IPVS adapter: a generic-netlink socket that dumps and programs IPVS in batches.
 
-The side-effecting half of the IPVS data plane; ``ipvs_codec`` (pure) builds and parses the
-bytes, and ``netlink.NetlinkSocket`` carries them: many requests per socket write, acks
-matched by sequence number, a receive buffer sized for the batch, a receive timeout and
-restarted dumps (see that module for the kernel behaviour each relies on). IPVS adds:
+The side-effecting half of the IPVS data plane; ``ipvs_codec`` and ``ipvs_decode`` (pure)
+build and parse the bytes, and ``netlink.NetlinkSocket`` carries them: many requests per
+socket write, acks matched by sequence number, a receive buffer sized for the batch, a
+receive timeout and restarted dumps (see that module for the kernel behaviour each relies on). IPVS adds:
 
 - Idempotency (the reconciler's rule "deleting a non-existing object is not an error"):
   DEL_SERVICE answered with ESRCH and DEL_DEST with ENOENT (or ESRCH: its service is gone)
@@ -30,14 +30,16 @@ from ipvsproxy.dataplane.ipvs_codec import (
     NLM_F_ACK,
     NLM_F_REQUEST,
     EncodeError,
-    SkippedEntry,
-    address_af,
     describe_operation,
     encode_get_config,
     encode_get_dests,
     encode_get_services,
     encode_operation,
     encode_set_config,
+)
+from ipvsproxy.dataplane.ipvs_decode import (
+    SkippedEntry,
+    address_af,
     parse_config,
     parse_dest,
     parse_service,

@@ -23,6 +23,8 @@ from typing import Final
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_CMD_ATTR_SERVICE,
     NetlinkDecodeError,
+)
+from ipvsproxy.dataplane.ipvs_decode import (
     SkippedEntry,
     genl_command,
     parse_service,

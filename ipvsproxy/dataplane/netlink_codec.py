@@ -6,7 +6,7 @@ Wire layout (include/uapi/linux/netlink.h), host byte order, every part 4-byte a
     attribute   u16 length | u16 type | value (padded to 4 bytes)
     NLMSG_ERROR s32 -errno | the request's nlmsghdr [| its payload] [| extended-ack attributes]
 
-Protocol codecs (``ipvs_codec`` for generic-netlink IPVS, ``links`` for rtnetlink
+Protocol codecs (``ipvs_codec`` / ``ipvs_decode`` for generic-netlink IPVS, ``links`` for rtnetlink
 addresses) build on this; ``netlink.NetlinkSocket`` moves the bytes.
 """
 
