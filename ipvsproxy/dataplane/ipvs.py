@@ -3,7 +3,8 @@
 The side-effecting half of the IPVS data plane; ``ipvs_codec`` and ``ipvs_decode`` (pure)
 build and parse the bytes, and ``netlink.NetlinkSocket`` carries them: many requests per
 socket write, acks matched by sequence number, a receive buffer sized for the batch, a
-receive timeout and restarted dumps (see that module for the kernel behaviour each relies on). IPVS adds:
+receive timeout and restarted dumps (see that module for the kernel behaviour each relies
+on). IPVS adds:
 
 - Idempotency (the reconciler's rule "deleting a non-existing object is not an error"):
   DEL_SERVICE answered with ESRCH and DEL_DEST with ENOENT (or ESRCH: its service is gone)
