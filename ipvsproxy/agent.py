@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from loguru import logger
@@ -93,7 +93,7 @@ class Agent:
         *,
         metrics: ProxyMetrics | None = None,
         health: ProxyHealth | None = None,
-        health_check_ports: Callable[[HealthCheckPorts], object] | None = None,
+        health_check_ports: Callable[[HealthCheckPorts], Collection[int]] | None = None,
         clock: Clock | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -116,6 +116,7 @@ class Agent:
             clock=self._clock,
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
+        self._computed: dict[str, ServiceState] = {}  # each Service's last good state
         self._drains: Mapping[DrainKey, float] = {}  # real servers draining, since when
         # The host's interface addresses (NodePorts), read at each full sync only.
         self._local_addresses: frozenset[IPAddress] = frozenset()
@@ -268,7 +269,9 @@ class Agent:
                 "node traffic from service addresses is masqueraded until it has",
                 node=node.name,
             )
-        previous = self._cache.states if self._cache is not None else {}
+        # A Service whose state cannot be computed keeps its last good one, even when the
+        # cache was dropped after a failed sync.
+        previous = self._computed
         states: list[tuple[str, ServiceState]] = []
         gc.unfreeze()  # what the last full sync froze may be garbage now
         with gc_paused():
@@ -280,6 +283,7 @@ class Agent:
                     state = previous.get(key)
                 if state is not None:
                     states.append((key, state))
+            self._computed = dict(states)
             desired = merge_service_states(states, settings=settings)
             observed = observe(self._dp, tuple(desired.iptables))
             plan = plan_sync(
@@ -317,10 +321,12 @@ class Agent:
         for key, given in changes.services.items():
             if given.service is None:
                 updates[key] = None
+                self._computed.pop(key, None)
                 continue
             state = self._state(key, given, node)
             if state is not None:
                 updates[key] = state
+                self._computed[key] = state
         planned = plan_partial(
             self._cache,
             updates,
@@ -387,8 +393,9 @@ class Agent:
             port, count = self._health_checks[key]
             wanted.setdefault(port, (key, count))
         if wanted != self._served_health_checks:
-            self._served_health_checks = wanted
-            self._serve_health_checks(wanted)
+            failed = self._serve_health_checks(wanted)
+            # A port that could not be bound stays unserved, so the next sync tries again.
+            self._served_health_checks = {p: v for p, v in wanted.items() if p not in failed}
 
     # -- traffic labels
 

@@ -12,7 +12,8 @@ operations, in plan.py's order, without looking at the kernel or at any other Se
 - an address is bound when its count goes 0 -> 1 and unbound at 1 -> 0, an ipset entry
   added or deleted likewise;
 - the fixed chains are restored only when a set goes empty <-> non-empty (a rule that
-  matches the set appears or disappears).
+  matches the set appears or disappears), or when the load-balancer firewall's entries
+  change (KUBE-IPVS-OUT-FILTER has a rule per firewalled port the node may not reach).
 
 The plan is applied with apply_plan (ownership rules included); the cache takes the
 delta only when everything was applied. Anything else makes the next sync a full one,
@@ -25,12 +26,13 @@ lets it go.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from loguru import logger
 
+from ipvsproxy import ipsets
 from ipvsproxy.desired import EMPTY_SERVICE_STATE, DesiredSettings, ServiceState, desired_iptables
 from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, leave_without_counters
 from ipvsproxy.model import (
@@ -202,11 +204,19 @@ def plan_partial(
     for name, _ in entry_deletes:
         set_sizes[name] = set_sizes.get(name, cache.set_sizes.get(name, 0)) - 1
     iptables: dict[IPFamily, IptablesRuleset] = {}
-    if any(bool(size) != bool(cache.set_sizes.get(name)) for name, size in set_sizes.items()):
+    toggled = any(bool(size) != bool(cache.set_sizes.get(name)) for name, size in set_sizes.items())
+    firewall_changed = any(name in _FIREWALL_SETS for name, _ in (*entry_adds, *entry_deletes))
+    if toggled or firewall_changed:
         nonempty = cache.nonempty_sets()
         nonempty |= {name for name, size in set_sizes.items() if size}
         nonempty -= {name for name, size in set_sizes.items() if not size}
-        wanted = desired_iptables({name: (name,) for name in nonempty}, settings=settings)
+        # Rules depend on whether a set has entries, except the load-balancer firewall's
+        # KUBE-IPVS-OUT-FILTER rules, which name the entries of two sets: those are read in
+        # full (rare: only when they change or a set turns empty or non-empty).
+        entries: dict[str, Collection[str]] = {name: (name,) for name in nonempty}
+        for name in _FIREWALL_SETS & nonempty:
+            entries[name] = _members(name, cache.entry_refs, entry_refs)
+        wanted = desired_iptables(entries, settings=settings)
         iptables = {f: r for f, r in wanted.items() if cache.iptables.get(f) != r}
 
     owners = _owners(cache, changed)
@@ -333,3 +343,24 @@ def _settings_differ(have: RealServer, wanted: RealServer) -> bool:
 
 def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in exclude)
+
+
+_FIREWALL_SETS = frozenset(
+    spec.name_for(family)
+    for family in IPFamily
+    for spec in (ipsets.LOAD_BALANCER_FW, ipsets.LOAD_BALANCER_SOURCE_IP)
+)
+
+
+def _members(
+    name: str, applied: Mapping[SetEntry, int], changed: Mapping[SetEntry, int]
+) -> set[str]:
+    """A set's entries once the changed reference counts are applied."""
+    members = {entry for (set_name, entry), n in applied.items() if set_name == name and n}
+    for (set_name, entry), n in changed.items():
+        if set_name == name:
+            if n:
+                members.add(entry)
+            else:
+                members.discard(entry)
+    return members

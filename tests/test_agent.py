@@ -7,6 +7,7 @@ of the same objects: partial syncs must leave exactly what a full sync would.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import pytest
 from agentrig import NODE, Harness, dataplanes
@@ -373,8 +374,16 @@ def test_node_ports_follow_the_host_addresses_read_at_full_syncs() -> None:
 
 def test_health_check_ports_follow_their_services() -> None:
     served: list[dict[int, tuple[str, int]]] = []
+    refuse = {32000}  # the first attempt to bind the port fails
+
+    def serve(ports: Mapping[int, tuple[str, int]]) -> list[int]:
+        served.append(dict(ports))
+        failed = [port for port in ports if port in refuse]
+        refuse.clear()
+        return failed
+
     h = Harness()
-    h.agent._serve_health_checks = lambda ports: served.append(dict(ports))
+    h.agent._serve_health_checks = serve
     lb = dataclasses.replace(
         service("lb", "10.96.0.20"),
         type="LoadBalancer",
@@ -385,12 +394,15 @@ def test_health_check_ports_follow_their_services() -> None:
     h.start([WEB, lb], [WEB_SLICE, local_one])
     h.step()
     assert served == [{32000: ("default/lb", 1)}]
+    h.put(dataclasses.replace(WEB_SLICE, endpoints=WEB_SLICE.endpoints[:1]))
+    h.step()  # a sync that changes nothing of lb still retries the port that failed
+    assert served == [{32000: ("default/lb", 1)}] * 2
     h.put(endpoint_slice("lb", ("10.244.1.1", True, "n1"), ("10.244.1.2", True, "n1")))
     h.step()  # partial: only lb recomputed
     assert served[-1] == {32000: ("default/lb", 2)}
-    h.put(dataclasses.replace(WEB_SLICE, endpoints=WEB_SLICE.endpoints[:1]))
+    h.put(WEB_SLICE)
     h.step()
-    assert len(served) == 2  # unchanged ports are not served again
+    assert len(served) == 3  # served ports are not served again
     h.remove(lb)
     h.step()
     assert served[-1] == {}

@@ -7,6 +7,7 @@ the Services that changed leaves the fake kernel exactly as a full sync of "afte
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Sequence
 
 import pytest
@@ -359,3 +360,26 @@ def test_real_servers_under_one_key_differ_only_in_weight_or_forwarding() -> Non
     # grow another field without it.
     compared = {f.name for f in dataclasses.fields(RealServer) if f.compare}
     assert compared == {"address", "port", "weight", "forward"}
+
+
+def _firewalled(name: str, lb_ip: str, *ranges: str) -> Service:
+    return dataclasses.replace(
+        service(name, "10.96.0.40" if name == "lb1" else "10.96.0.41"),
+        type="LoadBalancer",
+        load_balancer_ips=(ipaddress.ip_address(lb_ip),),
+        load_balancer_source_ranges=tuple(ipaddress.ip_network(r) for r in ranges),
+    )
+
+
+def test_load_balancer_firewall_rules_follow_partial_syncs() -> None:
+    """KUBE-IPVS-OUT-FILTER names the firewalled ports the node may not reach, so the
+    chains are restored when those entries change, not only when a set turns non-empty."""
+    lb1 = _firewalled("lb1", "192.0.2.10", "203.0.113.0/24")
+    lb2 = _firewalled("lb2", "192.0.2.11", "198.51.100.0/24")
+    ops, _, _ = partial(([WEB], [WEB_SLICE]), ([WEB, lb1], [WEB_SLICE]))  # the first: non-empty
+    assert any(isinstance(op, RestoreChains) for op in ops)
+    ops, _, _ = partial(([WEB, lb1], [WEB_SLICE]), ([WEB, lb1, lb2], [WEB_SLICE]))  # a second
+    assert any(isinstance(op, RestoreChains) for op in ops)
+    widened = _firewalled("lb1", "192.0.2.10", "0.0.0.0/0")  # now admits the node too
+    partial(([WEB, lb1, lb2], [WEB_SLICE]), ([WEB, widened, lb2], [WEB_SLICE]))
+    partial(([WEB, lb1, lb2], [WEB_SLICE]), ([WEB, lb2], [WEB_SLICE]))
