@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(python3 python3-venv python3-dev gcc user-mode-linux qemu-system-x86 busybox-static nftables ipvsadm ipset iptables iproute2 kmod procps)
+packages=(python3 python3-venv python3-dev gcc libc6-dev binutils user-mode-linux qemu-system-x86 busybox-static nftables ipvsadm ipset iptables iproute2 kmod procps)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -278,7 +278,7 @@ def readme(
         "The machine:",
         *host,
         "",
-        "It is shared (2 cores, several people running tests): absolute times are noisy and "
+        "It was shared with other work (2 cores): absolute times are noisy and "
         "only medians of several runs are quoted. The kernel benchmarks run in the "
         "user-mode-linux sandbox kernel, where every system call traps to the host: there, "
         "only ratios measured side by side in one run mean anything.",

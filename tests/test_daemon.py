@@ -3,7 +3,6 @@ agent on the fake kernel, and healthz / metrics over real HTTP (see daemonrig.py
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +41,9 @@ def test_run_follows_the_api_server_and_serves_health_and_metrics(
         url = f"http://127.0.0.1:{daemon.metrics_port}/proxyMode"
         with urllib.request.urlopen(url) as answer:
             assert answer.read() == b"ipvs"
-        started = time.monotonic()
         daemon.stop.set()
         daemon.thread.join(5)
-        assert time.monotonic() - started < 1.0
+        assert not daemon.thread.is_alive()  # it stopped by itself, with no sync left hanging
 
 
 def test_run_serves_health_check_node_ports(api: TestAPIServer, tmp_path: Path) -> None:

@@ -151,11 +151,10 @@ def test_service_without_endpoints_refuses_promptly(tmp_path: Path) -> None:
         client = network.add_pod("client", "10.244.0.2")
         cli("once", "-f", web_cluster(tmp_path / "empty.yaml", []))
         assert ipvs_destinations() == {}  # the virtual server exists, with no real server
-        started = time.monotonic()
+        # IPVS answers ICMP port unreachable itself when it has no destination: a refusal,
+        # not the timeout a dropped SYN would give.
         with switch_netns(client.netns), pytest.raises(ConnectionRefusedError):
             socket.create_connection((VIP, 80), timeout=10)
-        # IPVS answers ICMP port unreachable itself when it has no destination.
-        assert time.monotonic() - started < 2.0
 
 
 def test_service_address_answers_only_on_service_ports(tmp_path: Path) -> None:
