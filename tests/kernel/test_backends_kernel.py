@@ -256,3 +256,64 @@ def test_udp_client_keeping_its_socket_moves_to_a_live_endpoint(tmp_path: Path) 
                 except TimeoutError:
                     continue
             assert replies and set(replies) == {b"new"}
+
+
+def selection_cluster(path: Path, endpoints: str, *, spec: str = "") -> str:
+    """Service web (VIP:80 -> 8080) whose slice lists ``endpoints`` (YAML lines), and this
+    node, node-a, in zone-a."""
+    path.write_text(
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: node-a\n"
+        "    labels: {topology.kubernetes.io/zone: zone-a}\n"
+        "- apiVersion: v1\n  kind: Service\n  metadata: {name: web, namespace: shop}\n"
+        f"  spec:\n    clusterIP: {VIP}\n{spec}"
+        "    ports: [{name: p, port: 80, protocol: TCP, targetPort: 8080}]\n"
+        "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n"
+        "  metadata:\n    name: web-1\n    namespace: shop\n"
+        "    labels: {kubernetes.io/service-name: web}\n"
+        "  addressType: IPv4\n  ports: [{name: p, port: 8080, protocol: TCP}]\n"
+        "  endpoints:\n" + endpoints
+    )
+    return str(path)
+
+
+def test_endpoint_selection_decides_where_packets_go(
+    tmp_path: Path, pod_network: PodNetwork
+) -> None:
+    """internalTrafficPolicy Local, zone hints and the terminating fallback, each seen in
+    where 30 real requests to the ClusterIP land."""
+    for name, ip in (("e1", "10.244.1.1"), ("e2", "10.244.2.1"), ("e3", "10.244.3.1")):
+        pod_network.add_pod(name, ip)
+    pod_network.serve(8080)
+
+    def landed(cluster: str) -> set[str]:
+        cli("once", "-f", cluster, "--hostname-override", "node-a")
+        return set(pod_network.tcp_requests(VIP, 80, 30))
+
+    def endpoint(ip: str, node: str, *, zone: str = "", conditions: str = "{ready: true}") -> str:
+        hints = f", hints: {{forZones: [{{name: {zone}}}]}}" if zone else ""
+        return f"  - {{addresses: [{ip}], nodeName: {node}, conditions: {conditions}{hints}}}\n"
+
+    spread = endpoint("10.244.1.1", "node-a") + endpoint("10.244.2.1", "node-b")
+    assert landed(selection_cluster(tmp_path / "cluster.yaml", spread)) == {"e1", "e2"}
+    local = selection_cluster(
+        tmp_path / "local.yaml", spread, spec="    internalTrafficPolicy: Local\n"
+    )
+    assert landed(local) == {"e1"}  # only this node's endpoint
+
+    zoned = (
+        endpoint("10.244.1.1", "node-b", zone="zone-a")
+        + endpoint("10.244.2.1", "node-c", zone="zone-b")
+        + endpoint("10.244.3.1", "node-c", zone="zone-a")
+    )
+    assert landed(selection_cluster(tmp_path / "zones.yaml", zoned)) == {"e1", "e3"}
+
+    draining = "{ready: false, serving: true, terminating: true}"
+    gone = "{ready: false, serving: false, terminating: true}"
+    terminating = endpoint("10.244.1.1", "node-b", conditions=draining) + endpoint(
+        "10.244.2.1", "node-b", conditions=gone
+    )
+    # No ready endpoint: the serving, terminating one is used rather than none.
+    assert landed(selection_cluster(tmp_path / "terminating.yaml", terminating)) == {"e1"}
+    with_ready = terminating + endpoint("10.244.3.1", "node-b")
+    assert landed(selection_cluster(tmp_path / "ready.yaml", with_ready)) == {"e3"}
