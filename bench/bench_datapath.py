@@ -26,11 +26,8 @@ reach one of the Service's backends, through either mode.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
-import json
-import os
 import socket
 import statistics
 import subprocess
@@ -42,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import kernel_bench
 from gen_cluster import POD_NET, build
 
 CLUSTER_CIDR = str(POD_NET)
@@ -50,7 +48,7 @@ PORT = 80  # every generated Service has TCP port 80 ("http") -> 8080
 TARGET_PORT = 8080
 
 
-# Figures per size, written as JSON when BENCH_JSON names a file (run_all.py reads them).
+# Figures per size, written as JSON for the host (kernel_bench.finish_in_guest).
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -470,56 +468,29 @@ def ipaddress_of(text: str) -> Any:
 
 
 def in_guest(files: list[str], connects: int, changes: int) -> int:
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    kernel_bench.quiet_logs()
     ok = all([measure(path, connects, changes) for path in files])
-    print("\nresult check:", "ok" if ok else "WRONG")
-    if os.environ.get("BENCH_JSON"):
-        with open(os.environ["BENCH_JSON"], "w") as out:
-            json.dump({"ok": ok, "sizes": RESULTS}, out, indent=1)
-    return 0 if ok else 1
+    return kernel_bench.finish_in_guest(ok, RESULTS)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
-    parser.add_argument("--endpoints", type=int, default=3)
+    parser = kernel_bench.arguments(
+        __doc__, sizes=[100, 1000, 5000], quick="100 Services, fewer samples"
+    )
     parser.add_argument("--connects", type=int, default=200, help="connections per target")
     parser.add_argument("--changes", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="100 Services, fewer samples")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
-    parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
         return in_guest(args.in_guest, args.connects, args.changes)
     if args.quick:
         args.sizes, args.connects, args.changes = [100], 20, 2
-
-    from ipvsproxy.sandbox.uml import run_in_guest, shared_tempdir
-
-    workdir = shared_tempdir("ipvsproxy-bench-")
-    try:
-        files = []
-        for size in args.sizes:
-            path = os.path.join(workdir, f"cluster-{size}.json")
-            with open(path, "w") as out:
-                json.dump(build(size, args.endpoints), out)
-            files.append(path)
-        argv = [sys.executable, os.path.abspath(__file__), "--connects", str(args.connects)]
-        result = run_in_guest(
-            [*argv, "--changes", str(args.changes), "--in-guest", *files],
-            timeout=1800,
-            env={"BENCH_JSON": os.path.join(workdir, "results.json")},
-            on_output=lambda chunk: print(chunk, end="", flush=True),
-        )
-        if args.json and os.path.exists(os.path.join(workdir, "results.json")):
-            subprocess.run(["cp", os.path.join(workdir, "results.json"), args.json], check=True)
-    finally:
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")
-    return result.exit_status
+    return kernel_bench.run_on_host(
+        __file__,
+        sizes=args.sizes,
+        cluster=lambda size: build(size, args.endpoints),
+        guest_args=["--connects", str(args.connects), "--changes", str(args.changes)],
+        json_target=args.json,
+    )
 
 
 if __name__ == "__main__":

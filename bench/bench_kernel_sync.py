@@ -14,9 +14,6 @@ result: the kernel must hold exactly the desired virtual and real servers.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import kernel_bench
 from gen_cluster import build
 
 from ipvsproxy.apply import Dataplanes
@@ -78,10 +76,7 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-VS_PER_SERVICE = 1.1 * 1.05  # one Service in ten has a UDP port, one in twenty is dual-stack
-
-
-# Figures per size, written as JSON when BENCH_JSON names a file (run_all.py reads them).
+# Figures per size, written as JSON for the host (kernel_bench.finish_in_guest).
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -148,10 +143,7 @@ def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
 
 
 def in_guest(cluster_files: list[str], runs: int) -> int:
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    kernel_bench.quiet_logs()
     ok = True
     for path in cluster_files:
         cluster = read_cluster([path])
@@ -192,50 +184,29 @@ def in_guest(cluster_files: list[str], runs: int) -> int:
         ours, theirs = med["cold sync: ipset.apply"], med["ipset restore"]
         print(f"  {'ipset restore, same ipset lines':<40} {theirs:8.2f}")
         print(f"  {'ratio ipset restore / our ipset writes':<40} {theirs / ours:8.2f}")
-    print("\nresult check:", "ok" if ok else "WRONG")
-    if os.environ.get("BENCH_JSON"):
-        with open(os.environ["BENCH_JSON"], "w") as out:
-            json.dump({"ok": ok, "sizes": RESULTS}, out, indent=1)
-    return 0 if ok else 1
+    return kernel_bench.finish_in_guest(ok, RESULTS)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--endpoints", type=int, default=3, help="ready endpoints per Service")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="100 virtual servers, 2 rounds")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
-    parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
+    parser = kernel_bench.arguments(
+        __doc__,
+        sizes=[1000, 5000],
+        runs=3,
+        quick="100 virtual servers, 2 rounds",
+        endpoints_help="ready endpoints per Service",
+    )
     args = parser.parse_args()
     if args.in_guest:
         return in_guest(args.in_guest, args.runs)
     if args.quick:
         args.sizes, args.runs = [100], 2
-
-    from ipvsproxy.sandbox.uml import run_in_guest, shared_tempdir
-
-    workdir = shared_tempdir("ipvsproxy-bench-")
-    try:
-        files = []
-        for size in args.sizes:
-            path = os.path.join(workdir, f"cluster-{size}.json")
-            with open(path, "w") as out:
-                json.dump(build(round(size / VS_PER_SERVICE), args.endpoints), out)
-            files.append(path)
-        argv = [sys.executable, os.path.abspath(__file__), "--runs", str(args.runs)]
-        result = run_in_guest(
-            [*argv, "--in-guest", *files],
-            timeout=1800,
-            env={"BENCH_JSON": os.path.join(workdir, "results.json")},
-            on_output=lambda chunk: print(chunk, end="", flush=True),
-        )
-        if args.json and os.path.exists(os.path.join(workdir, "results.json")):
-            subprocess.run(["cp", os.path.join(workdir, "results.json"), args.json], check=True)
-    finally:
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")
-    return result.exit_status
+    return kernel_bench.run_on_host(
+        __file__,
+        sizes=args.sizes,
+        cluster=lambda size: build(kernel_bench.services_for(size), args.endpoints),
+        guest_args=["--runs", str(args.runs)],
+        json_target=args.json,
+    )
 
 
 if __name__ == "__main__":
