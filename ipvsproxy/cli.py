@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -41,6 +42,9 @@ from ipvsproxy.plan import DUMMY_INTERFACE
 from ipvsproxy.proxier import cleanup, observe, probe_scheduler, sync
 from ipvsproxy.render import SECTIONS, render
 from ipvsproxy.rules import MasqueradeSettings
+
+if TYPE_CHECKING:
+    from ipvsproxy.dataplane.sysctl import SysctlFailure
 
 EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
 EXIT_DRIFT = 1  # verify: the kernel differs from the desired state
@@ -310,14 +314,13 @@ def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:
         raise KernelError(problem)
 
 
-def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes) -> bool:
-    """Sysctls and IPVS timeouts; whether all were set (failures are logged)."""
-    from ipvsproxy.dataplane.sysctl import SysctlFailure, ensure_sysctls
+def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes, *, conntrack: bool) -> bool:
+    """Sysctls and IPVS timeouts, and with `conntrack` the conntrack table size and
+    timeouts; whether all were set (failures are logged)."""
+    from ipvsproxy.dataplane.sysctl import SysctlFailure
 
     # Only once IPVS is known to be there: a node without it is left untouched.
-    settings_failed = ensure_sysctls(strict_arp=config.strict_arp)
-    for failure in settings_failed:
-        logger.error("cannot set sysctl", path=failure.path, error=failure.message)
+    settings_failed = _sysctls(config, conntrack=conntrack)
     if config.ipvs_timeouts is not None:
         try:
             dataplanes.ipvs.set_timeouts(config.ipvs_timeouts)
@@ -333,7 +336,9 @@ def _cmd_once(args: argparse.Namespace) -> int:
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
         state, config, cluster = _desired(args, host)
         _check_scheduler(config, dataplanes)
-        settings_ok = _kernel_settings(config, dataplanes)
+        # Node-wide conntrack tuning is the long-running proxy's (and `sysctls`'), as
+        # kube-proxy does it when it starts; a one-shot programming leaves it alone.
+        settings_ok = _kernel_settings(config, dataplanes, conntrack=False)
         outcome = sync(
             state,
             dataplanes,
@@ -410,7 +415,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
         _check_scheduler(config, dataplanes)
-        _kernel_settings(config, dataplanes)  # failures logged; the proxy runs on
+        # Failures logged; the proxy runs on (kube-proxy exits when conntrack fails).
+        _kernel_settings(config, dataplanes, conntrack=True)
         return run_daemon(
             config, dataplanes, settings, master=args.master, traffic=stats_socket.stats
         )
@@ -471,17 +477,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_sysctls(args: argparse.Namespace) -> int:
     from ipvsproxy.dataplane.ipvs import IpvsSocket
-    from ipvsproxy.dataplane.sysctl import ensure_sysctls
 
     config = load_config(args.config) if args.config else ProxyConfig()
     # Asking for the IPVS netlink family makes the kernel load ip_vs, which brings
     # net/ipv4/vs/* into being.
+    # It depends on nf_conntrack, which brings net/netfilter/* in.
     with IpvsSocket():
         pass
+    return EXIT_KERNEL if _sysctls(config, conntrack=True) else EXIT_OK
+
+
+def _sysctls(config: ProxyConfig, *, conntrack: bool) -> list[SysctlFailure]:
+    """Set the sysctls IPVS mode needs (and the conntrack ones); the failures, logged."""
+    from ipvsproxy.dataplane.sysctl import ensure_conntrack, ensure_sysctls
+
     failures = ensure_sysctls(strict_arp=config.strict_arp)
+    if conntrack:
+        failures += ensure_conntrack(config.conntrack)
     for failure in failures:
         logger.error("cannot set sysctl", path=failure.path, error=failure.message)
-    return EXIT_KERNEL if failures else EXIT_OK
+    return failures
 
 
 _COMMANDS = {

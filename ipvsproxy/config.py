@@ -20,6 +20,7 @@ from ipvsproxy.model import DEFAULT_SCHEDULER, IPAddress, IPNetwork
 __all__ = [
     "API_VERSION",
     "BindAddress",
+    "ConntrackSettings",
     "ProxyConfig",
     "hostname_override_value",
     "one_per_family",
@@ -86,6 +87,71 @@ class BindAddress:
 
 # --- settings ------------------------------------------------------------------------------
 
+# kube-proxy caps the scaled table size (newest kube-proxy, cmd/kube-proxy's
+# getConntrackMax): a per-core figure times many cores would cost too much memory.
+CONNTRACK_MAX_LIMIT: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConntrackSettings:
+    """kube-proxy's `conntrack` section: node-wide netfilter settings the long-running
+    proxy applies at start. Defaults are kube-proxy's; a 0 leaves the kernel's value."""
+
+    max_per_core: int = 32 * 1024
+    """`maxPerCore`: nf_conntrack_max is this times the online CPUs, at least `min`
+    (a product above 1,048,576 is capped there); 0 leaves the table size alone."""
+
+    min: int = 128 * 1024
+    """`min`: the smallest nf_conntrack_max set when max_per_core is not 0."""
+
+    tcp_established_timeout: int = 24 * 3600
+    """`tcpEstablishedTimeout`, seconds: nf_conntrack_tcp_timeout_established. 1 day."""
+
+    tcp_close_wait_timeout: int = 3600
+    """`tcpCloseWaitTimeout`, seconds: nf_conntrack_tcp_timeout_close_wait. 1 hour."""
+
+    tcp_be_liberal: bool = False
+    """`tcpBeLiberal`: set nf_conntrack_tcp_be_liberal to 1 (never back to 0)."""
+
+    udp_timeout: int = 0
+    """`udpTimeout`, seconds: nf_conntrack_udp_timeout. Default 0 (the kernel's)."""
+
+    udp_stream_timeout: int = 0
+    """`udpStreamTimeout`, seconds: nf_conntrack_udp_timeout_stream. Default 0."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_per_core",
+            "min",
+            "tcp_established_timeout",
+            "tcp_close_wait_timeout",
+            "udp_timeout",
+            "udp_stream_timeout",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"conntrack {name}: must be >= 0, got {getattr(self, name)}")
+
+    def table_size(self, cpus: int) -> int:
+        """nf_conntrack_max for a node with `cpus` online CPUs; 0: leave it alone."""
+        if self.max_per_core <= 0:
+            return 0
+        scaled = self.max_per_core * cpus
+        if scaled > CONNTRACK_MAX_LIMIT:  # the cap wins over `min`, as in kube-proxy
+            return CONNTRACK_MAX_LIMIT
+        return max(scaled, self.min)
+
+    def netfilter_values(self) -> tuple[tuple[str, int], ...]:
+        """The per-namespace sysctls under net/netfilter to set, by name; zeros left out."""
+        values = (
+            ("nf_conntrack_tcp_timeout_established", self.tcp_established_timeout),
+            ("nf_conntrack_tcp_timeout_close_wait", self.tcp_close_wait_timeout),
+            ("nf_conntrack_tcp_be_liberal", int(self.tcp_be_liberal)),
+            ("nf_conntrack_udp_timeout", self.udp_timeout),
+            ("nf_conntrack_udp_timeout_stream", self.udp_stream_timeout),
+        )
+        return tuple((name, value) for name, value in values if value > 0)
+
+
 _DEFAULT_METRICS: Final = BindAddress(ipaddress.IPv4Address("127.0.0.1"), DEFAULT_METRICS_PORT)
 _DEFAULT_HEALTHZ: Final = BindAddress(ipaddress.IPv4Address("0.0.0.0"), DEFAULT_HEALTHZ_PORT)
 
@@ -127,6 +193,11 @@ class ProxyConfig:
     """Longest time a removed TCP real server drains at weight 0 before it is deleted,
     in seconds; 0 deletes at once (`ipvs.gracefulTerminationTimeout`, ipvsproxy's own
     field: kube-proxy has no limit). Default 900 (15 minutes)."""
+
+    # -- conntrack (`conntrack:`)
+
+    conntrack: ConntrackSettings = ConntrackSettings()
+    """Table size and timeouts `run` and `sysctls` set at start (kube-proxy's defaults)."""
 
     # -- sync (`ipvs.syncPeriod`, `ipvs.minSyncPeriod`)
 

@@ -30,6 +30,7 @@ from ipvsproxy.config import (
     KIND,
     LOCAL_MODES,
     BindAddress,
+    ConntrackSettings,
     ProxyConfig,
     hostname_override_value,
     one_per_family,
@@ -262,6 +263,7 @@ class _Reader:
             tcp_fin_timeout=self._timeout("ipvs.tcpFinTimeout"),
             udp_timeout=self._timeout("ipvs.udpTimeout"),
             graceful_termination_timeout=self._drain_timeout(),
+            conntrack=self._conntrack(),
             sync_period=sync_period,
             min_sync_period=min_sync_period,
             masquerade_all=self._bool("iptables.masqueradeAll"),
@@ -294,6 +296,23 @@ class _Reader:
         if seconds < 0:
             raise self._fail(path, self._get(path), "must be >= 0")
         return seconds
+
+    def _conntrack(self) -> ConntrackSettings:
+        # kube-proxy's defaulting: an absent field takes the default, 0 turns it off.
+        default = ConntrackSettings()
+        return ConntrackSettings(
+            max_per_core=self._count("conntrack.maxPerCore", default.max_per_core),
+            min=self._count("conntrack.min", default.min),
+            tcp_established_timeout=self._timeout(
+                "conntrack.tcpEstablishedTimeout", default.tcp_established_timeout
+            ),
+            tcp_close_wait_timeout=self._timeout(
+                "conntrack.tcpCloseWaitTimeout", default.tcp_close_wait_timeout
+            ),
+            tcp_be_liberal=self._bool("conntrack.tcpBeLiberal"),
+            udp_timeout=self._timeout("conntrack.udpTimeout"),
+            udp_stream_timeout=self._timeout("conntrack.udpStreamTimeout"),
+        )
 
     def _detect_local(self) -> tuple[str, str, str]:
         # kube-proxy's defaulting and validation: "" is ClusterCIDR; the interface
@@ -439,7 +458,17 @@ class _Reader:
         except ValueError as exc:
             raise self._fail(path, value, str(exc)) from None
 
-    def _timeout(self, path: str) -> int:
+    def _count(self, path: str, default: int) -> int:
+        value = self._get(path)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 31:
+            raise self._fail(path, value, "must be an integer >= 0")
+        return value
+
+    def _timeout(self, path: str, default: int = 0) -> int:
+        if self._get(path) in (None, ""):
+            return default
         seconds = self._duration(path)
         if seconds < 0:
             raise self._fail(path, self._get(path), "must be >= 0")

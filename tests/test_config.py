@@ -14,6 +14,7 @@ from loguru import logger
 
 from ipvsproxy.config import (
     BindAddress,
+    ConntrackSettings,
     ProxyConfig,
     with_overrides,
 )
@@ -95,6 +96,64 @@ def test_full_realistic_file(warnings_logged: list[str]) -> None:
     )
     assert config.ipvs_timeouts == (900, 30, 300)
     assert not config.node_port_all_addresses
+
+
+def test_conntrack_defaults_are_kube_proxys() -> None:
+    conntrack = config_from_dict(kpc()).conntrack
+    assert conntrack == ConntrackSettings()
+    assert (conntrack.max_per_core, conntrack.min) == (32768, 131072)
+    assert conntrack.netfilter_values() == (
+        ("nf_conntrack_tcp_timeout_established", 86400),
+        ("nf_conntrack_tcp_timeout_close_wait", 3600),
+    )
+
+
+def test_conntrack_fields() -> None:
+    conntrack = config_from_dict(
+        kpc(
+            conntrack={
+                "maxPerCore": 0,
+                "min": 1000,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "90s",
+                "tcpBeLiberal": True,
+                "udpTimeout": "30s",
+                "udpStreamTimeout": "2m",
+            }
+        )
+    ).conntrack
+    assert conntrack == ConntrackSettings(
+        max_per_core=0,
+        min=1000,
+        tcp_established_timeout=0,
+        tcp_close_wait_timeout=90,
+        tcp_be_liberal=True,
+        udp_timeout=30,
+        udp_stream_timeout=120,
+    )
+    assert conntrack.table_size(64) == 0  # maxPerCore 0: the table size is left alone
+    assert conntrack.netfilter_values() == (
+        ("nf_conntrack_tcp_timeout_close_wait", 90),
+        ("nf_conntrack_tcp_be_liberal", 1),
+        ("nf_conntrack_udp_timeout", 30),
+        ("nf_conntrack_udp_timeout_stream", 120),
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_per_core", "minimum", "cpus", "size"),
+    [
+        (32768, 131072, 1, 131072),  # min wins on small nodes
+        (32768, 131072, 8, 262144),  # per core wins on big ones
+        (32768, 131072, 64, 1 << 20),  # capped at 1M, as the newest kube-proxy does
+        (32768, 2 << 20, 64, 1 << 20),  # the cap wins over min too
+        (1000, 0, 2, 2000),
+        (0, 131072, 8, 0),  # off
+    ],
+)
+def test_conntrack_table_size(max_per_core: int, minimum: int, cpus: int, size: int) -> None:
+    settings = ConntrackSettings(max_per_core=max_per_core, min=minimum)
+    assert settings.table_size(cpus) == size
 
 
 def test_configmap_as_kubectl_shows_it() -> None:
@@ -268,6 +327,14 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"clientConnection": {"burst": 2.5}}, "clientConnection.burst: invalid value 2.5: expected"),
     ({"clientConnection": {"kubeconfig": 7}}, "clientConnection.kubeconfig: invalid value 7: exp"),
     ({"clientConnection": "kc"}, "clientConnection: invalid value 'kc': expected a mapping"),
+    ({"conntrack": {"maxPerCore": -1}}, "conntrack.maxPerCore: invalid value -1: must be an"),
+    ({"conntrack": {"min": "128k"}}, "conntrack.min: invalid value '128k': must be an integer"),
+    ({"conntrack": {"min": 1 << 31}}, "conntrack.min: invalid value 2147483648: must be an"),
+    (
+        {"conntrack": {"tcpCloseWaitTimeout": "-1h"}},
+        "conntrack.tcpCloseWaitTimeout: invalid value '-1h': must be >= 0",
+    ),
+    ({"conntrack": {"udpTimeout": 30}}, "conntrack.udpTimeout: invalid value 30: expected a dur"),
 ]
 
 

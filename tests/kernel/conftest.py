@@ -33,5 +33,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[TestAPIServer, PodNetwork, Path, P
             "syncPeriod: 2s\n"
             "minSyncPeriod: 0s\n"
             "clusterCIDR: 10.244.0.0/16\n"
+            # The table size is global, read-only outside the initial namespace (as on
+            # kind's nodes, whose kube-proxy configuration says the same).
+            "conntrack: {maxPerCore: 0}\n"
         )
         yield api, pods, kubeconfig_path, config

@@ -8,7 +8,9 @@ objects through the API and reads the kernel back with the real `ipvsadm`, `ipse
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +36,7 @@ from agentproc import (
 )
 
 from ipvsproxy.sandbox.pods import PodNetwork, tcp_requests
-from ipvsproxy.testapi import TestAPIServer
+from ipvsproxy.testapi import TestAPIServer, kubeconfig
 
 pytestmark = pytest.mark.kernel
 
@@ -162,3 +164,35 @@ def _answers(port: int, path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.kernel(netns=False)  # the table size can only change in the initial namespace
+def test_agent_sizes_the_conntrack_table_at_start(tmp_path: Path) -> None:
+    netfilter = Path("/proc/sys/net/netfilter")
+    hashsize = Path("/sys/module/nf_conntrack/parameters/hashsize")
+    max_before, hash_before = (
+        int((netfilter / "nf_conntrack_max").read_text()),
+        int(hashsize.read_text()),
+    )
+    size = max(1024 * (os.cpu_count() or 1), 2 * max_before)  # min wins: always a raise
+    config = tmp_path / "kube-proxy.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
+        "kind: KubeProxyConfiguration\n"
+        f"conntrack: {{maxPerCore: 1024, min: {2 * max_before}, tcpEstablishedTimeout: 2h,"
+        " tcpCloseWaitTimeout: 90s}\n"
+    )
+    kubeconfig_path = tmp_path / "kubeconfig"
+    try:
+        with TestAPIServer().start() as api:
+            kubeconfig_path.write_text(kubeconfig(api.url))
+            with agent(tmp_path, kubeconfig_path, config) as running:
+                assert int((netfilter / "nf_conntrack_max").read_text()) == size
+                assert int(hashsize.read_text()) == max(hash_before, size // 4)
+                timeouts = ("tcp_timeout_established", "tcp_timeout_close_wait")
+                assert [
+                    int((netfilter / f"nf_conntrack_{name}").read_text()) for name in timeouts
+                ] == [7200, 90]
+                assert "cannot set sysctl" not in running.log()
+    finally:  # what the agent made in the guest's own namespace
+        tool(sys.executable, "-m", "ipvsproxy.cli", "cleanup")
