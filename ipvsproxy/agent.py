@@ -8,8 +8,12 @@ thread computes desired state and touches the kernel:
 - the first sync is full and adopts what the kernel holds: plan_sync diffs against what
   it reads back, so a restarted proxy rewrites nothing that is already right;
 - later syncs are partial (only the Services that changed, diffed against what was last
-  applied; see partial.py) except every `sync_period`, after a Node change, and after any
-  failure: a full sync re-reads the kernel and repairs whatever drifted;
+  applied; see partial.py) except every `sync_period` (counted from the end of the last
+  full sync), after a Node change, and after any failure: a full sync re-reads the kernel
+  and repairs whatever drifted. It recomputes only the Services whose inputs changed
+  since their state was computed (all of them after a Node change or when the host's
+  addresses changed); changes pending when a periodic full sync falls due are applied by
+  a partial sync first, and the full sync runs right after it;
 - a failed sync is logged once with its reason, retried after `retry_interval`, and
   makes the next sync full.
 """
@@ -117,10 +121,16 @@ class Agent:
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
         self._computed: dict[str, ServiceState] = {}  # each Service's last good state
+        # The inputs each state in _computed was computed from, and the node it was
+        # computed for: a full sync reuses a state whose inputs are the very same objects
+        # (the tracker keeps an object until a different one replaces it).
+        self._inputs: dict[str, ServiceInput] = {}
+        self._computed_node: NodeInfo | None = None
         self._drains: Mapping[DrainKey, float] = {}  # real servers draining, since when
         # The host's interface addresses (NodePorts), read at each full sync only.
         self._local_addresses: frozenset[IPAddress] = frozenset()
-        self._last_full: float | None = None
+        self._last_full: float | None = None  # when the last full sync ended
+        self._deferred_full = False  # a due full sync waits for one partial sync
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
         self._failing = False
@@ -147,7 +157,8 @@ class Agent:
         self.runner.run()
 
     def resync(self) -> None:
-        """Make the next sync a full one (re-read the kernel, rebuild what was applied)."""
+        """Make the next sync a full one (re-read the kernel, rebuild what was applied);
+        Services whose inputs did not change keep their computed states."""
         self._cache = None
 
     def labels_for(self, key: VirtualServerKey) -> ServicePortLabels | None:
@@ -161,16 +172,18 @@ class Agent:
         if not self.tracker.ready:
             logger.debug("waiting for the first list of Services and EndpointSlices")
             return True
-        now = self._clock.now()
-        full = (
-            self._cache is None
-            or self._last_full is None
-            or now - self._last_full >= self._settings.sync_period
-        )
+        full = self._cache is None or self._last_full is None
+        if not full and self._full_due():
+            if self._deferred_full or not self._pending():
+                full = True
+            else:
+                # Changes are waiting: apply them first (a partial sync is quick), then run
+                # the periodic full sync at once, rather than make them wait for it. Once:
+                # a steady stream of changes must not put the full sync off for ever.
+                self._deferred_full = True
+                self.runner.run()
         changes = self.tracker.take(full=full)
         full = changes.full
-        if full:
-            self._last_full = now
         started = time.perf_counter()
         try:
             outcome = self._full(changes) if full else self._partial(changes)
@@ -180,12 +193,26 @@ class Agent:
             logger.opt(exception=exc).error("sync failed with an unexpected error")
             outcome = SyncOutcome(full, False, len(changes.services), 0, f"bug: {exc!r}")
         seconds = time.perf_counter() - started
+        if full:
+            # The period runs from the end of a full sync, as the runner's max interval
+            # does: counted from its start, a full sync longer than the period (a cold
+            # start on a busy machine) would make the very next sync full again.
+            self._last_full = self._clock.now()
+            self._deferred_full = False
         self.syncs += 1
         self.last = outcome
         if not outcome.ok:
-            self._cache = None
+            self.resync()
         self._report(outcome, changes, seconds)
         return outcome.ok
+
+    def _full_due(self) -> bool:
+        assert self._last_full is not None
+        return self._clock.now() - self._last_full >= self._settings.sync_period
+
+    def _pending(self) -> bool:
+        pending = self.tracker.pending()
+        return bool(pending.services or pending.endpoints)
 
     def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
         wall = self._wall()
@@ -270,20 +297,32 @@ class Agent:
                 node=node.name,
             )
         # A Service whose state cannot be computed keeps its last good one, even when the
-        # cache was dropped after a failed sync.
-        previous = self._computed
+        # cache was dropped after a failed sync. One whose inputs did not change since its
+        # state was computed keeps that state: the periodic full sync then costs an
+        # observe and a diff, not every Service's state again (a Node change, or new host
+        # addresses, recompute all).
+        previous, inputs = self._computed, self._inputs
+        reuse = node == self._computed_node
         states: list[tuple[str, ServiceState]] = []
+        computed: dict[str, ServiceInput] = {}
         gc.unfreeze()  # what the last full sync froze may be garbage now
         with gc_paused():
             for key, given in changes.services.items():
                 if given.service is None:
                     continue
-                state = self._state(key, given, node)
-                if state is None:
-                    state = previous.get(key)
+                state = previous.get(key)
+                if state is not None and reuse and _same_inputs(inputs.get(key), given):
+                    computed[key] = given
+                else:
+                    fresh = self._state(key, given, node)
+                    if fresh is not None:
+                        state = fresh
+                        computed[key] = given
                 if state is not None:
                     states.append((key, state))
             self._computed = dict(states)
+            self._inputs = computed
+            self._computed_node = node
             desired = merge_service_states(states, settings=settings)
             observed = observe(self._dp, tuple(desired.iptables))
             plan = plan_sync(
@@ -304,7 +343,7 @@ class Agent:
             self._note_health_checks(changes.services, node.name)
             self.udp_flows.synced(changes.services, full=True)
         operations = len(plan)
-        del desired, observed, plan, previous
+        del desired, observed, plan, previous, inputs
         # The cache holds millions of long-lived values without cycles: keep the cyclic
         # collector from rescanning them all on its own schedule, which would stall a
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are
@@ -322,11 +361,16 @@ class Agent:
             if given.service is None:
                 updates[key] = None
                 self._computed.pop(key, None)
+                self._inputs.pop(key, None)
                 continue
             state = self._state(key, given, node)
             if state is not None:
                 updates[key] = state
                 self._computed[key] = state
+                if node == self._computed_node:  # else the next full sync recomputes it
+                    self._inputs[key] = given
+                else:
+                    self._inputs.pop(key, None)
         planned = plan_partial(
             self._cache,
             updates,
@@ -419,6 +463,16 @@ class Agent:
             found = service_port_labels(given.service, state.virtual_servers)
             self.labels.update(found)
             self._labelled[given.service.key] = tuple(found)
+
+
+def _same_inputs(seen: ServiceInput | None, given: ServiceInput) -> bool:
+    """Whether a Service's inputs are the very objects its state was computed from."""
+    return (
+        seen is not None
+        and seen.service is given.service
+        and len(seen.slices) == len(given.slices)
+        and all(a is b for a, b in zip(seen.slices, given.slices, strict=True))
+    )
 
 
 def _reason(result: ApplyResult) -> str:

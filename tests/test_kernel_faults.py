@@ -130,11 +130,11 @@ def test_iptables_restore_failing_is_reported_once_and_health_tells(errors: list
     h.kernel.fail_restore = True
     nat = h.kernel.tables[IPFamily.V4]["nat"]
     nat["KUBE-SERVICES"] = []  # drift only a restore repairs
-    h.remove(CART)
-    h.remove(CART_SLICE)
     h.clock.t += 31.0  # a full sync, which restores the chains
     h.step()
     assert h.agent.last is not None and not h.agent.last.ok
+    h.remove(CART)  # waits for a sync that succeeds: every sync is full until one does
+    h.remove(CART_SLICE)
     assert h.health.is_healthy(h.wall)
     fail_for_a_while(h, rounds=13)  # 65 s: past the 60 s health timeout
     assert not h.health.is_healthy(h.wall)
