@@ -6,7 +6,9 @@ Boots the user-mode-linux kernel once; for each size (a number of IPVS virtual s
 programs a synthetic cluster with ipvsproxy in a fresh network namespace, then, round after
 round, times the observe step of a full resync (IPVS, kube-ipvs0 addresses, ipsets,
 iptables) and its parts, the real tools reading the same state (`ipvsadm -Ln`, `ipset save`,
-`iptables-legacy-save` for each family), and alternative ways to read IPVS:
+`iptables-legacy-save` for each family), alternative ways to read ipsets (one netlink dump,
+or `ipset save` and its text) and iptables (a process per family or per table and family,
+one after another or all at once), and alternative ways to read IPVS:
 
 - one socket, one GET_DEST dump per virtual server (what ipvsadm does, and the old reader);
 - several sockets, one dump in flight on each (the kernel runs one dump per socket);
@@ -122,10 +124,31 @@ def proc_alone() -> object:
         return parse_proc_ip_vs(listing.read())
 
 
+def concurrently(*fns: Callable[[], object]) -> list[object]:
+    """Run the calls in threads at once (each waits on a process or a socket)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(fns)) as pool:
+        return [future.result() for future in [pool.submit(fn) for fn in fns]]
+
+
+def per_table_read(family: Any) -> object:
+    """The previous iptables read: a `-t` process for each of the nat and filter tables."""
+    from ipvsproxy.dataplane.iptables import parse_save
+
+    tool = f"{'iptables' if family.value == 4 else 'ip6tables'}-legacy-save"
+    text = "".join(
+        subprocess.run([tool, "-t", t], check=True, capture_output=True, text=True).stdout
+        for t in ("nat", "filter")
+    )
+    return parse_save(text)
+
+
 def measure(path: str, runs: int) -> bool:
     """Program one cluster in a fresh namespace and time every reader; True if all agree."""
     from ipvsproxy.apply import Dataplanes
     from ipvsproxy.dataplane.ipset import IPSetTool
+    from ipvsproxy.dataplane.ipset_netlink import read_sets
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
@@ -176,6 +199,15 @@ def measure(path: str, runs: int) -> bool:
             ):
                 print(f"WRONG: the reader '{name}' disagrees with the programmed state")
                 ok = False
+        names = all_set_names()
+        save_tool = IPSetTool(netlink=None)
+        if read_sets(names) != save_tool.read(names):
+            print("WRONG: the netlink ipset read disagrees with ipset save")
+            ok = False
+        iptables = dataplanes.iptables
+        if any(iptables.read(f).tables != per_table_read(f) for f in families):
+            print("WRONG: the one-process iptables read disagrees with the per-table one")
+            ok = False
         contenders: dict[str, Callable[[], object]] = {
             "observe (whole)": lambda: observe(dataplanes, families),
         }
@@ -184,10 +216,20 @@ def measure(path: str, runs: int) -> bool:
             {
                 "  IPVS: /proc/net/ip_vs alone (incomplete)": proc_alone,
                 "  kube-ipvs0 addresses": lambda: links.addresses(DUMMY_INTERFACE),
-                "  ipsets (ipset save + parse)": lambda: dataplanes.ipsets.read(all_set_names()),
-                "  iptables (save + parse, each family)": lambda: [
-                    dataplanes.iptables.read(f) for f in families
+                "  ipsets: one netlink dump": lambda: read_sets(names),
+                "  ipsets: ipset save + parse": lambda: save_tool.read(names),
+                "  iptables: a save per family": lambda: [iptables.read(f) for f in families],
+                "  iptables: a save per family, at once": lambda: concurrently(
+                    *[lambda f=f: iptables.read(f) for f in families]
+                ),
+                "  iptables: a save per table and family": lambda: [
+                    per_table_read(f) for f in families
                 ],
+                "  all but IPVS at once": lambda: concurrently(
+                    lambda: links.addresses(DUMMY_INTERFACE),
+                    lambda: read_sets(names),
+                    *[lambda f=f: iptables.read(f) for f in families],
+                ),
                 "ipvsadm -Ln": lambda: run_tool("ipvsadm", "-Ln"),
                 "ipset save": lambda: run_tool("ipset", "save"),
                 "iptables-legacy-save": lambda: run_tool("iptables-legacy-save"),

@@ -1,15 +1,20 @@
-"""ipsets through the ipset tool: one `ipset save` to read, one `ipset restore` to write.
+"""ipsets: one netlink dump (or `ipset save`) to read, one `ipset restore` to write.
 
 kube-proxy runs one process per added or removed entry, which dominates its start-up on big
 clusters (kubernetes#133773); a restore applies any number of entries in one process.
+Reading over netlink spares a process per sync; where that read fails (a kernel speaking
+another protocol version, an entry the decoder cannot print) the tool reads from then on.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
+from loguru import logger
+
+from ipvsproxy.dataplane.ipset_netlink import read_sets
 from ipvsproxy.errors import KernelError
 from ipvsproxy.operations import (
     AddIPSetEntry,
@@ -56,9 +61,17 @@ def parse_save(text: str, names: Collection[str]) -> dict[str, frozenset[str]]:
 class IPSetTool:
     """The ipset command-line tool (ipset >= 6 understands save/restore with -exist)."""
 
-    def __init__(self, binary: str = "ipset", *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        binary: str = "ipset",
+        *,
+        timeout: float = 60.0,
+        netlink: Callable[[Collection[str]], dict[str, frozenset[str]]] | None = read_sets,
+    ) -> None:
+        """netlink: the netlink reader to try first (None: always `ipset save`)."""
         self._binary = binary
         self._timeout = timeout
+        self._netlink = netlink
         self.restores = 0  # restore processes run, for tests and metrics
 
     def _run(self, args: Sequence[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -75,6 +88,19 @@ class IPSetTool:
             raise KernelError(f"cannot run {self._binary} {args[0]}: {exc}") from exc
 
     def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
+        if self._netlink is not None:
+            try:
+                return self._netlink(names)
+            except KernelError as exc:
+                logger.warning(
+                    "reading ipsets over netlink failed; reading with ipset save from now on",
+                    error=str(exc),
+                )
+                self._netlink = None
+        return self.save(names)
+
+    def save(self, names: Collection[str]) -> dict[str, frozenset[str]]:
+        """The named sets' entries through `ipset save`."""
         result = self._run(["save"])
         if result.returncode != 0:
             raise KernelError(f"ipset save failed: {result.stderr.strip()}")

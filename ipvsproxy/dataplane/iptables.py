@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+from loguru import logger
 
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import IPFamily, IptablesRuleset
@@ -40,17 +42,21 @@ _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
 _RESTORE_ARGS = ("--noflush", "-w", "5")
 
 
-def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
+def parse_save(
+    text: str, only: Collection[str] | None = None
+) -> dict[str, dict[str, tuple[str, ...]]]:
     """iptables-save output (either backend) as table -> chain -> rules (after "-A <chain> ").
 
-    KernelError if iptables-nft-save could not show a table (see the module docstring).
+    only: the tables to keep (None: all). KernelError if iptables-nft-save could not show
+    one of them (see the module docstring).
     """
-    incompatible = _INCOMPATIBLE.search(text)
-    if incompatible:
-        raise KernelError(
-            f"iptables-nft-save cannot show the {incompatible.group(1)} table: it holds rules "
-            "written with nft that iptables cannot represent; inspect it with `nft list ruleset`"
-        )
+    for incompatible in _INCOMPATIBLE.finditer(text):
+        if only is None or incompatible.group(1) in only:
+            raise KernelError(
+                f"iptables-nft-save cannot show the {incompatible.group(1)} table: it holds "
+                "rules written with nft that iptables cannot represent; inspect it with "
+                "`nft list ruleset`"
+            )
     tables: dict[str, dict[str, list[str]]] = {}
     chains: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -64,6 +70,7 @@ def parse_save(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
     return {
         table: {chain: tuple(rules) for chain, rules in table_chains.items()}
         for table, table_chains in tables.items()
+        if only is None or table in only
     }
 
 
@@ -165,22 +172,38 @@ class IptablesTool:
         if backend not in BACKENDS:
             raise KernelError(f"unknown iptables backend {backend!r}; use legacy or nft")
         self.backend = backend
+        self._per_table = False  # set once the save of all tables failed
         self.restores = 0  # restore processes run, for tests and metrics
 
     def save_text(self, family: IPFamily) -> str:
+        """The nat and filter tables of one family, and whatever other tables the kernel
+        holds (mangle, raw), which the parsers leave out.
+
+        One process for all tables: each process start is costly (most of all in the
+        sandbox kernel). Should that fail (a foreign table the tool cannot print), the
+        tables are read one process each from then on, as ``-t`` limits the tool to them.
+        """
+        command = _command(self.backend, family, "-save")
+        if not self._per_table:
+            result = _run([command])
+            if result.returncode == 0:
+                return result.stdout
+            logger.warning(
+                f"{command} of all tables failed; reading the nat and filter tables alone "
+                "from now on",
+                error=result.stderr.strip(),
+            )
+            self._per_table = True
         parts = []
         for table in _TABLES:
-            result = _run([_command(self.backend, family, "-save"), "-t", table])
+            result = _run([command, "-t", table])
             if result.returncode != 0:
-                raise KernelError(
-                    f"{_command(self.backend, family, '-save')} -t {table} failed: "
-                    f"{result.stderr.strip()}"
-                )
+                raise KernelError(f"{command} -t {table} failed: {result.stderr.strip()}")
             parts.append(result.stdout)
         return "".join(parts)
 
     def read(self, family: IPFamily) -> IptablesRuleset:
-        return IptablesRuleset(family=family, tables=parse_save(self.save_text(family)))
+        return IptablesRuleset(family=family, tables=parse_save(self.save_text(family), _TABLES))
 
     def _restore(self, family: IPFamily, payload: str) -> subprocess.CompletedProcess[str]:
         self.restores += 1
@@ -196,7 +219,7 @@ class IptablesTool:
 
     def remove(self, family: IPFamily) -> None:
         """Delete the jump rules, then flush and delete the proxy's chains."""
-        current = parse_save(self.save_text(family))
+        current = parse_save(self.save_text(family), _TABLES)
         lines: list[str] = []
         for table, chains in CHAINS.items():
             present = current.get(table, {})
