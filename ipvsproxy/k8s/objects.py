@@ -17,13 +17,14 @@ its models would only be converted again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Final, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, NoReturn, TypeVar
 
 from loguru import logger
 
@@ -115,19 +116,19 @@ def _describe(value: object) -> str:
 
 def _mapping(value: object, path: str) -> Mapping[str, object]:
     """An optional object field; absent or null reads as empty."""
+    if type(value) is dict or isinstance(value, Mapping):  # the exact type first: ABCs are slow
+        return value
     if value is None:
         return {}
-    if isinstance(value, Mapping):
-        return value
     _fail(path, f"expected an object, got {_describe(value)}")
 
 
 def _list(value: object, path: str) -> Sequence[object]:
     """An optional list field; absent or null reads as empty."""
+    if type(value) is list or isinstance(value, list | tuple):
+        return value
     if value is None:
         return ()
-    if isinstance(value, list | tuple):
-        return value
     _fail(path, f"expected a list, got {_describe(value)}")
 
 
@@ -177,6 +178,44 @@ def _protocol(value: object, path: str) -> Protocol:
 _SLOPPY_IPV4: Final = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
 
+def _packed_address_builders() -> tuple[
+    Callable[[bytes], ipaddress.IPv4Address], Callable[[bytes], ipaddress.IPv6Address]
+]:
+    """IPv4Address(packed) and IPv6Address(packed) for the 4 and 16 bytes inet_pton gives,
+    four times faster: the constructors check their argument's type and length in Python,
+    and a cold start builds one address per endpoint. They set the number the class keeps
+    (a private slot, unchanged since Python 3.3); should a Python version keep it otherwise,
+    the check below falls back to the constructors."""
+    new, from_bytes = object.__new__, int.from_bytes
+    v4, v6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+
+    def build_v4(packed: bytes) -> ipaddress.IPv4Address:
+        address = new(v4)
+        address._ip = from_bytes(packed, "big")  # type: ignore[attr-defined]
+        return address
+
+    def build_v6(packed: bytes) -> ipaddress.IPv6Address:
+        address = new(v6)
+        address._ip = from_bytes(packed, "big")  # type: ignore[attr-defined]
+        address._scope_id = None  # type: ignore[attr-defined]
+        return address
+
+    try:
+        for build, cls, size in ((build_v4, v4, 4), (build_v6, v6, 16)):
+            packed = bytes(range(200, 200 + size))
+            built, expected = build(packed), cls(packed)
+            if not (
+                built == expected and str(built) == str(expected) and hash(built) == hash(expected)
+            ):
+                raise TypeError(f"{cls.__name__} keeps its address otherwise")
+    except (AttributeError, TypeError):
+        return v4, v6
+    return build_v4, build_v6
+
+
+_ipv4_from_packed, _ipv6_from_packed = _packed_address_builders()
+
+
 def parse_ip(text: str) -> IPAddress:
     """Parse an IP address the way kube-proxy does (netutils.ParseIPSloppy).
 
@@ -186,6 +225,16 @@ def parse_ip(text: str) -> IPAddress:
 
     Raises ValueError for anything else that is not an IP address.
     """
+    # The C parser first: it takes what ipaddress takes, in a fraction of the time, and
+    # refuses what ipaddress refuses (leading zeros, zone indexes); the rest goes on below.
+    try:
+        return _ipv4_from_packed(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        return _ipv6_from_packed(socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError, TypeError):
+        pass
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -219,6 +268,33 @@ def _unique(addresses: list[IPAddress]) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(addresses))
 
 
+# --- sharing equal values ------------------------------------------------------------------
+
+T = TypeVar("T")
+
+# Most Services have one of a few port lists ("http" TCP 80, ...), and so do their slices:
+# equal lists decode to the very same tuple of frozen values, saving memory and the
+# building. Keyed by the fields as plain tuples; cleared when full, so a cluster whose ports
+# keep changing cannot grow it without bound.
+_SHARED_MAX: Final = 4096
+_SERVICE_PORTS: Final[dict[tuple[tuple[object, ...], ...], tuple[ServicePort, ...]]] = {}
+_ENDPOINT_PORTS: Final[dict[tuple[tuple[object, ...], ...], tuple[EndpointPort, ...]]] = {}
+
+
+def _shared(
+    cache: dict[tuple[tuple[object, ...], ...], tuple[T, ...]],
+    fields: tuple[tuple[object, ...], ...],
+    build: Callable[..., T],
+) -> tuple[T, ...]:
+    """The one tuple of values built from these fields (each value frozen, all hashable)."""
+    found = cache.get(fields)
+    if found is None:
+        if len(cache) >= _SHARED_MAX:
+            cache.clear()
+        found = cache[fields] = tuple(build(*entry) for entry in fields)
+    return found
+
+
 # --- metadata ------------------------------------------------------------------------------
 
 
@@ -228,6 +304,8 @@ def _metadata(kind: str, obj: Mapping[str, object], *, namespaced: bool) -> tupl
         metadata = _mapping(obj.get("metadata"), "metadata")
         namespace = _str(metadata.get("namespace"), "metadata.namespace", "") or "default"
         name = _str(metadata.get("name"), "metadata.name", "")
+        # A few namespaces hold thousands of objects: one copy of each name.
+        namespace = sys.intern(namespace)
     except _BadField as exc:
         raise InvalidObject(kind, _NO_NAME, str(exc)) from None
     if not name:
@@ -307,8 +385,8 @@ def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | 
 
     return Service(
         namespace=namespace,
-        name=name,
-        type=service_type,
+        name=sys.intern(name),  # shared with its slices' service_name
+        type=sys.intern(service_type),
         cluster_ips=cluster_ips,
         ports=ports,
         affinity_timeout=affinity_timeout,
@@ -362,13 +440,13 @@ def _cluster_ips(spec: Mapping[str, object]) -> tuple[IPAddress, ...]:
 
 
 def _service_ports(spec: Mapping[str, object]) -> tuple[ServicePort, ...]:
-    ports: list[ServicePort] = []
+    ports: list[tuple[str, Protocol, int, int]] = []
     names: set[str] = set()
     numbers: set[tuple[int, Protocol]] = set()
     for index, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
         path = f"spec.ports[{index}]"
         entry = _mapping(raw, path)
-        name = _str(entry.get("name"), f"{path}.name", "")
+        name = sys.intern(_str(entry.get("name"), f"{path}.name", ""))
         protocol = _protocol(entry.get("protocol"), f"{path}.protocol")
         port = _optional_int(entry.get("port"), f"{path}.port")
         if port is None:
@@ -382,8 +460,8 @@ def _service_ports(spec: Mapping[str, object]) -> tuple[ServicePort, ...]:
             _fail(f"{path}.port", f"duplicate port {port}/{protocol.value}")
         names.add(name)
         numbers.add((port, protocol))
-        ports.append(ServicePort(name=name, protocol=protocol, port=port, node_port=node_port))
-    return tuple(ports)
+        ports.append((name, protocol, port, node_port))
+    return _shared(_SERVICE_PORTS, tuple(ports), ServicePort)
 
 
 def _affinity_timeout(spec: Mapping[str, object]) -> int | None:
@@ -470,7 +548,7 @@ def _endpoint_slice(namespace: str, name: str, obj: Mapping[str, object]) -> End
     return EndpointSlice(
         namespace=namespace,
         name=name,
-        service_name=service_name,
+        service_name=sys.intern(service_name),
         family=family,
         ports=_endpoint_ports(obj),
         endpoints=_endpoints(obj, family),
@@ -503,12 +581,12 @@ def _trigger_time(namespace: str, name: str, metadata: Mapping[str, object]) -> 
 
 
 def _endpoint_ports(obj: Mapping[str, object]) -> tuple[EndpointPort, ...]:
-    ports: list[EndpointPort] = []
+    ports: list[tuple[str, Protocol, int]] = []
     names: set[str] = set()
     for index, raw in enumerate(_list(obj.get("ports"), "ports")):
         path = f"ports[{index}]"
         entry = _mapping(raw, path)
-        name = _str(entry.get("name"), f"{path}.name", "")
+        name = sys.intern(_str(entry.get("name"), f"{path}.name", ""))
         protocol = _protocol(entry.get("protocol"), f"{path}.protocol")
         if name in names:
             _fail(f"{path}.name", f"duplicate port name {name!r}")
@@ -518,14 +596,15 @@ def _endpoint_ports(obj: Mapping[str, object]) -> tuple[EndpointPort, ...]:
         if not port:
             continue
         _in_range(port, f"{path}.port", 1, 65535)
-        ports.append(EndpointPort(name=name, protocol=protocol, port=port))
-    return tuple(ports)
+        ports.append((name, protocol, port))
+    return _shared(_ENDPOINT_PORTS, tuple(ports), EndpointPort)
 
 
 def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, ...]:
     endpoints: list[Endpoint] = []
+    af, address_type = _SOCKET_FAMILIES[family]
     for index, raw in enumerate(_list(obj.get("endpoints"), "endpoints")):
-        endpoint = _plain_endpoint(raw) if family is IPFamily.V4 else None
+        endpoint = _plain_endpoint(raw, af, address_type)
         if endpoint is None:
             endpoint = _endpoint(index, raw, family)
         if endpoint is not _NO_ADDRESS:
@@ -534,20 +613,29 @@ def _endpoints(obj: Mapping[str, object], family: IPFamily) -> tuple[Endpoint, .
 
 
 _NO_ADDRESS: Final = Endpoint(ipaddress.IPv4Address(0))  # kube-proxy ignores such an endpoint
+_SOCKET_FAMILIES: Final[Mapping[IPFamily, tuple[int, Callable[[bytes], IPAddress]]]] = {
+    IPFamily.V4: (socket.AF_INET, _ipv4_from_packed),
+    IPFamily.V6: (socket.AF_INET6, _ipv6_from_packed),
+}
 
 
-def _plain_endpoint(raw: object) -> Endpoint | None:
-    """The common IPv4 endpoint, read quickly (decoding is most of a cold start): one
-    dotted-quad address, conditions true/false/absent, names or null, no hints. None
-    for anything else, which _endpoint reads and validates; both agree on what this reads."""
+def _plain_endpoint(
+    raw: object,
+    af: int = socket.AF_INET,
+    address_type: Callable[[bytes], IPAddress] = _ipv4_from_packed,
+) -> Endpoint | None:
+    """The common endpoint, read quickly (decoding is most of a cold start): one address
+    of the slice's family that the C parser reads, conditions true/false/absent, names or
+    null, no hints. None for anything else, which _endpoint reads and validates; both agree
+    on what this reads."""
     if type(raw) is not dict or raw.get("hints") is not None:
         return None
     addresses = raw.get("addresses")
     if type(addresses) is not list or len(addresses) != 1 or type(addresses[0]) is not str:
         return None
     try:
-        address = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, addresses[0]))
-    except OSError:
+        address = address_type(socket.inet_pton(af, addresses[0]))
+    except (OSError, ValueError):  # ValueError: a NUL in the text
         return None
     conditions = raw.get("conditions")
     if conditions is None:
@@ -569,15 +657,58 @@ def _plain_endpoint(raw: object) -> Endpoint | None:
     ):
         return None
     ready = True if ready is None else ready
-    return Endpoint(
-        address=address,
-        ready=ready,
-        serving=ready if serving is None else serving,
-        terminating=bool(terminating),
+    return _new_endpoint(
+        address,
+        ready,
+        ready if serving is None else serving,
+        bool(terminating),
         # Thousands of endpoints share a handful of node and zone names: keep one copy.
-        node_name=None if node_name is None else sys.intern(node_name),
-        zone=None if zone is None else sys.intern(zone),
+        None if node_name is None else _intern(node_name),
+        None if zone is None else _intern(zone),
     )
+
+
+def _endpoint_builder() -> Callable[..., Endpoint]:
+    """Endpoint(address, ready, serving, terminating, node_name, zone), built as the
+    dataclass would, in a third of its time: its frozen __init__ sets each field through
+    object.__setattr__, which is most of reading an endpoint. Checked against
+    dataclasses.fields at import and by the tests."""
+    names = ("address", "ready", "serving", "terminating", "node_name", "zone")
+    hints = ("zone_hints", "node_hints")
+    if tuple(f.name for f in dataclasses.fields(Endpoint)) != names + hints:
+        raise RuntimeError("Endpoint's fields changed: update _endpoint_builder")
+    setters = [getattr(Endpoint, name).__set__ for name in names + hints]
+    s_address, s_ready, s_serving, s_terminating, s_node, s_zone, s_zh, s_nh = setters
+    new = object.__new__
+
+    def build(
+        address: IPAddress,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+        node_name: str | None,
+        zone: str | None,
+    ) -> Endpoint:
+        endpoint = new(Endpoint)
+        s_address(endpoint, address)
+        s_ready(endpoint, ready)
+        s_serving(endpoint, serving)
+        s_terminating(endpoint, terminating)
+        s_node(endpoint, node_name)
+        s_zone(endpoint, zone)
+        s_zh(endpoint, ())
+        s_nh(endpoint, ())
+        return endpoint
+
+    return build
+
+
+_new_endpoint: Final = _endpoint_builder()
+_intern: Final = sys.intern
+
+
+def _interned(text: str | None) -> str | None:
+    return None if text is None else sys.intern(text)
 
 
 _BOOL_OR_NONE: Final = frozenset({bool, type(None)})
@@ -606,8 +737,8 @@ def _endpoint(index: int, raw: object, family: IPFamily) -> Endpoint:
         ready=ready,
         serving=ready if serving is None else serving,
         terminating=bool(terminating),
-        node_name=_optional_str(entry.get("nodeName"), f"{path}.nodeName"),
-        zone=_optional_str(entry.get("zone"), f"{path}.zone"),
+        node_name=_interned(_optional_str(entry.get("nodeName"), f"{path}.nodeName")),
+        zone=_interned(_optional_str(entry.get("zone"), f"{path}.zone")),
         zone_hints=_hint_names(hints, "forZones", f"{path}.hints"),
         node_hints=_hint_names(hints, "forNodes", f"{path}.hints"),
     )
@@ -620,7 +751,7 @@ def _hint_names(hints: Mapping[str, object], field: str, path: str) -> tuple[str
         item = _mapping(raw, f"{path}.{field}[{index}]")
         name = _str(item.get("name"), f"{path}.{field}[{index}].name", "")
         if name and name not in names:
-            names.append(name)
+            names.append(sys.intern(name))
     return tuple(names)
 
 
