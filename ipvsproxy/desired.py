@@ -190,8 +190,7 @@ def service_state(
                     port, family, slices, node_name=node.name, zone=node.zone
                 )
                 selected[port] = endpoints
-                for address, target in endpoints.hairpin:
-                    entry = ipsets.ip_port_ip_entry(address, port.protocol, target, address)
+                for entry in endpoints.loop_back:
                     set_entries[(loop_back, entry)] = None
             server = _virtual_server(
                 frontend.address, port.protocol, frontend.port, service, settings.scheduler

@@ -12,8 +12,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,10 +170,9 @@ class EndpointSlice:
     # epoch: when the change this slice reflects was triggered (a Pod or Service update).
     # None when absent or unreadable. Feeds kubeproxy_network_programming_duration_seconds.
     trigger_time: float | None = None
-    # real_servers()'s answers by target port: built once per slice, not once per sync.
-    _servers: dict[int, tuple[tuple[RealServerKey, ...], tuple[RealServer, ...]]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    # What endpoints.py works out from this slice (by target port and node), kept with it:
+    # built once per slice object, not once per sync; gone with the slice.
+    _memo: dict[Any, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -182,25 +182,14 @@ class EndpointSlice:
     def service_key(self) -> str:
         return f"{self.namespace}/{self.service_name}"
 
-    def real_servers(self, target: int) -> tuple[tuple[RealServerKey, ...], tuple[RealServer, ...]]:
-        """Each endpoint's real server at port `target` and its key, in endpoint order.
-
-        Kept with the slice: when one slice of a Service with thousands of endpoints
-        changes, only that slice's real servers are new, and the others are the very
-        objects applied before, which a partial sync's diff passes over by identity.
-        """
-        cache = self._servers
-        if cache is None:
-            cache = {}
-            object.__setattr__(self, "_servers", cache)
-        found = cache.get(target)
-        if found is None:
-            found = (
-                tuple(RealServerKey(e.address, target) for e in self.endpoints),
-                tuple(RealServer(e.address, target) for e in self.endpoints),
-            )
-            cache[target] = found
-        return found
+    def memo(self) -> dict[Any, Any]:
+        """A dict for work derived from this slice alone (endpoints.py's), made on first
+        use. A changed slice is a new object, with a memo of its own."""
+        memo = self._memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +331,45 @@ class RealServer:
     @property
     def key(self) -> RealServerKey:
         return RealServerKey(self.address, self.port)
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[Callable[[object, object], None], ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_KEY_SLOTS = _slot_setters(RealServerKey, "address", "port", "_hash", "_number")
+_SERVER_SLOTS = _slot_setters(
+    RealServer,
+    "address",
+    "port",
+    "weight",
+    "forward",
+    "active_connections",
+    "inactive_connections",
+)
+
+
+def real_server_at(address: IPAddress, port: int) -> tuple[RealServerKey, RealServer]:
+    """RealServerKey(address, port) and RealServer(address, port), equal to what the
+    constructors build, in about half their time: a frozen dataclass sets each field
+    through object.__setattr__, and endpoints.py makes a pair per endpoint of every slice.
+    """
+    set_address, set_port, set_hash, set_number = _KEY_SLOTS
+    key = object.__new__(RealServerKey)
+    number = int(address)
+    set_address(key, address)
+    set_port(key, port)
+    set_number(key, number)
+    set_hash(key, hash((number, address.version, port)))
+    set_address, set_port, set_weight, set_forward, set_active, set_inactive = _SERVER_SLOTS
+    server = object.__new__(RealServer)
+    set_address(server, address)
+    set_port(server, port)
+    set_weight(server, 1)
+    set_forward(server, ForwardMethod.MASQ)
+    set_active(server, 0)
+    set_inactive(server, 0)
+    return key, server
 
 
 @dataclass(frozen=True, slots=True)

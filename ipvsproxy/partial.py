@@ -34,6 +34,7 @@ from loguru import logger
 
 from ipvsproxy import ipsets
 from ipvsproxy.desired import EMPTY_SERVICE_STATE, DesiredSettings, ServiceState, desired_iptables
+from ipvsproxy.endpoints import MergedServers
 from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, leave_without_counters
 from ipvsproxy.model import (
     IPAddress,
@@ -321,18 +322,45 @@ def _ipvs_operations(
         old_server, current = old_entry
         if not server.same_settings(old_server):
             adds.append(UpdateVirtualServer(server))
-        if wanted is not current:
-            for rs_key, rs in wanted.items():
+        if wanted is current:
+            continue
+        new_parts, old_parts = _differing_parts(wanted, current)
+        for part in new_parts:
+            for rs_key, rs in part.items():
                 have = current.get(rs_key)
                 if have is None:
                     adds.append(AddRealServer(vs_key, rs))
                 elif have is not rs and _settings_differ(have, rs):
                     adds.append(UpdateRealServer(vs_key, rs))
-        for rs_key in sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key()):
+        gone = [k for part in old_parts for k in part if k not in wanted]
+        for rs_key in sorted(gone, key=lambda k: k.sort_key()):
             real_server_deletes += real_server_removed(
                 vs_key, current[rs_key], drain_timeout=drain_timeout
             )
     return adds + real_server_deletes + deletes
+
+
+_Servers = Mapping[RealServerKey, RealServer]
+
+
+def _differing_parts(
+    wanted: _Servers, current: _Servers
+) -> tuple[Sequence[_Servers], Sequence[_Servers]]:
+    """Where wanted and current real servers may differ: the parts of each that the
+    other does not share (endpoints.MergedServers), else the whole of both.
+
+    The parts of one MergedServers share no key, so a key of a part both hold has the
+    same real server in both: only the other parts' keys need comparing. Those of
+    wanted are kept in its order, so additions come out in endpoint order either way.
+    """
+    if isinstance(wanted, MergedServers) and isinstance(current, MergedServers):
+        shared = {id(part) for part in wanted.parts}
+        shared.intersection_update(id(part) for part in current.parts)
+        return (
+            [part for part in wanted.parts if id(part) not in shared],
+            [part for part in current.parts if id(part) not in shared],
+        )
+    return (wanted,), (current,)
 
 
 def _settings_differ(have: RealServer, wanted: RealServer) -> bool:
