@@ -109,6 +109,11 @@ class Agent:
         self._serve_health_checks = health_check_ports
         self._health_checks: dict[str, tuple[int, int]] = {}  # Service -> (port, local endpoints)
         self._served_health_checks: HealthCheckPorts = {}
+        # Ports that could not be bound, and when they are tried again: at the next full
+        # sync or after retry_interval, not at every partial sync (a port another process
+        # holds would cost a bind and an error line per port at each change).
+        self._unbound_ports: frozenset[int] = frozenset()
+        self._bind_retry_at = 0.0
         self._clock = clock or MonotonicClock()
         self._wall = wall_clock
         self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
@@ -340,7 +345,7 @@ class Agent:
                 self._cache = AppliedCache.rebuild(states, desired.iptables)
                 self._relabel_all(changes.services, states)
             self._health_checks = {}
-            self._note_health_checks(changes.services, node.name)
+            self._note_health_checks(changes.services, node.name, retry=True)
             self.udp_flows.synced(changes.services, full=True)
         operations = len(plan)
         del desired, observed, plan, previous, inputs
@@ -421,9 +426,12 @@ class Agent:
 
     # -- health-check node ports (externalTrafficPolicy Local)
 
-    def _note_health_checks(self, inputs: Mapping[str, ServiceInput], node_name: str) -> None:
+    def _note_health_checks(
+        self, inputs: Mapping[str, ServiceInput], node_name: str, *, retry: bool = False
+    ) -> None:
         """Record the health-check ports of these Services, then serve the result if it
-        changed. Costs the changed Services only; the ports are few."""
+        changed. Costs the changed Services only; the ports are few. Ports that could not
+        be bound are tried again with `retry` or once retry_interval has passed."""
         for key, given in inputs.items():
             self._health_checks.pop(key, None)
             if given.service is not None and given.service.health_check_node_port:
@@ -436,10 +444,17 @@ class Agent:
         for key in sorted(self._health_checks):  # the first Service on a port keeps it
             port, count = self._health_checks[key]
             wanted.setdefault(port, (key, count))
+        now = self._clock.now()
+        retry = retry or now >= self._bind_retry_at
+        if not retry:
+            wanted = {p: v for p, v in wanted.items() if p not in self._unbound_ports}
         if wanted != self._served_health_checks:
-            failed = self._serve_health_checks(wanted)
-            # A port that could not be bound stays unserved, so the next sync tries again.
+            failed = frozenset(self._serve_health_checks(wanted))
+            # A port that could not be bound stays unserved, to be tried again later.
             self._served_health_checks = {p: v for p, v in wanted.items() if p not in failed}
+            self._unbound_ports = failed if retry else self._unbound_ports | failed
+            if failed and retry:
+                self._bind_retry_at = now + self._retry_interval
 
     # -- traffic labels
 

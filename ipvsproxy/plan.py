@@ -160,14 +160,19 @@ def _ipvs_operations(
         if not server.same_settings(current_server):
             adds.append(UpdateVirtualServer(server))
         current = observed.real_servers.get(key, {})
+        kept = 0
         for rs_key, rs in wanted.items():
             have = current.get(rs_key)
             if have is None:
                 adds.append(AddRealServer(key, rs))
-            elif have != rs:
+                continue
+            kept += 1
+            # Same key, so same address and port: compare the rest only (a full sync
+            # compares every real server of the node; ipaddress compares in Python).
+            if have is not rs and (have.weight != rs.weight or have.forward is not rs.forward):
                 adds.append(UpdateRealServer(key, rs))
-        leaving = sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
-        if leaving:
+        if kept < len(current):  # some current servers are not wanted
+            leaving = sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
             step = drain_step(
                 key,
                 (current[rs_key] for rs_key in leaving),

@@ -395,12 +395,16 @@ def test_health_check_ports_follow_their_services() -> None:
     h.step()
     assert served == [{32000: ("default/lb", 1)}]
     h.put(dataclasses.replace(WEB_SLICE, endpoints=WEB_SLICE.endpoints[:1]))
-    h.step()  # a sync that changes nothing of lb still retries the port that failed
+    h.step()  # the port that failed is not tried again at once
+    assert served == [{32000: ("default/lb", 1)}]
+    h.clock.t += 5.0  # retry interval
+    h.put(WEB_SLICE)
+    h.step()  # a sync that changes nothing of lb then retries it
     assert served == [{32000: ("default/lb", 1)}] * 2
     h.put(endpoint_slice("lb", ("10.244.1.1", True, "n1"), ("10.244.1.2", True, "n1")))
     h.step()  # partial: only lb recomputed
     assert served[-1] == {32000: ("default/lb", 2)}
-    h.put(WEB_SLICE)
+    h.put(dataclasses.replace(WEB_SLICE, endpoints=WEB_SLICE.endpoints[:1]))
     h.step()
     assert len(served) == 3  # served ports are not served again
     h.remove(lb)

@@ -226,3 +226,30 @@ def test_sync_period_runs_from_the_end_of_a_full_sync() -> None:
     assert not h.step()  # and no second full sync right after it
     h.clock.t += 30
     assert h.step() and h.agent.last.full
+
+
+def test_a_port_another_process_holds_is_retried_at_full_syncs_not_every_change() -> None:
+    calls: list[dict[int, tuple[str, int]]] = []
+
+    def serve(ports: Any) -> list[int]:
+        calls.append(dict(ports))
+        return [port for port in ports if port == 32000]  # held by someone else
+
+    h = Harness()
+    h.agent._serve_health_checks = serve
+    lb = dataclasses.replace(
+        service("lb", "10.96.0.40"),
+        type="LoadBalancer",
+        external_traffic_local=True,
+        health_check_node_port=32000,
+    )
+    h.start([WEB, lb], [WEB_SLICE, endpoint_slice("lb", ("10.244.1.1", True, "n1"))])
+    h.step()
+    assert calls == [{32000: ("default/lb", 1)}]
+    for i in range(10):  # changes within the retry interval: no bind attempts
+        h.put(endpoint_slice("web", "10.244.1.1", f"10.244.8.{i + 1}"))
+        h.clock.t += 0.1
+        h.step()
+    assert len(calls) == 1
+    periodic_full_sync(h)
+    assert calls[1:] == [{32000: ("default/lb", 1)}]
