@@ -1,61 +1,94 @@
-"""Run every benchmark, then write bench/README.md (tables, the machine, the date) and plots.
+"""Run every benchmark, then write bench/README.md (the aims, tables, the machine, the date)
+and plots.
 
     python bench/run_all.py                 # Services 1k, 10k, 30k; kernel 1k and 5k
     python bench/run_all.py --quick         # a few minutes: small sizes, few repeats
-    python bench/run_all.py --sizes 1000 10000 --kernel-sizes 1000 --datapath-sizes 100 1000
+    python bench/run_all.py --only agent hollow --readme /tmp/README.md
 
 Each benchmark runs as its own process, exactly as one would run it by hand; its whole
 output goes into the README under the command that printed it, and the figures of the
-tables and plots are read from that output (or from the JSON the kernel benchmarks write).
+tables, the aims and the plots are read from that output (or from the JSON it writes).
+The soak and the crash sweep run in a short form (a minute of churn, one seed): their full
+forms are reliability runs of their own. bench/fuzz.py is left out: it prints how many
+cases the fuzz tests ran, not a measurement. Where an aim of the controller is missed,
+bench/profile_agent.py (and bench/bench_memory.py for memory) then profile it, and the
+report quotes what dominates; where the hollow agents miss theirs, a second run without
+periodic full syncs shows how much those cost.
+
 Plots need matplotlib (`pip install -e '.[bench]'`); without it the README is written
-without them. A benchmark that fails (or reports a wrong result) is marked so in the README
-and the command exits 1 at the end.
+without them. A benchmark that fails (or reports a wrong result) is marked so in the README,
+its figures count as not measured, and the command exits 1 at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import re
+import resource
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aims
+import figures
+from report import Report, Step, plots, readme
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 
-
-@dataclass
-class Run:
-    title: str
-    argv: list[str]
-    output: str = ""
-    status: int = 0
-    seconds: float = 0.0
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def command(self) -> str:
-        shown = [
-            "python" if arg == sys.executable else os.path.relpath(arg, ROOT) if "/" in arg else arg
-            for arg in self.argv
-        ]
-        return shlex.join(shown)
+STEPS = (
+    "plan",
+    "decode",
+    "codec",
+    "agent",
+    "testapi",
+    "convert",
+    "hollow",
+    "soak",
+    "kernel_read",
+    "kernel_sync",
+    "datapath",
+    "crash",
+)
+KERNEL_STEPS = ("kernel_read", "kernel_sync", "datapath", "crash")
 
 
-def run(title: str, argv: list[str], *, timeout: float) -> Run:
-    """Run one benchmark, echoing its output; never raises on failure."""
-    result = Run(title, argv)
-    print(f"\n### {title}\n$ {result.command}", flush=True)
-    start = time.perf_counter()
+def shown(argv: list[str]) -> str:
+    """The command as one would type it from the tree's top."""
+    return shlex.join(
+        "python" if arg == sys.executable else os.path.relpath(arg, ROOT) if "/" in arg else arg
+        for arg in argv
+    )
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(
+    key: str,
+    title: str,
+    argv: list[str],
+    *,
+    timeout: float,
+    parse: Callable[[str], Any] | None = None,
+    note: str = "",
+) -> Step:
+    """Run one benchmark, echoing its output; never raises on failure. parse reads its
+    figures from the output, only when it succeeded."""
+    step = Step(key, title, shown(argv), note=note)
+    print(f"\n### {title}\n$ {step.command}", flush=True)
+    start, cpu = time.perf_counter(), children_cpu()
     try:
         proc = subprocess.run(
             argv,
@@ -69,47 +102,18 @@ def run(title: str, argv: list[str], *, timeout: float) -> Run:
             # bury their figures under one line per request
             env={**os.environ, "LOGURU_LEVEL": "INFO"},
         )
-        result.output, result.status = proc.stdout, proc.returncode
+        step.output, step.status = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as exc:
         partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        result.output, result.status = partial + f"\n(killed after {timeout:.0f} s)\n", 124
-    result.seconds = time.perf_counter() - start
-    result.output = result.output.replace(f"{ROOT}/", "")  # paths as the command shows them
-    print(result.output, end="", flush=True)
-    return result
-
-
-# --- reading figures from the outputs -----------------------------------------------------
-
-_PLAN_STAGE = re.compile(r"^\s+(parse|desired|diff|encode|pure|total)\s+([\d.]+) ms", re.M)
-_PLAN_RSS = re.compile(r"peak RSS: (\d+) MiB")
-_PLAN_COUNTS = re.compile(r"(\d+) Services, \d+ EndpointSlices, (\d+) endpoints")
-_AGENT_ROW = re.compile(
-    r"^\s*(\d+) (endpoint change|Service added|Service deleted)\s+([\d.]+)\s+([\d.]+)", re.M
-)
-_AGENT_FULL = re.compile(r"^\s*(\d+) full sync, (cold|steady)\s+([\d.]+)", re.M)
-
-
-def plan_figures(output: str) -> dict[str, float]:
-    figures = {stage: float(ms) for stage, ms in _PLAN_STAGE.findall(output)}
-    if match := _PLAN_RSS.search(output):
-        figures["peak RSS MiB"] = float(match.group(1))
-    if match := _PLAN_COUNTS.search(output):
-        figures["endpoints"] = float(match.group(2))
-    return figures
-
-
-def agent_figures(output: str) -> dict[int, dict[str, float]]:
-    sizes: dict[int, dict[str, float]] = {}
-    for size, kind, p50, p99 in _AGENT_ROW.findall(output):
-        sizes.setdefault(int(size), {})[f"{kind} p50"] = float(p50)
-        sizes[int(size)][f"{kind} p99"] = float(p99)
-    for size, kind, ms in _AGENT_FULL.findall(output):
-        sizes.setdefault(int(size), {})[f"full sync {kind}"] = float(ms)
-    return sizes
-
-
-# --- the machine --------------------------------------------------------------------------
+        step.output, step.status = partial + f"\n(killed after {timeout:.0f} s)\n", 124
+    step.seconds = time.perf_counter() - start
+    step.cpu = children_cpu() - cpu  # processes it waited for; a killed one's are lost
+    step.output = step.output.replace(f"{ROOT}/", "")  # paths as the command shows them
+    print(step.output, end="", flush=True)
+    print(f"({step.seconds:.0f} s, {step.cpu:.0f} s CPU; status {step.status})", flush=True)
+    if parse is not None and step.status == 0:
+        step.data = parse(step.output)
+    return step
 
 
 def machine() -> list[str]:
@@ -135,308 +139,26 @@ def machine() -> list[str]:
     ]
 
 
-# --- plots --------------------------------------------------------------------------------
+class Plan:
+    """What the run measures, at which sizes and how many times (default or --quick)."""
 
-
-def plots(runs: dict[str, Run], plan: dict[int, dict[str, float]]) -> list[str]:
-    """PNG files written next to this script; [] without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plots")
-        return []
-    written: list[str] = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(BENCH / name, dpi=90)
-        plt.close(fig)
-        written.append(name)
-
-    if plan:
-        sizes = sorted(plan)
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        for stage in ("parse", "desired", "diff", "encode", "total"):
-            left.plot(sizes, [plan[s].get(stage, 0) / 1000 for s in sizes], "o-", label=stage)
-        left.set(xscale="log", xlabel="Services", ylabel="seconds", title="plan, cold start")
-        left.legend()
-        right.plot(sizes, [plan[s].get("peak RSS MiB", 0) for s in sizes], "o-")
-        right.set(xscale="log", xlabel="Services", ylabel="MiB", title="plan, peak RSS")
-        save(fig, "plan.png")
-
-    agent = runs.get("agent")
-    if agent and agent.data:
-        sizes = sorted(agent.data)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for kind in ("endpoint change", "Service added", "Service deleted"):
-            for quantile, style in (("p50", "o-"), ("p99", "s--")):
-                ax.plot(
-                    sizes,
-                    [agent.data[s].get(f"{kind} {quantile}", 0) for s in sizes],
-                    style,
-                    label=f"{kind} {quantile}",
-                )
-        ax.set(xscale="log", xlabel="Services", ylabel="ms", title="one change, controller")
-        ax.legend(fontsize="small")
-        save(fig, "agent.png")
-
-    read = runs.get("kernel_read")
-    if read and read.data:
-        rows = sorted(read.data.values(), key=lambda r: r["virtual_servers"])
-        x = [r["virtual_servers"] for r in rows]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in (
-            "observe (whole)",
-            "IPVS: services dump + /proc/net/ip_vs",
-            "IPVS: one socket, a dump per service",
-            "ipvsadm -Ln",
-            "the tools together",
-        ):
-            ax.plot(x, [r["medians"].get(name, 0) for r in rows], "o-", label=name)
-        ax.set(xlabel="IPVS virtual servers", ylabel="seconds (guest)", title="reading the kernel")
-        ax.legend(fontsize="small")
-        save(fig, "kernel_read.png")
-
-    sync = runs.get("kernel_sync")
-    if sync and sync.data:
-        rows = sorted(sync.data.values(), key=lambda r: r["virtual_servers"])
-        x = [r["virtual_servers"] for r in rows]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, label in (
-            ("cold sync", "ipvsproxy cold sync (all)"),
-            ("cold sync: ipvs.execute", "ipvsproxy IPVS writes"),
-            ("ipvsadm -R", "ipvsadm -R"),
-            ("cold sync: ipset.apply", "ipvsproxy ipset writes"),
-            ("ipset restore", "ipset restore"),
-        ):
-            ax.plot(x, [r["medians"].get(name, 0) for r in rows], "o-", label=label)
-        ax.set(xlabel="IPVS virtual servers", ylabel="seconds (guest)", title="cold sync")
-        ax.legend(fontsize="small")
-        save(fig, "kernel_sync.png")
-
-    path = runs.get("datapath")
-    if path and path.data:
-        rows = sorted(path.data.values(), key=lambda r: r["services"])
-        x = [r["services"] for r in rows]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, label in (
-            ("ipt first", "iptables, first Service"),
-            ("ipt last", "iptables, last Service"),
-            ("ipvs first", "IPVS, first Service"),
-            ("ipvs last", "IPVS, last Service"),
-        ):
-            left.plot(x, [r[key] * 1000 for r in rows], "o-", label=label)
-        left.set(xscale="log", xlabel="Services", ylabel="ms (guest)", title="new connection")
-        left.legend(fontsize="small")
-        for key, label in (
-            ("ipt change full", "iptables-restore, whole table"),
-            ("ipt change minimal", "iptables-restore, minimal"),
-            ("ipvs change", "IPVS operations"),
-        ):
-            right.plot(x, [r[key] * 1000 for r in rows], "o-", label=label)
-        right.set(
-            xscale="log",
-            yscale="log",
-            xlabel="Services",
-            ylabel="ms (guest)",
-            title="change one endpoint",
-        )
-        right.legend(fontsize="small")
-        save(fig, "datapath.png")
-    return written
-
-
-# --- the README ---------------------------------------------------------------------------
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def readme(
-    args: argparse.Namespace,
-    runs: dict[str, Run],
-    plan: dict[int, dict[str, float]],
-    images: list[str],
-    started: datetime.datetime,
-    host: list[str],
-) -> str:
-    out = [
-        "# Benchmarks",
-        "",
-        "Generated by `python bench/run_all.py"
-        + (" --quick" if args.quick else "")
-        + f"` on {started:%Y-%m-%d %H:%M} UTC (took "
-        f"{(datetime.datetime.now(datetime.UTC) - started).seconds // 60} min). Every figure "
-        "below was printed by the command shown above it; rerun that command to check it.",
-        "",
-        "The machine:",
-        *host,
-        "",
-        "It was shared with other work (2 cores): absolute times are noisy and "
-        "only medians of several runs are quoted. The kernel benchmarks run in the "
-        "user-mode-linux sandbox kernel, where every system call traps to the host: there, "
-        "only ratios measured side by side in one run mean anything.",
-        "",
-        "Clusters come from `bench/gen_cluster.py` (realistic profile: long-tailed endpoints, "
-        "NodePort, LoadBalancer, ETP=Local, multi-port, dual-stack) unless a benchmark says "
-        "otherwise.",
-        "",
-    ]
-    if plan:
-        out += ["## Controller: `plan` of a whole cluster (no kernel)", ""]
-        rows = [
-            [
-                f"{size:,}",
-                f"{int(f.get('endpoints', 0)):,}",
-                *(f"{f.get(stage, 0):.0f}" for stage in ("parse", "desired", "diff", "encode")),
-                f"{f.get('total', 0):.0f}",
-                f"{f.get('peak RSS MiB', 0):.0f}",
-            ]
-            for size, f in sorted(plan.items())
-        ]
-        out += table(
-            [
-                "Services",
-                "endpoints",
-                "parse ms",
-                "desired ms",
-                "diff ms",
-                "encode ms",
-                "total ms",
-                "peak RSS MiB",
-            ],
-            rows,
-        )
-        out.append("")
-    agent = runs.get("agent")
-    if agent and agent.data:
-        out += ["## Controller: one change (partial sync, no kernel)", ""]
-        rows = [
-            [
-                f"{size:,}",
-                *(
-                    f"{f.get(f'{kind} p50', 0):.3f} / {f.get(f'{kind} p99', 0):.3f}"
-                    for kind in ("endpoint change", "Service added", "Service deleted")
-                ),
-                f"{f.get('full sync cold', 0):.0f}",
-            ]
-            for size, f in sorted(agent.data.items())
-        ]
-        out += table(
-            [
-                "Services",
-                "endpoint change p50/p99 ms",
-                "Service added p50/p99 ms",
-                "Service deleted p50/p99 ms",
-                "full sync cold ms",
-            ],
-            rows,
-        )
-        out.append("")
-    read = runs.get("kernel_read")
-    if read and read.data:
-        out += ["## Reading the kernel (observe step of a full resync), sandbox", ""]
-        rows = []
-        for r in sorted(read.data.values(), key=lambda r: r["virtual_servers"]):
-            m = r["medians"]
-            rows.append(
-                [
-                    f"{r['virtual_servers']:,}",
-                    f"{m['observe (whole)'] / m['ipvsadm -Ln']:.2f}",
-                    f"{m['observe (whole)'] / m['the tools together']:.2f}",
-                    f"{m['IPVS: services dump + /proc/net/ip_vs'] / m['ipvsadm -Ln']:.2f}",
-                    f"{m['IPVS: one socket, a dump per service'] / m['ipvsadm -Ln']:.2f}",
-                ]
-            )
-        out += table(
-            [
-                "virtual servers",
-                "observe / ipvsadm -Ln",
-                "observe / (ipvsadm + ipset save + iptables-save)",
-                "IPVS read / ipvsadm -Ln",
-                "old IPVS read / ipvsadm -Ln",
-            ],
-            rows,
-        )
-        out.append("")
-    sync = runs.get("kernel_sync")
-    if sync and sync.data:
-        out += ["## Cold sync against the tools, sandbox", ""]
-        rows = []
-        for r in sorted(sync.data.values(), key=lambda r: r["virtual_servers"]):
-            m = r["medians"]
-            rows.append(
-                [
-                    f"{r['virtual_servers']:,}",
-                    f"{r['real_servers']:,}",
-                    f"{m['ipvsadm -R'] / m['cold sync: ipvs.execute']:.2f}",
-                    f"{m['ipset restore'] / m['cold sync: ipset.apply']:.2f}",
-                    f"{m['cold sync']:.1f}",
-                ]
-            )
-        out += table(
-            [
-                "virtual servers",
-                "real servers",
-                "ipvsadm -R / our IPVS writes",
-                "ipset restore / our ipset writes",
-                "whole cold sync s (guest)",
-            ],
-            rows,
-        )
-        out.append("")
-    path = runs.get("datapath")
-    if path and path.data:
-        out += ["## Data path: kube-proxy's iptables mode against IPVS, sandbox", ""]
-        rows = []
-        for r in sorted(path.data.values(), key=lambda r: r["services"]):
-            rows.append(
-                [
-                    f"{r['services']:,}",
-                    f"{r['rules_first']:g} / {r['rules_last']:g}",
-                    f"{r['ipvs_kube_rules']} + 1 lookup",
-                    f"{r['ipt first'] / r['ipvs first']:.2f}",
-                    f"{r['ipt last'] / r['ipvs last']:.2f}",
-                    f"{r['ipt change full'] / r['ipvs change']:.0f}",
-                    f"{r['ipt change minimal'] / r['ipvs change']:.0f}",
-                ]
-            )
-        out += table(
-            [
-                "Services",
-                "iptables rules on the path, first / last Service",
-                "IPVS mode: rules (at most)",
-                "new connection iptables / IPVS, first",
-                "same, last",
-                "change one endpoint: full restore / IPVS",
-                "minimal restore / IPVS",
-            ],
-            rows,
-        )
-        out.append("")
-    if images:
-        out += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
-    out += ["## Every run, as printed", ""]
-    for name, r in runs.items():
-        state = "" if r.status == 0 else f" (FAILED: exit status {r.status})"
-        out += [
-            f"### {r.title}{state}",
-            "",
-            f"`{r.command}` ({r.seconds:.0f} s)",
-            "",
-            "```",
-            r.output.rstrip(),
-            "```",
-            "",
-        ]
-        del name
-    return "\n".join(out)
+    def __init__(self, args: argparse.Namespace) -> None:
+        quick = args.quick
+        self.sizes: list[int] = [1000, 3000] if quick else args.sizes
+        self.kernel_sizes: list[int] = [300] if quick else args.kernel_sizes
+        self.datapath_sizes: list[int] = [100, 500] if quick else args.datapath_sizes
+        self.repeat = 2 if quick else 3
+        self.changes = 200 if quick else 1000
+        self.kernel_runs = 2 if quick else 3
+        self.connects = 40 if quick else 200
+        # (agents, Services, changes, rate): issue 8's N = 10 and 50 at 10k Services
+        self.hollow = [(2, 1000, 20, 10.0), (5, 1000, 20, 10.0)]
+        if not quick:
+            self.hollow = [(10, 10000, 300, 5.0), (50, 10000, 100, 5.0)]
+        seconds, every = (15, 5) if quick else (60, 15)
+        self.soak = ["--seconds", str(seconds), "--report-every", str(every)]
+        self.codec = ["--services", "200" if quick else "1000", "--repeat", str(self.repeat)]
+        self.convert = ["--services", "1000" if quick else "3000", "--runs", "1" if quick else "3"]
 
 
 def main() -> int:
@@ -446,128 +168,299 @@ def main() -> int:
     parser.add_argument("--datapath-sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--skip-kernel", action="store_true", help="no sandbox benchmarks")
+    parser.add_argument("--only", nargs="+", choices=STEPS, help="run these steps alone")
     parser.add_argument(
         "--readme", default=str(BENCH / "README.md"), help="where to write the report"
     )
     args = parser.parse_args()
-    repeat, changes, kernel_runs = 5, 1000, 3
-    if args.quick:
-        args.sizes, args.kernel_sizes, args.datapath_sizes = [1000, 3000], [300], [100, 500]
-        repeat, changes, kernel_runs = 2, 200, 2
+    plan = Plan(args)
+    wanted = set(args.only or STEPS) - (set(KERNEL_STEPS) if args.skip_kernel else set())
     started = datetime.datetime.now(datetime.UTC)
     host = machine()
     py = sys.executable
     OUT.mkdir(exist_ok=True)
-    runs: dict[str, Run] = {}
-    plan: dict[int, dict[str, float]] = {}
-    for size in args.sizes:
-        cluster = OUT / f"cluster-{size}.json"
-        gen = run(
-            f"generate {size:,} Services",
-            [py, str(BENCH / "gen_cluster.py"), "--services", str(size), "-o", str(cluster)],
-            timeout=600,
-        )
-        runs[f"gen {size}"] = gen
-        if gen.status:
-            continue
-        r = run(
-            f"plan, {size:,} Services",
-            [py, str(BENCH / "bench_plan.py"), str(cluster), "--repeat", str(repeat)],
-            timeout=1800,
-        )
-        runs[f"plan {size}"] = r
-        plan[size] = plan_figures(r.output)
-    middle = sorted(args.sizes)[len(args.sizes) // 2]
-    runs["decode"] = run(
-        f"decoding API answers, {middle:,} Services",
-        [
-            py,
-            str(BENCH / "bench_decode.py"),
-            "--file",
-            str(OUT / f"cluster-{middle}.json"),
-            "--repeat",
-            str(repeat),
-        ],
-        timeout=1800,
-    )
-    runs["codec"] = run(
-        "IPVS message encoding",
-        [py, str(BENCH / "bench_ipvs_codec.py"), "--repeat", str(repeat)],
-        timeout=600,
-    )
-    if (BENCH / "bench_agent.py").exists():
-        agent = run(
-            "one change, partial syncs (uniform clusters, 10 endpoints per Service)",
-            [
-                py,
-                str(BENCH / "bench_agent.py"),
-                "--sizes",
-                ",".join(map(str, args.sizes)),
-                "--changes",
-                str(changes),
-            ],
-            timeout=3600,
-        )
-        agent.data = agent_figures(agent.output)
-        runs["agent"] = agent
-    if (BENCH / "bench_testapi.py").exists():
-        big = [size for size in args.sizes if size >= 10000] or [max(args.sizes)]
-        runs["testapi"] = run(
-            "the test API server: load, list, watch (uniform clusters)",
-            [
-                py,
-                str(BENCH / "bench_testapi.py"),
-                "--sizes",
-                ",".join(map(str, big)),
-                "--repeat",
-                str(repeat),
-            ],
-            timeout=1800,
-        )
-    if not args.skip_kernel:
-        for key, script, sizes, extra in (
-            (
-                "kernel_read",
-                "bench_kernel_read.py",
-                args.kernel_sizes,
-                ["--runs", str(kernel_runs + 2)],
-            ),
-            (
-                "kernel_sync",
-                "bench_kernel_sync.py",
-                args.kernel_sizes,
-                ["--runs", str(kernel_runs)],
-            ),
-            (
-                "datapath",
-                "bench_datapath.py",
-                args.datapath_sizes,
-                ["--connects", "40" if args.quick else "200", "--changes", str(kernel_runs + 2)],
-            ),
-        ):
-            target = OUT / f"{key}.json"
-            target.unlink(missing_ok=True)
-            r = run(
-                key.replace("_", " "),
+    steps: list[Step] = []
+    measured = aims.Measured()
+    plan_figures: dict[int, dict[str, float]] = {}
+
+    def bench(script: str) -> str:
+        return str(BENCH / script)
+
+    if wanted & {"plan", "decode"}:
+        for size in plan.sizes:
+            cluster = OUT / f"cluster-{size}.json"
+            gen = run(
+                "gen",
+                f"generate {size:,} Services",
+                [py, bench("gen_cluster.py"), "--services", str(size), "-o", str(cluster)],
+                timeout=600,
+            )
+            steps.append(gen)
+            if gen.status or "plan" not in wanted:
+                continue
+            step = run(
+                "plan",
+                f"plan, {size:,} Services",
+                [py, bench("bench_plan.py"), str(cluster), "--repeat", str(plan.repeat)],
+                timeout=1800,
+                parse=figures.plan,
+            )
+            steps.append(step)
+            if step.data:
+                plan_figures[size] = step.data
+    if "decode" in wanted:
+        size = plan.sizes[0] if args.quick else sorted(plan.sizes)[len(plan.sizes) // 2]
+        steps.append(
+            run(
+                "decode",
+                f"decoding API answers, {size:,} Services",
                 [
                     py,
-                    str(BENCH / script),
-                    "--sizes",
-                    *map(str, sizes),
-                    *extra,
-                    "--json",
-                    str(target),
+                    bench("bench_decode.py"),
+                    "--file",
+                    str(OUT / f"cluster-{size}.json"),
+                    "--repeat",
+                    "1" if args.quick else "2",
                 ],
-                timeout=3600,
+                timeout=1800,
+                parse=figures.decode,
             )
-            if target.exists():
-                r.data = json.loads(target.read_text())["sizes"]
-            runs[key] = r
-    images = plots(runs, plan)
-    Path(args.readme).write_text(readme(args, runs, plan, images, started, host) + "\n")
-    failed = [r.title for r in runs.values() if r.status]
+        )
+    if "codec" in wanted:
+        steps.append(
+            run(
+                "codec",
+                "IPVS message encoding",
+                [py, bench("bench_ipvs_codec.py"), *plan.codec],
+                timeout=900,
+                parse=figures.codec,
+            )
+        )
+    if "agent" in wanted:
+        target = OUT / "agent.json"
+        target.unlink(missing_ok=True)
+        step = run(
+            "agent",
+            "controller: cold start, memory, one change (realistic clusters)",
+            [
+                py,
+                bench("bench_agent.py"),
+                "--sizes",
+                ",".join(map(str, plan.sizes)),
+                "--changes",
+                str(plan.changes),
+                "--json",
+                str(target),
+            ],
+            timeout=3600,
+            parse=lambda _: figures.agent(figures.read_json(target)),
+        )
+        steps.append(step)
+        measured.agent = step.data or {}
+    if "testapi" in wanted:
+        big = [size for size in plan.sizes if size >= 10000] or [max(plan.sizes)]
+        steps.append(
+            run(
+                "testapi",
+                "the test API server: load, list, watch (uniform clusters)",
+                [
+                    py,
+                    bench("bench_testapi.py"),
+                    "--sizes",
+                    ",".join(map(str, big)),
+                    "--repeat",
+                    str(plan.repeat),
+                ],
+                timeout=1800,
+                parse=figures.testapi,
+            )
+        )
+    if "convert" in wanted:
+        steps.append(
+            run(
+                "convert",
+                "EndpointSlice conversion",
+                [py, bench("bench_convert.py"), *plan.convert],
+                timeout=900,
+                parse=figures.convert,
+            )
+        )
+    if "hollow" in wanted:
+        for agents, services, changes, rate in plan.hollow:
+            step = hollow(agents, services, changes, rate)
+            steps.append(step)
+            if step.data:
+                measured.hollow[f"N={agents}"] = step.data
+        # Missed at N=10: the same run with no periodic full sync shows what they cost.
+        agents, services, changes, rate = plan.hollow[0]
+        first = measured.hollow.get(f"N={agents}", {})
+        if first.get("p99", 0.0) >= 1.0:
+            step = hollow(agents, services, changes, rate, sync_period=3600)
+            steps.append(step)
+            if step.data:
+                measured.hollow[f"N={agents}, syncPeriod 3600 s"] = step.data
+    if "soak" in wanted:
+        steps.append(
+            run(
+                "soak",
+                "soak: endpoint churn on the fake kernel, short form",
+                [py, bench("soak.py"), *plan.soak],
+                timeout=600,
+                parse=figures.soak,
+                note="short form; the full one is --seconds 600",
+            )
+        )
+    kernel(plan, wanted, steps, measured)
+    profile(plan, steps, measured)
+    # The plots go next to the README, which links them by name.
+    images = plots(Report([], steps, measured, plan_figures), Path(args.readme).parent)
+    took = (datetime.datetime.now(datetime.UTC) - started).seconds // 60
+    options = [*(["--quick"] * args.quick), *(["--skip-kernel"] * args.skip_kernel)]
+    command = shlex.join(
+        ["python", "bench/run_all.py", *options, *(["--only", *args.only] if args.only else [])]
+    )
+    header = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{command}` on {started:%Y-%m-%d %H:%M} UTC (took {took} min). Every "
+        "figure below was printed by the command shown above it; rerun that command to "
+        "check it.",
+        "",
+        "The machine:",
+        *host,
+        "",
+        "It was shared with other work (2 cores): absolute times are noisy and only medians "
+        "of several runs are quoted; the controller's figures are CPU time. The kernel "
+        "benchmarks run in the user-mode-linux sandbox kernel, where every system call traps "
+        "to the host: there, only ratios measured side by side in one run mean anything.",
+        "",
+        "Clusters come from `bench/gen_cluster.py` (realistic profile: long-tailed endpoints, "
+        "NodePort, LoadBalancer, ETP=Local, multi-port, dual-stack) unless a benchmark says "
+        "otherwise.",
+    ]
+    report = Report(header, steps, measured, plan_figures, images)
+    Path(args.readme).write_text(readme(report) + "\n")
+    print(f"\n{'step':<60} {'wall s':>7} {'CPU s':>7}")
+    for step in steps:
+        print(f"{step.title[:60]:<60} {step.seconds:7.0f} {step.cpu:7.0f}")
+    print(f"{'all':<60} {sum(s.seconds for s in steps):7.0f} {sum(s.cpu for s in steps):7.0f}")
+    failed = [s.title for s in steps if s.status]
     print(f"\nwrote {args.readme}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def hollow(
+    agents: int, services: int, changes: int, rate: float, sync_period: float | None = None
+) -> Step:
+    extra = [] if sync_period is None else ["--sync-period", f"{sync_period:g}"]
+    return run(
+        "hollow",
+        f"hollow agents, N = {agents}, {services:,} Services"
+        + ("" if sync_period is None else f", syncPeriod {sync_period:g} s"),
+        [
+            sys.executable,
+            str(BENCH / "bench_hollow.py"),
+            "--agents",
+            str(agents),
+            "--services",
+            str(services),
+            "--changes",
+            str(changes),
+            "--rate",
+            f"{rate:g}",
+            *extra,
+        ],
+        timeout=600 + 30 * agents,
+        parse=figures.hollow,
+        note="" if sync_period is None else "to compare: no periodic full sync",
+    )
+
+
+def kernel(plan: Plan, wanted: set[str], steps: list[Step], measured: aims.Measured) -> None:
+    py = sys.executable
+    read_runs, sync_runs = ["--runs", str(plan.kernel_runs + 2)], ["--runs", str(plan.kernel_runs)]
+    path_runs = ["--connects", str(plan.connects), "--changes", str(plan.kernel_runs + 2)]
+    for key, script, sizes, extra, by in (
+        ("kernel_read", "bench_kernel_read.py", plan.kernel_sizes, read_runs, "virtual_servers"),
+        ("kernel_sync", "bench_kernel_sync.py", plan.kernel_sizes, sync_runs, "virtual_servers"),
+        ("datapath", "bench_datapath.py", plan.datapath_sizes, path_runs, "services"),
+    ):
+        if key not in wanted:
+            continue
+        target = OUT / f"{key}.json"
+        target.unlink(missing_ok=True)
+        step = run(
+            key,
+            key.replace("_", " ") + ", sandbox",
+            [py, str(BENCH / script), "--sizes", *map(str, sizes), *extra, "--json", str(target)],
+            timeout=3600,
+            parse=lambda _, target=target, by=by: figures.kernel(figures.read_json(target), by),
+        )
+        steps.append(step)
+        if key == "kernel_read":
+            measured.kernel_read = step.data or {}
+        elif key == "kernel_sync":
+            measured.kernel_sync = step.data or {}
+    if "crash" in wanted:
+        steps.append(
+            run(
+                "crash",
+                "crash sweep: SIGKILL mid-sync, restart, sandbox",
+                [py, str(BENCH / "crash_sweep.py"), "1"],
+                timeout=1200,
+                parse=figures.crash,
+                note="short form, one seed; the sweep takes a seed count",
+            )
+        )
+
+
+def profile(plan: Plan, steps: list[Step], measured: aims.Measured) -> None:
+    """Profile the controller where its aims were missed: CPU, then memory."""
+    missed = [row for row in aims.judge_all(measured) if row.status == aims.MISSED]
+    controller = [row for row in missed if row.source == "bench_agent.py" and row.at]
+    cpu_sizes = sorted({row.at for row in controller if "RSS" not in row.aim and row.at})
+    if row_flat := [row for row in controller if row.aim.startswith("one change flat")]:
+        cpu_sizes = sorted({*cpu_sizes, 1000, row_flat[0].at or 30000})
+    if cpu_sizes:
+        step = run(
+            "profile",
+            "what dominates the missed controller aims (cProfile)",
+            [
+                sys.executable,
+                str(BENCH / "profile_agent.py"),
+                "--sizes",
+                ",".join(map(str, cpu_sizes)),
+                "--changes",
+                str(plan.changes),
+            ],
+            timeout=3600,
+            parse=figures.profiles,
+            note="run because an aim was missed",
+        )
+        steps.append(step)
+        measured.profiles = step.data or {}
+    memory = BENCH / "bench_memory.py"
+    rss_sizes = sorted({row.at for row in controller if "RSS" in row.aim and row.at})
+    if not memory.exists():
+        return
+    for size in rss_sizes:
+        step = run(
+            "memory",
+            f"what holds the memory, {size:,} Services (tracemalloc)",
+            [sys.executable, str(memory), "--services", str(size), "--top", "8"],
+            timeout=1800,
+            parse=memory_lines,
+            note="run because an aim was missed",
+        )
+        steps.append(step)
+        if step.data:
+            measured.memory[size] = step.data
+
+
+def memory_lines(output: str) -> list[str]:
+    """bench_memory.py's RSS line and its tables (by allocation site, by type)."""
+    blocks = [block for block in output.strip().split("\n\n") if block.strip()]
+    return [line for block in blocks[:3] for line in [*block.splitlines(), ""]][:-1]
 
 
 if __name__ == "__main__":
