@@ -79,15 +79,14 @@ def test_equal_port_lists_are_one_tuple_of_frozen_values() -> None:
     assert decoded_slice(endpoint_slice("s1")).ports is decoded_slice(endpoint_slice("s2")).ports
 
 
-def test_equal_slices_stay_distinct_objects_with_their_own_real_server_caches() -> None:
-    # EndpointSlice memoizes its real servers in a mutable slot: it must never be shared.
+def test_equal_slices_stay_distinct_objects_with_their_own_memos() -> None:
+    # EndpointSlice keeps work derived from it in a mutable memo: it must never be shared.
     first, second = decoded_slice(endpoint_slice("s")), decoded_slice(endpoint_slice("s"))
     assert first == second and first is not second
     assert not set(map(id, first.endpoints)) & set(map(id, second.endpoints))
-    keys, servers = first.real_servers(8080)
-    assert second._servers is None
-    assert second.real_servers(8080) == (keys, servers)
-    assert second.real_servers(8080)[0] is not keys
+    first.memo()["derived"] = 1
+    assert second._memo is None and "derived" not in second.memo()
+    assert second.memo() is not first.memo()
 
 
 def test_repeated_names_are_one_string() -> None:
