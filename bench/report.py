@@ -131,6 +131,7 @@ def hollow_table(hollow: dict[str, dict[str, float]]) -> list[str]:
         ("RSS MiB", "rss", "{:.0f}"),
         ("peak RSS MiB", "peak_rss", "{:.0f}"),
         ("first lists MiB", "list_mib", "{:.1f}"),
+        ("watch KiB", "watch_kib", "{:,.0f}"),
         ("watch B per change", "watch_bytes_per_change", "{:,.0f}"),
         ("load average", "load", "{:.1f}"),
     )
@@ -138,7 +139,8 @@ def hollow_table(hollow: dict[str, dict[str, float]]) -> list[str]:
         "## Hollow agents (`ipvsproxy run --dataplane fake`) on one test API server",
         "",
         "Network programming latency across agents (trigger time to each agent's finished "
-        "sync); CPU, RSS and the API server's bytes per agent (medians across agents).",
+        "sync); CPU, RSS and the API server's bytes per agent (medians across agents; watch: "
+        "during the changes).",
         "",
         *table(
             ["agents", *(c[0] for c in columns)],
