@@ -33,6 +33,13 @@ API_VERSION: Final = "kubeproxy.config.k8s.io/v1alpha1"
 KIND: Final = "KubeProxyConfiguration"
 LOCAL_MODES: Final = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 INTERFACE_NAME: Final = re.compile(r"[A-Za-z0-9._-]+")
+# detectLocal's interface fields: (ProxyConfig field, KubeProxyConfiguration field, the
+# detectLocalMode that needs it, longest name: iptables takes IFNAMSIZ-1 characters, the
+# "+" of a prefix included).
+LOCAL_INTERFACE_FIELDS: Final = (
+    ("bridge_interface", "detectLocal.bridgeInterface", "BridgeInterface", 15),
+    ("interface_name_prefix", "detectLocal.interfaceNamePrefix", "InterfaceNamePrefix", 14),
+)
 
 DEFAULT_METRICS_PORT: Final = 10249
 DEFAULT_API_QPS: Final = 5.0  # kube-proxy's clientConnection defaults
@@ -299,18 +306,13 @@ class ProxyConfig:
             raise ConfigError(
                 f"detect_local_mode: must be one of {', '.join(LOCAL_MODES)}, got {mode!r}"
             )
-        # iptables takes at most IFNAMSIZ-1 characters, "+" of a prefix included.
-        for name, value, wanted, longest in (
-            ("bridge_interface", self.bridge_interface, "BridgeInterface", 15),
-            ("interface_name_prefix", self.interface_name_prefix, "InterfaceNamePrefix", 14),
-        ):
-            if mode == wanted and not value:
-                raise ConfigError(f"{name}: must be set with detect_local_mode {wanted}")
-            if value and (len(value) > longest or not INTERFACE_NAME.fullmatch(value)):
-                raise ConfigError(
-                    f"{name}: not an interface name of at most {longest} characters "
-                    f"(letters, digits, '.', '-', '_'), got {value!r}"
-                )
+        for name, _, needed_by, longest in LOCAL_INTERFACE_FIELDS:
+            value = getattr(self, name)
+            problem = local_interface_problem(
+                value, mode=mode, needed_by=needed_by, longest=longest
+            )
+            if problem is not None:
+                raise ConfigError(f"{name}: {problem}, got {value!r}")
 
     @property
     def local_interface(self) -> str:
@@ -378,6 +380,19 @@ def with_overrides(
 
 def _keep(value: _T | None, current: _T) -> _T:
     return current if value is None else value
+
+
+def local_interface_problem(value: str, *, mode: str, needed_by: str, longest: int) -> str | None:
+    """What is wrong with a detectLocal interface field (see LOCAL_INTERFACE_FIELDS) under
+    detectLocalMode `mode`; None when nothing is."""
+    if mode == needed_by and not value:
+        return f"must be set with detectLocalMode {needed_by}"
+    if value and (len(value) > longest or not INTERFACE_NAME.fullmatch(value)):
+        return (
+            f"not an interface name of at most {longest} characters (letters, digits, '.', '-',"
+            " '_')"
+        )
+    return None
 
 
 def hostname_override_value(text: str) -> str | None:

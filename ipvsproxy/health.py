@@ -9,10 +9,10 @@ Semantics (kube-proxy pkg/proxy/healthcheck/proxy_health.go):
   sync) or while the oldest pending change is younger than ``health_timeout``;
   kube-proxy uses twice ``syncPeriod``. A sync that keeps failing therefore turns the
   proxy unhealthy ``health_timeout`` after the first change it could not apply.
-- /healthz also requires the node to be eligible: not being deleted and not tainted
-  ``ToBeDeletedByClusterAutoscaler``, so load balancers stop sending traffic to a node
-  about to go. /livez ignores the node (a node being drained must not get the proxy
-  restarted).
+- /healthz also requires the node to be eligible (``model.Node.eligible``: not being
+  deleted and not tainted ``ToBeDeletedByClusterAutoscaler``), so load balancers stop
+  sending traffic to a node about to go. /livez ignores the node (a node being drained
+  must not get the proxy restarted).
 - Body: JSON ``lastUpdated``, ``currentTime`` (RFC 3339, UTC), ``healthy`` and on
   /healthz ``nodeEligible``. When healthy, ``lastUpdated`` is the current time, as
   kube-proxy reports it for compatibility with older probes; otherwise it is the time of
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -36,40 +36,15 @@ from ipvsproxy.config import BindAddress
 from ipvsproxy.httpserve import HttpServer, Request, Response
 
 __all__ = [
-    "TO_BE_DELETED_TAINT",
     "HealthStatus",
     "ProxyHealth",
     "format_time",
-    "node_eligible",
     "serve_health",
 ]
 
-# Set by the cluster autoscaler before it deletes a node (kube-proxy's ToBeDeletedTaint).
-TO_BE_DELETED_TAINT: Final = "ToBeDeletedByClusterAutoscaler"
 _ZERO_TIME: Final = "0001-01-01T00:00:00Z"  # Go's zero time.Time, as kube-proxy prints it
 _JSON: Final = "application/json"
 _NO_SNIFF: Final = {"X-Content-Type-Options": "nosniff"}
-
-
-def node_eligible(node: Mapping[str, object] | None) -> bool:
-    """Whether a v1 Node (the API's JSON) may receive load-balanced traffic.
-
-    False when it has a deletionTimestamp or the ToBeDeletedByClusterAutoscaler taint. An
-    unknown node (None) counts as eligible: kube-proxy waits for its Node before serving,
-    and a proxy that has not seen it yet must not fail its probes for that.
-    """
-    if node is None:
-        return True
-    metadata = node.get("metadata")
-    if isinstance(metadata, Mapping) and metadata.get("deletionTimestamp"):
-        return False
-    spec = node.get("spec")
-    taints = spec.get("taints") if isinstance(spec, Mapping) else None
-    if isinstance(taints, list):
-        for taint in taints:
-            if isinstance(taint, Mapping) and taint.get("key") == TO_BE_DELETED_TAINT:
-                return False
-    return True
 
 
 def format_time(seconds: float | None) -> str:
@@ -139,11 +114,9 @@ class ProxyHealth:
             self._oldest_queued = None
             self._last_updated = now
 
-    def set_node(self, node: Mapping[str, object] | None) -> None:
-        """Take this node's eligibility from its v1 Node (see node_eligible)."""
-        self.set_node_eligible(node_eligible(node))
-
     def set_node_eligible(self, eligible: bool) -> None:
+        """Whether this node may receive load-balanced traffic (`model.Node.eligible`;
+        an unknown node counts as eligible)."""
         with self._lock:
             self._node_eligible = eligible
 

@@ -26,13 +26,14 @@ from ipvsproxy.config import (
     DEFAULT_API_QPS,
     DEFAULT_HEALTHZ_PORT,
     DEFAULT_METRICS_PORT,
-    INTERFACE_NAME,
     KIND,
+    LOCAL_INTERFACE_FIELDS,
     LOCAL_MODES,
     BindAddress,
     ConntrackSettings,
     ProxyConfig,
     hostname_override_value,
+    local_interface_problem,
     one_per_family,
 )
 from ipvsproxy.errors import ConfigError
@@ -321,17 +322,13 @@ class _Reader:
         if mode not in LOCAL_MODES:
             raise self._fail("detectLocalMode", mode, f"must be one of {', '.join(LOCAL_MODES)}")
         found = []
-        for path, wanted, longest in (
-            ("detectLocal.bridgeInterface", "BridgeInterface", 15),
-            ("detectLocal.interfaceNamePrefix", "InterfaceNamePrefix", 14),
-        ):
+        for _, path, needed_by, longest in LOCAL_INTERFACE_FIELDS:
             value = self._str(path, "")
-            if mode == wanted and not value:
-                raise self._fail(path, value, f"must be set with detectLocalMode {wanted}")
-            if value and (len(value) > longest or not INTERFACE_NAME.fullmatch(value)):
-                raise self._fail(
-                    path, value, f"not an interface name of at most {longest} characters"
-                )
+            problem = local_interface_problem(
+                value, mode=mode, needed_by=needed_by, longest=longest
+            )
+            if problem is not None:
+                raise self._fail(path, value, problem)
             found.append(value)
         return mode, found[0], found[1]
 

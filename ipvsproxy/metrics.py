@@ -91,96 +91,81 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.sync_duration = Histogram(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            buckets=SYNC_BUCKETS,
-            registry=r,
+
+        def histogram(
+            name: str, doc: str, *labels: str, buckets: tuple[float, ...] = SYNC_BUCKETS
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=r)
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        # kube-proxy's names and help texts.
+        rules = "kubeproxy_sync_proxy_rules"
+        self.sync_duration = histogram(
+            f"{rules}_duration_seconds", "SyncProxyRules latency in seconds"
         )
-        self.full_sync_duration = Histogram(
+        self.full_sync_duration = histogram(
             "kubeproxy_sync_full_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for full resyncs",
-            buckets=SYNC_BUCKETS,
-            registry=r,
         )
-        self.partial_sync_duration = Histogram(
+        self.partial_sync_duration = histogram(
             "kubeproxy_sync_partial_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for partial resyncs",
-            buckets=SYNC_BUCKETS,
-            registry=r,
         )
-        self.last_sync = Gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            registry=r,
+        self.last_sync = gauge(
+            f"{rules}_last_timestamp_seconds", "The last time proxy rules were successfully synced"
         )
-        self.last_queued = Gauge(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        self.last_queued = gauge(
+            f"{rules}_last_queued_timestamp_seconds",
             "The last time a sync of proxy rules was queued",
-            registry=r,
         )
-        self.network_programming = Histogram(
+        self.network_programming = histogram(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
             buckets=NETWORK_PROGRAMMING_BUCKETS,
-            registry=r,
         )
-        self.endpoint_changes_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "Pending proxy rules Endpoint changes",
-            registry=r,
+        self.endpoint_changes_pending = gauge(
+            f"{rules}_endpoint_changes_pending", "Pending proxy rules Endpoint changes"
         )
-        self.endpoint_changes = Counter(
-            "kubeproxy_sync_proxy_rules_endpoint_changes",
-            "Cumulative proxy rules Endpoint changes",
-            registry=r,
+        self.endpoint_changes = counter(
+            f"{rules}_endpoint_changes", "Cumulative proxy rules Endpoint changes"
         )
-        self.service_changes_pending = Gauge(
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "Pending proxy rules Service changes",
-            registry=r,
+        self.service_changes_pending = gauge(
+            f"{rules}_service_changes_pending", "Pending proxy rules Service changes"
         )
-        self.service_changes = Counter(
-            "kubeproxy_sync_proxy_rules_service_changes",
-            "Cumulative proxy rules Service changes",
-            registry=r,
+        self.service_changes = counter(
+            f"{rules}_service_changes", "Cumulative proxy rules Service changes"
         )
-        self.iptables_restore_failures = Counter(
-            "kubeproxy_sync_proxy_rules_iptables_restore_failures",
-            "Cumulative proxy iptables restore failures",
-            registry=r,
+        self.iptables_restore_failures = counter(
+            f"{rules}_iptables_restore_failures", "Cumulative proxy iptables restore failures"
         )
-        self.healthz_answers = Counter(
-            "kubeproxy_proxy_healthz",
-            "Cumulative proxy healthz HTTP status",
-            ["code"],
-            registry=r,
+        self.healthz_answers = counter(
+            "kubeproxy_proxy_healthz", "Cumulative proxy healthz HTTP status", "code"
         )
-        self.livez_answers = Counter(
-            "kubeproxy_proxy_livez",
-            "Cumulative proxy livez HTTP status",
-            ["code"],
-            registry=r,
+        self.livez_answers = counter(
+            "kubeproxy_proxy_livez", "Cumulative proxy livez HTTP status", "code"
         )
         # The proxy's own.
-        self.syncs = Counter(
+        self.syncs = counter(
             "ipvsproxy_syncs",
             "Syncs by mode (full: every Service, re-reading the kernel; partial: the changed "
             "Services only) and result",
-            ["mode", "result"],
-            registry=r,
+            "mode",
+            "result",
         )
-        self.sync_failures = Counter(
+        self.sync_failures = counter(
             "ipvsproxy_sync_failures",
             "Failed syncs by what failed (ipvs, addresses, ipsets, iptables, read, ...)",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.netlink_messages = Counter(
+        self.netlink_messages = counter(
             "ipvsproxy_netlink_messages_sent",
             "Netlink request messages written to the kernel, by subsystem",
-            ["subsystem"],
-            registry=r,
+            "subsystem",
         )
 
     # --- what the sync loop calls -----------------------------------------------------------

@@ -502,7 +502,7 @@ def test_with_overrides() -> None:
         ({"detect_local_mode": "nodecidr"}, "detect_local_mode: must be one of ClusterCIDR,"),
         (
             {"detect_local_mode": "BridgeInterface"},
-            "bridge_interface: must be set with detect_local_mode BridgeInterface",
+            "bridge_interface: must be set with detectLocalMode BridgeInterface",
         ),
         ({"interface_name_prefix": "veth+"}, "interface_name_prefix: not an interface name"),
         (

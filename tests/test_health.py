@@ -9,14 +9,9 @@ import urllib.request
 
 import pytest
 
-from ipvsproxy.health import (
-    TO_BE_DELETED_TAINT,
-    ProxyHealth,
-    format_time,
-    node_eligible,
-    serve_health,
-)
+from ipvsproxy.health import ProxyHealth, format_time, serve_health
 from ipvsproxy.httpserve import HttpServer, Request, Response
+from ipvsproxy.model import Node
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -73,34 +68,14 @@ def test_stale_before_any_sync_reports_go_zero_time() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("node", "eligible"),
-    [
-        (None, True),
-        ({"metadata": {"name": "n1"}, "spec": {}}, True),
-        ({"metadata": {"name": "n1", "deletionTimestamp": "2024-01-01T00:00:00Z"}}, False),
-        (
-            {"metadata": {"name": "n1"}, "spec": {"taints": [{"key": TO_BE_DELETED_TAINT}]}},
-            False,
-        ),
-        (
-            {"metadata": {}, "spec": {"taints": [{"key": "node.kubernetes.io/unschedulable"}]}},
-            True,
-        ),
-    ],
-)
-def test_node_eligibility(node: dict[str, object] | None, eligible: bool) -> None:
-    assert node_eligible(node) is eligible
-
-
 def test_an_ineligible_node_fails_healthz_but_not_livez() -> None:
     health = ProxyHealth(health_timeout=60, clock=Clock())
-    health.set_node({"metadata": {}, "spec": {"taints": [{"key": TO_BE_DELETED_TAINT}]}})
+    health.set_node_eligible(Node("n1", to_be_deleted=True).eligible)
     code, body = health.healthz()
     assert code == 503
     assert body["nodeEligible"] is False and body["healthy"] is True
     assert health.livez()[0] == 200
-    health.set_node({"metadata": {}, "spec": {}})
+    health.set_node_eligible(Node("n1").eligible)
     assert health.healthz()[0] == 200
 
 
