@@ -3,8 +3,9 @@
 Reflectors (Services, EndpointSlices, this node's Node) feed the agent's change tracker;
 the agent's runner thread syncs the kernel; /healthz and /livez, and /metrics with the
 per-Service IPVS traffic series, are served on their own threads. On SIGTERM or SIGINT
-everything stops within a second and the dataplane is left in place, as kube-proxy
-leaves it: Services keep working while the proxy restarts or is replaced.
+everything stops within a second, once a sync in progress has finished, and the
+dataplane is left in place, as kube-proxy leaves it: Services keep working while the
+proxy restarts or is replaced.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from ipvsproxy.metrics import IpvsTrafficCollector, ProxyMetrics, serve_metrics
 from ipvsproxy.model import IpvsStats, VirtualServerKey
 
 EXIT_OK = 0
-STOP_GRACE = 0.5  # seconds a sync in progress may take to finish at shutdown
+# Seconds a sync in progress may take to finish at shutdown: a sync cut short leaves a
+# state the next start repairs, but one that finishes leaves nothing to repair. Well
+# within the 30 s a pod is given between SIGTERM and SIGKILL.
+SYNC_GRACE = 20.0
 
 
 @contextmanager
@@ -82,6 +86,7 @@ def run_daemon(
     agent = Agent(
         dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.sync
     )
+    agent.udp_flows.report = metrics.conntrack_reconciled
     connection = connect(
         ClientSettings(
             kubeconfig=config.kubeconfig,
@@ -154,5 +159,7 @@ def run_daemon(
         agent.runner.stop()
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
-        runner_thread.join(STOP_GRACE)
+        runner_thread.join(SYNC_GRACE)
+        if runner_thread.is_alive():  # health_checks.close() below keeps it from serving on
+            logger.warning("stopping during a sync that did not finish", waited=SYNC_GRACE)
     return EXIT_OK

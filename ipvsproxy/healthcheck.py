@@ -149,14 +149,23 @@ class HealthCheckServers:
     def __init__(self, *, healthy: Callable[[], bool] = lambda: True) -> None:
         self._healthy = healthy
         self._servers: dict[int, HealthCheckServer] = {}
+        # The sync thread calls sync(), shutdown calls close(), possibly while a sync is
+        # still running: once closed, nothing is served again.
+        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def ports(self) -> frozenset[int]:
-        return frozenset(self._servers)
+        with self._lock:
+            return frozenset(self._servers)
 
     def sync(self, desired: Desired) -> list[int]:
         """Serve exactly the desired ports with their counts; the ports that could not be
-        bound (logged; tried again at the next sync)."""
+        bound (logged; tried again at the next sync). After close(), serves nothing."""
+        with self._lock:
+            return self._sync({} if self._closed else desired)
+
+    def _sync(self, desired: Desired) -> list[int]:
         for port in set(self._servers) - set(desired):
             self._servers.pop(port).close()
         failed: list[int] = []
@@ -180,4 +189,6 @@ class HealthCheckServers:
         return failed
 
     def close(self) -> None:
-        self.sync({})
+        with self._lock:
+            self._closed = True
+            self._sync({})

@@ -39,7 +39,7 @@ from ipvsproxy.config import BindAddress
 from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.httpserve import HttpServer, Request, Response
 from ipvsproxy.logs import RepeatedLog
-from ipvsproxy.model import IpvsStats, Service, VirtualServerKey
+from ipvsproxy.model import IPFamily, IpvsStats, Service, VirtualServerKey
 
 __all__ = [
     "NETWORK_PROGRAMMING_BUCKETS",
@@ -149,6 +149,16 @@ class ProxyMetrics:
         self.livez_answers = counter(
             "kubeproxy_proxy_livez", "Cumulative proxy livez HTTP status", "code"
         )
+        self.conntrack_cleanup_duration = histogram(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            "ip_family",
+        )
+        self.conntrack_deleted = counter(
+            "kubeproxy_conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            "ip_family",
+        )
         # The proxy's own.
         self.syncs = counter(
             "ipvsproxy_syncs",
@@ -161,6 +171,12 @@ class ProxyMetrics:
             "ipvsproxy_sync_failures",
             "Failed syncs by what failed (ipvs, addresses, ipsets, iptables, read, ...)",
             "kind",
+        )
+        self.conntrack_cleanup_failures = counter(
+            "ipvsproxy_conntrack_reconciler_failures",
+            "Stale UDP conntrack clean-ups the kernel refused (the sync still counts as "
+            "successful; the Services are checked again at their next sync)",
+            "ip_family",
         )
         self.netlink_messages = counter(
             "ipvsproxy_netlink_messages_sent",
@@ -212,6 +228,17 @@ class ProxyMetrics:
 
     def sync_failed(self, kind: str) -> None:
         self.sync_failures.labels(kind=kind).inc()
+
+    def conntrack_reconciled(
+        self, family: IPFamily, *, seconds: float, deleted: int, failed: bool
+    ) -> None:
+        """One family's stale UDP flow clean-up (udpflows.CleanupReport)."""
+        label = f"IPv{family.value}"  # kube-proxy's ip_family values
+        self.conntrack_cleanup_duration.labels(ip_family=label).observe(seconds)
+        if deleted:
+            self.conntrack_deleted.labels(ip_family=label).inc(deleted)
+        if failed:
+            self.conntrack_cleanup_failures.labels(ip_family=label).inc()
 
     def netlink_sent(self, count: int, *, subsystem: str) -> None:
         """``count`` netlink requests written (subsystem: ``ipvs`` or ``addresses``)."""

@@ -6,11 +6,19 @@ recomputed are compared with what was kept, so a partial sync costs its changed 
 alone; the conntrack table is dumped only when one of them may have left stale flows (a
 frontend lost a serving endpoint, or got its first), and only the entries of those
 Services' frontends are deleted.
+
+As kube-proxy's CleanStaleEntries, a refused dump or delete is logged and the sync still
+counts as successful (the Services keep working; their clients' stale flows time out);
+unlike it, the Services whose clean-up was refused are checked again at their next sync.
+Each family's clean-up is reported to `report` (kube-proxy's
+kubeproxy_conntrack_reconciler_* metrics, see metrics.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol as TypingProtocol
 
 from loguru import logger
 
@@ -28,14 +36,32 @@ from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.model import IPFamily, Protocol
 
 
-class StaleUdpFlows:
-    """What the last syncs knew of each Service's UDP frontends, and the clean-up."""
+class CleanupReport(TypingProtocol):
+    """Told of each family's clean-up: how long it took, how many entries went, whether
+    the kernel refused it."""
 
-    def __init__(self, conntrack: ConntrackDataplane | None, *, log: RepeatedLog) -> None:
+    def __call__(self, family: IPFamily, *, seconds: float, deleted: int, failed: bool) -> None: ...
+
+
+class StaleUdpFlows:
+    """What the last syncs knew of each Service's UDP frontends, and the clean-up.
+
+    `report`, when set (by whoever serves metrics), is told of each family's clean-up.
+    """
+
+    def __init__(
+        self,
+        conntrack: ConntrackDataplane | None,
+        *,
+        log: RepeatedLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._conntrack = conntrack
         self._log = log
+        self._clock = clock
         self._known: dict[str, UdpFrontends] = {}
         self.dumps = 0  # conntrack dumps asked for (one per family)
+        self.report: CleanupReport | None = None
 
     def synced(self, inputs: Mapping[str, ServiceInput], *, full: bool) -> int:
         """Call after a sync of `inputs` applied (every Service when full); deletes the
@@ -72,27 +98,40 @@ class StaleUdpFlows:
         if not pending:
             return 0
         frontends = merge_frontends(pending.values())
-        try:
-            deleted = self._delete(self._conntrack, frontends)
-        except KernelError as exc:
-            self._log.error(
-                "cannot delete stale UDP conntrack entries; retried at the next full sync",
-                key=("conntrack", str(exc)),
-                error=str(exc),
-            )
-            return 0
-        self._known.update(pending)
+        families = {IPFamily.of(address) for address, _ in frontends.addresses}
+        families |= {IPFamily.of(ip) for serving in frontends.node_ports.values() for ip in serving}
+        deleted, refused = 0, False
+        for family in sorted(families):
+            try:
+                deleted += self._delete(self._conntrack, frontends, family)
+            except KernelError as exc:
+                refused = True
+                self._log.error(
+                    "cannot delete stale UDP conntrack entries; retried at the next full sync",
+                    key=("conntrack", str(exc)),
+                    error=str(exc),
+                    family=f"IPv{family.value}",
+                )
+        if not refused:
+            self._known.update(pending)
         if deleted:
             logger.info("stale UDP conntrack entries deleted", count=deleted)
         return deleted
 
-    def _delete(self, conntrack: ConntrackDataplane, frontends: UdpFrontends) -> int:
-        families = {IPFamily.of(address) for address, _ in frontends.addresses}
-        families |= {IPFamily.of(ip) for serving in frontends.node_ports.values() for ip in serving}
-        deleted = 0
-        for family in sorted(families):
+    def _delete(
+        self, conntrack: ConntrackDataplane, frontends: UdpFrontends, family: IPFamily
+    ) -> int:
+        """One family's clean-up, reported; how many entries went. KernelError when the
+        kernel refuses the dump or the delete."""
+        started = self._clock()
+        deleted, failed = 0, True
+        try:
             self.dumps += 1
             stale = stale_entries(conntrack.entries(family), frontends)
-            if stale:
-                deleted += conntrack.delete(stale)
+            deleted = conntrack.delete(stale) if stale else 0
+            failed = False
+        finally:
+            if self.report is not None:
+                seconds = self._clock() - started
+                self.report(family, seconds=seconds, deleted=deleted, failed=failed)
         return deleted

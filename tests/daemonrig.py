@@ -25,7 +25,7 @@ from ipvsproxy.agent import AgentSettings
 from ipvsproxy.apply import Dataplanes
 from ipvsproxy.config import BindAddress, ProxyConfig
 from ipvsproxy.daemon import run_daemon
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
 from ipvsproxy.desired import NodeInfo
 from ipvsproxy.k8s.watch import WatchSettings
 from ipvsproxy.model import Protocol, VirtualServerKey
@@ -141,6 +141,7 @@ def running_daemon(
     tmp_path: Path,
     *,
     kernel: FakeKernel | None = None,
+    conntrack: FakeConntrack | None = None,
     settings: AgentSettings | None = None,
     sync_period: float = 30.0,
     watch: WatchSettings = FAST_WATCH,
@@ -156,7 +157,9 @@ def running_daemon(
         metrics_bind_address=BindAddress.parse(f"127.0.0.1:{metrics}", default_port=0),
     )
     kernel = kernel or FakeKernel()
-    dataplanes = Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    dataplanes = Dataplanes(
+        ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel), conntrack=conntrack
+    )
     settings = settings or AgentSettings(node=NodeInfo(name="n1"), sync_period=sync_period)
     stop = threading.Event()
     thread = threading.Thread(

@@ -3,14 +3,17 @@ agent on the fake kernel, and healthz / metrics over real HTTP (see daemonrig.py
 
 from __future__ import annotations
 
+import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonrig import eps, free_port, http_json, running_daemon, svc, wait_for
+from daemonrig import eps, free_port, http_json, running_daemon, svc, vs_key, wait_for
 
+from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel
+from ipvsproxy.operations import IpvsOperation, OperationFailure
 from ipvsproxy.testapi import TestAPIServer
 from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
 
@@ -81,3 +84,52 @@ def test_run_serves_health_check_node_ports(api: TestAPIServer, tmp_path: Path) 
         wait_for(lambda: (answer() or (0, {}))[0] == 503)
         api.store.delete(SERVICES, "default", "lb")
         wait_for(lambda: answer() is None)
+
+
+class HeldKernel(FakeKernel):
+    """A fake kernel whose IPVS writes wait for `release` once `hold` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold, self.held, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def execute(self, ops: Sequence[IpvsOperation]) -> list[OperationFailure]:
+        if self.hold.is_set():
+            self.held.set()
+            self.release.wait(10)
+        return super().execute(ops)
+
+
+def test_shutdown_lets_the_sync_in_progress_finish(api: TestAPIServer, tmp_path: Path) -> None:
+    kernel = HeldKernel()
+    with running_daemon(api, tmp_path, kernel=kernel) as daemon:
+        wait_for(lambda: "kube-ipvs0" in kernel.links, what="the first sync")
+        kernel.hold.set()
+        api.store.create(SERVICES, "default", svc("web", "10.96.0.10"))
+        wait_for(kernel.held.is_set, what="a sync writing IPVS")
+        daemon.stop.set()
+        daemon.thread.join(2)
+        assert daemon.thread.is_alive()  # still waiting for the sync, not cutting it
+        kernel.release.set()
+        daemon.thread.join(5)
+        assert not daemon.thread.is_alive()
+        assert vs_key("10.96.0.10") in kernel.services  # the sync finished
+
+
+def test_run_reports_stale_udp_clean_ups_in_metrics(api: TestAPIServer, tmp_path: Path) -> None:
+    dns = svc("dns", "10.96.0.53")
+    dns["spec"]["ports"][0] |= {"name": "dns", "port": 53, "protocol": "UDP"}
+    api.store.create(SERVICES, "default", dns)
+    slice_ = eps("dns-1", "dns", "10.244.1.1")
+    slice_["ports"] = [{"name": "dns", "port": 53, "protocol": "UDP"}]
+    api.store.create(ENDPOINT_SLICES, "default", slice_)
+    name = "kubeproxy_conntrack_reconciler_sync_duration_seconds_count"
+    with running_daemon(api, tmp_path, conntrack=FakeConntrack()) as daemon:
+
+        def scraped() -> str:
+            try:
+                return daemon.metrics()
+            except OSError:  # not serving yet
+                return ""
+
+        wait_for(lambda: f'{name}{{ip_family="IPv4"}} 1.0' in scraped(), what=name)

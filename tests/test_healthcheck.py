@@ -124,3 +124,16 @@ def test_health_check_ports_count_local_ready_endpoints() -> None:
         31862: ("default/web", 1),  # one pod: its two families count once
         31863: ("default/other", 0),
     }
+
+
+def test_a_sync_after_close_serves_nothing() -> None:
+    # At shutdown a sync still running may call sync() after close(): it must not open a
+    # server nobody will close.
+    running = HealthCheckServers()
+    port = free_port()
+    running.sync({port: ("shop/web", 1)})
+    running.close()
+    assert running.sync({port: ("shop/web", 1)}) == []
+    assert running.ports == frozenset()
+    with pytest.raises(ConnectionRefusedError):
+        get(port)

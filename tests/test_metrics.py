@@ -20,7 +20,7 @@ from ipvsproxy.metrics import (
     parse_trigger_time,
     serve_metrics,
 )
-from ipvsproxy.model import IpvsStats, Protocol, VirtualServerKey
+from ipvsproxy.model import IPFamily, IpvsStats, Protocol, VirtualServerKey
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, list[Sample]]:
@@ -223,3 +223,20 @@ def test_a_failed_read_is_counted_and_shows_no_stale_series() -> None:
     s = scrape(registry)
     assert value(s, "ipvsproxy_service_stats_read_failures_total") == 1
     assert value(s, "ipvsproxy_service_connections_total", service="dns") == 1
+
+
+def test_conntrack_clean_up_metrics() -> None:
+    metrics = ProxyMetrics()
+    metrics.conntrack_reconciled(IPFamily.V4, seconds=0.003, deleted=4, failed=False)
+    metrics.conntrack_reconciled(IPFamily.V6, seconds=0.5, deleted=0, failed=True)
+    samples = scrape(metrics.registry)
+    duration = "kubeproxy_conntrack_reconciler_sync_duration_seconds"
+    assert value(samples, f"{duration}_count", ip_family="IPv4") == 1
+    assert value(samples, f"{duration}_bucket", ip_family="IPv4", le="0.004") == 1
+    assert value(samples, f"{duration}_sum", ip_family="IPv6") == 0.5
+    deleted = "kubeproxy_conntrack_reconciler_deleted_entries_total"
+    assert value(samples, deleted, ip_family="IPv4") == 4
+    assert not [s for s in samples.get(deleted, []) if s.labels["ip_family"] == "IPv6"]
+    failures = "ipvsproxy_conntrack_reconciler_failures_total"
+    assert value(samples, failures, ip_family="IPv6") == 1
+    assert not [s for s in samples[failures] if s.labels["ip_family"] == "IPv4"]

@@ -109,3 +109,26 @@ def test_deleted_service_is_forgotten() -> None:
     # Back with the same endpoint: new to the agent again, so its flows are checked.
     flows.synced({DNS.key: ServiceInput(DNS, (old,))}, full=False)
     assert conntrack.dumps == [IPFamily.V4, IPFamily.V4]
+
+
+def test_each_familys_clean_up_is_reported_refused_ones_too() -> None:
+    ticks = iter(range(100))
+    flows = StaleUdpFlows(
+        conntrack := FakeConntrack([TO_OLD]), log=RepeatedLog(), clock=lambda: float(next(ticks))
+    )
+    reports: list[tuple[IPFamily, float, int, bool]] = []
+
+    def report(family: IPFamily, *, seconds: float, deleted: int, failed: bool) -> None:
+        reports.append((family, seconds, deleted, failed))
+
+    flows.report = report
+    old = endpoint_slice("dns", "10.244.1.9", ports=PORTS)
+    new = endpoint_slice("dns", "10.244.2.9", ports=PORTS)
+    flows.synced({DNS.key: ServiceInput(DNS, (old,))}, full=True)
+    assert reports == [(IPFamily.V4, 1.0, 0, False)]  # first seen: checked, nothing stale
+    conntrack.fail = True
+    assert flows.synced({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 0
+    assert reports[1:] == [(IPFamily.V4, 1.0, 0, True)]
+    conntrack.fail = False
+    assert flows.synced({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 1  # retried
+    assert reports[2:] == [(IPFamily.V4, 1.0, 1, False)]
