@@ -7,8 +7,9 @@ programs a synthetic cluster with ipvsproxy in a fresh network namespace, then, 
 round, times the observe step of a full resync (IPVS, kube-ipvs0 addresses, ipsets,
 iptables) and its parts, the real tools reading the same state (`ipvsadm -Ln`, `ipset save`,
 `iptables-legacy-save` for each family), alternative ways to read ipsets (one netlink dump,
-or `ipset save` and its text) and iptables (a process per family or per table and family,
-one after another or all at once), and alternative ways to read IPVS:
+or `ipset save` and its text) and iptables (the legacy tables' fingerprint while they are
+unchanged; a process per family or per table and family, one after another or all at
+once), and alternative ways to read IPVS:
 
 - one socket, one GET_DEST dump per virtual server (what ipvsadm does, and the old reader);
 - several sockets, one dump in flight on each (the kernel runs one dump per socket);
@@ -204,12 +205,18 @@ def measure(path: str, runs: int) -> bool:
         if read_sets(names) != save_tool.read(names):
             print("WRONG: the netlink ipset read disagrees with ipset save")
             ok = False
-        iptables = dataplanes.iptables
-        if any(iptables.read(f).tables != per_table_read(f) for f in families):
+        iptables = IptablesTool("legacy", fingerprint=False)
+        steady = dataplanes.iptables  # fingerprints the tables, saves only when they change
+        saving = Dataplanes(ipvs=ipvs, links=links, ipsets=dataplanes.ipsets, iptables=iptables)
+        if any(
+            iptables.read(f).tables != per_table_read(f) or steady.read(f) != iptables.read(f)
+            for f in families
+        ):
             print("WRONG: the one-process iptables read disagrees with the per-table one")
             ok = False
         contenders: dict[str, Callable[[], object]] = {
             "observe (whole)": lambda: observe(dataplanes, families),
+            "observe, iptables changed (saved)": lambda: observe(saving, families),
         }
         contenders.update({f"  IPVS: {name}": fn for name, fn in readers.items()})
         contenders.update(
@@ -218,6 +225,7 @@ def measure(path: str, runs: int) -> bool:
                 "  kube-ipvs0 addresses": lambda: links.addresses(DUMMY_INTERFACE),
                 "  ipsets: one netlink dump": lambda: read_sets(names),
                 "  ipsets: ipset save + parse": lambda: save_tool.read(names),
+                "  iptables: fingerprint, unchanged": lambda: [steady.read(f) for f in families],
                 "  iptables: a save per family": lambda: [iptables.read(f) for f in families],
                 "  iptables: a save per family, at once": lambda: concurrently(
                     *[lambda f=f: iptables.read(f) for f in families]

@@ -184,3 +184,12 @@ def test_tool_reads_over_netlink_when_it_works(tmp_path: Path) -> None:
     assert tool.read(["S"]) == {"S": frozenset({"10.0.0.1,tcp:80"})}
     with pytest.raises(KernelError):
         IPSetTool(str(tmp_path / "no-such-ipset"), netlink=None).read(["S"])
+
+
+def test_names_request_and_reply() -> None:
+    message = ipset_msg(codec.encode_names_request(3))
+    message.decode()
+    assert message["header"]["type"] == (6 << 8) | codec.IPSET_CMD_LIST
+    assert message.get_attr("IPSET_ATTR_FLAGS") == codec.FLAG_LIST_SETNAME
+    # a set's name repeats in each of its messages; the kernel's index order is kept
+    assert codec.decode_names(payloads()) == NAMES

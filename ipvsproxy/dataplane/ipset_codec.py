@@ -42,6 +42,7 @@ IPSET_CMD_SAVE: Final = 8
 # Command-level attributes.
 ATTR_PROTOCOL: Final = 1
 ATTR_SETNAME: Final = 2
+ATTR_FLAGS: Final = 6
 ATTR_DATA: Final = 7
 ATTR_ADT: Final = 8
 # Entry attributes (CADT and ADT).
@@ -63,6 +64,7 @@ ATTR_PAD: Final = 30
 ATTR_IPADDR_IPV4: Final = 1
 ATTR_IPADDR_IPV6: Final = 2
 FLAG_NOMATCH: Final = 1 << 2
+FLAG_LIST_SETNAME: Final = 1 << 1
 _KNOWN: Final = frozenset(
     {
         ATTR_IP,
@@ -100,14 +102,34 @@ def message_type(command: int) -> int:
     return (NFNL_SUBSYS_IPSET << 8) | command
 
 
-def encode_save_request(seq: int) -> bytes:
-    """The dump request `ipset save` sends: IPSET_CMD_SAVE, every set, protocol 7."""
-    attribute = _NLA.pack(5, ATTR_PROTOCOL) + bytes([IPSET_PROTOCOL]) + b"\0\0\0"
-    payload = _NFGENMSG.pack(socket.AF_INET, 0, 0) + attribute
+def _dump_request(command: int, seq: int, attributes: bytes = b"") -> bytes:
+    protocol = _NLA.pack(5, ATTR_PROTOCOL) + bytes([IPSET_PROTOCOL]) + b"\0\0\0"
+    payload = _NFGENMSG.pack(socket.AF_INET, 0, 0) + protocol + attributes
     header = NLMSGHDR.pack(
-        16 + len(payload), message_type(IPSET_CMD_SAVE), NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+        16 + len(payload), message_type(command), NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     return header + payload
+
+
+def encode_save_request(seq: int) -> bytes:
+    """The dump request `ipset save` sends: IPSET_CMD_SAVE, every set, protocol 7."""
+    return _dump_request(IPSET_CMD_SAVE, seq)
+
+
+def encode_names_request(seq: int) -> bytes:
+    """A dump of the set names alone (`ipset list -n`), in the kernel's index order."""
+    flags = _NLA.pack(8, ATTR_FLAGS | 0x4000) + _BE32.pack(FLAG_LIST_SETNAME)
+    return _dump_request(IPSET_CMD_LIST, seq, flags)
+
+
+def decode_names(payloads: Iterable[bytes]) -> list[str]:
+    """The set names of a names dump, in the order the kernel sent them."""
+    names: list[str] = []
+    for payload in payloads:
+        name, _ = set_name(payload)
+        if not names or names[-1] != name:
+            names.append(name)
+    return names
 
 
 def _address(buffer: bytes, offset: int, length: int) -> tuple[str, int]:

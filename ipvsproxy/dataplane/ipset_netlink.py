@@ -11,7 +11,9 @@ from collections.abc import Collection
 from ipvsproxy.dataplane.ipset_codec import (
     IPSET_CMD_LIST,
     NETLINK_NETFILTER,
+    decode_names,
     decode_save,
+    encode_names_request,
     encode_save_request,
     message_type,
 )
@@ -33,9 +35,20 @@ class IPSetSocket(NetlinkSocket):
         payloads = self._dump(encode_save_request, reply_type=message_type(IPSET_CMD_LIST))
         return decode_save(payloads, names)
 
+    def names(self) -> list[str]:
+        """Every set's name, in the kernel's index order (what iptables rules refer to)."""
+        payloads = self._dump(encode_names_request, reply_type=message_type(IPSET_CMD_LIST))
+        return decode_names(payloads)
+
 
 def read_sets(names: Collection[str]) -> dict[str, frozenset[str]]:
     """``IPSetSocket.save`` on a socket of its own, so the read happens in whichever
     namespace the caller is in, as a process would."""
     with IPSetSocket() as sock:
         return sock.save(names)
+
+
+def set_names() -> list[str]:
+    """``IPSetSocket.names`` on a socket of its own, in the caller's namespace."""
+    with IPSetSocket() as sock:
+        return sock.names()

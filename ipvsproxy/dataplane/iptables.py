@@ -1,5 +1,9 @@
 """iptables through iptables-save / iptables-restore, legacy or nft backend.
 
+Reading runs one iptables-save per family; with the legacy backend, not even that while the
+tables' fingerprint (``xtables_stamp``: their rules as the kernel holds them, counters
+aside) is the one of the last save.
+
 The backend is chosen at start as kube-proxy's iptables-wrapper does (see ``choose_backend``).
 Both backends print the same rule text for every rule the proxy writes (iptables 1.8.9,
 checked rule by rule in the sandbox kernels); what differs is around the rules, and the
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from ipvsproxy.dataplane.ipset_netlink import set_names
+from ipvsproxy.dataplane.xtables_stamp import stamp
 from ipvsproxy.errors import KernelError
 from ipvsproxy.model import IPFamily, IptablesRuleset
 from ipvsproxy.operations import OperationFailure, RestoreChains
@@ -168,12 +174,17 @@ def _nft_usable() -> bool:
 class IptablesTool:
     """The nat and filter tables of one backend."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, *, fingerprint: bool = True) -> None:
+        """fingerprint: with the legacy backend, skip iptables-save while the tables'
+        fingerprint (``xtables_stamp``) is the one of the last save."""
         if backend not in BACKENDS:
             raise KernelError(f"unknown iptables backend {backend!r}; use legacy or nft")
         self.backend = backend
         self._per_table = False  # set once the save of all tables failed
+        self._fingerprint = fingerprint and backend == "legacy"
+        self._last: dict[IPFamily, tuple[bytes, IptablesRuleset]] = {}
         self.restores = 0  # restore processes run, for tests and metrics
+        self.saves = 0  # save processes run, for tests and metrics
 
     def save_text(self, family: IPFamily) -> str:
         """The nat and filter tables of one family, and whatever other tables the kernel
@@ -184,6 +195,7 @@ class IptablesTool:
         tables are read one process each from then on, as ``-t`` limits the tool to them.
         """
         command = _command(self.backend, family, "-save")
+        self.saves += 1
         if not self._per_table:
             result = _run([command])
             if result.returncode == 0:
@@ -203,7 +215,23 @@ class IptablesTool:
         return "".join(parts)
 
     def read(self, family: IPFamily) -> IptablesRuleset:
-        return IptablesRuleset(family=family, tables=parse_save(self.save_text(family), _TABLES))
+        """The nat and filter tables; the last save's when the fingerprint says they are
+        unchanged (taken before the save, so a change during the save is seen next time)."""
+        fingerprint = self._stamp(family) if self._fingerprint else None
+        last = self._last.get(family)
+        if fingerprint is not None and last is not None and last[0] == fingerprint:
+            return last[1]
+        ruleset = IptablesRuleset(family=family, tables=parse_save(self.save_text(family), _TABLES))
+        if fingerprint is not None:
+            self._last[family] = (fingerprint, ruleset)
+        return ruleset
+
+    def _stamp(self, family: IPFamily) -> bytes | None:
+        try:
+            names = set_names()
+        except KernelError:
+            return None
+        return stamp(family, _TABLES, names)
 
     def _restore(self, family: IPFamily, payload: str) -> subprocess.CompletedProcess[str]:
         self.restores += 1

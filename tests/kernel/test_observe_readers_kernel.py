@@ -9,6 +9,7 @@ own.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -142,3 +143,53 @@ def test_one_save_per_family_reads_what_the_per_table_saves_read(family: IPFamil
     assert read.tables == parse_iptables(per_table)
     assert set(read.tables) == {"nat", "filter"}
     assert read.tables["nat"]["KUBE-SERVICES"] == ('-m comment --comment "a b" -j RETURN',)
+
+
+def _legacy(family: IPFamily, *argv: str) -> None:
+    base = "iptables" if family is IPFamily.V4 else "ip6tables"
+    subprocess.run([f"{base}-legacy", *argv], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("family", list(IPFamily))
+def test_unchanged_tables_are_not_saved_again_and_every_change_is_seen(
+    family: IPFamily,
+) -> None:
+    ipset("create", "KUBE-A", "hash:ip", "family", "inet" if family is IPFamily.V4 else "inet6")
+    ipset("create", "KUBE-B", "hash:ip", "family", "inet" if family is IPFamily.V4 else "inet6")
+    _legacy(family, "-t", "nat", "-N", "KUBE-X")
+    _legacy(family, "-t", "nat", "-A", "KUBE-X", "-m", "set", "--match-set", "KUBE-A", "src")
+    _legacy(family, "-A", "OUTPUT", "-p", "udp", "-m", "comment", "--comment", "a")
+    tool = IptablesTool("legacy")
+    fresh = IptablesTool("legacy", fingerprint=False)
+    first = tool.read(family)
+    assert tool.saves == 1
+    assert tool.read(family) == first and tool.saves == 1
+
+    # traffic moves the rules' counters, not the rules
+    loopback = "127.0.0.1" if family is IPFamily.V4 else "::1"
+    with socket.socket(
+        socket.AF_INET if family is IPFamily.V4 else socket.AF_INET6, socket.SOCK_DGRAM
+    ) as udp:
+        udp.sendto(b"x", (loopback, 9))
+    assert tool.read(family) == first and tool.saves == 1
+
+    changes = [
+        # a rule of the same size with another comment
+        ["-R", "OUTPUT", "1", "-p", "udp", "-m", "comment", "--comment", "b"],
+        ["-t", "nat", "-A", "KUBE-X", "-j", "RETURN"],
+        ["-t", "nat", "-N", "KUBE-Y"],
+        ["-t", "nat", "-P", "OUTPUT", "ACCEPT"],  # unchanged policy: not a change
+    ]
+    for number, argv in enumerate(changes):
+        _legacy(family, *argv)
+        got = tool.read(family)
+        assert got == fresh.read(family)
+        assert tool.saves == (number + 2 if number < 3 else 4)
+    # swap moves the contents; the rule keeps its index, still named KUBE-A
+    ipset("swap", "KUBE-A", "KUBE-B")
+    assert tool.read(family) == fresh.read(family) and tool.saves == 4
+    # Linux 6.1 refuses to rename a set a rule refers to; kernels that allow it would change
+    # the name printed for the rule's unchanged index, so every rename makes a new save.
+    assert subprocess.run(["ipset", "rename", "KUBE-A", "KUBE-C"], check=False).returncode
+    ipset("rename", "KUBE-B", "KUBE-C")
+    assert tool.read(family) == fresh.read(family) and tool.saves == 5
