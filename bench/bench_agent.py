@@ -2,7 +2,7 @@
 
     python bench/bench_agent.py [--sizes 1000,10000,30000] [--changes 1000]
                                 [--profile realistic|uniform] [--endpoints 10]
-                                [--baseline TREE] [--json FILE]
+                                [--baseline TREE] [--json FILE] [--cprofile N]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
@@ -21,6 +21,10 @@ Each size runs in processes of their own (so that the RSS is the agent's) and re
 - one endpoint changed in a random Service, one Service added (Service + slices), one
   deleted: --changes each, tracker call + partial sync, controller only, p50 and p99.
 
+--cprofile N profiles each endpoint change and prints (to stderr) the N functions that
+took most time in the slowest 1 % of them, those of the biggest Services; its timings are
+the profiler's, not to be quoted.
+
 Every figure is given as wall time and this thread's CPU time: the machine may be shared,
 and then the wall time's tail is mostly waiting for a core. The script checks its own
 result (the messages each change wrote) and exits 1 when they are wrong.
@@ -29,10 +33,12 @@ result (the messages each change wrote) and exits 1 when they are wrong.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import gc
 import json
 import os
+import pstats
 import random
 import resource
 import statistics
@@ -305,7 +311,9 @@ def cold_start(directory: Path) -> dict[str, tuple[float, float]]:
     return stages
 
 
-def bench_size(directory: Path, changes: int, rng: random.Random) -> dict[str, Any]:
+def bench_size(
+    directory: Path, changes: int, rng: random.Random, profile_top: int = 0
+) -> dict[str, Any]:
     """The agent's cold start, RSS and changes (cold_start's stages run in another process,
     so that this one's RSS is an agent's)."""
     services = decode(pages(directory, "Service"), service_from_dict)
@@ -348,6 +356,7 @@ def bench_size(directory: Path, changes: int, rng: random.Random) -> dict[str, A
     by_key = {k: s for k, s in slices.items() if s.family is IPFamily.V4 and s.endpoints}
     slice_keys = sorted(by_key)
     endpoint_times: list[float] = []
+    profiled: list[tuple[float, int, cProfile.Profile]] = []
     mark = len(CPU)
     for n in range(changes):
         key = rng.choice(slice_keys)
@@ -367,12 +376,23 @@ def bench_size(directory: Path, changes: int, rng: random.Random) -> dict[str, A
             tracker.slices.upsert(key, new)
             agent.sync()
 
+        profiler = cProfile.Profile() if profile_top else None
+        if profiler:
+            profiler.enable()
         endpoint_times.append(timed(change))
+        if profiler:
+            profiler.disable()
+            profiled.append((CPU[-1], n, profiler))
         by_key[key] = new
         written = tuple(a - b for a, b in zip(recorder.writes(), before, strict=True))
         if not agent.last or agent.last.full or written[0] != expected or written[1]:
             fail(f"endpoint change wrote {written}, expected {expected} IPVS messages")
     endpoint_cpu = CPU[mark:]
+    if profiled:
+        slowest = sorted(profiled, key=lambda item: item[:2])[-max(1, changes // 100) :]
+        print(f"the slowest {len(slowest)} endpoint changes, profiled:", file=sys.stderr)
+        stats = pstats.Stats(*(p for _, _, p in slowest), stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(profile_top)
 
     # A ClusterIP Service and its slices, copied under new names and a new cluster IP.
     template = next(
@@ -514,6 +534,13 @@ def main() -> None:
         " unpacked there), alternating, and print the ratios",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    parser.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile the slowest endpoint changes, print the top N functions",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
     parser.add_argument("--pages", help=argparse.SUPPRESS)  # where its list pages are
     parser.add_argument("--part", choices=("stages", "agent"), help=argparse.SUPPRESS)
@@ -526,7 +553,8 @@ def main() -> None:
         if args.part == "stages":
             print(json.dumps({"stages": cold_start(directory)}))
         else:
-            print(json.dumps(bench_size(directory, args.changes, random.Random(args.seed))))
+            rng = random.Random(args.seed)
+            print(json.dumps(bench_size(directory, args.changes, rng, args.cprofile)))
         return
     runs: dict[str, list[dict[str, Any]]] = {"": []}
     if args.baseline:
@@ -546,6 +574,7 @@ def main() -> None:
                         f"--part={part}",
                         f"--changes={args.changes}",
                         f"--seed={args.seed}",
+                        f"--cprofile={args.cprofile}",
                     ]
                     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
                     if done.returncode:
