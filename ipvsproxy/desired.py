@@ -195,9 +195,10 @@ def service_state(
             server = _virtual_server(
                 frontend.address, port.protocol, frontend.port, service, settings.scheduler
             )
-            virtual_servers[server.key] = server
+            key = server.key
+            virtual_servers[key] = server
             view = external_servers if frontend.external else internal_servers
-            real_servers[server.key] = view(endpoints, service)
+            real_servers[key] = view(endpoints, service)
     return ServiceState(virtual_servers, real_servers, frozenset(addresses), tuple(set_entries))
 
 

@@ -98,7 +98,8 @@ class _SliceServers:
         "ready_count",
         "servers",
         "view",
-        "view_for",
+        "view_name",
+        "view_zone",
     )
 
     def __init__(self, endpoint_slice: EndpointSlice, target: int) -> None:
@@ -111,7 +112,7 @@ class _SliceServers:
             endpoints = tuple(latest.values())
         self.servers: Servers = servers
         self.endpoints: tuple[Endpoint, ...] = endpoints  # aligned with servers
-        self.ready_count = sum(1 for endpoint in endpoints if endpoint.ready)
+        self.ready_count = len([endpoint for endpoint in endpoints if endpoint.ready])
         if self.ready_count == len(servers):
             self.ready: Servers = servers
             self.fallback: Servers = _EMPTY
@@ -119,8 +120,8 @@ class _SliceServers:
             pairs = list(zip(servers.items(), endpoints, strict=True))
             self.ready = {k: s for (k, s), e in pairs if e.ready} or _EMPTY
             self.fallback = {k: s for (k, s), e in pairs if e.serving and e.terminating} or _EMPTY
-        self.view_for: tuple[str, str] | None = None
         self.view: _NodeView | None = None
+        self.view_name = self.view_zone = ""  # whom view is for
 
 
 class _NodeView:
@@ -210,9 +211,9 @@ def _slice_part(
     if not name and not zone:
         return base, _NO_VIEW
     view = base.view
-    if view is None or base.view_for != (name, zone):
+    if view is None or base.view_name != name or base.view_zone != zone:
         view = base.view = _node_view(base, name, zone, port.protocol)
-        base.view_for = (name, zone)
+        base.view_name, base.view_zone = name, zone
     return base, view
 
 
@@ -287,6 +288,8 @@ def select_endpoints(
             views.append(part[1])
     if not bases:
         return NO_ENDPOINTS
+    if len(bases) == 1:
+        return _select_one(bases[0], views[0])
     everything = _union([base.servers for base in bases])
     if len(everything) != sum(len(base.servers) for base in bases):
         return _select_overlapping(bases, port.protocol, node_name, zone)
@@ -311,6 +314,20 @@ def select_endpoints(
         hairpin = tuple(chain.from_iterable(v.hairpin for v in views))
         loop_back = tuple(chain.from_iterable(v.loop_back for v in views))
     return PortEndpoints(cluster, local, hairpin, loop_back, tuple(bases))
+
+
+def _select_one(base: _SliceServers, view: _NodeView) -> PortEndpoints:
+    """select_endpoints for a Service port that one slice serves (most of them)."""
+    if base.ready_count and view.node:
+        cluster = view.node
+    elif base.ready_count and view.zone:
+        cluster = view.zone
+    elif base.ready_count:
+        cluster = base.ready  # the slice's servers themselves when all are ready
+    else:
+        cluster = base.fallback
+    local = view.local_ready or view.local_fallback
+    return PortEndpoints(cluster, local, view.hairpin, view.loop_back, (base,))
 
 
 def _hinted(parts: Sequence[Servers | None]) -> Sequence[Servers] | None:

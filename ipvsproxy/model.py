@@ -53,6 +53,10 @@ class Protocol(enum.Enum):
     UDP = "UDP"
     SCTP = "SCTP"
 
+    # Members are singletons compared by identity: hash them so too, in C. Enum's own
+    # hash (of the name, in Python) showed up in every virtual server key built.
+    __hash__ = object.__hash__
+
     @property
     def number(self) -> int:
         """IANA protocol number, as IPVS stores it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -135,17 +136,17 @@ def random_slice(rng: random.Random, index: int, family: IPFamily) -> EndpointSl
     return EndpointSlice("ns", f"web-{index}", "web", family, tuple(ports), endpoints)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_many_slices_match_the_endpoint_by_endpoint_rules(seed: int) -> None:
     rng = random.Random(seed)
     slices = [random_slice(rng, i, rng.choice(list(IPFamily))) for i in range(10)]
     merged = 0
-    for _ in range(40):
+    for _ in range(30):
         for name, zone in (("node-a", "zone-a"), ("node-b", ""), ("", "zone-b"), ("", "")):
             for port in (PORT, ServicePort("dns", Protocol.UDP, 53)):
-                for family in IPFamily:
-                    selected = select_endpoints(port, family, slices, node_name=name, zone=zone)
-                    assert observed(selected) == reference(port, family, slices, name, zone)
+                for family, some in itertools.product(IPFamily, (slices, slices[:1])):
+                    selected = select_endpoints(port, family, some, node_name=name, zone=zone)
+                    assert observed(selected) == reference(port, family, some, name, zone)
                     merged += isinstance(selected.cluster, MergedServers)
                     assert list(selected.loop_back) == [
                         ipsets.ip_port_ip_entry(a, port.protocol, p, a) for a, p in selected.hairpin
@@ -153,7 +154,7 @@ def test_many_slices_match_the_endpoint_by_endpoint_rules(seed: int) -> None:
         # One slice changes (or goes, or comes), as a watch event would have it.
         index = rng.randrange(len(slices))
         slices[index] = random_slice(rng, rng.randrange(12), slices[index].family)
-    assert merged > 100  # most took the per-slice path, not only the endpoint-by-endpoint one
+    assert merged > 50  # many took the per-slice path, not only the endpoint-by-endpoint one
 
 
 def test_a_slice_is_worked_out_once_and_a_changed_slice_anew() -> None:
