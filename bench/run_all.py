@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aims
 import figures
-from report import Report, Step, plots, readme
+from plots import plots
+from report import Report, Step, readme
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import aims
 import figures
+import plots
 import profile_agent
 import report
 import run_all
@@ -448,3 +449,30 @@ def test_run_all_writes_a_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "| EndpointSlice conversion (JSON into model values) |" in text
     assert "us CPU per slice" in text and "| - us CPU per slice" not in text
     assert "| hollow agents: network programming latency p99, 10 agents" in text
+
+
+def test_plots_of_every_kind(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    m = baseline()
+    m.hollow["N=50"] = {**m.hollow["N=10"], "agents": 50, "p99": 30.0}
+    path = figures.kernel(
+        kernel_json({100: {"ipt first": 0.001, "ipvs first": 0.001}}), "virtual_servers"
+    )
+    steps = [
+        report.Step("agent", "controller", "bench_agent.py", "", 0, 1, 1, m.agent),
+        report.Step("datapath", "data path", "bench_datapath.py", "", 0, 1, 1, path),
+    ]
+    written = plots.plots(report.Report([], steps, m, figures_plan()), tmp_path)
+    assert written == [
+        "plan.png",
+        "agent.png",
+        "hollow.png",
+        "kernel_read.png",
+        "kernel_sync.png",
+        "datapath.png",
+    ]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def figures_plan() -> dict[int, dict[str, float]]:
+    return {10000: figures.plan(PLAN), 1000: {"parse": 1.0, "total": 2.0}}
