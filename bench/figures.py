@@ -130,6 +130,7 @@ def hollow(output: str) -> dict[str, float]:
         watch_kib=find(rf"watches during the changes {NUMBER} KiB", output),
         watch_bytes_per_change=find(rf"{NUMBER} B per change", output),
         load=find(rf"load average {NUMBER}", output),
+        cpus=find(rf"load average [\d.]+ on {NUMBER} CPUs", output),
     )
 
 

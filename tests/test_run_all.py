@@ -255,6 +255,7 @@ def test_hollow_run() -> None:
     assert f["cpu_per_change_ms"] == 2.3 and f["cpu_first_sync"] == 9.6
     assert (f["rss"], f["peak_rss"], f["list_mib"]) == (200, 205, 41.0)
     assert f["watch_bytes_per_change"] == 2400 and f["cold_start"] == 110.2
+    assert (f["load"], f["cpus"]) == (6.1, 2)
 
 
 def test_hollow_that_failed_has_no_latency() -> None:
@@ -335,6 +336,7 @@ def test_aims_from_todays_figures() -> None:
     hollow = row(m, "hollow agents: network programming latency p99, 10 agents")
     assert hollow.status == MISSED and hollow.margin == "by 23.00 s (2300% over)"
     assert "2.3 ms CPU per change" in hollow.dominates[0]
+    assert hollow.dominates[1].startswith("the changes alone kept 0.11 of the 2 cores busy")
     assert row(m, "hollow agents: network programming latency p99, 50 agents").status == (
         NOT_MEASURED
     )
