@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import endpoint_slice, service
+from agentproc import AGENT_CONFIG, endpoint_slice, service
 
 from ipvsproxy.sandbox.pods import PodNetwork
 from ipvsproxy.testapi import TestAPIServer, kubeconfig
@@ -26,15 +26,5 @@ def cluster(tmp_path: Path) -> Iterator[tuple[TestAPIServer, PodNetwork, Path, P
         kubeconfig_path = tmp_path / "kubeconfig"
         kubeconfig_path.write_text(kubeconfig(api.url))
         config = tmp_path / "kube-proxy.yaml"
-        config.write_text(
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
-            "kind: KubeProxyConfiguration\n"
-            "mode: ipvs\n"
-            "syncPeriod: 2s\n"
-            "minSyncPeriod: 0s\n"
-            "clusterCIDR: 10.244.0.0/16\n"
-            # The table size is global, read-only outside the initial namespace (as on
-            # kind's nodes, whose kube-proxy configuration says the same).
-            "conntrack: {maxPerCore: 0}\n"
-        )
+        config.write_text(AGENT_CONFIG)
         yield api, pods, kubeconfig_path, config

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_cli_kernel import cli, tool
+from agentproc import cli, tool
 
 from ipvsproxy.sandbox.netns import switch_netns
 from ipvsproxy.sandbox.pods import Pod, PodNetwork

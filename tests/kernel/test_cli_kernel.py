@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from agentproc import cli, cluster_file, tool
 
 from ipvsproxy.apply import Dataplanes
 from ipvsproxy.dataplane.ipset import IPSetTool
@@ -88,26 +88,14 @@ items:
 """
 
 
-def write_cluster(
-    path: Path, endpoint_1: str = "10.244.1.1", endpoint_2: str = "10.244.2.1"
+def web_cluster(
+    directory: Path,
+    endpoint_1: str = "10.244.1.1",
+    endpoint_2: str = "10.244.2.1",
+    name: str = "cluster.yaml",
 ) -> str:
-    path.write_text(CLUSTER.replace("ENDPOINT_1", endpoint_1).replace("ENDPOINT_2", endpoint_2))
-    return str(path)
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ipvsproxy.cli", *args], capture_output=True, text=True, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"ipvsproxy {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
-        )
-    return result
-
-
-def tool(*argv: str) -> str:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
+    text = CLUSTER.replace("ENDPOINT_1", endpoint_1).replace("ENDPOINT_2", endpoint_2)
+    return cluster_file(directory, text, name)
 
 
 def ipvs_entries(text: str) -> set[str]:
@@ -148,7 +136,7 @@ def real_dataplanes() -> Iterator[Dataplanes]:
 
 
 def test_once_programs_exactly_what_plan_prints(tmp_path: Path) -> None:
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
 
     planned_ipvs = ipvs_entries(cli("plan", "-f", cluster, "--section", "ipvs").stdout)
@@ -187,7 +175,7 @@ def test_once_programs_exactly_what_plan_prints(tmp_path: Path) -> None:
 
 
 def test_second_sync_writes_nothing(tmp_path: Path) -> None:
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
     before = ipvsadm_lines()
     with real_dataplanes() as dataplanes:
@@ -203,9 +191,9 @@ def test_second_sync_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_changed_endpoint_gives_the_minimal_change(tmp_path: Path) -> None:
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
-    changed = write_cluster(tmp_path / "changed.yaml", endpoint_2="10.244.7.7")
+    changed = web_cluster(tmp_path, endpoint_2="10.244.7.7", name="changed.yaml")
     with real_dataplanes() as dataplanes:
         outcome = sync(desired_for(changed), dataplanes)
     assert outcome.result.ok
@@ -226,7 +214,7 @@ def test_changed_endpoint_gives_the_minimal_change(tmp_path: Path) -> None:
 
 
 def test_real_server_deleted_behind_our_back_is_restored(tmp_path: Path) -> None:
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
     expected = ipvsadm_lines()
     tool("ipvsadm", "-d", "-t", "10.96.0.10:80", "-r", "10.244.1.1:8080")
@@ -237,7 +225,7 @@ def test_real_server_deleted_behind_our_back_is_restored(tmp_path: Path) -> None
 
 def test_foreign_virtual_servers_survive_and_cleanup_leaves_no_trace(tmp_path: Path) -> None:
     tool("ipvsadm", "-A", "-t", "192.0.2.1:443", "-s", "wlc")
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
     # The Services go away: ours are removed, the foreign one stays.
     empty = tmp_path / "empty.yaml"
@@ -256,7 +244,7 @@ def test_foreign_virtual_servers_survive_and_cleanup_leaves_no_trace(tmp_path: P
 
 def test_show_reports_the_owned_state(tmp_path: Path) -> None:
     tool("ipvsadm", "-A", "-t", "192.0.2.1:443", "-s", "wlc")
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     cli("once", "-f", cluster)
     shown = ipvs_entries(cli("show", "--section", "ipvs").stdout)
     planned = ipvs_entries(cli("plan", "-f", cluster, "--section", "ipvs").stdout)
@@ -283,14 +271,12 @@ def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path) -> None:
         client = network.add_pod("client", "10.244.0.2")
         backends = [network.add_pod(f"web{i}", f"10.244.{i}.1") for i in range(1, 5)]
         network.serve(8080, backends)
-        cluster = tmp_path / "cluster.yaml"
         text = CLUSTER.replace("ENDPOINT_1", "10.244.1.1").replace("ENDPOINT_2", "10.244.2.1")
         text = text.replace(
             "  - addresses: [10.244.9.9]\n    conditions: {ready: false}\n",
             "  - addresses: [10.244.3.1]\n  - addresses: [10.244.4.1]\n",
         )
-        cluster.write_text(text)
-        cli("once", "-f", str(cluster))
+        cli("once", "-f", cluster_file(tmp_path, text))
 
         for replies in (
             network.tcp_requests("10.96.0.10", 80, 40, source=client),
@@ -338,9 +324,7 @@ def test_dual_stack_service_serves_both_families(tmp_path: Path) -> None:
         client = network.add_pod("client", "10.244.0.2", "fd00:244::2")
         backends = [network.add_pod(f"web{i}", f"10.244.{i}.1", f"fd00:244:{i}::1") for i in (1, 2)]
         network.serve(8080, backends)
-        cluster = tmp_path / "dual.yaml"
-        cluster.write_text(DUAL_STACK)
-        cli("once", "-f", str(cluster))
+        cli("once", "-f", cluster_file(tmp_path, DUAL_STACK))
         for vip in ("10.96.1.1", "fd00:96::1:1"):
             replies = network.tcp_requests(vip, 80, 20, source=client)
             assert sorted(replies) == ["web1"] * 10 + ["web2"] * 10, vip
@@ -349,7 +333,7 @@ def test_dual_stack_service_serves_both_families(tmp_path: Path) -> None:
 def test_kernel_refusal_is_reported_and_the_rest_still_programmed(tmp_path: Path) -> None:
     # `once` refuses a scheduler the kernel lacks before touching anything (see
     # test_backends_kernel.py), so the refusal is provoked through sync itself here.
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     objects = read_cluster([cluster])
     unknown = desired_state(
         objects.services,
@@ -373,7 +357,7 @@ def test_kernel_refusal_is_reported_and_the_rest_still_programmed(tmp_path: Path
 
 
 def test_ipvs_timeouts_from_the_configuration(tmp_path: Path) -> None:
-    cluster = write_cluster(tmp_path / "cluster.yaml")
+    cluster = web_cluster(tmp_path)
     config = tmp_path / "kpc.yaml"
     config.write_text(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import CLUSTER_IP, Agent, Traffic, tool, wait_for
+from agentproc import AGENT_CONFIG, CLUSTER_IP, Agent, Traffic, tool, wait_for
 
 from ipvsproxy.sandbox.pods import PodNetwork
 from ipvsproxy.testapi import TestAPIServer, kubeconfig
@@ -240,10 +240,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Cluster, Path, Path]]:
         kubeconfig_path = tmp_path / "kubeconfig"
         kubeconfig_path.write_text(kubeconfig(api.url))
         config = tmp_path / "kube-proxy.yaml"
-        config.write_text(
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
-            "mode: ipvs\nsyncPeriod: 2s\nminSyncPeriod: 0s\nclusterCIDR: 10.244.0.0/16\n"
-        )
+        config.write_text(AGENT_CONFIG)
         add_foreign()
         yield cluster, kubeconfig_path, config
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentproc import tool
 from loguru import logger
-from test_cli_kernel import tool
 
 from ipvsproxy.cli import EXIT_OK, main
 from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentproc import cli
 
 from ipvsproxy.errors import SandboxError
 from ipvsproxy.sandbox.pods import PodNetwork
@@ -21,22 +22,7 @@ NODE = "node-a"
 
 
 def once(path: Path) -> str:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ipvsproxy.cli",
-            "once",
-            "-f",
-            str(path),
-            "--hostname-override",
-            NODE,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stderr
+    return cli("once", "-f", str(path), "--hostname-override", NODE).stderr
 
 
 def test_ipv6_out_filter_rule_reads_back_and_drops_the_nodes_traffic(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentproc import cli, cluster_file
 
 from ipvsproxy.errors import SandboxError
 from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
@@ -20,14 +21,6 @@ from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 pytestmark = pytest.mark.kernel
 
 NODE = "node-a"
-
-
-def cli(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "ipvsproxy.cli", *args], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def slice_yaml(service: str, port: int, *endpoints: tuple[str, str]) -> str:
@@ -46,9 +39,8 @@ def slice_yaml(service: str, port: int, *endpoints: tuple[str, str]) -> str:
 
 
 def program(tmp_path: Path, items: str, *extra: str) -> None:
-    path = tmp_path / "cluster.yaml"
-    path.write_text("apiVersion: v1\nkind: List\nitems:\n" + items)
-    cli("once", "-f", str(path), "--hostname-override", NODE, *extra)
+    cluster = cluster_file(tmp_path, "apiVersion: v1\nkind: List\nitems:\n" + items)
+    cli("once", "-f", cluster, "--hostname-override", NODE, *extra)
 
 
 def test_node_port_from_outside_tcp_udp_and_affinity(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from agentproc import tool
 
 from ipvsproxy.dataplane.links import LinkTool
 from ipvsproxy.model import IPAddress
@@ -60,14 +61,10 @@ def link_flags(dev: str = DEV) -> tuple[set[str], str]:
     return flags, out.split(" state ", 1)[1].split()[0]
 
 
-def run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
 @pytest.fixture
 def links() -> Iterator[LinkTool]:
-    with LinkTool() as tool:
-        yield tool
+    with LinkTool() as adapter:
+        yield adapter
 
 
 def test_interface_lifecycle(links: LinkTool) -> None:
@@ -173,7 +170,7 @@ def test_interface_gone_between_lookup_and_write(
     (ENODEV), each reported on its own; nothing raises."""
     links.ensure_interface(DEV)
     stale = links._index(DEV)
-    run("ip", "link", "del", DEV)
+    tool("ip", "link", "del", DEV)
     monkeypatch.setattr(links, "_index", lambda name: stale)
     batch = [V4[0], V6[0], V4[1]]
     failures = links.bind(DEV, batch)
@@ -193,11 +190,11 @@ def test_addresses_match_ip_and_ignore_other_interfaces(links: LinkTool) -> None
     """addresses() reads one interface's host addresses: what `ip` added there too,
     nothing from other interfaces, nothing with a shorter prefix."""
     links.ensure_interface(DEV)
-    run("ip", "link", "add", "other0", "type", "dummy")
-    run("ip", "addr", "add", "10.97.0.1/32", "dev", "other0")
-    run("ip", "addr", "add", "fd00:97::1/128", "dev", "other0", "nodad")
-    run("ip", "addr", "add", "10.96.5.1/24", "dev", DEV)
-    run("ip", "addr", "add", "fd00:96::5/64", "dev", DEV)  # left tentative: DAD never runs
+    tool("ip", "link", "add", "other0", "type", "dummy")
+    tool("ip", "addr", "add", "10.97.0.1/32", "dev", "other0")
+    tool("ip", "addr", "add", "fd00:97::1/128", "dev", "other0", "nodad")
+    tool("ip", "addr", "add", "10.96.5.1/24", "dev", DEV)
+    tool("ip", "addr", "add", "fd00:96::5/64", "dev", DEV)  # left tentative: DAD never runs
     assert links.bind(DEV, V4[:10] + V6[:10]) == []
     expected = frozenset(V4[:10] + V6[:10])
     assert (

@@ -8,10 +8,10 @@ in its own network namespace.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections import Counter
 
 import pytest
+from agentproc import tool
 
 from ipvsproxy.sandbox.pods import PodNetwork
 
@@ -24,12 +24,6 @@ BACKENDS6 = {f"backend{i}": f"fd00:10:244:1::{i}" for i in range(1, 3)}
 BACKEND_PORT = 8080
 
 
-def run(*argv: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"{' '.join(argv)} failed: {proc.stderr}"
-    return proc.stdout
-
-
 def sysctl(name: str, value: str) -> None:
     with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
         f.write(value)
@@ -37,37 +31,37 @@ def sysctl(name: str, value: str) -> None:
 
 def test_ipvs_is_available() -> None:
     assert os.path.exists("/proc/net/ip_vs")
-    out = run("ipvsadm", "-Ln")
+    out = tool("ipvsadm", "-Ln")
     assert "IP Virtual Server" in out
 
 
 def test_dummy_link_can_be_created() -> None:
-    run("ip", "link", "add", "kube-ipvs0", "type", "dummy")
-    run("ip", "addr", "add", f"{CLUSTER_IP}/32", "dev", "kube-ipvs0")
-    assert "kube-ipvs0" in run("ip", "-o", "link", "show", "type", "dummy")
+    tool("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+    tool("ip", "addr", "add", f"{CLUSTER_IP}/32", "dev", "kube-ipvs0")
+    assert "kube-ipvs0" in tool("ip", "-o", "link", "show", "type", "dummy")
 
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_ipset_is_isolated_per_test(round_: int) -> None:
     # Both rounds create the same set: the second would fail with "set already exists"
     # if the namespace of the first had leaked into it.
-    assert run("ipset", "list", "-n") == ""
-    run("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
-    run("ipset", "add", "KUBE-CLUSTER-IP", f"{CLUSTER_IP},tcp:80")
-    assert run("ipset", "list", "-n").split() == ["KUBE-CLUSTER-IP"]
+    assert tool("ipset", "list", "-n") == ""
+    tool("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+    tool("ipset", "add", "KUBE-CLUSTER-IP", f"{CLUSTER_IP},tcp:80")
+    assert tool("ipset", "list", "-n").split() == ["KUBE-CLUSTER-IP"]
 
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_ipvs_and_links_are_isolated_per_test(round_: int) -> None:
-    assert run("ipvsadm", "-Sn") == ""
-    assert run("ip", "-o", "link", "show").count("\n") == 1  # lo only
-    run("ip", "link", "add", "kube-ipvs0", "type", "dummy")
-    run("ipvsadm", "-A", "-t", f"{CLUSTER_IP}:80", "-s", "rr")
+    assert tool("ipvsadm", "-Sn") == ""
+    assert tool("ip", "-o", "link", "show").count("\n") == 1  # lo only
+    tool("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+    tool("ipvsadm", "-A", "-t", f"{CLUSTER_IP}:80", "-s", "rr")
 
 
 def test_iptables_legacy_nat_chain() -> None:
-    run("iptables-legacy", "-t", "nat", "-N", "KUBE-X")
-    run(
+    tool("iptables-legacy", "-t", "nat", "-N", "KUBE-X")
+    tool(
         "iptables-legacy",
         "-t",
         "nat",
@@ -80,13 +74,13 @@ def test_iptables_legacy_nat_chain() -> None:
         "-j",
         "RETURN",
     )
-    assert "-N KUBE-X" in run("iptables-legacy", "-t", "nat", "-S")
-    run("ip6tables-legacy", "-t", "nat", "-N", "KUBE-X")
+    assert "-N KUBE-X" in tool("iptables-legacy", "-t", "nat", "-S")
+    tool("ip6tables-legacy", "-t", "nat", "-N", "KUBE-X")
 
 
 def test_iptables_matches_an_ipset() -> None:
-    run("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
-    run(
+    tool("ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+    tool(
         "iptables-legacy",
         "-t",
         "nat",
@@ -105,19 +99,19 @@ def test_iptables_matches_an_ipset() -> None:
 def _cluster_ip_service(vip: str, backends: dict[str, str]) -> None:
     """What kube-proxy does for a ClusterIP service, by hand: address on a DOWN dummy
     interface, one IPVS virtual server per protocol, masquerading real servers."""
-    if "kube-ipvs0" not in run("ip", "-o", "link", "show"):
-        run("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+    if "kube-ipvs0" not in tool("ip", "-o", "link", "show"):
+        tool("ip", "link", "add", "kube-ipvs0", "type", "dummy")
     if ":" in vip:
-        run("ip", "addr", "add", f"{vip}/128", "dev", "kube-ipvs0", "nodad")
+        tool("ip", "addr", "add", f"{vip}/128", "dev", "kube-ipvs0", "nodad")
         virtual = f"[{vip}]:80"
     else:
-        run("ip", "addr", "add", f"{vip}/32", "dev", "kube-ipvs0")
+        tool("ip", "addr", "add", f"{vip}/32", "dev", "kube-ipvs0")
         virtual = f"{vip}:80"
     for proto in ("-t", "-u"):
-        run("ipvsadm", "-A", proto, virtual, "-s", "rr")
+        tool("ipvsadm", "-A", proto, virtual, "-s", "rr")
         for ip in backends.values():
             real = f"[{ip}]:{BACKEND_PORT}" if ":" in ip else f"{ip}:{BACKEND_PORT}"
-            run("ipvsadm", "-a", proto, virtual, "-r", real, "-m")
+            tool("ipvsadm", "-a", proto, virtual, "-r", real, "-m")
 
 
 def test_round_robin_through_a_cluster_ip(pod_network: PodNetwork) -> None:
@@ -127,7 +121,7 @@ def test_round_robin_through_a_cluster_ip(pod_network: PodNetwork) -> None:
     pod_network.serve(BACKEND_PORT, list(BACKENDS))
     sysctl("net.ipv4.vs.conntrack", "1")
     _cluster_ip_service(CLUSTER_IP, BACKENDS)
-    assert "state DOWN" in run("ip", "link", "show", "kube-ipvs0")
+    assert "state DOWN" in tool("ip", "link", "show", "kube-ipvs0")
 
     tcp = pod_network.tcp_requests(CLUSTER_IP, 80, 40, source="client")
     udp = pod_network.udp_requests(CLUSTER_IP, 80, 40, source="client")

@@ -12,12 +12,11 @@ wait for the reported counts to settle before comparing.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from agentproc import cli, cluster_file, tool
 
 from ipvsproxy.dataplane.ipvs import IpvsSocket
 from ipvsproxy.metrics import IpvsTrafficCollector, ServicePortLabels
@@ -52,9 +51,7 @@ CONNECTIONS = 24
 
 def ipvsadm_stats() -> dict[str, IpvsStats]:
     """`ipvsadm -Ln --stats --exact`: service line "TCP  10.96.0.10:80" -> counters."""
-    text = subprocess.run(
-        ["ipvsadm", "-Ln", "--stats", "--exact"], capture_output=True, text=True, check=True
-    ).stdout
+    text = tool("ipvsadm", "-Ln", "--stats", "--exact")
     services: dict[str, IpvsStats] = {}
     for line in text.splitlines()[3:]:
         if line.startswith("  -> "):
@@ -83,13 +80,7 @@ def test_adapter_counters_show_the_traffic_and_match_ipvsadm(
     client = pod_network.add_pod("client", "10.244.0.2")
     backends = [pod_network.add_pod(f"web{i}", f"10.244.{i}.1") for i in (1, 2)]
     pod_network.serve(8080, backends)
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(CLUSTER)
-    subprocess.run(
-        [sys.executable, "-m", "ipvsproxy.cli", "once", "-f", str(cluster)],
-        check=True,
-        capture_output=True,
-    )
+    cli("once", "-f", cluster_file(tmp_path, CLUSTER))
     with IpvsSocket() as ipvs:
         assert ipvs.stats() == {WEB: IpvsStats()}
 
@@ -116,13 +107,7 @@ def test_collector_reads_the_kernel_in_one_dump(tmp_path: Path, pod_network: Pod
     client = pod_network.add_pod("client", "10.244.0.2")
     backends = [pod_network.add_pod(f"web{i}", f"10.244.{i}.1") for i in (1, 2)]
     pod_network.serve(8080, backends)
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(CLUSTER)
-    subprocess.run(
-        [sys.executable, "-m", "ipvsproxy.cli", "once", "-f", str(cluster)],
-        check=True,
-        capture_output=True,
-    )
+    cli("once", "-f", cluster_file(tmp_path, CLUSTER))
     pod_network.tcp_requests("10.96.0.10", 80, 6, source=client)
     settled(6)
     labels = ServicePortLabels("shop", "web", "http", "TCP")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent_kernel import agent, real_servers, wait_for
+from agentproc import agent, real_servers, wait_for
 
 from ipvsproxy.sandbox.netns import switch_netns
 from ipvsproxy.sandbox.pods import PodNetwork

@@ -6,12 +6,12 @@ Each test runs in a fresh network namespace of the sandbox kernel (see the pytes
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from agentproc import cluster_file, tool
 
 from ipvsproxy.cli import main
 from ipvsproxy.testapi import Store, TestAPIServer, resources
@@ -111,8 +111,7 @@ def program(cluster: Path) -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER)
+    path = Path(cluster_file(tmp_path, CLUSTER))
     program(path)
     return path
 
@@ -128,7 +127,7 @@ def test_drift_is_caught_named_and_repaired(
     drift: str, cluster: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     command, expected = DRIFTS[drift]
-    subprocess.run(command.split(), check=True, capture_output=True)
+    tool(*command.split())
     status, out = verify(capsys, "-f", str(cluster))
     assert status == 1, out
     assert out.startswith("drift: ")
@@ -140,7 +139,7 @@ def test_drift_is_caught_named_and_repaired(
 def test_virtual_servers_of_others_are_not_drift(
     cluster: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    subprocess.run(["ipvsadm", "-A", "-t", "192.0.2.1:80", "-s", "rr"], check=True)
+    tool("ipvsadm", "-A", "-t", "192.0.2.1:80", "-s", "rr")
     status, out = verify(capsys, "-f", str(cluster))
     assert status == 0, out
 

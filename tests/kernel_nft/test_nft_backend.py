@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from agentproc import cluster_file, tool
 
 from ipvsproxy.cli import main
 from ipvsproxy.dataplane.iptables import IptablesTool, detect_backend, parse_save
@@ -54,10 +55,6 @@ items:
 """
 
 
-def tool(*argv: str) -> str:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
-
-
 def saved(backend: str) -> list[dict[str, dict[str, tuple[str, ...]]]]:
     """Both families' tables as the backend's own iptables-save prints them."""
     return [parse_save(tool(save)) for save in SAVES[backend]]
@@ -78,9 +75,7 @@ def our_jumps(tables: dict[str, dict[str, tuple[str, ...]]]) -> int:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> str:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER)
-    return str(path)
+    return cluster_file(tmp_path, CLUSTER)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""Running `ipvsproxy run` as a process in the sandbox kernel: the agent and its log,
-a client sending TCP requests back to back, and readers of the kernel's tables with the
-real tools. Shared by the agent, crash and privilege kernel tests."""
+"""ipvsproxy as a process in a sandbox kernel, for the kernel tests of both guests: its
+commands (`cli`) on cluster files (`cluster_file`), the agent (`run`) and its log, a
+client sending TCP requests back to back, and readers of the kernel's tables with the
+real tools (`tool`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
 # The agent starts slowly in the guest (importing the kubernetes client takes seconds).
 START_TIMEOUT = 90.0
+# The agent's configuration in the kernel tests: full syncs every 2 s. The conntrack table
+# size is global, read-only outside the initial network namespace the tests run in (as on
+# kind's nodes, whose kube-proxy configuration says the same).
+AGENT_CONFIG = """\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+syncPeriod: 2s
+minSyncPeriod: 0s
+clusterCIDR: 10.244.0.0/16
+conntrack: {maxPerCore: 0}
+"""
 
 
 def service() -> dict[str, Any]:
@@ -66,7 +79,30 @@ def set_endpoints(api: TestAPIServer, *addresses: str) -> None:
 
 
 def tool(*argv: str) -> str:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
+    """A program's output; AssertionError with its stderr when it fails."""
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}")
+    return result.stdout
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ipvsproxy ARGS` as its own process; with `check`, AssertionError unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ipvsproxy.cli", *args], capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"ipvsproxy {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+def cluster_file(directory: Path, text: str, name: str = "cluster.yaml") -> str:
+    """Kubernetes objects (YAML) written to directory/name, for `-f`; the file's path."""
+    path = directory / name
+    path.write_text(text)
+    return str(path)
 
 
 def real_servers() -> set[str]:
@@ -126,7 +162,7 @@ def http_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
 def metric(name: str) -> float:
     """The sum of a metric's samples (``name`` may carry labels) on the agent's /metrics;
     0 for a labelled series not yet created, but the metric must exist."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as reply:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     family = name.split("{", 1)[0].removesuffix("_total")
     assert f"# HELP {family}" in text, f"no metric {family} on /metrics"
@@ -194,12 +230,12 @@ class Agent:
 
         wait_for("the agent's first sync", synced, timeout=START_TIMEOUT)
 
-    def stop(self, sig: int = signal.SIGTERM) -> float:
-        """Signal the agent; seconds until it exited."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
+        """Signal the agent; seconds until it exited (killed after `timeout`)."""
         started = time.monotonic()
         self.process.send_signal(sig)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=timeout)
         finally:
             if self.process.poll() is None:
                 self.process.kill()
