@@ -49,7 +49,7 @@ from ipvsproxy.model import (
     RealServerKey,
     Service,
     ServicePort,
-    real_server_at,
+    real_servers_at,
 )
 
 Servers = Mapping[RealServerKey, RealServer]
@@ -104,9 +104,7 @@ class _SliceServers:
 
     def __init__(self, endpoint_slice: EndpointSlice, target: int) -> None:
         endpoints = endpoint_slice.endpoints
-        servers: dict[RealServerKey, RealServer] = dict(
-            real_server_at(endpoint.address, target) for endpoint in endpoints
-        )
+        servers = real_servers_at([endpoint.address for endpoint in endpoints], target)
         if len(servers) != len(endpoints):  # an ip:port twice in the slice (rare)
             latest = {RealServerKey(e.address, target): e for e in endpoints}
             endpoints = tuple(latest.values())

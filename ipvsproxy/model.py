@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,7 +302,9 @@ class RealServerKey:
     def __post_init__(self) -> None:
         number = int(self.address)
         object.__setattr__(self, "_number", number)
-        object.__setattr__(self, "_hash", hash((number, self.address.version, self.port)))
+        # Without the family, whose property costs more than the rare clash of an IPv4
+        # address with an IPv6 one of the same number (equality tells them apart).
+        object.__setattr__(self, "_hash", hash((number, self.port)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -353,27 +355,32 @@ _SERVER_SLOTS = _slot_setters(
 )
 
 
-def real_server_at(address: IPAddress, port: int) -> tuple[RealServerKey, RealServer]:
-    """RealServerKey(address, port) and RealServer(address, port), equal to what the
-    constructors build, in about half their time: a frozen dataclass sets each field
-    through object.__setattr__, and endpoints.py makes a pair per endpoint of every slice.
-    """
-    set_address, set_port, set_hash, set_number = _KEY_SLOTS
-    key = object.__new__(RealServerKey)
-    number = int(address)
-    set_address(key, address)
-    set_port(key, port)
-    set_number(key, number)
-    set_hash(key, hash((number, address.version, port)))
+def real_servers_at(addresses: Iterable[IPAddress], port: int) -> dict[RealServerKey, RealServer]:
+    """{RealServerKey(a, port): RealServer(a, port)} for each address in order (a repeated
+    address keeps its first place), equal to what the constructors build, in about half
+    their time: a frozen dataclass sets each field through object.__setattr__, and
+    endpoints.py makes a pair per endpoint of every slice it sees."""
+    new = object.__new__
+    set_key_address, set_key_port, set_hash, set_number = _KEY_SLOTS
     set_address, set_port, set_weight, set_forward, set_active, set_inactive = _SERVER_SLOTS
-    server = object.__new__(RealServer)
-    set_address(server, address)
-    set_port(server, port)
-    set_weight(server, 1)
-    set_forward(server, ForwardMethod.MASQ)
-    set_active(server, 0)
-    set_inactive(server, 0)
-    return key, server
+    masquerade = ForwardMethod.MASQ
+    servers: dict[RealServerKey, RealServer] = {}
+    for address in addresses:
+        key = new(RealServerKey)
+        number = int(address)
+        set_key_address(key, address)
+        set_key_port(key, port)
+        set_number(key, number)
+        set_hash(key, hash((number, port)))  # as RealServerKey.__post_init__
+        server = new(RealServer)
+        set_address(server, address)
+        set_port(server, port)
+        set_weight(server, 1)
+        set_forward(server, masquerade)
+        set_active(server, 0)
+        set_inactive(server, 0)
+        servers[key] = server
+    return servers
 
 
 @dataclass(frozen=True, slots=True)

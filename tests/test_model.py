@@ -12,7 +12,7 @@ from ipvsproxy.model import (
     Protocol,
     RealServer,
     RealServerKey,
-    real_server_at,
+    real_servers_at,
 )
 
 
@@ -28,10 +28,12 @@ def test_real_server_keys_are_equal_by_address_family_and_port() -> None:
     assert len({key, RealServerKey(ip_address("10.0.0.1"), 80)}) == 1
 
 
-def test_real_server_at_builds_what_the_constructors_build() -> None:
-    for address, port in ((ip_address("10.0.0.1"), 8080), (ip_address("fd00::1"), 53)):
-        key, server = real_server_at(address, port)
-        built_key, built_server = RealServerKey(address, port), RealServer(address, port)
+def test_real_servers_at_builds_what_the_constructors_build() -> None:
+    addresses = [ip_address("10.0.0.1"), ip_address("fd00::1"), ip_address("10.0.0.1")]
+    built = real_servers_at(addresses, 8080)
+    assert list(built) == [RealServerKey(a, 8080) for a in addresses[:2]]
+    for address, (key, server) in zip(addresses, built.items(), strict=False):
+        built_key, built_server = RealServerKey(address, 8080), RealServer(address, 8080)
         # Every field, those outside equality too: a field added later must be set here.
         for made, expected in ((key, built_key), (server, built_server)):
             assert type(made) is type(expected)
