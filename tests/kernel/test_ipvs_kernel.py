@@ -10,7 +10,6 @@ import errno
 import ipaddress
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -424,10 +423,9 @@ def test_lost_acks_are_failures_and_the_socket_recovers() -> None:
 
 
 def test_bulk_batch_against_ipvsadm_restore(ipvs: IpvsSocket) -> None:
-    """A few thousand messages in one call; the same content through ipvsadm -R and through
-    one message per write, each into an empty table, checked after every run. The guest's
-    speed drifts, so the three take turns for a few rounds and the best of each is printed.
-    Nothing is asserted on time."""
+    """A few thousand messages in one call, 256 per write; the same content through
+    ipvsadm -R and through one message per write, each into an empty table, leave the same
+    table. Their speeds are bench/'s."""
     entries = [
         (
             VirtualServer(ipaddress.IPv4Address(0x0A600000 + s), Protocol.TCP, 80),
@@ -452,31 +450,8 @@ def test_bulk_batch_against_ipvsadm_restore(ipvs: IpvsSocket) -> None:
             assert single.execute(ops) == []
             assert single.socket_writes == len(ops)
 
-    runs: dict[str, list[float]] = {"batched": [], "restore": [], "single": []}
-    variants = [("batched", batched), ("restore", restore), ("single", one_by_one)]
-    for round_ in range(3):
-        for name, run in variants[round_:] + variants[:round_]:
-            ipvsadm("-C")
-            started = time.perf_counter()
-            run()
-            runs[name].append(time.perf_counter() - started)
-            assert ipvs.snapshot() == expected
+    for run in (batched, restore, one_by_one):
+        ipvsadm("-C")
+        run()
+        assert ipvs.snapshot() == expected
     assert ipvsadm_state() == expected
-
-    started = time.perf_counter()
-    assert len(ipvs.snapshot()) == len(entries)
-    dump = time.perf_counter() - started
-
-    n = len(ops)
-    best = {name: min(times) for name, times in runs.items()}
-    print(f"\nIPVS bulk, {n} messages ({len(entries)} services), best of 3, same guest kernel:")
-    for label, name in (
-        ("IpvsSocket.execute, 256 per write", "batched"),
-        ("ipvsadm -R", "restore"),
-        ("IpvsSocket, 1 per write", "single"),
-    ):
-        print(f"  {label:<34} {best[name]:.3f} s  {n / best[name]:>8,.0f} msg/s")
-    print(
-        f"  batched vs ipvsadm -R: {best['restore'] / best['batched']:.1f}x; "
-        f"snapshot (1 + {len(entries)} dumps): {dump:.3f} s"
-    )
