@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ipvsproxy.errors import SandboxError
+from ipvsproxy.sandbox.guest import RunInGuest
 from ipvsproxy.sandbox.qemu import run_in_qemu
 from ipvsproxy.sandbox.uml import run_in_guest
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        run = run_in_qemu if args.kernel == "qemu" else run_in_guest
+        run: RunInGuest = run_in_qemu if args.kernel == "qemu" else run_in_guest
         result = run(
             command, timeout=args.timeout, env=env, mem=args.mem, cwd=args.cwd, on_output=show
         )

@@ -18,6 +18,7 @@ import codecs
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ipvsproxy.errors import SandboxError
 
@@ -273,6 +275,71 @@ date +%s.%N > "$box/{_STARTED_MARK}"
 printf '%s\\n' "$?" > "$box/status"
 stop
 """
+
+
+class RunInGuest(Protocol):
+    """How a guest kernel runs one payload (``uml.run_in_guest``, ``qemu.run_in_qemu``).
+
+    Boot the guest, run one payload in it as root, and return its status and output.
+    ``argv_or_script`` is either an argument vector or the text of a /bin/sh script.
+    ``timeout`` (seconds) covers boot, payload and shutdown; when it expires the whole guest
+    is killed and SandboxError is raised. The payload sees a minimal environment: PATH (with
+    ``venv``'s bin directory first; by default the running interpreter's virtualenv, if any),
+    HOME, LANG and a tmpfs TMPDIR, then ``env`` on top. ``cwd`` defaults to the current
+    directory. ``on_output`` receives the payload's output as it is written, in chunks.
+    A payload that fails is not an error: its exit status is returned.
+    """
+
+    def __call__(
+        self,
+        argv_or_script: Sequence[str] | str,
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        mem: str = "1G",
+        cwd: str | None = None,
+        venv: str | None = None,
+        on_output: Callable[[str], None] | None = None,
+    ) -> GuestResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One run's scratch directory (the host's and the guest's, at the same path) and what
+    the guest's init script needs to start the payload."""
+
+    box: Path
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+    def write_init(self, script: str) -> Path:
+        """Write the guest's init script into the box; its path."""
+        init = self.box / "init"
+        init.write_text(script)
+        init.chmod(0o755)
+        return init
+
+
+@contextlib.contextmanager
+def payload_box(
+    prefix: str,
+    argv_or_script: Sequence[str] | str,
+    *,
+    env: Mapping[str, str] | None,
+    venv: str | None,
+    cwd: str | None,
+    refuse_nf_tables: bool,
+) -> Iterator[Payload]:
+    """The start every RunInGuest shares: a shared scratch directory holding the payload
+    and the modprobe helper (see write_box), removed afterwards."""
+    workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    box = shared_tempdir(prefix)
+    try:
+        argv = write_box(box, argv_or_script, refuse_nf_tables=refuse_nf_tables)
+        yield Payload(box=box, argv=argv, env=guest_env(env, venv), cwd=workdir)
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def write_box(

@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 
 from ipvsproxy.errors import SandboxError
-from ipvsproxy.sandbox.guest import GuestResult, shared_tempdir
+from ipvsproxy.sandbox.guest import GuestResult, RunInGuest, shared_tempdir
 from ipvsproxy.sandbox.netns import enter_netns
 from ipvsproxy.sandbox.pods import PodNetwork
 from ipvsproxy.sandbox.qemu import run_in_qemu
@@ -323,7 +323,7 @@ class _GuestRun:
             return
         self.ran = True
         # Looked up at call time, so tests can stand in for the guests.
-        runner = run_in_qemu if self.flavour == "qemu" else run_in_guest
+        runner: RunInGuest = run_in_qemu if self.flavour == "qemu" else run_in_guest
         box = shared_tempdir("ipvsproxy-kernel-tests-")
         try:
             results = box / "results.jsonl"

@@ -38,10 +38,8 @@ from ipvsproxy.sandbox.guest import (
     REQUIRED_MODULES,
     GuestResult,
     boot,
-    guest_env,
     init_script,
-    shared_tempdir,
-    write_box,
+    payload_box,
 )
 
 __all__ = ["KERNEL_NAME", "QemuKernel", "prepare_kernel", "run_in_qemu"]
@@ -121,24 +119,20 @@ def run_in_qemu(
     venv: str | None = None,
     on_output: Callable[[str], None] | None = None,
 ) -> GuestResult:
-    """Boot the qemu guest, run one payload in it as root, return its status and output.
-
-    The same contract as ``uml.run_in_guest``. The first run downloads and unpacks the kernel
-    package (see the module docstring), which ``timeout`` does not cover.
+    """``RunInGuest`` (see guest.py) in qemu. The first run downloads and unpacks the
+    kernel package (see the module docstring), which ``timeout`` does not cover.
     """
     qemu = _require(QEMU, "qemu-system-x86")
     kernel = prepare_kernel()
-    workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    box = shared_tempdir("ipvsproxy-qemu-")
-    try:
-        payload = write_box(box, argv_or_script, refuse_nf_tables=False)
-        init = box / "init"
-        init.write_text(
+    with payload_box(
+        "ipvsproxy-qemu-", argv_or_script, env=env, venv=venv, cwd=cwd, refuse_nf_tables=False
+    ) as payload:
+        init = payload.write_init(
             init_script(
-                box=box,
-                argv=payload,
-                env=guest_env(env, venv),
-                cwd=workdir,
+                box=payload.box,
+                argv=payload.argv,
+                env=payload.env,
+                cwd=payload.cwd,
                 modules=str(kernel.modules),
                 required=kernel.preloaded,
                 optional=(),
@@ -146,17 +140,14 @@ def run_in_qemu(
                 kernel_name=KERNEL_NAME,
             )
         )
-        init.chmod(0o755)
         return boot(
             qemu_cmdline(qemu, kernel, init=init, mem=mem),
             host_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            box=box,
+            box=payload.box,
             timeout=timeout,
             on_output=on_output,
             kernel_name=KERNEL_NAME,
         )
-    finally:
-        shutil.rmtree(box, ignore_errors=True)
 
 
 def qemu_cmdline(qemu: str, kernel: QemuKernel, *, init: Path, mem: str) -> list[str]:

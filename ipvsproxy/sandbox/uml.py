@@ -26,10 +26,9 @@ from ipvsproxy.sandbox.guest import (
     REQUIRED_MODULES,
     GuestResult,
     boot,
-    guest_env,
     init_script,
+    payload_box,
     shared_tempdir,
-    write_box,
 )
 
 __all__ = [
@@ -82,71 +81,60 @@ def run_in_guest(
     on_output: Callable[[str], None] | None = None,
     interactive: bool = False,
 ) -> GuestResult:
-    """Boot a guest, run one payload in it as root, and return its status and output.
-
-    ``argv_or_script`` is either an argument vector or the text of a /bin/sh script.
-    ``timeout`` (seconds) covers boot, payload and shutdown; when it expires the whole guest
-    is killed and SandboxError is raised. The payload sees a minimal environment: PATH (with
-    ``venv``'s bin directory first; by default the running interpreter's virtualenv, if any),
-    HOME, LANG and a tmpfs TMPDIR, then ``env`` on top. ``cwd`` defaults to the current
-    directory. ``on_output`` receives the payload's output as it is written, in chunks.
-    A payload that fails is not an error: its exit status is returned.
+    """``RunInGuest`` (see guest.py) in user-mode-linux.
 
     ``interactive``: the payload's terminal is this process's (the guest console on our
     stdin and stdout, the host terminal put in raw mode meanwhile, so that the guest's
     own terminal handles echo, line editing and Ctrl-C); its output is not captured.
     """
     kernel = uml_kernel()
-    workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    box = shared_tempdir("ipvsproxy-uml-")
     # UML backs guest memory with a file in $TMPDIR. It unlinks that file at once; a private
     # directory, removed afterwards, makes sure nothing can outlive the run even so.
     memdir = Path(tempfile.mkdtemp(prefix="ipvsproxy-uml-mem-"))
     try:
-        payload = write_box(box, argv_or_script, refuse_nf_tables=True)
-        init = box / "init"
-        init.write_text(
-            _init_script(
-                box=box,
-                argv=payload,
-                env=guest_env(env, venv),
-                cwd=workdir,
+        with payload_box(
+            "ipvsproxy-uml-", argv_or_script, env=env, venv=venv, cwd=cwd, refuse_nf_tables=True
+        ) as payload:
+            init = payload.write_init(
+                _init_script(
+                    box=payload.box,
+                    argv=payload.argv,
+                    env=payload.env,
+                    cwd=payload.cwd,
+                    interactive=interactive,
+                )
+            )
+            cmdline = [
+                kernel,
+                f"mem={mem}",
+                "root=/dev/root",
+                "rootfstype=hostfs",
+                "rootflags=/",
+                "rw",
+                f"init={init}",
+                "con=null",
+                "con0=fd:0,fd:1" if interactive else "con0=null,fd:1",
+                # Boot chatter off; warnings, oopses and panics still reach the console.
+                "quiet",
+                # UML keeps a pid file and its management socket in ~/.uml/<umid> by default.
+                f"uml_dir={payload.box / 'uml'}",
+            ]
+            host_env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(payload.box),
+                "TMPDIR": str(memdir),
+                "LD_PRELOAD": str(_build_xstate_shim(payload.box)),
+            }
+            return boot(
+                cmdline,
+                host_env=host_env,
+                box=payload.box,
+                timeout=timeout,
+                on_output=on_output,
+                kernel_name=KERNEL_NAME,
                 interactive=interactive,
             )
-        )
-        init.chmod(0o755)
-        cmdline = [
-            kernel,
-            f"mem={mem}",
-            "root=/dev/root",
-            "rootfstype=hostfs",
-            "rootflags=/",
-            "rw",
-            f"init={init}",
-            "con=null",
-            "con0=fd:0,fd:1" if interactive else "con0=null,fd:1",
-            # Boot chatter off; warnings, oopses and panics still reach the console.
-            "quiet",
-            # UML keeps a pid file and its management socket in ~/.uml/<umid> by default.
-            f"uml_dir={box / 'uml'}",
-        ]
-        host_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(box),
-            "TMPDIR": str(memdir),
-            "LD_PRELOAD": str(_build_xstate_shim(box)),
-        }
-        return boot(
-            cmdline,
-            host_env=host_env,
-            box=box,
-            timeout=timeout,
-            on_output=on_output,
-            kernel_name=KERNEL_NAME,
-            interactive=interactive,
-        )
     finally:
-        shutil.rmtree(box, ignore_errors=True)
         shutil.rmtree(memdir, ignore_errors=True)
 
 
