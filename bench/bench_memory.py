@@ -84,6 +84,7 @@ def main() -> None:
         where = f"{Path(frame.filename).name}:{frame.lineno}"
         print(f"{stat.size / 2**20:>7.2f} {stat.size / total:>6.1%} {stat.count:>9}  {where}")
 
+    gc.unfreeze()  # the agent froze what it holds, which hides it from gc.get_objects
     sizes: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     for obj in gc.get_objects():
