@@ -39,7 +39,7 @@ from ipvsproxy.desired import (
     with_node_object,
 )
 from ipvsproxy.errors import IpvsProxyError
-from ipvsproxy.gcpause import gc_paused, release_free_memory
+from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.health import ProxyHealth
 from ipvsproxy.healthcheck import HealthCheckPorts, health_check_ports
@@ -354,7 +354,6 @@ class Agent:
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are
         # collected after the next full sync's unfreeze.
         gc.freeze()
-        release_free_memory()  # the replaced states' pages, back to the system
         return SyncOutcome(
             True, result.ok, len(states), operations, _reason(result), len(result.failures)
         )

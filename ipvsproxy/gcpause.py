@@ -1,11 +1,9 @@
-"""Pausing Python's cyclic garbage collector around bulk construction of values, and
-handing freed memory back to the system after it."""
+"""Pausing Python's cyclic garbage collector around bulk construction of values."""
 
 from __future__ import annotations
 
-import ctypes
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 
@@ -26,31 +24,3 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the system (glibc's malloc_trim); False when the
-    C library cannot.
-
-    A full sync builds a whole new desired state and frees the old one; the big dicts and
-    lists among them live in the C heap, whose free pages glibc keeps for reuse. Without
-    this the agent's resident memory stays at the high-water mark of its last full sync
-    (about a tenth more than it holds, at 30,000 Services). Takes well under a
-    millisecond.
-    """
-    if _TRIM is None:
-        return False
-    _TRIM(0)
-    return True
