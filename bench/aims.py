@@ -62,9 +62,10 @@ def below(value: float, bound: float, unit: str, digits: int = 2) -> tuple[str, 
     """(status, margin) of the aim value < bound."""
     gap = value - bound
     share = abs(gap) / bound if bound else 0.0
+    unit = unit if unit == "x" else f" {unit}"  # 0.32x, 1.20 s
     if value < bound:
-        return MET, f"{-gap:.{digits}f} {unit} ({share:.0%}) to spare"
-    return MISSED, f"by {gap:.{digits}f} {unit} ({share:.0%} over)"
+        return MET, f"{-gap:.{digits}f}{unit} ({share:.0%}) to spare"
+    return MISSED, f"by {gap:.{digits}f}{unit} ({share:.0%} over)"
 
 
 def at_least(value: float, bound: float) -> tuple[str, str]:
