@@ -193,6 +193,9 @@ def in_guest(shell: bool) -> int:
     logger.remove()  # the API server's request log would drown the demo
     logger.add(sys.stderr, level="WARNING")
     workdir = Path(tempfile.mkdtemp(prefix="ipvsproxy-demo-"))
+    # What the DaemonSet's privileged init container does, here in the guest's initial
+    # network namespace: the only one where the conntrack table size can be raised.
+    run(["ipvsproxy", "sysctls", "--config", str(CONFIG)], title="the init container's step")
     with enter_netns(NODE), PodNetwork() as network:
         network.add_pod("client", "10.244.0.2")
         network.serve(8080, [network.add_pod(name, ip) for name, ip in PODS.items()])
