@@ -18,8 +18,9 @@ Each size runs in processes of their own (so that the RSS is the agent's) and re
   recorder); then the agent's own cold sync from the decoded objects, as a cross-check;
 - peak RSS (the whole run) and steady RSS (after the cold start, the list answers
   dropped, the agent holding its applied state), and again after the changes;
-- one endpoint changed in a random Service, one Service added (Service + slices), one
-  deleted: --changes each, tracker call + partial sync, controller only, p50 and p99.
+- one endpoint (any one of its slice) changed in a random Service, one Service added
+  (Service + slices), one deleted: --changes each, tracker call + partial sync, controller
+  only, p50 and p99.
 
 --cprofile N profiles each endpoint change and prints (to stderr) the N functions that
 took most time in the slowest 1 % of them, those of the biggest Services; its timings are
@@ -361,13 +362,18 @@ def bench_size(
     for n in range(changes):
         key = rng.choice(slice_keys)
         old = by_key[key]
-        first = old.endpoints[0]
-        moved = dataclasses.replace(first, address=first.address + 2**20 + n)
-        new = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+        # Any endpoint of the slice, as a pod anywhere in it may be replaced: the tracker
+        # compares the old and new slice up to the first difference.
+        at = rng.randrange(len(old.endpoints))
+        replaced = old.endpoints[at]
+        moved = dataclasses.replace(replaced, address=replaced.address + 2**20 + n)
+        new = dataclasses.replace(
+            old, endpoints=(*old.endpoints[:at], moved, *old.endpoints[at + 1 :])
+        )
         state = cache.states.get(old.service_key)
         # One real server added and one taken out per virtual server that served it.
         expected = 2 * sum(
-            any(k.address == first.address for k in servers)
+            any(k.address == replaced.address for k in servers)
             for servers in (state.real_servers.values() if state else ())
         )
         before = recorder.writes()
