@@ -81,6 +81,8 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
             "syncPeriod: 10m\nclusterCIDR: 10.244.0.0/16\n"
             "ipvs: {gracefulTerminationTimeout: 0s}\n"
+            # The table size is read-only in a network namespace (see AGENT_CONFIG).
+            "conntrack: {maxPerCore: 0}\n"
         )
         with agent(tmp_path, kubeconfig_path, config) as running:
             # A UDP flow answered once lives 30 s in conntrack; on a loaded host the change
