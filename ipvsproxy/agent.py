@@ -9,11 +9,12 @@ thread computes desired state and touches the kernel:
   it reads back, so a restarted proxy rewrites nothing that is already right;
 - later syncs are partial (only the Services that changed, diffed against what was last
   applied; see partial.py) except every `sync_period` (counted from the end of the last
-  full sync), after a Node change, and after any failure: a full sync re-reads the kernel
-  and repairs whatever drifted. It recomputes only the Services whose inputs changed
-  since their state was computed (all of them after a Node change or when the host's
-  addresses changed); changes pending when a periodic full sync falls due are applied by
-  a partial sync first, and the full sync runs right after it;
+  full sync, shortened by a random share of up to `sync_period_jitter` so that agents
+  sharing a machine drift out of step), after a Node change, and after any failure: a
+  full sync re-reads the kernel and repairs whatever drifted. It recomputes only the
+  Services whose inputs changed since their state was computed (all of them after a Node
+  change or when the host's addresses changed); changes pending when a periodic full sync
+  falls due are applied by a partial sync first, and the full sync runs right after it;
 - a failed sync is logged once with its reason, retried after `retry_interval`, and
   makes the next sync full.
 """
@@ -21,6 +22,7 @@ thread computes desired state and touches the kernel:
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -67,6 +69,10 @@ class AgentSettings:
     exclude_cidrs: tuple[IPNetwork, ...] = ()
     sync_period: float = 30.0
     """At least one sync, a full one, per sync_period (kube-proxy's syncPeriod)."""
+    sync_period_jitter: float = 0.1
+    """Each period is shortened by a random share of up to this much, drawn anew each time:
+    agents started together (hollow nodes sharing a machine, a fleet restarted at once)
+    would otherwise run their full syncs in step, and changes queue behind all of them."""
     min_sync_period: float = 0.0
     """At most one sync per min_sync_period (kube-proxy's minSyncPeriod)."""
     retry_interval: float = 5.0
@@ -100,6 +106,7 @@ class Agent:
         health_check_ports: Callable[[HealthCheckPorts], Collection[int]] | None = None,
         clock: Clock | None = None,
         wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self._dp = dataplanes
         self._settings = settings
@@ -135,6 +142,8 @@ class Agent:
         # The host's interface addresses (NodePorts), read at each full sync only.
         self._local_addresses: frozenset[IPAddress] = frozenset()
         self._last_full: float | None = None  # when the last full sync ended
+        self._rng = rng or random.Random()
+        self._period = self._next_period()  # from _last_full to the next periodic full sync
         self._deferred_full = False  # a due full sync waits for one partial sync
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
@@ -203,7 +212,9 @@ class Agent:
             # does: counted from its start, a full sync longer than the period (a cold
             # start on a busy machine) would make the very next sync full again.
             self._last_full = self._clock.now()
+            self._period = self._next_period()
             self._deferred_full = False
+            self.runner.run_by(self._last_full + self._period)
         self.syncs += 1
         self.last = outcome
         if not outcome.ok:
@@ -211,9 +222,13 @@ class Agent:
         self._report(outcome, changes, seconds)
         return outcome.ok
 
+    def _next_period(self) -> float:
+        share = min(max(self._settings.sync_period_jitter, 0.0), 1.0)
+        return self._settings.sync_period * (1.0 - share * self._rng.random())
+
     def _full_due(self) -> bool:
         assert self._last_full is not None
-        return self._clock.now() - self._last_full >= self._settings.sync_period
+        return self._clock.now() - self._last_full >= self._period
 
     def _pending(self) -> bool:
         pending = self.tracker.pending()

@@ -61,6 +61,7 @@ class BoundedFrequencyRunner:
         self._last_end: float | None = None
         self._max_deadline = self._clock.now() + max_interval
         self._retry_deadline: float | None = None
+        self._run_by: float | None = None  # a run asked for at a time of the caller's
         self._thread: threading.Thread | None = None
 
     # -- requests (any thread)
@@ -69,6 +70,13 @@ class BoundedFrequencyRunner:
         """Ask for a run as soon as allowed; requests pending together make one run."""
         with self._cond:
             self._requested = True
+            self._cond.notify()
+
+    def run_by(self, when: float) -> None:
+        """Ask for a run no later than `when` (on the clock's scale), however many runs come
+        before it: for work of the caller's own period, shorter than max_interval."""
+        with self._cond:
+            self._run_by = when if self._run_by is None else min(self._run_by, when)
             self._cond.notify()
 
     def stop(self) -> None:
@@ -91,14 +99,19 @@ class BoundedFrequencyRunner:
             trigger = self._max_deadline
             if self._retry_deadline is not None:
                 trigger = min(trigger, self._retry_deadline)
+            if self._run_by is not None:
+                trigger = min(trigger, self._run_by)
         earliest = -float("inf") if self._last_end is None else self._last_end + self._min
         return max(trigger, earliest)
 
     def step(self) -> bool:
         """Run the function if a run is due now; whether it ran."""
         with self._cond:
-            if self._stopping or self._clock.now() < self._due_at():
+            now = self._clock.now()
+            if self._stopping or now < self._due_at():
                 return False
+            if self._run_by is not None and now >= self._run_by:
+                self._run_by = None
             # Cleared before the run: a request arriving during it gets a run of its own.
             self._requested = False
         try:

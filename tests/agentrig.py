@@ -5,6 +5,7 @@ Shared by the agent, kernel-fault and soak tests."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Sequence
 
 from ipvsproxy.agent import Agent, AgentSettings
@@ -77,6 +78,8 @@ class Harness:
         desired: DesiredSettings | None = None,
         conntrack: FakeConntrack | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        sync_period_jitter: float = 0.0,  # exact periods, unless a test is about them
+        rng: random.Random | None = None,
     ) -> None:
         self.kernel = kernel or FakeKernel()
         self.clock = FakeClock()
@@ -91,11 +94,13 @@ class Harness:
                 sync_period=30.0,
                 min_sync_period=min_sync_period,
                 drain_timeout=drain_timeout,
+                sync_period_jitter=sync_period_jitter,
             ),
             metrics=self.metrics,
             health=self.health,
             clock=self.clock,
             wall_clock=lambda: self.wall,
+            rng=rng,
         )
         self.tracker = self.agent.tracker
         self.services: dict[str, Service] = {}

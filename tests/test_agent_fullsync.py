@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -253,3 +254,30 @@ def test_a_port_another_process_holds_is_retried_at_full_syncs_not_every_change(
     assert len(calls) == 1
     periodic_full_sync(h)
     assert calls[1:] == [{32000: ("default/lb", 1)}]
+
+
+class _Draws(random.Random):
+    """random() answers these values in turn."""
+
+    def __init__(self, *values: float) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+def test_each_period_is_shortened_by_a_fresh_random_share_of_the_jitter() -> None:
+    # Draws: the period before the cold sync (unused), then one per full sync.
+    h = Harness(sync_period_jitter=0.1, rng=_Draws(0.0, 0.5, 1.0, 0.0, 0.0))
+    h.start([WEB], [WEB_SLICE])
+    assert h.step() and h.agent.last is not None and h.agent.last.full
+    # 30 s less 5 % (a draw of 0.5 of the 10 %), less the whole 10 %, the full period
+    for n, period in enumerate((28.5, 27.0, 30.0)):
+        h.clock.t += period - 0.1
+        h.put(endpoint_slice("web", "10.244.1.1", f"10.244.7.{n + 1}"))
+        assert h.step() and not h.agent.last.full  # a change before it: partial
+        assert not h.step()  # nothing else due until the period is over
+        h.clock.t += 0.1
+        assert h.step() and h.agent.last.full  # due then, with no change asking for it
+        h.assert_in_step()

@@ -103,6 +103,22 @@ def test_max_interval_runs_without_requests_and_restarts_after_each_run() -> Non
     assert fn.times == [1010.0, 1040.0]
 
 
+def test_run_by_holds_across_earlier_runs_and_is_spent_by_the_run_at_it() -> None:
+    runner, clock, fn = make(min_interval=1.0, max_interval=30.0)
+    runner.run_by(1027.0)
+    runner.run_by(1028.0)  # the earlier of the two holds
+    clock.advance(10)
+    runner.run()
+    assert runner.step()  # a requested run before it does not spend it
+    assert runner.next_run_at() == pytest.approx(1027.0)
+    clock.t = 1027.0
+    assert runner.step()
+    assert runner.next_run_at() == pytest.approx(1057.0)  # back to max_interval
+    runner.run_by(1027.5)  # within min_interval of the last run: waits for it
+    assert runner.next_run_at() == pytest.approx(1028.0)
+    assert fn.times == [1010.0, 1027.0]
+
+
 def test_failure_retries_after_retry_interval_and_success_cancels_it() -> None:
     runner, clock, _ = make(min_interval=1.0, retry_interval=5.0, outcomes=[False, True])
     runner.run()
