@@ -26,7 +26,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 # The qemu test kernel: Debian's generic kernel package, downloaded and unpacked into a cache
 # folder (never installed); a no-op once cached.
 .venv/bin/python -c 'from ipvsproxy.sandbox.qemu import prepare_kernel; print("qemu test kernel:", prepare_kernel().release)'
