@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh
-exec .venv/bin/python -m ipvsproxy.sandbox.demo "$@"
+exec .venv/bin/python -m ipvsproxy_testkit.sandbox.demo "$@"

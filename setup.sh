@@ -26,8 +26,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]' -e ./testkit
 # The qemu test kernel: Debian's generic kernel package, downloaded and unpacked into a cache
 # folder (never installed); a no-op once cached.
-.venv/bin/python -c 'from ipvsproxy.sandbox.qemu import prepare_kernel; print("qemu test kernel:", prepare_kernel().release)'
+.venv/bin/python -c 'from ipvsproxy_testkit.sandbox.qemu import prepare_kernel; print("qemu test kernel:", prepare_kernel().release)'
 echo "setup done: $(.venv/bin/python --version), $(linux.uml --version 2>/dev/null | head -n1 || echo 'user-mode-linux installed')"

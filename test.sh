@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh
-.venv/bin/ruff check ipvsproxy tests bench
-.venv/bin/ruff format --check ipvsproxy tests bench
+.venv/bin/ruff check ipvsproxy testkit tests bench
+.venv/bin/ruff format --check ipvsproxy testkit tests bench
 .venv/bin/mypy
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

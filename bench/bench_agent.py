@@ -55,22 +55,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gen_cluster import build, build_realistic
 
-from ipvsproxy.agent import Agent, AgentSettings
-from ipvsproxy.apply import Dataplanes, apply_plan
-from ipvsproxy.dataplane.interfaces import IpvsSnapshot
-from ipvsproxy.dataplane.ipset import restore_line
-from ipvsproxy.dataplane.ipvs import EncodeOnlySink
-from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
-from ipvsproxy.desired import (
+from ipvsproxy.agent.apply import apply_plan
+from ipvsproxy.agent.full_sync import observe
+from ipvsproxy.agent.sync_loop import Agent, AgentSettings
+from ipvsproxy.core.desired import (
     NodeInfo,
     ServiceState,
     index_slices,
     merge_service_states,
     service_state,
 )
-from ipvsproxy.gcpause import gc_paused
-from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
-from ipvsproxy.model import (
+from ipvsproxy.core.full_plan import plan_sync
+from ipvsproxy.core.gcpause import gc_paused
+from ipvsproxy.core.model import (
     EndpointSlice,
     IPAddress,
     IPFamily,
@@ -80,15 +77,18 @@ from ipvsproxy.model import (
     Service,
     VirtualServerKey,
 )
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     IPSetOperation,
     IpvsOperation,
     OperationFailure,
     RestoreChains,
 )
-from ipvsproxy.plan import plan_sync
-from ipvsproxy.proxier import observe
-from ipvsproxy.rules import JUMP_RULES, restore_payload
+from ipvsproxy.core.rules import JUMP_RULES, restore_payload
+from ipvsproxy.dataplane.interfaces import Dataplanes, IpvsSnapshot
+from ipvsproxy.dataplane.ipset import restore_line
+from ipvsproxy.dataplane.ipvs import EncodeOnlySink
+from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
+from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
 
 NODE = "node-0001"  # this node: a few endpoints of the realistic profile run on it
 STAGES = ("list+decode", "desired", "diff", "encode")

@@ -277,7 +277,7 @@ def latencies(
     """Median latency per target (label -> (client namespace, address)), the targets taken
     in turn so that every one sees the same machine load; and whether every reply came
     from one of the target's backends."""
-    from ipvsproxy.sandbox.netns import switch_netns
+    from ipvsproxy_testkit.sandbox.netns import switch_netns
 
     times: dict[str, list[float]] = {label: [] for label in targets}
     ok = True
@@ -295,7 +295,7 @@ def latencies(
 
 def make_pods(ends: dict[str, SvcPort]) -> tuple[Any, dict[str, set[str]]]:
     """A client pod and one pod per endpoint of the measured Services, serving 8080."""
-    from ipvsproxy.sandbox.pods import PodNetwork
+    from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
     network = PodNetwork()
     network.add_pod("client", CLIENT_IP)
@@ -314,18 +314,19 @@ def make_pods(ends: dict[str, SvcPort]) -> tuple[Any, dict[str, set[str]]]:
 
 
 def measure(path: str, connects: int, changes: int) -> bool:
-    from ipvsproxy.apply import Dataplanes
+    from ipvsproxy_testkit.sandbox.netns import enter_netns, switch_netns
+
+    from ipvsproxy.agent.full_sync import sync
+    from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+    from ipvsproxy.core.model import IPFamily, Protocol, RealServer, VirtualServerKey
+    from ipvsproxy.core.operations import AddRealServer, DeleteRealServer
+    from ipvsproxy.dataplane.interfaces import Dataplanes
     from ipvsproxy.dataplane.ipset import IPSetTool
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
-    from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
     from ipvsproxy.k8s.files import read_cluster
-    from ipvsproxy.model import IPFamily, Protocol, RealServer, VirtualServerKey
-    from ipvsproxy.operations import AddRealServer, DeleteRealServer
-    from ipvsproxy.proxier import sync
-    from ipvsproxy.sandbox.netns import enter_netns, switch_netns
 
     cluster = read_cluster([path])
     state = desired_state(

@@ -7,7 +7,7 @@ tracker, partial and full syncs, /metrics) programming an in-memory kernel, so t
 share one machine and load the control plane as many nodes would. The script
 
 1. writes a realistic cluster (bench/gen_cluster.py) and serves it with the test API
-   server (`python -m ipvsproxy.testapi`), in a process of its own;
+   server (`python -m ipvsproxy_testkit.testapi`), in a process of its own;
 2. starts --agents agents, each its own process and node name, serving /metrics on its
    own loopback address (127.0.1.N, a free port), and waits until each has synced once;
 3. changes one endpoint of a different EndpointSlice --rate times a second, --changes in
@@ -178,7 +178,7 @@ def wait(condition: Any, timeout: float, what: str, pause: float = 0.2) -> None:
 def start_api(cluster_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ipvsproxy.testapi", "-f", str(cluster_file)],
+            [sys.executable, "-m", "ipvsproxy_testkit.testapi", "-f", str(cluster_file)],
             stdout=subprocess.PIPE,
             stderr=stream,
         )

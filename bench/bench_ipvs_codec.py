@@ -31,6 +31,13 @@ from typing import Any
 from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
+from ipvsproxy.core.model import (
+    IPVS_FLAG_PERSISTENT,
+    Protocol,
+    RealServer,
+    VirtualServer,
+)
+from ipvsproxy.core.operations import AddRealServer, AddVirtualServer
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_CMD_NEW_DEST,
     IPVS_CMD_NEW_SERVICE,
@@ -42,13 +49,6 @@ from ipvsproxy.dataplane.ipvs_decode import (
     parse_dest,
     parse_service,
 )
-from ipvsproxy.model import (
-    IPVS_FLAG_PERSISTENT,
-    Protocol,
-    RealServer,
-    VirtualServer,
-)
-from ipvsproxy.operations import AddRealServer, AddVirtualServer
 
 FAMILY_ID = 0x25  # any generic netlink family id; nothing is sent
 Op = AddVirtualServer | AddRealServer

@@ -147,20 +147,20 @@ def per_table_read(family: Any) -> object:
 
 def measure(path: str, runs: int) -> bool:
     """Program one cluster in a fresh namespace and time every reader; True if all agree."""
-    from ipvsproxy.apply import Dataplanes
+    from ipvsproxy_testkit.sandbox.netns import enter_netns
+
+    from ipvsproxy.agent.full_sync import observe, sync
+    from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+    from ipvsproxy.core.ipsets import all_set_names
+    from ipvsproxy.core.model import DUMMY_INTERFACE, IPFamily
+    from ipvsproxy.dataplane.interfaces import Dataplanes
     from ipvsproxy.dataplane.ipset import IPSetTool
     from ipvsproxy.dataplane.ipset_netlink import read_sets
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
-    from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-    from ipvsproxy.ipsets import all_set_names
     from ipvsproxy.k8s.files import read_cluster
-    from ipvsproxy.model import IPFamily
-    from ipvsproxy.plan import DUMMY_INTERFACE
-    from ipvsproxy.proxier import observe, sync
-    from ipvsproxy.sandbox.netns import enter_netns
 
     cluster = read_cluster([path])
     state = desired_state(

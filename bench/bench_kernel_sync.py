@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_bench
 from gen_cluster import build
 
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import KernelState
+from ipvsproxy.core.render import ipvsadm_dest_line
+from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.k8s.files import read_cluster
-from ipvsproxy.model import KernelState
-from ipvsproxy.render import ipvsadm_dest_line
 
 
 class Timed:
@@ -83,14 +83,15 @@ RESULTS: dict[str, dict[str, Any]] = {}
 def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
     """One cold sync and one no-op sync by ipvsproxy, then the tools on the same content,
     each in a fresh namespace. Returns the timings and whether the result was right."""
+    from ipvsproxy_testkit.sandbox.netns import enter_netns
+
+    from ipvsproxy.agent.full_sync import sync
+    from ipvsproxy.core.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
     from ipvsproxy.dataplane.ipset import IPSetTool, restore_line
     from ipvsproxy.dataplane.iptables import IptablesTool
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
-    from ipvsproxy.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
-    from ipvsproxy.proxier import sync
-    from ipvsproxy.sandbox.netns import enter_netns
 
     real = sum(len(v) for v in state.real_servers.values())
     figures: dict[str, float] = {}

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_agent import NODE, Recorder, dataplanes_of, decode, pages, rss_mib, write_pages
 
-from ipvsproxy.agent import Agent, AgentSettings
-from ipvsproxy.desired import NodeInfo, merge_service_states
+from ipvsproxy.agent.sync_loop import Agent, AgentSettings
+from ipvsproxy.core.desired import NodeInfo, merge_service_states
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
 
 

@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable
 from typing import Any, get_args
 
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.full_plan import plan_sync
+from ipvsproxy.core.model import KernelState
+from ipvsproxy.core.operations import IPSetOperation, IpvsOperation, RestoreChains
+from ipvsproxy.core.rules import restore_payload
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.k8s.files import Cluster, read_cluster
-from ipvsproxy.model import KernelState
-from ipvsproxy.operations import IPSetOperation, IpvsOperation, RestoreChains
-from ipvsproxy.plan import plan_sync
-from ipvsproxy.rules import restore_payload
 
 FAMILY_ID = 0x25  # any generic netlink family id; nothing is sent
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from ipvsproxy.testapi import Store, TestAPIServer
-from ipvsproxy.testapi.resources import SERVICES
+from ipvsproxy_testkit.testapi import Store, TestAPIServer
+from ipvsproxy_testkit.testapi.resources import SERVICES
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen_cluster import build  # a sibling script, not a package

@@ -13,7 +13,7 @@ Two profiles:
   second (UDP) port, one in twenty dual-stack (what the older benchmarks use, ``build``).
 
 Endpoints are split into slices of at most 100, like the EndpointSlice controller does.
-The file loads into the test API server (``python -m ipvsproxy.testapi -f FILE``) as well
+The file loads into the test API server (``python -m ipvsproxy_testkit.testapi -f FILE``) as well
 as into ``ipvsproxy plan``/``once`` (``--cluster FILE``).
 
     python bench/gen_cluster.py --services 10000 -o bench/out/cluster-10k.json

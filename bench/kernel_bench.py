@@ -79,7 +79,7 @@ def run_on_host(
 ) -> int:
     """Write cluster(size) for each size, boot the guest once and run `script --in-guest`
     there on those files, echoing its output; copy its figures to json_target if asked."""
-    from ipvsproxy.sandbox.uml import run_in_guest, shared_tempdir
+    from ipvsproxy_testkit.sandbox.uml import run_in_guest, shared_tempdir
 
     workdir = shared_tempdir("ipvsproxy-bench-")
     results = os.path.join(workdir, "results.json")

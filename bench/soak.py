@@ -24,18 +24,18 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy_testkit.testapi.store import Store
 from loguru import logger
 
-from ipvsproxy.agent import AgentSettings
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.config import BindAddress, ProxyConfig
-from ipvsproxy.daemon import run_daemon
+from ipvsproxy.agent.daemon import run_daemon
+from ipvsproxy.agent.sync_loop import AgentSettings
+from ipvsproxy.config.settings import BindAddress, ProxyConfig
+from ipvsproxy.core.desired import NodeInfo
+from ipvsproxy.core.model import Protocol, VirtualServerKey
 from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import NodeInfo
-from ipvsproxy.model import Protocol, VirtualServerKey
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
-from ipvsproxy.testapi.store import Store
+from ipvsproxy.dataplane.interfaces import Dataplanes
 
 
 def _free_port() -> int:

@@ -16,32 +16,30 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.config import (
+from ipvsproxy.agent.full_sync import cleanup, observe, probe_scheduler, sync
+from ipvsproxy.config.kubeproxy_file import load_config
+from ipvsproxy.config.settings import (
     DEFAULT_HEALTHZ_PORT,
     DEFAULT_METRICS_PORT,
     BindAddress,
     ProxyConfig,
     with_overrides,
 )
-from ipvsproxy.dataplane.interfaces import ConntrackDataplane
-from ipvsproxy.desired import (
+from ipvsproxy.core.desired import (
     DesiredSettings,
     NodeInfo,
     desired_state,
     settings_for_node,
     with_node_object,
 )
+from ipvsproxy.core.frontends import NodePortSettings
+from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPFamily, KernelState, Node
+from ipvsproxy.core.render import SECTIONS, render
+from ipvsproxy.core.rules import MasqueradeSettings
+from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
-from ipvsproxy.frontends import NodePortSettings
 from ipvsproxy.k8s.files import Cluster, read_cluster
-from ipvsproxy.kubeproxyconfig import load_config
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
-from ipvsproxy.model import IPAddress, IPFamily, KernelState, Node
-from ipvsproxy.plan import DUMMY_INTERFACE
-from ipvsproxy.proxier import cleanup, observe, probe_scheduler, sync
-from ipvsproxy.render import SECTIONS, render
-from ipvsproxy.rules import MasqueradeSettings
 
 if TYPE_CHECKING:
     from ipvsproxy.dataplane.sysctl import SysctlFailure
@@ -280,7 +278,7 @@ def _dataplanes(backend: str, *, every_backend: bool = False) -> Iterator[Datapl
 def _conntrack(stack: ExitStack) -> ConntrackDataplane | None:
     """The conntrack table, for stale UDP flows; None (logged) when it cannot be opened:
     services work without it, UDP clients then wait for their flows to time out."""
-    from ipvsproxy.dataplane.conntrack import ConntrackSocket
+    from ipvsproxy.dataplane.stale_udp_conntrack import ConntrackSocket
 
     try:
         return stack.enter_context(ConntrackSocket())
@@ -297,10 +295,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _clear_stale_udp(cluster: Cluster, dataplanes: Dataplanes) -> None:
     """Delete conntrack entries of UDP flows whose endpoint is gone (see udpflows.py)."""
-    from ipvsproxy.changes import ServiceInput
-    from ipvsproxy.desired import index_slices
+    from ipvsproxy.agent.changes import ServiceInput
+    from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
+    from ipvsproxy.core.desired import index_slices
     from ipvsproxy.logs import RepeatedLog
-    from ipvsproxy.udpflows import StaleUdpFlows
 
     by_service = index_slices(cluster.slices)
     inputs = {s.key: ServiceInput(s, tuple(by_service.get(s.key, ()))) for s in cluster.services}
@@ -382,8 +380,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ipvsproxy.agent import AgentSettings
-    from ipvsproxy.daemon import run_daemon
+    from ipvsproxy.agent.daemon import run_daemon
+    from ipvsproxy.agent.sync_loop import AgentSettings
 
     config, node = _settings(args)
     config = with_overrides(
@@ -463,7 +461,7 @@ def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfi
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ipvsproxy.verify import find_drift, render_drift
+    from ipvsproxy.core.drift import find_drift, render_drift
 
     if args.files and (args.kubeconfig or args.master):
         raise InputError("verify: give -f files or an API server (--kubeconfig/--master), not both")

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ipvsproxy.sandbox.pods import tcp_requests
-from ipvsproxy.testapi import TestAPIServer
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES
+from ipvsproxy_testkit.sandbox.pods import tcp_requests
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES
 
 CLUSTER_IP = "10.96.0.10"
 NODE = "node-a"

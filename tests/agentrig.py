@@ -8,15 +8,15 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from ipvsproxy.agent import Agent, AgentSettings
-from ipvsproxy.apply import Dataplanes
+from ipvsproxy.agent.full_sync import observe, sync
+from ipvsproxy.agent.sync_loop import Agent, AgentSettings
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT
+from ipvsproxy.core.model import EndpointSlice, IPAddress, IPFamily, KernelState, Service
 from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.graceful import DEFAULT_DRAIN_TIMEOUT
-from ipvsproxy.health import ProxyHealth
-from ipvsproxy.metrics import ProxyMetrics
-from ipvsproxy.model import EndpointSlice, IPAddress, IPFamily, KernelState, Service
-from ipvsproxy.proxier import observe, sync
+from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.serve.metrics import ProxyMetrics
+from ipvsproxy.serve.proxy_health import ProxyHealth
 
 NODE = NodeInfo(name="n1")
 

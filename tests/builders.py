@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

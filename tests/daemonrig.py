@@ -21,15 +21,16 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from ipvsproxy.agent import AgentSettings
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.config import BindAddress, ProxyConfig
-from ipvsproxy.daemon import run_daemon
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+
+from ipvsproxy.agent.daemon import run_daemon
+from ipvsproxy.agent.sync_loop import AgentSettings
+from ipvsproxy.config.settings import BindAddress, ProxyConfig
+from ipvsproxy.core.desired import NodeInfo
+from ipvsproxy.core.model import Protocol, VirtualServerKey
 from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
-from ipvsproxy.desired import NodeInfo
+from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.k8s.watch import WatchSettings
-from ipvsproxy.model import Protocol, VirtualServerKey
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
 
 # Short backoffs and confirm delay, so faults end in seconds rather than minutes.
 FAST_WATCH = WatchSettings(

@@ -14,18 +14,18 @@ from agentrig import NODE, Harness, dataplanes
 from builders import endpoint_slice, service
 from loguru import logger
 
-from ipvsproxy import agent as agent_module
-from ipvsproxy.dataplane.fake import FakeKernel
-from ipvsproxy.desired import DesiredSettings, desired_state
-from ipvsproxy.model import (
+from ipvsproxy.agent import sync_loop as agent_module
+from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.core.desired import DesiredSettings, desired_state
+from ipvsproxy.core.model import (
     IPFamily,
     Node,
     Service,
     ServicePort,
 )
-from ipvsproxy.operations import AddRealServer, AddVirtualServer
-from ipvsproxy.proxier import sync
-from ipvsproxy.rules import MasqueradeSettings
+from ipvsproxy.core.operations import AddRealServer, AddVirtualServer
+from ipvsproxy.core.rules import MasqueradeSettings
+from ipvsproxy.dataplane.fake import FakeKernel
 
 WEB = service("web", "10.96.0.10")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")

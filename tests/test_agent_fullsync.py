@@ -15,11 +15,11 @@ import pytest
 from agentrig import NODE, Harness, kernel_state
 from builders import endpoint_slice, service
 
-from ipvsproxy import agent as agent_module
-from ipvsproxy.desired import DesiredSettings, desired_state
-from ipvsproxy.model import KernelState, Node, RealServerKey, Service
-from ipvsproxy.operations import AddRealServer, UnbindAddress
-from ipvsproxy.plan import Plan, plan_sync
+from ipvsproxy.agent import sync_loop as agent_module
+from ipvsproxy.core.desired import DesiredSettings, desired_state
+from ipvsproxy.core.full_plan import Plan, plan_sync
+from ipvsproxy.core.model import KernelState, Node, RealServerKey, Service
+from ipvsproxy.core.operations import AddRealServer, UnbindAddress
 
 WEB = service("web", "10.96.0.10")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 from daemonrig import Daemon, Outages, eps, metric, running_daemon, serving, svc, wait_for
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, NODES, SERVICES
 from loguru import logger
-
-from ipvsproxy.testapi import TestAPIServer
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, NODES, SERVICES
 
 WEB, CART = "10.96.0.10", "10.96.0.11"
 WEB_SERVERS = {"10.244.1.1:8080", "10.244.2.2:8080"}

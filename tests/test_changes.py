@@ -7,8 +7,8 @@ import threading
 
 from builders import endpoint_slice, service
 
-from ipvsproxy.changes import ChangeTracker
-from ipvsproxy.model import Node
+from ipvsproxy.agent.changes import ChangeTracker
+from ipvsproxy.core.model import Node
 
 WEB = service("web", "10.96.0.10")
 DNS = service("dns", "10.96.0.53")

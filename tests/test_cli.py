@@ -268,7 +268,7 @@ def test_without_a_conntrack_table_stale_udp_flows_are_left_alone(
     from contextlib import ExitStack
 
     from ipvsproxy import cli
-    from ipvsproxy.dataplane import conntrack
+    from ipvsproxy.dataplane import stale_udp_conntrack as conntrack
     from ipvsproxy.errors import KernelError
 
     def refuse(**_: object) -> None:

@@ -12,14 +12,14 @@ import pytest
 import yaml
 from loguru import logger
 
-from ipvsproxy.config import (
+from ipvsproxy.config.kubeproxy_file import config_from_dict, load_config, parse_duration
+from ipvsproxy.config.settings import (
     BindAddress,
     ConntrackSettings,
     ProxyConfig,
     with_overrides,
 )
 from ipvsproxy.errors import ConfigError
-from ipvsproxy.kubeproxyconfig import config_from_dict, load_config, parse_duration
 
 DATA = Path(__file__).parent / "data"
 HEADER = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"

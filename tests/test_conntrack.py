@@ -7,7 +7,9 @@ import ipaddress
 
 from builders import endpoint_slice, service
 
-from ipvsproxy.conntrack import (
+from ipvsproxy.core.desired import index_slices
+from ipvsproxy.core.model import Protocol, ServicePort
+from ipvsproxy.core.stale_udp import (
     ConntrackEntry,
     UdpFrontends,
     cleanup_needed,
@@ -15,7 +17,8 @@ from ipvsproxy.conntrack import (
     stale_entries,
     udp_frontends,
 )
-from ipvsproxy.dataplane.conntrack import (
+from ipvsproxy.dataplane.netlink_codec import NLMSGHDR
+from ipvsproxy.dataplane.stale_udp_conntrack import (
     CTA_TUPLE_IP,
     CTA_TUPLE_PROTO,
     CTA_TUPLE_REPLY,
@@ -24,9 +27,6 @@ from ipvsproxy.dataplane.conntrack import (
     decode_entry,
     encode_delete,
 )
-from ipvsproxy.dataplane.netlink_codec import NLMSGHDR
-from ipvsproxy.desired import index_slices
-from ipvsproxy.model import Protocol, ServicePort
 
 DNS = dataclasses.replace(
     service("dns", "10.96.0.53"), ports=(ServicePort("dns", Protocol.UDP, 53, node_port=30053),)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from daemonrig import eps, free_port, http_json, running_daemon, svc, vs_key, wait_for
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
+from ipvsproxy.core.operations import IpvsOperation, OperationFailure
 from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel
-from ipvsproxy.operations import IpvsOperation, OperationFailure
-from ipvsproxy.testapi import TestAPIServer
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from ipvsproxy_testkit.testapi import Store, TestAPIServer
 
 import ipvsproxy.k8s.watch as watch
 from ipvsproxy.cli import _parser
+from ipvsproxy.config.kubeproxy_file import load_config
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import Reflector, Resource, Response
-from ipvsproxy.kubeproxyconfig import load_config
-from ipvsproxy.testapi import Store, TestAPIServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.model import (
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import (
     IPVS_FLAG_PERSISTENT,
     IPVS_FLAG_SOURCE_HASH,
     EndpointSlice,

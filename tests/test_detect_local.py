@@ -11,10 +11,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from ipvsproxy import ipsets
-from ipvsproxy.desired import DesiredSettings, NodeInfo, settings_for_node
-from ipvsproxy.model import IPFamily
-from ipvsproxy.rules import MasqueradeSettings, build_ruleset
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, settings_for_node
+from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.rules import MasqueradeSettings, build_ruleset
 
 MATCH = (
     '-m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" '

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from ipvsproxy.endpoints import external_servers, internal_servers, select_endpoints
-from ipvsproxy.model import (
+from ipvsproxy.core.endpoints import external_servers, internal_servers, select_endpoints
+from ipvsproxy.core.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

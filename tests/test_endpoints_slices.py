@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from ipvsproxy import ipsets
-from ipvsproxy.endpoints import MergedServers, PortEndpoints, select_endpoints
-from ipvsproxy.model import (
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.endpoints import MergedServers, PortEndpoints, select_endpoints
+from ipvsproxy.core.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

@@ -13,9 +13,9 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.frontends import NodePortSettings, node_port_addresses
-from ipvsproxy.model import (
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.frontends import NodePortSettings, node_port_addresses
+from ipvsproxy.core.model import (
     IPVS_FLAG_PERSISTENT,
     IPAddress,
     IPFamily,

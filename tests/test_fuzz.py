@@ -25,9 +25,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.dataplane.conntrack import decode_entry
+from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import EndpointSlice, Protocol, RealServer, Service, VirtualServer
+from ipvsproxy.core.operations import IPSetOperation, RestoreChains
+from ipvsproxy.core.rules import restore_payload
 from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs_codec import (
     encode_new_dest,
@@ -49,13 +53,9 @@ from ipvsproxy.dataplane.netlink_codec import (
     parse_error,
     split_messages,
 )
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.dataplane.stale_udp_conntrack import decode_entry
 from ipvsproxy.errors import InvalidObject
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, node_from_dict, service_from_dict
-from ipvsproxy.model import EndpointSlice, Protocol, RealServer, Service, VirtualServer
-from ipvsproxy.operations import IPSetOperation, RestoreChains
-from ipvsproxy.proxier import sync
-from ipvsproxy.rules import restore_payload
 
 EXAMPLES = int(os.environ.get("IPVSPROXY_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(

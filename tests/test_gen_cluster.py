@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ipvsproxy_testkit.testapi.store import Store
 
 from ipvsproxy.k8s.files import load_documents, read_cluster
-from ipvsproxy.testapi.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 

@@ -7,11 +7,10 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.graceful import DrainKey, drain_step
-from ipvsproxy.model import (
+from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.graceful import DrainKey, drain_step
+from ipvsproxy.core.model import (
     EndpointSlice,
     KernelState,
     Protocol,
@@ -20,8 +19,9 @@ from ipvsproxy.model import (
     Service,
     VirtualServerKey,
 )
-from ipvsproxy.operations import DeleteRealServer, UpdateRealServer
-from ipvsproxy.proxier import sync
+from ipvsproxy.core.operations import DeleteRealServer, UpdateRealServer
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.interfaces import Dataplanes
 
 TCP = VirtualServerKey(ipaddress.ip_address("10.96.0.10"), Protocol.TCP, 80)
 UDP = VirtualServerKey(ipaddress.ip_address("10.96.0.10"), Protocol.UDP, 53)

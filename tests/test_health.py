@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
-from ipvsproxy.health import ProxyHealth, format_time, serve_health
-from ipvsproxy.httpserve import HttpServer, Request, Response
-from ipvsproxy.model import Node
+from ipvsproxy.core.model import Node
+from ipvsproxy.serve.httpserve import HttpServer, Request, Response
+from ipvsproxy.serve.proxy_health import ProxyHealth, format_time, serve_health
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.healthcheck import HealthCheckServers, health_check_ports
+from ipvsproxy.serve.service_health import HealthCheckServers, health_check_ports
 
 
 def free_port() -> int:

@@ -20,11 +20,7 @@ import pytest
 from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from ipvsproxy.dataplane import ipvs_codec as codec
-from ipvsproxy.dataplane import ipvs_decode as decode
-from ipvsproxy.dataplane import netlink_codec as nl
-from ipvsproxy.dataplane.ipvs import EncodeOnlySink
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     IPVS_FLAG_HASHED,
     IPVS_FLAG_PERSISTENT,
     ForwardMethod,
@@ -35,7 +31,7 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     AddRealServer,
     AddVirtualServer,
     DeleteRealServer,
@@ -43,6 +39,10 @@ from ipvsproxy.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
+from ipvsproxy.dataplane import ipvs_codec as codec
+from ipvsproxy.dataplane import ipvs_decode as decode
+from ipvsproxy.dataplane import netlink_codec as nl
+from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 
 FAMILY_ID = 0x2A
 ip = ipaddress.ip_address

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
+from ipvsproxy.core.model import ForwardMethod, Protocol, RealServer, VirtualServerKey
 from ipvsproxy.dataplane.ipvs_proc import parse_proc_ip_vs
 from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError
-from ipvsproxy.model import ForwardMethod, Protocol, RealServer, VirtualServerKey
 
 ip = ipaddress.ip_address
 

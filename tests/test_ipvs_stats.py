@@ -12,15 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from ipvsproxy.dataplane import ipvs_codec as codec
-from ipvsproxy.dataplane import ipvs_decode as decode
-from ipvsproxy.dataplane import netlink_codec as nl
-from ipvsproxy.dataplane.fake import FakeKernel
-from ipvsproxy.dataplane.ipvs import EncodeOnlySink
-from ipvsproxy.dataplane.ipvs_stats import encode_stats, parse_service_stats
-from ipvsproxy.desired import DesiredSettings, NodeInfo, service_state
-from ipvsproxy.metrics import IpvsTrafficCollector, ServicePortLabels, service_port_labels
-from ipvsproxy.model import (
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, service_state
+from ipvsproxy.core.model import (
     IpvsStats,
     Protocol,
     RealServer,
@@ -29,7 +22,14 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import AddRealServer, AddVirtualServer, DeleteVirtualServer
+from ipvsproxy.core.operations import AddRealServer, AddVirtualServer, DeleteVirtualServer
+from ipvsproxy.dataplane import ipvs_codec as codec
+from ipvsproxy.dataplane import ipvs_decode as decode
+from ipvsproxy.dataplane import netlink_codec as nl
+from ipvsproxy.dataplane.fake import FakeKernel
+from ipvsproxy.dataplane.ipvs import EncodeOnlySink
+from ipvsproxy.dataplane.ipvs_stats import encode_stats, parse_service_stats
+from ipvsproxy.serve.metrics import IpvsTrafficCollector, ServicePortLabels, service_port_labels
 
 FAMILY_ID = 0x2A
 ip = ipaddress.ip_address

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from loguru import logger
 
+from ipvsproxy.core.model import IPFamily, Node, Protocol
 from ipvsproxy.errors import InputError
 from ipvsproxy.k8s.files import Cluster, load_documents, read_cluster
-from ipvsproxy.model import IPFamily, Node, Protocol
 
 if TYPE_CHECKING:
     from loguru import Record

@@ -9,6 +9,16 @@ from typing import Any
 
 import pytest
 
+from ipvsproxy.core.model import (
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    IPFamily,
+    Node,
+    Protocol,
+    Service,
+    ServicePort,
+)
 from ipvsproxy.errors import InvalidObject
 from ipvsproxy.k8s import objects
 from ipvsproxy.k8s.objects import (
@@ -18,16 +28,6 @@ from ipvsproxy.k8s.objects import (
     node_from_dict,
     parse_ip,
     service_from_dict,
-)
-from ipvsproxy.model import (
-    Endpoint,
-    EndpointPort,
-    EndpointSlice,
-    IPFamily,
-    Node,
-    Protocol,
-    Service,
-    ServicePort,
 )
 
 Obj = dict[str, Any]

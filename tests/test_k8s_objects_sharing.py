@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from ipvsproxy.core.model import Endpoint, EndpointSlice, IPFamily, Service
 from ipvsproxy.k8s import objects
 from ipvsproxy.k8s.objects import SERVICE_NAME_LABEL, endpoint_slice_from_dict, service_from_dict
-from ipvsproxy.model import Endpoint, EndpointSlice, IPFamily, Service
 
 Obj = dict[str, Any]
 

@@ -19,14 +19,14 @@ from agentrig import Harness
 from builders import endpoint_slice, service
 from loguru import logger
 
-from ipvsproxy.dataplane.fake import FakeKernel
-from ipvsproxy.model import IPFamily, Protocol, VirtualServer, VirtualServerKey
-from ipvsproxy.operations import (
+from ipvsproxy.core.model import IPFamily, Protocol, VirtualServer, VirtualServerKey
+from ipvsproxy.core.operations import (
     AddRealServer,
     AddVirtualServer,
     DeleteVirtualServer,
     IpvsOperation,
 )
+from ipvsproxy.dataplane.fake import FakeKernel
 
 WEB = service("web", "10.96.0.10")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1", "10.244.2.1")

@@ -20,11 +20,11 @@ import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from ipvsproxy.core.model import IPAddress
+from ipvsproxy.core.operations import BindAddress, OperationFailure, UnbindAddress
 from ipvsproxy.dataplane import links
 from ipvsproxy.dataplane.netlink import NetlinkDecodeError, Outcome
 from ipvsproxy.dataplane.netlink_codec import split_messages
-from ipvsproxy.model import IPAddress
-from ipvsproxy.operations import BindAddress, OperationFailure, UnbindAddress
 
 ip = ipaddress.ip_address
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300

@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from ipvsproxy.core.model import IPFamily, IpvsStats, Protocol, VirtualServerKey
 from ipvsproxy.errors import KernelError
-from ipvsproxy.metrics import (
+from ipvsproxy.serve.metrics import (
     NETWORK_PROGRAMMING_BUCKETS,
     IpvsTrafficCollector,
     ProxyMetrics,
@@ -20,7 +21,6 @@ from ipvsproxy.metrics import (
     parse_trigger_time,
     serve_metrics,
 )
-from ipvsproxy.model import IPFamily, IpvsStats, Protocol, VirtualServerKey
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, list[Sample]]:

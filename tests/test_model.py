@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import ip_address
 
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     EndpointPort,
     EndpointSlice,
     IPFamily,

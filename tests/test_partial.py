@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy import ipsets
-from ipvsproxy.apply import Dataplanes, apply_plan
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import (
+from ipvsproxy.agent.apply import apply_plan
+from ipvsproxy.agent.full_sync import observe
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.desired import (
     DesiredSettings,
     NodeInfo,
     ServiceState,
@@ -24,8 +24,9 @@ from ipvsproxy.desired import (
     merge_service_states,
     service_state,
 )
-from ipvsproxy.model import EndpointSlice, IPFamily, KernelState, RealServer, Service
-from ipvsproxy.operations import (
+from ipvsproxy.core.full_plan import plan_sync
+from ipvsproxy.core.model import EndpointSlice, IPFamily, KernelState, RealServer, Service
+from ipvsproxy.core.operations import (
     AddIPSetEntry,
     AddRealServer,
     AddVirtualServer,
@@ -39,9 +40,9 @@ from ipvsproxy.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
-from ipvsproxy.partial import AppliedCache, plan_partial
-from ipvsproxy.plan import plan_sync
-from ipvsproxy.proxier import observe
+from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.interfaces import Dataplanes
 
 NODE = NodeInfo(name="n1")
 SETTINGS = DesiredSettings()

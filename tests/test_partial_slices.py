@@ -13,11 +13,10 @@ import random
 
 from test_partial import dataplanes, full_sync, kernel_state, states
 
-from ipvsproxy.apply import apply_plan
-from ipvsproxy.dataplane.fake import FakeKernel
-from ipvsproxy.desired import DesiredSettings, ServiceState
-from ipvsproxy.endpoints import MergedServers
-from ipvsproxy.model import (
+from ipvsproxy.agent.apply import apply_plan
+from ipvsproxy.core.desired import DesiredSettings, ServiceState
+from ipvsproxy.core.endpoints import MergedServers
+from ipvsproxy.core.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,
@@ -26,7 +25,8 @@ from ipvsproxy.model import (
     Service,
     ServicePort,
 )
-from ipvsproxy.partial import AppliedCache, plan_partial
+from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
+from ipvsproxy.dataplane.fake import FakeKernel
 
 SETTINGS = DesiredSettings()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from builders import endpoint_slice, service
 
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import KernelState
+from ipvsproxy.core.render import render, render_ipsets, render_ipvs
+from ipvsproxy.core.rules import JUMP_RULES, quote
 from ipvsproxy.dataplane.iptables import parse_save
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.model import KernelState
-from ipvsproxy.render import render, render_ipsets, render_ipvs
-from ipvsproxy.rules import JUMP_RULES, quote
 
 
 def example() -> KernelState:

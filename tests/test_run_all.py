@@ -105,7 +105,7 @@ PROFILE = """\
       210.0   6.3%       467.0     11666  _plain_endpoint (ipvsproxy/k8s/objects.py:539)
 == profile: endpoint change, 1000 Services (the slowest 2 of 200: 60.91-63.52 ms CPU each)
      own ms  share +callees ms     calls  function
-       16.0  13.0%        77.0         4  select_endpoints (ipvsproxy/endpoints.py:124)
+       16.0  13.0%        77.0         4  select_endpoints (ipvsproxy/core/endpoints.py:124)
 """
 
 

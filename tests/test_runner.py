@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ipvsproxy.runner import BoundedFrequencyRunner
+from ipvsproxy.agent.runner import BoundedFrequencyRunner
 
 
 class FakeClock:

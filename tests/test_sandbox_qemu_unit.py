@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ipvsproxy_testkit.sandbox import qemu
 
 from ipvsproxy.errors import SandboxError
-from ipvsproxy.sandbox import qemu
 
 
 def test_newc_archive_is_read_back_by_cpio(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from ipvsproxy_testkit.sandbox import pytest_plugin, uml
+from ipvsproxy_testkit.sandbox.uml import GuestResult
 
 from ipvsproxy.errors import SandboxError
-from ipvsproxy.sandbox import pytest_plugin, uml
-from ipvsproxy.sandbox.uml import GuestResult
 
-CONFTEST = 'pytest_plugins = ["ipvsproxy.sandbox.pytest_plugin"]\n'
+CONFTEST = 'pytest_plugins = ["ipvsproxy_testkit.sandbox.pytest_plugin"]\n'
 
 OUTCOMES = """
 import os

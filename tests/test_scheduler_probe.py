@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ipvsproxy.agent.full_sync import PROBE_ADDRESS, probe_scheduler
+from ipvsproxy.core.model import Protocol, VirtualServer
+from ipvsproxy.core.operations import AddVirtualServer
 from ipvsproxy.dataplane.fake import KNOWN_SCHEDULERS, FakeKernel
-from ipvsproxy.model import Protocol, VirtualServer
-from ipvsproxy.operations import AddVirtualServer
-from ipvsproxy.proxier import PROBE_ADDRESS, probe_scheduler
 
 
 def test_every_kernel_scheduler_passes_and_leaves_nothing() -> None:

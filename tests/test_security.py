@@ -20,17 +20,17 @@ from pathlib import Path
 
 import pytest
 from daemonrig import free_port, metric, svc, wait_for
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import SERVICES as SERVICE_TYPE
 from loguru import logger
 
 from ipvsproxy.cli import EXIT_INPUT, main
-from ipvsproxy.config import BindAddress, ProxyConfig
-from ipvsproxy.health import ProxyHealth, serve_health
+from ipvsproxy.config.kubeproxy_file import load_config
+from ipvsproxy.config.settings import BindAddress, ProxyConfig
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import SERVICES, Reflector, WatchSettings
-from ipvsproxy.kubeproxyconfig import load_config
-from ipvsproxy.metrics import ProxyMetrics, serve_metrics
-from ipvsproxy.testapi import TestAPIServer
-from ipvsproxy.testapi.resources import SERVICES as SERVICE_TYPE
+from ipvsproxy.serve.metrics import ProxyMetrics, serve_metrics
+from ipvsproxy.serve.proxy_health import ProxyHealth, serve_health
 
 TOKEN = "tok3n-s3cr3t-5f1c2b7e9d"
 

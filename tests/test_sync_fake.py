@@ -8,11 +8,9 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.apply import Dataplanes
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.errors import KernelError
-from ipvsproxy.model import (
+from ipvsproxy.agent.full_sync import cleanup, observe, sync
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import (
     EndpointSlice,
     KernelState,
     Protocol,
@@ -20,7 +18,7 @@ from ipvsproxy.model import (
     Service,
     VirtualServer,
 )
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     AddRealServer,
     BindAddress,
     DeleteRealServer,
@@ -28,7 +26,9 @@ from ipvsproxy.operations import (
     EnsureDummyInterface,
     UnbindAddress,
 )
-from ipvsproxy.proxier import cleanup, observe, sync
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.errors import KernelError
 
 
 def want(

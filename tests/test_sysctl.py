@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvsproxy.config import ConntrackSettings
+from ipvsproxy.config.settings import ConntrackSettings
 from ipvsproxy.dataplane.sysctl import (
     CONNTRACK_HASHSIZE,
     CONNTRACK_MAX,

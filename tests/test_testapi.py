@@ -10,10 +10,9 @@ from typing import Any
 from urllib.request import urlopen
 
 import pytest
+from ipvsproxy_testkit.testapi import Store, TestAPIServer
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
-
-from ipvsproxy.testapi import Store, TestAPIServer
 
 
 def service(name: str, namespace: str = "default", **labels: str) -> dict[str, Any]:

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 import urllib3
+from ipvsproxy_testkit.testapi import Faults, Store, TestAPIServer
+from ipvsproxy_testkit.testapi.resources import SERVICES
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
-
-from ipvsproxy.testapi import Faults, Store, TestAPIServer
-from ipvsproxy.testapi.resources import SERVICES
 
 
 def service(name: str) -> dict[str, Any]:

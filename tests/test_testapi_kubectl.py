@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -184,7 +183,7 @@ def test_command_line_serves_a_file_to_kubectl(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "ipvsproxy.testapi",
+            "ipvsproxy_testkit.testapi",
             "-f",
             str(DATA / "k8s_example.yaml"),
             "--port",

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import pytest
-
-from ipvsproxy.testapi import ApiError, Store
-from ipvsproxy.testapi.patch import apply_patch
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, NAMESPACES, NODES, SERVICES
-from ipvsproxy.testapi.selectors import FieldSelector, LabelSelector, SelectorError
-from ipvsproxy.testapi.tables import human_duration, table, wants_table
+from ipvsproxy_testkit.testapi import ApiError, Store
+from ipvsproxy_testkit.testapi.patch import apply_patch
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, NAMESPACES, NODES, SERVICES
+from ipvsproxy_testkit.testapi.selectors import FieldSelector, LabelSelector, SelectorError
+from ipvsproxy_testkit.testapi.tables import human_duration, table, wants_table
 
 SMP = "application/strategic-merge-patch+json"
 

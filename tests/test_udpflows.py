@@ -8,12 +8,12 @@ import ipaddress
 from agentrig import Harness
 from builders import endpoint_slice, service
 
-from ipvsproxy.changes import ServiceInput
-from ipvsproxy.conntrack import ConntrackEntry
+from ipvsproxy.agent.changes import ServiceInput
+from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
+from ipvsproxy.core.model import IPFamily, Protocol, ServicePort
+from ipvsproxy.core.stale_udp import ConntrackEntry
 from ipvsproxy.dataplane.fake import FakeConntrack
 from ipvsproxy.logs import RepeatedLog
-from ipvsproxy.model import IPFamily, Protocol, ServicePort
-from ipvsproxy.udpflows import StaleUdpFlows
 
 DNS = service("dns", "10.96.0.53", ports=(("dns", "UDP", 53),))
 PORTS = (("dns", "UDP", 5353),)

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 from builders import endpoint_slice, service
+from ipvsproxy_testkit.testapi import Store, TestAPIServer, resources
 
-from ipvsproxy.apply import Dataplanes
+from ipvsproxy.agent.full_sync import observe, sync
 from ipvsproxy.cli import main
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
-from ipvsproxy.k8s.client import ClientSettings, connect
-from ipvsproxy.k8s.snapshot import list_once
-from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES
-from ipvsproxy.model import (
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.drift import Change, Drift, find_drift, render_drift
+from ipvsproxy.core.model import (
     IPFamily,
     IPNetwork,
     KernelState,
@@ -25,10 +23,12 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import AddVirtualServer
-from ipvsproxy.proxier import observe, sync
-from ipvsproxy.testapi import Store, TestAPIServer, resources
-from ipvsproxy.verify import Change, Drift, find_drift, render_drift
+from ipvsproxy.core.operations import AddVirtualServer
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.k8s.client import ClientSettings, connect
+from ipvsproxy.k8s.snapshot import list_once
+from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES
 
 WEB = ipaddress.ip_address("10.96.0.10")
 DNS = ipaddress.ip_address("10.96.0.53")

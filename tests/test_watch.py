@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from ipvsproxy.core.model import Node, Service
 from ipvsproxy.errors import ApiError
 from ipvsproxy.k8s.ratelimit import Backoff, TokenBucket
 from ipvsproxy.k8s.watch import (
@@ -26,7 +27,6 @@ from ipvsproxy.k8s.watch import (
     WatchSettings,
     node_resource,
 )
-from ipvsproxy.model import Node, Service
 
 # --- objects as the API server sends them ----------------------------------------------------
 

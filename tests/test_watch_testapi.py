@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from ipvsproxy_testkit.testapi import Store, TestAPIServer, resources
 from loguru import logger
 
+from ipvsproxy.core.model import EndpointSlice, Node, Service
 from ipvsproxy.k8s.client import ApiConnection, ClientSettings, connect
 from ipvsproxy.k8s.watch import (
     ENDPOINT_SLICES,
@@ -27,8 +29,6 @@ from ipvsproxy.k8s.watch import (
     WatchSettings,
     node_resource,
 )
-from ipvsproxy.model import EndpointSlice, Node, Service
-from ipvsproxy.testapi import Store, TestAPIServer, resources
 
 GUARD = 20.0  # seconds; only reached when a test fails
 

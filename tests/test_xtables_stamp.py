@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
+from ipvsproxy.core.model import IPFamily
 from ipvsproxy.dataplane.xtables_stamp import normalise
-from ipvsproxy.model import IPFamily
 
 # (offset of next_offset, offset of the counters, size of the entry header)
 LAYOUT = {IPFamily.V4: (90, 96, 112), IPFamily.V6: (142, 152, 168)}

@@ -12,12 +12,7 @@ import errno
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
-from ipvsproxy.conntrack import ConntrackEntry
-from ipvsproxy.dataplane.interfaces import IpvsSnapshot
-from ipvsproxy.dataplane.iptables import parse_save
-from ipvsproxy.dataplane.links import is_node_address
-from ipvsproxy.errors import KernelError
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     IPAddress,
     IPFamily,
     IptablesRuleset,
@@ -27,7 +22,7 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     AddIPSetEntry,
     AddRealServer,
     AddVirtualServer,
@@ -44,7 +39,12 @@ from ipvsproxy.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
-from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
+from ipvsproxy.core.rules import CHAINS, JUMP_RULES, restore_payload
+from ipvsproxy.core.stale_udp import ConntrackEntry
+from ipvsproxy.dataplane.interfaces import IpvsSnapshot
+from ipvsproxy.dataplane.iptables import parse_save
+from ipvsproxy.dataplane.links import is_node_address
+from ipvsproxy.errors import KernelError
 
 KNOWN_SCHEDULERS = frozenset(
     {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from ipvsproxy.conntrack import ConntrackEntry
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     IPAddress,
     IPFamily,
     IptablesRuleset,
@@ -16,7 +16,8 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import IPSetOperation, IpvsOperation, OperationFailure, RestoreChains
+from ipvsproxy.core.operations import IPSetOperation, IpvsOperation, OperationFailure, RestoreChains
+from ipvsproxy.core.stale_udp import ConntrackEntry
 
 IpvsSnapshot = dict[VirtualServerKey, tuple[VirtualServer, dict[RealServerKey, RealServer]]]
 
@@ -84,3 +85,14 @@ class ConntrackDataplane(Protocol):
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:
         """How many were deleted (one already gone is not an error)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dataplanes:
+    """The kernel adapters a sync works through."""
+
+    ipvs: IpvsDataplane
+    links: AddressDataplane
+    ipsets: IPSetDataplane
+    iptables: IptablesDataplane
+    conntrack: ConntrackDataplane | None = None  # stale UDP flows; None: left alone

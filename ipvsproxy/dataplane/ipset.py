@@ -14,14 +14,14 @@ from collections.abc import Callable, Collection, Sequence
 
 from loguru import logger
 
-from ipvsproxy.dataplane.ipset_netlink import read_sets
-from ipvsproxy.errors import KernelError
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     AddIPSetEntry,
     CreateIPSet,
     IPSetOperation,
     OperationFailure,
 )
+from ipvsproxy.dataplane.ipset_netlink import read_sets
+from ipvsproxy.errors import KernelError
 
 _ERROR_LINE = re.compile(r"Error in line (\d+): (.*)")
 # Reasons that doom every later line of the same set.

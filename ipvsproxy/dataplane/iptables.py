@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from ipvsproxy.core.model import IPFamily, IptablesRuleset
+from ipvsproxy.core.operations import OperationFailure, RestoreChains
+from ipvsproxy.core.rules import CHAINS, JUMP_RULES, restore_payload
 from ipvsproxy.dataplane.ipset_netlink import set_names
 from ipvsproxy.dataplane.xtables_stamp import stamp
 from ipvsproxy.errors import KernelError
-from ipvsproxy.model import IPFamily, IptablesRuleset
-from ipvsproxy.operations import OperationFailure, RestoreChains
-from ipvsproxy.rules import CHAINS, JUMP_RULES, restore_payload
 
 BACKENDS = ("legacy", "nft")
 _TABLES = ("nat", "filter")

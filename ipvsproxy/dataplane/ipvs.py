@@ -25,6 +25,17 @@ from collections.abc import Sequence
 from loguru import logger
 from pyroute2.netlink import CTRL_CMD_GETFAMILY, GENL_ID_CTRL, ctrlmsg
 
+from ipvsproxy.core.model import IpvsStats, RealServer, VirtualServer, VirtualServerKey
+from ipvsproxy.core.operations import (
+    AddRealServer,
+    AddVirtualServer,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    IpvsOperation,
+    OperationFailure,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_GENL_NAME,
@@ -55,17 +66,6 @@ from ipvsproxy.dataplane.netlink import (
     rebuild,
 )
 from ipvsproxy.errors import KernelError
-from ipvsproxy.model import IpvsStats, RealServer, VirtualServer, VirtualServerKey
-from ipvsproxy.operations import (
-    AddRealServer,
-    AddVirtualServer,
-    DeleteRealServer,
-    DeleteVirtualServer,
-    IpvsOperation,
-    OperationFailure,
-    UpdateRealServer,
-    UpdateVirtualServer,
-)
 
 __all__ = ["EncodeOnlySink", "IpvsSocket"]
 

@@ -56,6 +56,23 @@ import struct
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from ipvsproxy.core.model import (
+    IPVS_FLAG_HASHED,
+    RealServer,
+    RealServerKey,
+    VirtualServer,
+    VirtualServerKey,
+    host_port,
+)
+from ipvsproxy.core.operations import (
+    AddRealServer,
+    AddVirtualServer,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    IpvsOperation,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
 from ipvsproxy.dataplane.netlink_codec import (
     NLM_F_ACK,
     NLM_F_DUMP,
@@ -71,23 +88,6 @@ from ipvsproxy.dataplane.netlink_codec import (
     parse_done,
     parse_error,
     split_messages,
-)
-from ipvsproxy.model import (
-    IPVS_FLAG_HASHED,
-    RealServer,
-    RealServerKey,
-    VirtualServer,
-    VirtualServerKey,
-    host_port,
-)
-from ipvsproxy.operations import (
-    AddRealServer,
-    AddVirtualServer,
-    DeleteRealServer,
-    DeleteVirtualServer,
-    IpvsOperation,
-    UpdateRealServer,
-    UpdateVirtualServer,
 )
 
 __all__ = [

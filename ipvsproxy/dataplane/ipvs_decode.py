@@ -14,6 +14,15 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from ipvsproxy.core.model import (
+    IPVS_FLAG_HASHED,
+    ForwardMethod,
+    IPAddress,
+    Protocol,
+    RealServer,
+    VirtualServer,
+    host_port,
+)
 from ipvsproxy.dataplane.ipvs_codec import (
     IP_VS_CONN_F_FWD_MASK,
     IPV4_DEFAULT_NETMASK,
@@ -39,15 +48,6 @@ from ipvsproxy.dataplane.ipvs_codec import (
     TIMEOUT_ATTRS,
 )
 from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError, attribute_spans
-from ipvsproxy.model import (
-    IPVS_FLAG_HASHED,
-    ForwardMethod,
-    IPAddress,
-    Protocol,
-    RealServer,
-    VirtualServer,
-    host_port,
-)
 
 __all__ = [
     "SkippedEntry",

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     ForwardMethod,
     IPAddress,
     Protocol,
     RealServer,
     VirtualServerKey,
 )
+from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError
 
 __all__ = ["parse_proc_ip_vs"]
 

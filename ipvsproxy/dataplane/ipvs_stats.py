@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ipvsproxy.core.model import IpvsStats, VirtualServerKey
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_CMD_ATTR_SERVICE,
     NetlinkDecodeError,
@@ -30,7 +31,6 @@ from ipvsproxy.dataplane.ipvs_decode import (
     parse_service,
 )
 from ipvsproxy.dataplane.netlink_codec import attribute_spans
-from ipvsproxy.model import IpvsStats, VirtualServerKey
 
 __all__ = [
     "IPVS_SVC_ATTR_STATS",

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
+from ipvsproxy.core.model import IPAddress
+from ipvsproxy.core.operations import BindAddress, OperationFailure, UnbindAddress
 from ipvsproxy.dataplane.netlink import (
     NETLINK_ROUTE,
     NLM_F_ACK,
@@ -44,8 +46,6 @@ from ipvsproxy.dataplane.netlink import (
     attributes,
 )
 from ipvsproxy.errors import KernelError
-from ipvsproxy.model import IPAddress
-from ipvsproxy.operations import BindAddress, OperationFailure, UnbindAddress
 
 __all__ = [
     "LinkTool",

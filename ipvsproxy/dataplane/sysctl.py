@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ipvsproxy.config import ConntrackSettings
+from ipvsproxy.config.settings import ConntrackSettings
 
 # (path under /proc/sys, value, why)
 REQUIRED: tuple[tuple[str, str, str], ...] = (

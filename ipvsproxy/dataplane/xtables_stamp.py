@@ -26,7 +26,7 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from ipvsproxy.model import IPFamily
+from ipvsproxy.core.model import IPFamily
 
 SO_GET_INFO: Final = 64  # IPT_SO_GET_INFO / IP6T_SO_GET_INFO
 SO_GET_ENTRIES: Final = 65

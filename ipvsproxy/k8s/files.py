@@ -22,14 +22,14 @@ from typing import Final, cast
 import yaml
 from loguru import logger
 
+from ipvsproxy.core.gcpause import gc_paused
+from ipvsproxy.core.model import EndpointSlice, Node, Service
 from ipvsproxy.errors import InputError, InvalidObject
-from ipvsproxy.gcpause import gc_paused
 from ipvsproxy.k8s.objects import (
     endpoint_slice_from_dict,
     node_from_dict,
     service_from_dict,
 )
-from ipvsproxy.model import EndpointSlice, Node, Service
 
 __all__ = ["Cluster", "LoadedObject", "load_documents", "read_cluster"]
 

@@ -2,7 +2,7 @@
 
 The input is what the API server returns and what `kubectl get -o yaml|json` writes:
 camelCase keys, optional fields absent or null. The output is the small frozen values of
-`ipvsproxy.model`; nothing of the API representation leaves this module.
+`ipvsproxy.core.model`; nothing of the API representation leaves this module.
 
 Three outcomes per object:
 - a model value;
@@ -28,8 +28,7 @@ from typing import Final, NoReturn, TypeVar
 
 from loguru import logger
 
-from ipvsproxy.errors import InvalidObject
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     Endpoint,
     EndpointPort,
@@ -42,6 +41,7 @@ from ipvsproxy.model import (
     Service,
     ServicePort,
 )
+from ipvsproxy.errors import InvalidObject
 
 __all__ = [
     "HEADLESS_LABEL",

@@ -15,7 +15,7 @@ thread, does what client-go's reflector does for kube-proxy's informers:
    the last resourceVersion when there is one.
 
 Objects are decoded from the raw JSON straight into the frozen values of
-`ipvsproxy.model` by `ipvsproxy.k8s.objects`; the `kubernetes` client's model classes are
+`ipvsproxy.core.model` by `ipvsproxy.k8s.objects`; the `kubernetes` client's model classes are
 never built (see bench/bench_decode.py for what that saves). An object that fails
 validation is logged once, with one warning naming it and the field at fault, and is
 treated as absent: if an earlier version of it was handed on, it is deleted.
@@ -69,10 +69,10 @@ from typing import Final, Generic, Protocol, TypeVar
 
 from loguru import logger
 
+from ipvsproxy.core.model import EndpointSlice, Node, Service
 from ipvsproxy.errors import ApiError, InvalidObject
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, node_from_dict, service_from_dict
 from ipvsproxy.k8s.ratelimit import Backoff
-from ipvsproxy.model import EndpointSlice, Node, Service
 
 __all__ = [
     "ENDPOINT_SLICES",

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from agentproc import AGENT_CONFIG, endpoint_slice, service
-
-from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 
 @pytest.fixture

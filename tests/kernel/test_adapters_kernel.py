@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ipvsproxy import ipsets
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
 from ipvsproxy.dataplane.ipset import IPSetTool
-from ipvsproxy.model import IPFamily
-from ipvsproxy.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
 
 pytestmark = pytest.mark.kernel
 

@@ -34,9 +34,8 @@ from agentproc import (
     wait_for,
     weights,
 )
-
-from ipvsproxy.sandbox.pods import PodNetwork, tcp_requests
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.sandbox.pods import PodNetwork, tcp_requests
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
 
 pytestmark = pytest.mark.kernel
 

@@ -1,7 +1,7 @@
 """Endpoint lifecycle and the fixed chains, with real traffic through the sandbox kernel.
 
 Each test runs in a fresh network namespace of the guest; pods are namespaces around it
-(see ipvsproxy/sandbox/pods.py) and the kernel is programmed with `ipvsproxy once`.
+(see testkit/ipvsproxy_testkit/sandbox/pods.py) and the kernel is programmed with `ipvsproxy once`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli, tool
-
-from ipvsproxy.sandbox.netns import switch_netns
-from ipvsproxy.sandbox.pods import Pod, PodNetwork
+from ipvsproxy_testkit.sandbox.netns import switch_netns
+from ipvsproxy_testkit.sandbox.pods import Pod, PodNetwork
 
 pytestmark = pytest.mark.kernel
 
@@ -196,8 +195,8 @@ KERNEL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed
 def test_every_kernel_scheduler_passes_the_probe_and_a_missing_one_is_named(
     tmp_path: Path,
 ) -> None:
+    from ipvsproxy.agent.full_sync import probe_scheduler
     from ipvsproxy.dataplane.ipvs import IpvsSocket
-    from ipvsproxy.proxier import probe_scheduler
 
     with IpvsSocket() as ipvs:
         for scheduler in KERNEL_SCHEDULERS:  # the guest loads each module on demand
@@ -219,9 +218,9 @@ def test_every_kernel_scheduler_passes_the_probe_and_a_missing_one_is_named(
 
 
 def test_udp_client_keeping_its_socket_moves_to_a_live_endpoint(tmp_path: Path) -> None:
-    from ipvsproxy.conntrack import ConntrackEntry
-    from ipvsproxy.dataplane.conntrack import ConntrackSocket
-    from ipvsproxy.model import IPFamily
+    from ipvsproxy.core.model import IPFamily
+    from ipvsproxy.core.stale_udp import ConntrackEntry
+    from ipvsproxy.dataplane.stale_udp_conntrack import ConntrackSocket
 
     def to_old() -> list[ConntrackEntry]:
         with ConntrackSocket() as conntrack:

@@ -40,7 +40,7 @@ def test_read_benchmark_readers_agree(cluster_file: str) -> None:
 
 
 def test_sync_benchmark_programs_the_cluster(cluster_file: str) -> None:
-    from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
+    from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
     from ipvsproxy.k8s.files import read_cluster
 
     cluster = read_cluster([cluster_file])

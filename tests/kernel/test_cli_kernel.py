@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli, cluster_file, tool
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
-from ipvsproxy.apply import Dataplanes
+from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
+from ipvsproxy.core.model import KernelState, Protocol, RealServer, RealServerKey, VirtualServerKey
+from ipvsproxy.core.operations import AddRealServer, DeleteRealServer
+from ipvsproxy.core.rules import JUMP_RULES
+from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.dataplane.ipset import IPSetTool
 from ipvsproxy.dataplane.iptables import IptablesTool, parse_save
 from ipvsproxy.dataplane.ipvs import IpvsSocket
 from ipvsproxy.dataplane.links import LinkTool
-from ipvsproxy.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.k8s.files import read_cluster
-from ipvsproxy.model import KernelState, Protocol, RealServer, RealServerKey, VirtualServerKey
-from ipvsproxy.operations import AddRealServer, DeleteRealServer
-from ipvsproxy.proxier import sync
-from ipvsproxy.rules import JUMP_RULES
-from ipvsproxy.sandbox.pods import PodNetwork
 
 pytestmark = pytest.mark.kernel
 

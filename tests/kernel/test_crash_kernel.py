@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 from agentproc import AGENT_CONFIG, CLUSTER_IP, Agent, Traffic, tool, wait_for
-
-from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 pytestmark = pytest.mark.kernel
 
@@ -306,8 +305,8 @@ class Runner:
 
 def cleanup() -> None:
     """What a node without the proxy holds: everything of ours removed, others' kept."""
+    from ipvsproxy.agent.full_sync import cleanup as remove_ours
     from ipvsproxy.cli import _dataplanes
-    from ipvsproxy.proxier import cleanup as remove_ours
 
     with _dataplanes("legacy") as dataplanes:
         assert remove_ours(dataplanes) == []

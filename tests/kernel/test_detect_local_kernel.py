@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from agentproc import tool
+from ipvsproxy_testkit.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 from loguru import logger
 
 from ipvsproxy.cli import EXIT_OK, main
-from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 pytestmark = pytest.mark.kernel
 

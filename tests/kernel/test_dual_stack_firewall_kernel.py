@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
 from ipvsproxy.errors import SandboxError
-from ipvsproxy.sandbox.pods import PodNetwork
 
 pytestmark = pytest.mark.kernel
 

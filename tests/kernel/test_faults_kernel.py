@@ -23,10 +23,9 @@ from agentproc import (
     tool,
     wait_for,
 )
-
-from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.testapi import TestAPIServer
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 pytestmark = pytest.mark.kernel
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli, cluster_file
+from ipvsproxy_testkit.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 from ipvsproxy.errors import SandboxError
-from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 pytestmark = pytest.mark.kernel
 
@@ -184,9 +184,10 @@ def test_health_check_node_port_from_outside(tmp_path: Path, pod_network: PodNet
     import http.client
     import json
 
-    from ipvsproxy.healthcheck import HealthCheckServers, health_check_ports
+    from ipvsproxy_testkit.sandbox.netns import switch_netns
+
     from ipvsproxy.k8s.files import read_cluster
-    from ipvsproxy.sandbox.netns import switch_netns
+    from ipvsproxy.serve.service_health import HealthCheckServers, health_check_ports
 
     outside = pod_network.add_external_host("outside", "192.168.50.0/24")
     program(

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from ipvsproxy import ipsets
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.model import IPFamily, IptablesRuleset
+from ipvsproxy.core.operations import CreateIPSet, RestoreChains
+from ipvsproxy.core.rules import CHAINS, JUMP_RULES, MasqueradeSettings, build_ruleset
 from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 from ipvsproxy.dataplane.interfaces import IptablesDataplane
 from ipvsproxy.dataplane.ipset import IPSetTool
 from ipvsproxy.dataplane.iptables import IptablesTool, parse_save
-from ipvsproxy.model import IPFamily, IptablesRuleset
-from ipvsproxy.operations import CreateIPSet, RestoreChains
-from ipvsproxy.rules import CHAINS, JUMP_RULES, MasqueradeSettings, build_ruleset
 
 Tables = dict[str, dict[str, tuple[str, ...]]]
 

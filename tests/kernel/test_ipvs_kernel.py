@@ -13,11 +13,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from ipvsproxy_testkit.sandbox.netns import enter_netns
 
-from ipvsproxy.dataplane import ipvs as ipvs_module
-from ipvsproxy.dataplane.interfaces import IpvsSnapshot
-from ipvsproxy.dataplane.ipvs import IpvsSocket
-from ipvsproxy.model import (
+from ipvsproxy.core.model import (
     IPVS_FLAG_PERSISTENT,
     ForwardMethod,
     IPAddress,
@@ -27,7 +25,7 @@ from ipvsproxy.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.operations import (
+from ipvsproxy.core.operations import (
     AddRealServer,
     AddVirtualServer,
     DeleteRealServer,
@@ -36,7 +34,9 @@ from ipvsproxy.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
-from ipvsproxy.sandbox.netns import enter_netns
+from ipvsproxy.dataplane import ipvs as ipvs_module
+from ipvsproxy.dataplane.interfaces import IpvsSnapshot
+from ipvsproxy.dataplane.ipvs import IpvsSocket
 
 pytestmark = pytest.mark.kernel
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import pytest
 from agentproc import tool
 
+from ipvsproxy.core.model import IPAddress
+from ipvsproxy.core.operations import BindAddress, UnbindAddress
 from ipvsproxy.dataplane.links import LinkTool
-from ipvsproxy.model import IPAddress
-from ipvsproxy.operations import BindAddress, UnbindAddress
 
 pytestmark = pytest.mark.kernel
 

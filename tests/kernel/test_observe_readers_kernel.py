@@ -15,13 +15,13 @@ import subprocess
 import pytest
 from loguru import logger
 
-from ipvsproxy import ipsets
+from ipvsproxy.core import ipsets
+from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.operations import CreateIPSet
 from ipvsproxy.dataplane.ipset import IPSetTool, parse_save
 from ipvsproxy.dataplane.ipset_netlink import read_sets
 from ipvsproxy.dataplane.iptables import IptablesTool
 from ipvsproxy.dataplane.iptables import parse_save as parse_iptables
-from ipvsproxy.model import IPFamily
-from ipvsproxy.operations import CreateIPSet
 
 pytestmark = pytest.mark.kernel
 

@@ -1,7 +1,7 @@
 """The sandbox kernel itself: the subsystems the proxy drives exist, are isolated per test,
 and carry real traffic through IPVS.
 
-These run inside the user-mode-linux guest (see ipvsproxy/sandbox/pytest_plugin.py), each
+These run inside the user-mode-linux guest (see the test kit's sandbox/pytest_plugin.py), each
 in its own network namespace.
 """
 
@@ -12,8 +12,7 @@ from collections import Counter
 
 import pytest
 from agentproc import tool
-
-from ipvsproxy.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
 pytestmark = pytest.mark.kernel
 

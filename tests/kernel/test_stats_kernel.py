@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli, cluster_file, tool
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
+from ipvsproxy.core.model import IpvsStats, Protocol, VirtualServerKey
 from ipvsproxy.dataplane.ipvs import IpvsSocket
-from ipvsproxy.metrics import IpvsTrafficCollector, ServicePortLabels
-from ipvsproxy.model import IpvsStats, Protocol, VirtualServerKey
-from ipvsproxy.sandbox.pods import PodNetwork
+from ipvsproxy.serve.metrics import IpvsTrafficCollector, ServicePortLabels
 
 pytestmark = pytest.mark.kernel
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from agentproc import agent, real_servers, wait_for
-
-from ipvsproxy.sandbox.netns import switch_netns
-from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
+from ipvsproxy_testkit.sandbox.netns import switch_netns
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 pytestmark = pytest.mark.kernel
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 from agentproc import cluster_file, tool
+from ipvsproxy_testkit.testapi import Store, TestAPIServer, resources
 
 from ipvsproxy.cli import main
-from ipvsproxy.testapi import Store, TestAPIServer, resources
 
 pytestmark = pytest.mark.kernel
 

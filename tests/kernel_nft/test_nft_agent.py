@@ -22,12 +22,12 @@ from agentproc import (
     tool,
     wait_for,
 )
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
+from ipvsproxy.core.rules import JUMP_RULES
 from ipvsproxy.dataplane.iptables import parse_save
-from ipvsproxy.rules import JUMP_RULES
-from ipvsproxy.sandbox.pods import PodNetwork
-from ipvsproxy.testapi import TestAPIServer, kubeconfig
-from ipvsproxy.testapi.resources import ENDPOINT_SLICES, SERVICES
 
 pytestmark = pytest.mark.kernel_qemu
 

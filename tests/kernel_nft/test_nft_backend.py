@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from agentproc import cluster_file, tool
+from ipvsproxy_testkit.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 from ipvsproxy.cli import main
+from ipvsproxy.core.rules import CHAINS, JUMP_RULES
 from ipvsproxy.dataplane.iptables import IptablesTool, detect_backend, parse_save
-from ipvsproxy.rules import CHAINS, JUMP_RULES
-from ipvsproxy.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 pytestmark = pytest.mark.kernel_qemu
 

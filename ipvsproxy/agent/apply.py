@@ -1,0 +1,165 @@
+"""Apply a plan through the kernel adapters, collecting failures instead of stopping.
+
+Consecutive operations of one subsystem go to its adapter as one batch (one netlink write
+per few hundred IPVS messages, one ipset restore). If the interface cannot be created or
+iptables-restore fails, removals are skipped, as kube-proxy aborts its sync then: the next
+sync retries with everything still in place.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import get_args
+
+from ipvsproxy.core.full_plan import Plan
+from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress
+from ipvsproxy.core.operations import (
+    AddRealServer,
+    AddVirtualServer,
+    BindAddress,
+    DeleteIPSetEntry,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    EnsureDummyInterface,
+    IPSetOperation,
+    IpvsOperation,
+    Operation,
+    OperationFailure,
+    RestoreChains,
+    UnbindAddress,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.errors import KernelError
+
+_IPVS = get_args(IpvsOperation)
+_IPSET = get_args(IPSetOperation)
+_REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What happened to a plan."""
+
+    applied: int
+    failures: tuple[OperationFailure, ...]
+    removals_skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.removals_skipped
+
+
+def _subsystem(op: Operation) -> str:
+    if isinstance(op, _IPVS):
+        return "ipvs"
+    if isinstance(op, _IPSET):
+        return "ipset"
+    if isinstance(op, BindAddress | UnbindAddress):
+        return "address"
+    if isinstance(op, RestoreChains):
+        return "iptables"
+    return "interface"
+
+
+def _batches(ops: Sequence[Operation]) -> list[tuple[str, bool, list[Operation]]]:
+    """Runs of operations of one subsystem, removals apart from the rest."""
+    batches: list[tuple[str, bool, list[Operation]]] = []
+    for op in ops:
+        kind, removal = _subsystem(op), isinstance(op, _REMOVALS)
+        if batches and batches[-1][:2] == (kind, removal) and kind != "iptables":
+            batches[-1][2].append(op)
+        else:
+            batches.append((kind, removal, [op]))
+    return batches
+
+
+def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[OperationFailure]:
+    if kind == "ipvs":
+        return dp.ipvs.execute([op for op in ops if isinstance(op, _IPVS)])
+    if kind == "ipset":
+        return dp.ipsets.apply([op for op in ops if isinstance(op, _IPSET)])
+    if kind == "address":
+        binds = [op.address for op in ops if isinstance(op, BindAddress)]
+        unbinds = [op.address for op in ops if isinstance(op, UnbindAddress)]
+        return dp.links.bind(DUMMY_INTERFACE, binds) + dp.links.unbind(DUMMY_INTERFACE, unbinds)
+    if kind == "iptables":
+        op = ops[0]
+        assert isinstance(op, RestoreChains)
+        failure = dp.iptables.restore(op)
+        return [failure] if failure else []
+    op = ops[0]
+    assert isinstance(op, EnsureDummyInterface)
+    try:
+        dp.links.ensure_interface(op.name)
+    except KernelError as exc:
+        return [OperationFailure(op, exc.errno, str(exc))]
+    return []
+
+
+def _service_address(op: Operation) -> IPAddress | None:
+    """The service address an IPVS operation works on."""
+    if isinstance(op, AddVirtualServer | UpdateVirtualServer):
+        return op.server.address
+    if isinstance(op, DeleteVirtualServer):
+        return op.key.address
+    if isinstance(op, AddRealServer | UpdateRealServer | DeleteRealServer):
+        return op.virtual.address
+    return None
+
+
+def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
+    """Apply every operation in order; failures are collected, never raised.
+
+    Two rules keep ownership (a virtual server is ours while its address is on kube-ipvs0)
+    true whatever fails: no virtual server is created on an address that could not be
+    bound, and no address is unbound while a virtual server on it could not be deleted.
+    Beyond that, a failed interface, iptables restore or adapter call skips all removals.
+    """
+    applied = 0
+    failures: list[OperationFailure] = []
+    blocking = False
+    skipped = False
+    unbound: set[IPAddress] = set()  # bind failed: no virtual servers there
+    undeleted: set[IPAddress] = set()  # a virtual server delete failed: keep the address
+    for kind, removal, ops in _batches(plan.operations):
+        if blocking and removal:
+            skipped = True
+            continue
+        if kind == "ipvs" and not removal and unbound:
+            held = [op for op in ops if _service_address(op) in unbound]
+            failures += [
+                OperationFailure(
+                    op,
+                    errno.EADDRNOTAVAIL,
+                    f"not applied: {_service_address(op)} is not bound to {DUMMY_INTERFACE}",
+                )
+                for op in held
+            ]
+            ops = [op for op in ops if _service_address(op) not in unbound]
+        if kind == "address" and removal and undeleted:
+            kept = [op for op in ops if isinstance(op, UnbindAddress) and op.address in undeleted]
+            skipped = skipped or bool(kept)
+            ops = [op for op in ops if op not in kept]
+        if not ops:
+            continue
+        try:
+            batch_failures = _run_batch(kind, ops, dataplanes)
+        except KernelError as exc:
+            # The adapter lost contact with the kernel: nothing in the batch is known done.
+            batch_failures = [OperationFailure(op, exc.errno, str(exc)) for op in ops]
+            blocking = True
+        failures += batch_failures
+        applied += len(ops) - len(batch_failures)
+        if batch_failures and kind in ("interface", "iptables"):
+            blocking = True
+        for failure in batch_failures:
+            failed = failure.operation
+            if isinstance(failed, BindAddress):
+                unbound.add(failed.address)
+            elif isinstance(failed, DeleteVirtualServer):
+                undeleted.add(failed.key.address)
+    return ApplyResult(applied=applied, failures=tuple(failures), removals_skipped=skipped)

@@ -1,0 +1,517 @@
+"""The node agent's sync loop: changes in, partial or full syncs out, on one worker thread.
+
+Reflector threads feed the ChangeTracker and ask the runner for a sync; only the runner's
+thread computes desired state and touches the kernel:
+
+- nothing is programmed until Services and EndpointSlices have both finished their first
+  list (a half-synced view must never wipe a node);
+- the first sync is full and adopts what the kernel holds: plan_sync diffs against what
+  it reads back, so a restarted proxy rewrites nothing that is already right;
+- later syncs are partial (only the Services that changed, diffed against what was last
+  applied; see partial.py) except every `sync_period` (counted from the end of the last
+  full sync, shortened by a random share of up to `sync_period_jitter` so that agents
+  sharing a machine drift out of step), after a Node change, and after any failure: a
+  full sync re-reads the kernel and repairs whatever drifted. It recomputes only the
+  Services whose inputs changed since their state was computed (all of them after a Node
+  change or when the host's addresses changed); changes pending when a periodic full sync
+  falls due are applied by a partial sync first, and the full sync runs right after it;
+- a failed sync is logged once with its reason, retried after `retry_interval`, and
+  makes the next sync full.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from loguru import logger
+
+from ipvsproxy.agent.apply import ApplyResult, apply_plan
+from ipvsproxy.agent.changes import Changes, ChangeTracker, ServiceInput
+from ipvsproxy.agent.full_sync import observe
+from ipvsproxy.agent.runner import BoundedFrequencyRunner, Clock, MonotonicClock
+from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
+from ipvsproxy.core.desired import (
+    DesiredSettings,
+    NodeInfo,
+    ServiceState,
+    merge_service_states,
+    service_state,
+    settings_for_node,
+    with_node_object,
+)
+from ipvsproxy.core.full_plan import Plan, plan_sync
+from ipvsproxy.core.gcpause import gc_paused
+from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
+from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPNetwork, VirtualServerKey
+from ipvsproxy.core.operations import BindAddress, IpvsOperation, UnbindAddress
+from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
+from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.errors import IpvsProxyError
+from ipvsproxy.logs import RepeatedLog
+from ipvsproxy.serve.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
+from ipvsproxy.serve.proxy_health import ProxyHealth
+from ipvsproxy.serve.service_health import HealthCheckPorts, health_check_ports
+
+__all__ = ["Agent", "AgentSettings", "SyncOutcome"]
+
+_MAX_UNREPORTED_TRIGGERS = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSettings:
+    """What the sync loop needs beyond the objects; times in seconds."""
+
+    desired: DesiredSettings = field(default_factory=DesiredSettings)
+    node: NodeInfo = field(default_factory=NodeInfo)
+    exclude_cidrs: tuple[IPNetwork, ...] = ()
+    sync_period: float = 30.0
+    """At least one sync, a full one, per sync_period (kube-proxy's syncPeriod)."""
+    sync_period_jitter: float = 0.1
+    """Each period is shortened by a random share of up to this much, drawn anew each time:
+    agents started together (hollow nodes sharing a machine, a fleet restarted at once)
+    would otherwise run their full syncs in step, and changes queue behind all of them."""
+    min_sync_period: float = 0.0
+    """At most one sync per min_sync_period (kube-proxy's minSyncPeriod)."""
+    retry_interval: float = 5.0
+    """A failed sync is retried this long after (capped at sync_period)."""
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    """Longest graceful termination of a TCP real server (see graceful.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    """One sync, as the loop saw it (the last one is kept for tests and debugging)."""
+
+    full: bool
+    ok: bool
+    services: int  # Services recomputed
+    operations: int
+    reason: str = ""  # why it failed
+    failed: int = 0  # operations the kernel refused
+
+
+class Agent:
+    """Owns the tracker, the runner and what was last applied."""
+
+    def __init__(
+        self,
+        dataplanes: Dataplanes,
+        settings: AgentSettings,
+        *,
+        metrics: ProxyMetrics | None = None,
+        health: ProxyHealth | None = None,
+        health_check_ports: Callable[[HealthCheckPorts], Collection[int]] | None = None,
+        clock: Clock | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._dp = dataplanes
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        # Told the health-check node ports to serve after every sync that changed them.
+        self._serve_health_checks = health_check_ports
+        self._health_checks: dict[str, tuple[int, int]] = {}  # Service -> (port, local endpoints)
+        self._served_health_checks: HealthCheckPorts = {}
+        # Ports that could not be bound, and when they are tried again: at the next full
+        # sync or after retry_interval, not at every partial sync (a port another process
+        # holds would cost a bind and an error line per port at each change).
+        self._unbound_ports: frozenset[int] = frozenset()
+        self._bind_retry_at = 0.0
+        self._clock = clock or MonotonicClock()
+        self._wall = wall_clock
+        self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
+        self.runner = BoundedFrequencyRunner(
+            self.sync,
+            min_interval=settings.min_sync_period,
+            max_interval=settings.sync_period,
+            retry_interval=self._retry_interval,
+            clock=self._clock,
+        )
+        self._cache: AppliedCache | None = None  # None: the next sync is full
+        self._computed: dict[str, ServiceState] = {}  # each Service's last good state
+        # The inputs each state in _computed was computed from, and the node it was
+        # computed for: a full sync reuses a state whose inputs are the very same objects
+        # (the tracker keeps an object until a different one replaces it).
+        self._inputs: dict[str, ServiceInput] = {}
+        self._computed_node: NodeInfo | None = None
+        self._drains: Mapping[DrainKey, float] = {}  # real servers draining, since when
+        # The host's interface addresses (NodePorts), read at each full sync only.
+        self._local_addresses: frozenset[IPAddress] = frozenset()
+        self._last_full: float | None = None  # when the last full sync ended
+        self._rng = rng or random.Random()
+        self._period = self._next_period()  # from _last_full to the next periodic full sync
+        self._deferred_full = False  # a due full sync waits for one partial sync
+        self._unreported_triggers: list[float] = []
+        self._log = RepeatedLog(clock=self._clock.now)
+        self._failing = False
+        self.udp_flows = StaleUdpFlows(dataplanes.conntrack, log=self._log)
+        self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
+        self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
+        self.last: SyncOutcome | None = None
+        self.syncs = 0
+
+    # -- the reflectors' side
+
+    def _on_change(self, kind: str) -> None:
+        if self._metrics is not None:
+            if kind in ("service", "slice"):
+                self._metrics.changes_seen(services=kind == "service", endpoints=kind == "slice")
+            pending = self.tracker.pending()
+            self._metrics.changes_pending(services=pending.services, endpoints=pending.endpoints)
+            self._metrics.queued(self._wall())
+        if self._health is not None:
+            if kind == "node":
+                node = self.tracker.current_node()
+                self._health.set_node_eligible(node is None or node.eligible)
+            self._health.queued_update(self._wall())
+        self.runner.run()
+
+    def resync(self) -> None:
+        """Make the next sync a full one (re-read the kernel, rebuild what was applied);
+        Services whose inputs did not change keep their computed states."""
+        self._cache = None
+
+    def labels_for(self, key: VirtualServerKey) -> ServicePortLabels | None:
+        """The Service port of a virtual server the proxy applied (traffic metrics)."""
+        return self.labels.get(key)
+
+    # -- the worker's side
+
+    def sync(self) -> bool:
+        """One sync, full or partial; whether it succeeded (the runner's function)."""
+        if not self.tracker.ready:
+            logger.debug("waiting for the first list of Services and EndpointSlices")
+            return True
+        full = self._cache is None or self._last_full is None
+        if not full and self._full_due():
+            if self._deferred_full or not self._pending():
+                full = True
+            else:
+                # Changes are waiting: apply them first (a partial sync is quick), then run
+                # the periodic full sync at once, rather than make them wait for it. Once:
+                # a steady stream of changes must not put the full sync off for ever.
+                self._deferred_full = True
+                self.runner.run()
+        changes = self.tracker.take(full=full)
+        full = changes.full
+        started = time.perf_counter()
+        try:
+            outcome = self._full(changes) if full else self._partial(changes)
+        except IpvsProxyError as exc:
+            outcome = SyncOutcome(full, False, len(changes.services), 0, f"kernel: {exc}")
+        except Exception as exc:
+            logger.opt(exception=exc).error("sync failed with an unexpected error")
+            outcome = SyncOutcome(full, False, len(changes.services), 0, f"bug: {exc!r}")
+        seconds = time.perf_counter() - started
+        if full:
+            # The period runs from the end of a full sync, as the runner's max interval
+            # does: counted from its start, a full sync longer than the period (a cold
+            # start on a busy machine) would make the very next sync full again.
+            self._last_full = self._clock.now()
+            self._period = self._next_period()
+            self._deferred_full = False
+            self.runner.run_by(self._last_full + self._period)
+        self.syncs += 1
+        self.last = outcome
+        if not outcome.ok:
+            self.resync()
+        self._report(outcome, changes, seconds)
+        return outcome.ok
+
+    def _next_period(self) -> float:
+        share = min(max(self._settings.sync_period_jitter, 0.0), 1.0)
+        return self._settings.sync_period * (1.0 - share * self._rng.random())
+
+    def _full_due(self) -> bool:
+        assert self._last_full is not None
+        return self._clock.now() - self._last_full >= self._period
+
+    def _pending(self) -> bool:
+        pending = self.tracker.pending()
+        return bool(pending.services or pending.endpoints)
+
+    def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
+        wall = self._wall()
+        # Kept across failed syncs, to be measured once applied; bounded, should the
+        # kernel refuse for hours.
+        self._unreported_triggers = [*self._unreported_triggers, *changes.trigger_times][
+            -_MAX_UNREPORTED_TRIGGERS:
+        ]
+        if outcome.ok:
+            if self._failing:
+                logger.info("sync succeeded again", full=outcome.full)
+                self._log.clear()
+                self._failing = False
+            if self._health is not None:
+                self._health.updated(wall)
+            if self._metrics is not None:
+                self._metrics.network_programmed(self._unreported_triggers, wall)
+            self._unreported_triggers = []
+        else:
+            self._failing = True
+            self._log.error(
+                "sync failed; the next sync is full",
+                key=("sync failed", outcome.reason),
+                reason=outcome.reason,
+                failed_operations=outcome.failed,
+                retry_in=f"{self._retry_interval:g}s",
+            )
+        if self._metrics is not None:
+            self._metrics.sync_finished(seconds=seconds, full=outcome.full, ok=outcome.ok, now=wall)
+            if not outcome.ok:
+                self._metrics.sync_failed(outcome.reason.split(":", 1)[0])
+            pending = self.tracker.pending()
+            self._metrics.changes_pending(services=pending.services, endpoints=pending.endpoints)
+        # Partial syncs and quiet periodic ones are routine; the first sync and a full
+        # sync that had to change something (a repair) are worth a line.
+        noteworthy = outcome.full and (self.syncs == 1 or outcome.operations or not outcome.ok)
+        log = logger.info if noteworthy else logger.debug
+        log(
+            "synced",
+            full=outcome.full,
+            ok=outcome.ok,
+            services=outcome.services,
+            operations=outcome.operations,
+            seconds=f"{seconds:.4f}",
+        )
+
+    @property
+    def _retry_interval(self) -> float:
+        return min(self._settings.retry_interval, self._settings.sync_period)
+
+    def _desired_settings(self) -> tuple[NodeInfo, DesiredSettings]:
+        node = with_node_object(self._settings.node, self.tracker.current_node())
+        # With detectLocalMode NodeCIDR the chains follow the Node's pod CIDRs; a Node
+        # change makes the sync full, which rewrites them.
+        settings = settings_for_node(self._settings.desired, node)
+        return replace(node, local_addresses=self._local_addresses), settings
+
+    def _state(self, key: str, given: ServiceInput, node: NodeInfo) -> ServiceState | None:
+        """One Service's desired state; None (logged) when computing it fails, so that one
+        bad object never costs the others their sync."""
+        assert given.service is not None
+        try:
+            return service_state(
+                given.service, given.slices, node=node, settings=self._settings.desired
+            )
+        except Exception as exc:
+            self._log.warning(
+                "cannot compute a Service's state; it keeps what it had",
+                key=("bad service", key, repr(exc)),
+                service=key,
+                error=repr(exc),
+            )
+            return None
+
+    def _full(self, changes: Changes) -> SyncOutcome:
+        self._local_addresses = self._dp.links.node_addresses(DUMMY_INTERFACE)
+        node, settings = self._desired_settings()
+        if settings.masquerade.node_cidrs and not settings.masquerade.cluster_cidrs:
+            self._log.warning(
+                "detectLocalMode NodeCIDR: the Node has no spec.podCIDRs (yet); only "
+                "node traffic from service addresses is masqueraded until it has",
+                node=node.name,
+            )
+        # A Service whose state cannot be computed keeps its last good one, even when the
+        # cache was dropped after a failed sync. One whose inputs did not change since its
+        # state was computed keeps that state: the periodic full sync then costs an
+        # observe and a diff, not every Service's state again (a Node change, or new host
+        # addresses, recompute all).
+        previous, inputs = self._computed, self._inputs
+        reuse = node == self._computed_node
+        states: list[tuple[str, ServiceState]] = []
+        computed: dict[str, ServiceInput] = {}
+        gc.unfreeze()  # what the last full sync froze may be garbage now
+        with gc_paused():
+            for key, given in changes.services.items():
+                if given.service is None:
+                    continue
+                state = previous.get(key)
+                if state is not None and reuse and _same_inputs(inputs.get(key), given):
+                    computed[key] = given
+                else:
+                    fresh = self._state(key, given, node)
+                    if fresh is not None:
+                        state = fresh
+                        computed[key] = given
+                if state is not None:
+                    states.append((key, state))
+            self._computed = dict(states)
+            self._inputs = computed
+            self._computed_node = node
+            desired = merge_service_states(states, settings=settings)
+            observed = observe(self._dp, tuple(desired.iptables))
+            plan = plan_sync(
+                desired,
+                observed,
+                exclude_cidrs=self._settings.exclude_cidrs,
+                drains=self._drains,
+                now=self._clock.now(),
+                drain_timeout=self._settings.drain_timeout,
+            )
+        result = self._apply(plan)
+        self._drains = plan.draining
+        if result.ok:
+            with gc_paused():
+                self._cache = AppliedCache.rebuild(states, desired.iptables)
+                self._relabel_all(changes.services, states)
+            self._health_checks = {}
+            self._note_health_checks(changes.services, node.name, retry=True)
+            self.udp_flows.synced(changes.services, full=True)
+        operations = len(plan)
+        del desired, observed, plan, previous, inputs
+        # The cache holds millions of long-lived values without cycles: keep the cyclic
+        # collector from rescanning them all on its own schedule, which would stall a
+        # partial sync now and then for tens of milliseconds. Cycles frozen with them are
+        # collected after the next full sync's unfreeze.
+        gc.freeze()
+        return SyncOutcome(
+            True, result.ok, len(states), operations, _reason(result), len(result.failures)
+        )
+
+    def _partial(self, changes: Changes) -> SyncOutcome:
+        assert self._cache is not None
+        node, settings = self._desired_settings()
+        updates: dict[str, ServiceState | None] = {}
+        for key, given in changes.services.items():
+            if given.service is None:
+                updates[key] = None
+                self._computed.pop(key, None)
+                self._inputs.pop(key, None)
+                continue
+            state = self._state(key, given, node)
+            if state is not None:
+                updates[key] = state
+                self._computed[key] = state
+                if node == self._computed_node:  # else the next full sync recomputes it
+                    self._inputs[key] = given
+                else:
+                    self._inputs.pop(key, None)
+        planned = plan_partial(
+            self._cache,
+            updates,
+            settings=settings,
+            exclude_cidrs=self._settings.exclude_cidrs,
+            drain_timeout=self._settings.drain_timeout,
+        )
+        result = self._apply(planned.plan)
+        if result.ok:
+            self._cache.commit(planned.delta)
+            for key in updates:
+                for vs_key in self._labelled.pop(key, ()):
+                    self.labels.pop(vs_key, None)
+            for key, state in updates.items():
+                self._label(changes.services[key], state)
+            applied = {key: changes.services[key] for key in updates}
+            self._note_health_checks(applied, node.name)
+            self.udp_flows.synced(applied, full=False)
+        return SyncOutcome(
+            False,
+            result.ok,
+            planned.services,
+            len(planned.plan),
+            _reason(result),
+            len(result.failures),
+        )
+
+    def _apply(self, plan: Plan) -> ApplyResult:
+        if not plan:
+            return ApplyResult(applied=0, failures=())
+        result = apply_plan(plan, self._dp)
+        for failure in result.failures:
+            logger.debug(
+                "kernel refused an operation",
+                operation=type(failure.operation).__name__,
+                error=failure.message,
+            )
+        if self._metrics is not None:
+            ops = plan.operations
+            self._metrics.netlink_sent(
+                sum(isinstance(op, IpvsOperation) for op in ops), subsystem="ipvs"
+            )
+            self._metrics.netlink_sent(
+                sum(isinstance(op, BindAddress | UnbindAddress) for op in ops),
+                subsystem="addresses",
+            )
+        return result
+
+    # -- health-check node ports (externalTrafficPolicy Local)
+
+    def _note_health_checks(
+        self, inputs: Mapping[str, ServiceInput], node_name: str, *, retry: bool = False
+    ) -> None:
+        """Record the health-check ports of these Services, then serve the result if it
+        changed. Costs the changed Services only; the ports are few. Ports that could not
+        be bound are tried again with `retry` or once retry_interval has passed."""
+        for key, given in inputs.items():
+            self._health_checks.pop(key, None)
+            if given.service is not None and given.service.health_check_node_port:
+                found = health_check_ports([given.service], given.slices, node_name=node_name)
+                for port, (_, count) in found.items():
+                    self._health_checks[key] = (port, count)
+        if self._serve_health_checks is None:
+            return
+        wanted: dict[int, tuple[str, int]] = {}
+        for key in sorted(self._health_checks):  # the first Service on a port keeps it
+            port, count = self._health_checks[key]
+            wanted.setdefault(port, (key, count))
+        now = self._clock.now()
+        retry = retry or now >= self._bind_retry_at
+        if not retry:
+            wanted = {p: v for p, v in wanted.items() if p not in self._unbound_ports}
+        if wanted != self._served_health_checks:
+            failed = frozenset(self._serve_health_checks(wanted))
+            # A port that could not be bound stays unserved, to be tried again later.
+            self._served_health_checks = {p: v for p, v in wanted.items() if p not in failed}
+            self._unbound_ports = failed if retry else self._unbound_ports | failed
+            if failed and retry:
+                self._bind_retry_at = now + self._retry_interval
+
+    # -- traffic labels
+
+    def _relabel_all(
+        self, inputs: Mapping[str, ServiceInput], states: Iterable[tuple[str, ServiceState]]
+    ) -> None:
+        labels: dict[VirtualServerKey, ServicePortLabels] = {}
+        labelled: dict[str, tuple[VirtualServerKey, ...]] = {}
+        for key, state in states:
+            service = inputs[key].service
+            if service is not None:
+                found = service_port_labels(service, state.virtual_servers)
+                labels.update(found)
+                labelled[key] = tuple(found)
+        # Swapped whole: the scrape thread sees the old dict or the new one.
+        self.labels, self._labelled = labels, labelled
+
+    def _label(self, given: ServiceInput, state: ServiceState | None) -> None:
+        # The scrape thread only ever does single lookups, safe while entries change.
+        if state is not None and given.service is not None:
+            found = service_port_labels(given.service, state.virtual_servers)
+            self.labels.update(found)
+            self._labelled[given.service.key] = tuple(found)
+
+
+def _same_inputs(seen: ServiceInput | None, given: ServiceInput) -> bool:
+    """Whether a Service's inputs are the very objects its state was computed from."""
+    return (
+        seen is not None
+        and seen.service is given.service
+        and len(seen.slices) == len(given.slices)
+        and all(a is b for a, b in zip(seen.slices, given.slices, strict=True))
+    )
+
+
+def _reason(result: ApplyResult) -> str:
+    """Why a plan failed, the same words each time it fails the same way (so that the
+    repeats are counted rather than logged); how many operations failed is logged apart."""
+    if result.ok:
+        return ""
+    if result.failures:
+        first = result.failures[0]
+        return f"apply: {type(first.operation).__name__}: {first.message}"
+    return "apply: removals postponed after an earlier failure"

@@ -1,0 +1,200 @@
+"""Diff desired against observed kernel state into an ordered list of minimal operations.
+
+Ownership: a virtual server belongs to the proxy when its address is bound to kube-ipvs0.
+The proxy binds a service address before it creates the address's virtual servers and
+deletes them before it unbinds the address, so this holds across crashes and restarts,
+and it leaves alone virtual servers that other tools created on other addresses.
+Virtual servers inside excludeCIDRs are never deleted.
+
+Order keeps traffic flowing: the interface and addresses first, ipset entries before the
+rules that match them, virtual servers before their real servers, removals last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ipvsproxy.core.gcpause import gc_paused
+from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey, drain_step
+from ipvsproxy.core.ipsets import all_set_names
+from ipvsproxy.core.model import (
+    DUMMY_INTERFACE,
+    IPAddress,
+    IPNetwork,
+    KernelState,
+    address_sort_key,
+)
+from ipvsproxy.core.operations import (
+    AddIPSetEntry,
+    AddRealServer,
+    AddVirtualServer,
+    BindAddress,
+    CreateIPSet,
+    DeleteIPSetEntry,
+    DeleteVirtualServer,
+    EnsureDummyInterface,
+    Operation,
+    RestoreChains,
+    UnbindAddress,
+    UpdateRealServer,
+    UpdateVirtualServer,
+)
+from ipvsproxy.core.rules import JUMP_RULES
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Operations in the order they must be applied, and the real servers left draining
+    (with the time each drain started) for the next plan."""
+
+    operations: tuple[Operation, ...]
+    draining: Mapping[DrainKey, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.operations)
+
+    def __len__(self) -> int:
+        return len(self.operations)
+
+
+def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in exclude)
+
+
+def plan_sync(
+    desired: KernelState,
+    observed: KernelState,
+    *,
+    exclude_cidrs: Sequence[IPNetwork] = (),
+    drains: Mapping[DrainKey, float] | None = None,
+    now: float = 0.0,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> Plan:
+    """The operations that turn observed into desired (see module docstring).
+
+    Real servers no longer wanted drain gracefully (see graceful.py): `drains` holds when
+    each drain started, as the previous plan returned it, and `now` is the current time
+    on the same (monotonic) clock.
+    """
+    draining: dict[DrainKey, float] = {}
+    timing = _DrainTiming(drains or {}, now, drain_timeout, draining)
+    with gc_paused():
+        return Plan(tuple(_operations(desired, observed, exclude_cidrs, timing)), draining)
+
+
+@dataclass(frozen=True, slots=True)
+class _DrainTiming:
+    started: Mapping[DrainKey, float]
+    now: float
+    timeout: float
+    draining: dict[DrainKey, float]  # filled in by the plan
+
+
+def _operations(
+    desired: KernelState,
+    observed: KernelState,
+    exclude_cidrs: Sequence[IPNetwork],
+    timing: _DrainTiming,
+) -> list[Operation]:
+    ops: list[Operation] = []
+    if not observed.dummy_interface:
+        ops.append(EnsureDummyInterface(DUMMY_INTERFACE))
+
+    ops += [
+        BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=address_sort_key)
+    ]
+
+    set_specs = all_set_names()
+    for name, entries in desired.ipsets.items():
+        current = observed.ipsets.get(name)
+        if current is None:
+            ops.append(CreateIPSet(name, set_specs[name][0].create_args(set_specs[name][1])))
+            current = frozenset()
+        ops += [AddIPSetEntry(name, e) for e in sorted(entries - current)]
+
+    for family, ruleset in desired.iptables.items():
+        seen = observed.iptables.get(family)
+        seen_tables = seen.tables if seen is not None else {}
+        missing_jumps = tuple(
+            jump
+            for jump in JUMP_RULES
+            if jump.rule not in seen_tables.get(jump.table, {}).get(jump.chain, ())
+        )
+        chains_differ = any(
+            seen_tables.get(table, {}).get(chain) != rules
+            for table, chains in ruleset.tables.items()
+            for chain, rules in chains.items()
+        )
+        if chains_differ or missing_jumps:
+            ops.append(RestoreChains(ruleset, missing_jumps))
+
+    ops += _ipvs_operations(desired, observed, exclude_cidrs, timing)
+
+    ops += [
+        UnbindAddress(a)
+        for a in sorted(observed.addresses - desired.addresses, key=address_sort_key)
+    ]
+    for name, current in observed.ipsets.items():
+        if name not in set_specs:
+            continue
+        wanted = desired.ipsets.get(name, frozenset())
+        ops += [DeleteIPSetEntry(name, e) for e in sorted(current - wanted)]
+    return ops
+
+
+def _ipvs_operations(
+    desired: KernelState,
+    observed: KernelState,
+    exclude_cidrs: Sequence[IPNetwork],
+    timing: _DrainTiming,
+) -> list[Operation]:
+    adds: list[Operation] = []
+    real_server_deletes: list[Operation] = []
+    # Virtual servers go in address order; real servers keep the desired state's order,
+    # which follows the input, so plans are deterministic without sorting 100k entries.
+    for key in sorted(desired.virtual_servers, key=lambda k: k.sort_key()):
+        server = desired.virtual_servers[key]
+        wanted = desired.real_servers.get(key, {})
+        current_server = observed.virtual_servers.get(key)
+        if current_server is None:
+            adds.append(AddVirtualServer(server))
+            adds += [AddRealServer(key, rs) for rs in wanted.values()]
+            continue
+        if not server.same_settings(current_server):
+            adds.append(UpdateVirtualServer(server))
+        current = observed.real_servers.get(key, {})
+        kept = 0
+        for rs_key, rs in wanted.items():
+            have = current.get(rs_key)
+            if have is None:
+                adds.append(AddRealServer(key, rs))
+                continue
+            kept += 1
+            # Same key, so same address and port: compare the rest only (a full sync
+            # compares every real server of the node; ipaddress compares in Python).
+            if have is not rs and (have.weight != rs.weight or have.forward is not rs.forward):
+                adds.append(UpdateRealServer(key, rs))
+        if kept < len(current):  # some current servers are not wanted
+            leaving = sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
+            step = drain_step(
+                key,
+                (current[rs_key] for rs_key in leaving),
+                started=timing.started,
+                now=timing.now,
+                timeout=timing.timeout,
+            )
+            real_server_deletes += step.operations
+            timing.draining.update(step.draining)
+
+    stale = [
+        key
+        for key in observed.virtual_servers
+        if key not in desired.virtual_servers
+        and key.address in observed.addresses
+        and not _excluded(key.address, exclude_cidrs)
+    ]
+    deletes: list[Operation] = [
+        DeleteVirtualServer(key) for key in sorted(stale, key=lambda k: k.sort_key())
+    ]
+    return adds + real_server_deletes + deletes

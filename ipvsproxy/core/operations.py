@@ -1,0 +1,131 @@
+"""Typed kernel operations: what a plan is made of and what the adapters execute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipvsproxy.core.model import (
+    IPAddress,
+    IptablesRuleset,
+    RealServer,
+    RealServerKey,
+    VirtualServer,
+    VirtualServerKey,
+)
+from ipvsproxy.core.rules import JumpRule
+
+# --- IPVS ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddVirtualServer:
+    server: VirtualServer
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateVirtualServer:
+    server: VirtualServer
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVirtualServer:
+    key: VirtualServerKey
+
+
+@dataclass(frozen=True, slots=True)
+class AddRealServer:
+    virtual: VirtualServerKey
+    server: RealServer
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRealServer:
+    virtual: VirtualServerKey
+    server: RealServer
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRealServer:
+    virtual: VirtualServerKey
+    key: RealServerKey
+
+
+IpvsOperation = (
+    AddVirtualServer
+    | UpdateVirtualServer
+    | DeleteVirtualServer
+    | AddRealServer
+    | UpdateRealServer
+    | DeleteRealServer
+)
+
+# --- kube-ipvs0 addresses -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureDummyInterface:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    address: IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class UnbindAddress:
+    address: IPAddress
+
+
+# --- ipsets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateIPSet:
+    name: str
+    create_args: str  # the rest of ipset's "create" line: "hash:ip,port family inet ..."
+
+
+@dataclass(frozen=True, slots=True)
+class AddIPSetEntry:
+    set_name: str
+    entry: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteIPSetEntry:
+    set_name: str
+    entry: str
+
+
+IPSetOperation = CreateIPSet | AddIPSetEntry | DeleteIPSetEntry
+
+# --- iptables -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreChains:
+    """Replace the proxy's chains of one family in one iptables-restore --noflush,
+    inserting the jump rules that the built-in chains lack."""
+
+    ruleset: IptablesRuleset
+    missing_jumps: tuple[JumpRule, ...] = ()
+
+
+Operation = (
+    IpvsOperation
+    | EnsureDummyInterface
+    | BindAddress
+    | UnbindAddress
+    | IPSetOperation
+    | RestoreChains
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationFailure:
+    """An operation the kernel refused; errno is 0 when no errno applies."""
+
+    operation: Operation
+    errno: int
+    message: str
