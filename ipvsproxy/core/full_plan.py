@@ -18,27 +18,24 @@ from dataclasses import dataclass, field
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey, drain_step
 from ipvsproxy.core.ipsets import all_set_names
+from ipvsproxy.core.ipvs_diff import IpvsDiff, excluded
 from ipvsproxy.core.model import (
     DUMMY_INTERFACE,
-    IPAddress,
     IPNetwork,
     KernelState,
+    RealServer,
+    VirtualServerKey,
     address_sort_key,
 )
 from ipvsproxy.core.operations import (
     AddIPSetEntry,
-    AddRealServer,
-    AddVirtualServer,
     BindAddress,
     CreateIPSet,
     DeleteIPSetEntry,
-    DeleteVirtualServer,
     EnsureDummyInterface,
     Operation,
     RestoreChains,
     UnbindAddress,
-    UpdateRealServer,
-    UpdateVirtualServer,
 )
 from ipvsproxy.core.rules import JUMP_RULES
 
@@ -56,10 +53,6 @@ class Plan:
 
     def __len__(self) -> int:
         return len(self.operations)
-
-
-def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:
-    return any(address.version == net.version and address in net for net in exclude)
 
 
 def plan_sync(
@@ -149,52 +142,32 @@ def _ipvs_operations(
     exclude_cidrs: Sequence[IPNetwork],
     timing: _DrainTiming,
 ) -> list[Operation]:
-    adds: list[Operation] = []
-    real_server_deletes: list[Operation] = []
+    def drain(key: VirtualServerKey, leaving: Sequence[RealServer]) -> Sequence[Operation]:
+        step = drain_step(
+            key, leaving, started=timing.started, now=timing.now, timeout=timing.timeout
+        )
+        timing.draining.update(step.draining)
+        return step.operations
+
+    diff = IpvsDiff(leave=drain)
     # Virtual servers go in address order; real servers keep the desired state's order,
     # which follows the input, so plans are deterministic without sorting 100k entries.
     for key in sorted(desired.virtual_servers, key=lambda k: k.sort_key()):
-        server = desired.virtual_servers[key]
-        wanted = desired.real_servers.get(key, {})
         current_server = observed.virtual_servers.get(key)
-        if current_server is None:
-            adds.append(AddVirtualServer(server))
-            adds += [AddRealServer(key, rs) for rs in wanted.values()]
-            continue
-        if not server.same_settings(current_server):
-            adds.append(UpdateVirtualServer(server))
-        current = observed.real_servers.get(key, {})
-        kept = 0
-        for rs_key, rs in wanted.items():
-            have = current.get(rs_key)
-            if have is None:
-                adds.append(AddRealServer(key, rs))
-                continue
-            kept += 1
-            # Same key, so same address and port: compare the rest only (a full sync
-            # compares every real server of the node; ipaddress compares in Python).
-            if have is not rs and (have.weight != rs.weight or have.forward is not rs.forward):
-                adds.append(UpdateRealServer(key, rs))
-        if kept < len(current):  # some current servers are not wanted
-            leaving = sorted(current.keys() - wanted.keys(), key=lambda k: k.sort_key())
-            step = drain_step(
-                key,
-                (current[rs_key] for rs_key in leaving),
-                started=timing.started,
-                now=timing.now,
-                timeout=timing.timeout,
-            )
-            real_server_deletes += step.operations
-            timing.draining.update(step.draining)
-
+        diff.virtual_server(
+            key,
+            (desired.virtual_servers[key], desired.real_servers.get(key, {})),
+            None
+            if current_server is None
+            else (current_server, observed.real_servers.get(key, {})),
+        )
     stale = [
         key
         for key in observed.virtual_servers
         if key not in desired.virtual_servers
         and key.address in observed.addresses
-        and not _excluded(key.address, exclude_cidrs)
+        and not excluded(key.address, exclude_cidrs)
     ]
-    deletes: list[Operation] = [
-        DeleteVirtualServer(key) for key in sorted(stale, key=lambda k: k.sort_key())
-    ]
-    return adds + real_server_deletes + deletes
+    for key in sorted(stale, key=lambda k: k.sort_key()):
+        diff.virtual_server(key, None, (observed.virtual_servers[key], {}))
+    return diff.operations()

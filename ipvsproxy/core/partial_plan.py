@@ -39,40 +39,32 @@ from ipvsproxy.core.desired import (
     ServiceState,
     desired_iptables,
 )
-from ipvsproxy.core.endpoints import MergedServers
 from ipvsproxy.core.full_plan import Plan
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, leave_without_counters
+from ipvsproxy.core.ipvs_diff import IpvsDiff, VirtualEntry, excluded
 from ipvsproxy.core.model import (
     IPAddress,
     IPFamily,
     IPNetwork,
     IptablesRuleset,
     RealServer,
-    RealServerKey,
-    VirtualServer,
     VirtualServerKey,
     address_sort_key,
     host_port,
 )
 from ipvsproxy.core.operations import (
     AddIPSetEntry,
-    AddRealServer,
-    AddVirtualServer,
     BindAddress,
     DeleteIPSetEntry,
-    DeleteVirtualServer,
     Operation,
     RestoreChains,
     UnbindAddress,
-    UpdateRealServer,
-    UpdateVirtualServer,
 )
 
 SetEntry = tuple[str, str]  # (set name, entry)
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
-_VirtualEntry = tuple[VirtualServer, Mapping[RealServerKey, RealServer]]
 
 
 def real_server_removed(
@@ -291,91 +283,39 @@ def _ipvs_operations(
     exclude_cidrs: Sequence[IPNetwork],
     drain_timeout: float,
 ) -> list[Operation]:
-    def before(vs_key: VirtualServerKey) -> _VirtualEntry | None:
+    def before(vs_key: VirtualServerKey) -> VirtualEntry | None:
         owner = cache.owners.get(vs_key)
         if owner is None:
             return None
         state = cache.states[owner]
         return state.virtual_servers[vs_key], state.real_servers.get(vs_key, {})
 
-    def after(vs_key: VirtualServerKey) -> _VirtualEntry | None:
+    def after(vs_key: VirtualServerKey) -> VirtualEntry | None:
         owner = owners[vs_key] if vs_key in owners else cache.owners.get(vs_key)
         if owner is None:
             return None
         state = changed[owner][1] if owner in changed else cache.states[owner]
         return state.virtual_servers[vs_key], state.real_servers.get(vs_key, {})
 
+    def leave(vs_key: VirtualServerKey, leaving: Sequence[RealServer]) -> list[Operation]:
+        return [
+            op
+            for server in leaving
+            for op in real_server_removed(vs_key, server, drain_timeout=drain_timeout)
+        ]
+
     touched: set[VirtualServerKey] = set(owners)
     for key, (old, new) in changed.items():
         touched.update(k for k in old.virtual_servers if cache.owners.get(k) == key)
         touched.update(k for k in new.virtual_servers if owners.get(k, cache.owners.get(k)) == key)
 
-    adds: list[Operation] = []
-    real_server_deletes: list[Operation] = []
-    deletes: list[Operation] = []
+    diff = IpvsDiff(leave=leave)
     for vs_key in sorted(touched, key=lambda k: k.sort_key()):
-        old_entry, new_entry = before(vs_key), after(vs_key)
-        if new_entry is None:
-            if old_entry is not None and not _excluded(vs_key.address, exclude_cidrs):
-                deletes.append(DeleteVirtualServer(vs_key))
-            continue
-        server, wanted = new_entry
-        if old_entry is None:
-            adds.append(AddVirtualServer(server))
-            adds += [AddRealServer(vs_key, rs) for rs in wanted.values()]
-            continue
-        old_server, current = old_entry
-        if not server.same_settings(old_server):
-            adds.append(UpdateVirtualServer(server))
-        if wanted is current:
-            continue
-        new_parts, old_parts = _differing_parts(wanted, current)
-        for part in new_parts:
-            for rs_key, rs in part.items():
-                have = current.get(rs_key)
-                if have is None:
-                    adds.append(AddRealServer(vs_key, rs))
-                elif have is not rs and _settings_differ(have, rs):
-                    adds.append(UpdateRealServer(vs_key, rs))
-        gone = [k for part in old_parts for k in part if k not in wanted]
-        for rs_key in sorted(gone, key=lambda k: k.sort_key()):
-            real_server_deletes += real_server_removed(
-                vs_key, current[rs_key], drain_timeout=drain_timeout
-            )
-    return adds + real_server_deletes + deletes
-
-
-_Servers = Mapping[RealServerKey, RealServer]
-
-
-def _differing_parts(
-    wanted: _Servers, current: _Servers
-) -> tuple[Sequence[_Servers], Sequence[_Servers]]:
-    """Where wanted and current real servers may differ: the parts of each that the
-    other does not share (endpoints.MergedServers), else the whole of both.
-
-    The parts of one MergedServers share no key, so a key of a part both hold has the
-    same real server in both: only the other parts' keys need comparing. Those of
-    wanted are kept in its order, so additions come out in endpoint order either way.
-    """
-    if isinstance(wanted, MergedServers) and isinstance(current, MergedServers):
-        shared = {id(part) for part in wanted.parts}
-        shared.intersection_update(id(part) for part in current.parts)
-        return (
-            [part for part in wanted.parts if id(part) not in shared],
-            [part for part in current.parts if id(part) not in shared],
-        )
-    return (wanted,), (current,)
-
-
-def _settings_differ(have: RealServer, wanted: RealServer) -> bool:
-    """RealServer's `!=` for two servers under one key (so same address and port), without
-    comparing the addresses again: thousands of them per change of a big Service."""
-    return have.weight != wanted.weight or have.forward is not wanted.forward
-
-
-def _excluded(address: IPAddress, exclude: Sequence[IPNetwork]) -> bool:
-    return any(address.version == net.version and address in net for net in exclude)
+        new_entry = after(vs_key)
+        if new_entry is None and excluded(vs_key.address, exclude_cidrs):
+            continue  # excludeCIDRs: never deleted
+        diff.virtual_server(vs_key, new_entry, before(vs_key))
+    return diff.operations()
 
 
 _FIREWALL_SETS = frozenset(
