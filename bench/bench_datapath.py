@@ -316,7 +316,7 @@ def make_pods(ends: dict[str, SvcPort]) -> tuple[Any, dict[str, set[str]]]:
 def measure(path: str, connects: int, changes: int) -> bool:
     from ipvsproxy_testkit.sandbox.netns import enter_netns, switch_netns
 
-    from ipvsproxy.agent.full_sync import sync
+    from ipvsproxy.agent.full_sync import full_sync
     from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
     from ipvsproxy.core.model import IPFamily, Protocol, RealServer, VirtualServerKey
     from ipvsproxy.core.operations import AddRealServer, DeleteRealServer
@@ -366,7 +366,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
                         iptables=IptablesTool("legacy"),
                     )
                     start = time.perf_counter()
-                    ok = sync(state, dataplanes).result.ok and ok
+                    ok = full_sync(state, dataplanes).result.ok and ok
                     figures["ipvs program"] = time.perf_counter() - start
                     targets = {
                         f"{mode} {label}": (pods.pods["client"].netns, address)

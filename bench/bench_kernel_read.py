@@ -149,7 +149,7 @@ def measure(path: str, runs: int) -> bool:
     """Program one cluster in a fresh namespace and time every reader; True if all agree."""
     from ipvsproxy_testkit.sandbox.netns import enter_netns
 
-    from ipvsproxy.agent.full_sync import observe, sync
+    from ipvsproxy.agent.full_sync import full_sync, observe
     from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
     from ipvsproxy.core.ipsets import all_set_names
     from ipvsproxy.core.model import DUMMY_INTERFACE, IPFamily
@@ -182,7 +182,7 @@ def measure(path: str, runs: int) -> bool:
         dataplanes = Dataplanes(
             ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
         )
-        ok = sync(state, dataplanes).result.ok
+        ok = full_sync(state, dataplanes).result.ok
         expected = {
             key: (server, dict(state.real_servers[key]))
             for key, server in state.virtual_servers.items()

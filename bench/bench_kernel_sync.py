@@ -85,7 +85,7 @@ def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
     each in a fresh namespace. Returns the timings and whether the result was right."""
     from ipvsproxy_testkit.sandbox.netns import enter_netns
 
-    from ipvsproxy.agent.full_sync import sync
+    from ipvsproxy.agent.full_sync import full_sync
     from ipvsproxy.core.operations import AddIPSetEntry, CreateIPSet, DeleteIPSetEntry
     from ipvsproxy.dataplane.ipset import IPSetTool, restore_line
     from ipvsproxy.dataplane.iptables import IptablesTool
@@ -108,7 +108,7 @@ def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
                     ipsets=Timed("ipset", IPSetTool(), table),
                     iptables=Timed("iptables", IptablesTool("legacy"), table),
                 )
-                seconds, outcome = clock(lambda: sync(state, dataplanes))  # noqa: B023
+                seconds, outcome = clock(lambda: full_sync(state, dataplanes))  # noqa: B023
             links.close()
             figures[label] = seconds
             for call, spent in table.items():

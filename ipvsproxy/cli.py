@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from ipvsproxy.agent.full_sync import cleanup, observe, probe_scheduler, sync
+from ipvsproxy.agent.cleanup import cleanup
+from ipvsproxy.agent.full_sync import full_sync, observe
+from ipvsproxy.agent.scheduler_probe import probe_scheduler
 from ipvsproxy.config.kubeproxy_file import load_config
 from ipvsproxy.config.settings import (
     DEFAULT_HEALTHZ_PORT,
@@ -337,12 +339,20 @@ def _cmd_once(args: argparse.Namespace) -> int:
         # Node-wide conntrack tuning is the long-running proxy's (and `sysctls`'), as
         # kube-proxy does it when it starts; a one-shot programming leaves it alone.
         settings_ok = _kernel_settings(config, dataplanes, conntrack=False)
-        outcome = sync(
+        outcome = full_sync(
             state,
             dataplanes,
             exclude_cidrs=config.exclude_cidrs,
             drain_timeout=config.graceful_termination_timeout,
         )
+        for failure in outcome.result.failures:
+            logger.error(
+                "kernel refused an operation",
+                operation=type(failure.operation).__name__,
+                error=failure.message,
+            )
+        if outcome.result.removals_skipped:
+            logger.warning("removals postponed to a later sync: an earlier step failed")
         if outcome.result.ok:
             _clear_stale_udp(cluster, dataplanes)
     result = outcome.result

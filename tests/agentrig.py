@@ -8,7 +8,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from ipvsproxy.agent.full_sync import observe, sync
+from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT
@@ -63,7 +63,7 @@ def reference(
     kernel = FakeKernel()
     node = dataclasses.replace(NODE, local_addresses=local)
     desired = desired_state(services, slices, node=node, settings=DesiredSettings())
-    assert sync(desired, dataplanes(kernel)).result.ok
+    assert full_sync(desired, dataplanes(kernel)).result.ok
     return kernel_state(kernel)
 
 

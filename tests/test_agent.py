@@ -15,7 +15,7 @@ from builders import endpoint_slice, service
 from loguru import logger
 
 from ipvsproxy.agent import sync_loop as agent_module
-from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.core.desired import DesiredSettings, desired_state
 from ipvsproxy.core.model import (
     IPFamily,
@@ -52,7 +52,7 @@ def test_first_sync_adopts_what_the_kernel_holds() -> None:
     desired = desired_state(
         [WEB, DNS], [WEB_SLICE, DNS_SLICE], node=NODE, settings=DesiredSettings()
     )
-    sync(desired, dataplanes(kernel))
+    full_sync(desired, dataplanes(kernel))
     writes = kernel.writes
     h = Harness(kernel=kernel)
     h.start([WEB, DNS], [WEB_SLICE, DNS_SLICE])
@@ -64,7 +64,7 @@ def test_first_sync_adopts_what_the_kernel_holds() -> None:
 def test_first_sync_removes_what_a_previous_run_left() -> None:
     kernel = FakeKernel()
     old = desired_state([WEB, DNS], [WEB_SLICE, DNS_SLICE], node=NODE, settings=DesiredSettings())
-    sync(old, dataplanes(kernel))
+    full_sync(old, dataplanes(kernel))
     h = Harness(kernel=kernel)
     h.start([WEB], [WEB_SLICE])  # dns was deleted while the proxy was down
     h.step()

@@ -15,6 +15,7 @@ import pytest
 from agentrig import NODE, Harness, kernel_state
 from builders import endpoint_slice, service
 
+from ipvsproxy.agent import full_sync as full_sync_module
 from ipvsproxy.agent import sync_loop as agent_module
 from ipvsproxy.core.desired import DesiredSettings, desired_state
 from ipvsproxy.core.full_plan import Plan, plan_sync
@@ -88,14 +89,14 @@ def test_full_sync_after_changes_plans_what_a_sync_from_scratch_would(
     h.kernel.links["kube-ipvs0"].add(ipaddress.ip_address("10.96.7.7"))
 
     planned: list[tuple[KernelState, KernelState, Plan]] = []
-    real = agent_module.plan_sync
+    real = full_sync_module.plan_sync
 
     def recorded(desired: KernelState, observed: KernelState, **kwargs: Any) -> Plan:
         plan = real(desired, observed, **kwargs)
         planned.append((desired, plan_sync(from_scratch(h), observed, **kwargs), plan))
         return plan
 
-    monkeypatch.setattr(agent_module, "plan_sync", recorded)
+    monkeypatch.setattr(full_sync_module, "plan_sync", recorded)
     computed.clear()
     # More changes, still pending when a full sync starts (as after a failed sync).
     h.put(endpoint_slice("dns", "10.244.1.9", "10.244.8.8", ports=(("dns", "UDP", 53),)))

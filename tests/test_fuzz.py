@@ -25,7 +25,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import EndpointSlice, Protocol, RealServer, Service, VirtualServer
 from ipvsproxy.core.operations import IPSetOperation, RestoreChains
@@ -248,7 +248,7 @@ def payloads(services: list[Service], slices: list[EndpointSlice]) -> list[str]:
     state = desired_state(services, slices, node=NodeInfo(name="n1"), settings=DesiredSettings())
     kernel = FakeKernel()
     dataplanes = Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
-    result = sync(state, dataplanes)
+    result = full_sync(state, dataplanes)
     assert result.result.ok
     sent: list[str] = []
     for op in result.plan.operations:

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.graceful import DrainKey, drain_step
 from ipvsproxy.core.model import (
@@ -134,42 +134,44 @@ def weights(kernel: FakeKernel, virtual: VirtualServerKey) -> dict[str, int]:
 
 def test_busy_tcp_server_drains_then_goes(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     both = [endpoint_slice("web", "10.244.1.1", "10.244.2.1")]
-    sync(want([WEB], both), dataplanes, now=0.0)
+    full_sync(want([WEB], both), dataplanes, now=0.0)
     kernel.set_connections(TCP, TWO, active=1)
 
     only_one = [endpoint_slice("web", "10.244.1.1")]
-    first = sync(want([WEB], only_one), dataplanes, now=10.0)
+    first = full_sync(want([WEB], only_one), dataplanes, now=10.0)
     assert weights(kernel, TCP) == {"10.244.1.1": 1, "10.244.2.1": 0}
     assert first.plan.draining == {(TCP, TWO): 10.0}
 
     # Still busy: nothing to do, and the drain keeps its start time.
-    again = sync(want([WEB], only_one), dataplanes, drains=first.plan.draining, now=20.0)
+    again = full_sync(want([WEB], only_one), dataplanes, drains=first.plan.draining, now=20.0)
     assert not again.plan
     assert again.plan.draining == {(TCP, TWO): 10.0}
 
     kernel.set_connections(TCP, TWO, active=0)
-    done = sync(want([WEB], only_one), dataplanes, drains=again.plan.draining, now=30.0)
+    done = full_sync(want([WEB], only_one), dataplanes, drains=again.plan.draining, now=30.0)
     assert weights(kernel, TCP) == {"10.244.1.1": 1}
     assert done.plan.draining == {}
 
 
 def test_drain_is_bounded(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want([WEB], [endpoint_slice("web", "10.244.1.1", "10.244.2.1")]), dataplanes, now=0.0)
+    full_sync(want([WEB], [endpoint_slice("web", "10.244.1.1", "10.244.2.1")]), dataplanes, now=0.0)
     kernel.set_connections(TCP, TWO, active=1)
     only_one = want([WEB], [endpoint_slice("web", "10.244.1.1")])
-    first = sync(only_one, dataplanes, now=100.0, drain_timeout=60.0)
+    first = full_sync(only_one, dataplanes, now=100.0, drain_timeout=60.0)
     assert weights(kernel, TCP) == {"10.244.1.1": 1, "10.244.2.1": 0}
-    late = sync(only_one, dataplanes, drains=first.plan.draining, now=160.0, drain_timeout=60.0)
+    late = full_sync(
+        only_one, dataplanes, drains=first.plan.draining, now=160.0, drain_timeout=60.0
+    )
     assert weights(kernel, TCP) == {"10.244.1.1": 1}
     assert late.plan.draining == {}
 
 
 def test_returning_endpoint_gets_weight_one(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     both = want([WEB], [endpoint_slice("web", "10.244.1.1", "10.244.2.1")])
-    sync(both, dataplanes, now=0.0)
+    full_sync(both, dataplanes, now=0.0)
     kernel.set_connections(TCP, TWO, active=1)
-    first = sync(want([WEB], [endpoint_slice("web", "10.244.1.1")]), dataplanes, now=1.0)
-    back = sync(both, dataplanes, drains=first.plan.draining, now=2.0)
+    first = full_sync(want([WEB], [endpoint_slice("web", "10.244.1.1")]), dataplanes, now=1.0)
+    back = full_sync(both, dataplanes, drains=first.plan.draining, now=2.0)
     # Updated in place (kube-proxy deletes and re-adds it), its connections untouched.
     assert [type(op).__name__ for op in back.plan.operations] == ["UpdateRealServer"]
     assert weights(kernel, TCP) == {"10.244.1.1": 1, "10.244.2.1": 1}
@@ -180,18 +182,20 @@ def test_returning_endpoint_gets_weight_one(dataplanes: Dataplanes, kernel: Fake
 def test_udp_server_goes_at_once(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     ports = (("dns", "UDP", 53),)
     udp = VirtualServerKey(ipaddress.ip_address("10.96.0.53"), Protocol.UDP, 53)
-    sync(want([DNS], [endpoint_slice("dns", "10.244.1.1", "10.244.2.1", ports=ports)]), dataplanes)
+    full_sync(
+        want([DNS], [endpoint_slice("dns", "10.244.1.1", "10.244.2.1", ports=ports)]), dataplanes
+    )
     kernel.set_connections(udp, RealServerKey(ipaddress.ip_address("10.244.2.1"), 53), active=4)
-    sync(want([DNS], [endpoint_slice("dns", "10.244.1.1", ports=ports)]), dataplanes)
+    full_sync(want([DNS], [endpoint_slice("dns", "10.244.1.1", ports=ports)]), dataplanes)
     assert weights(kernel, udp) == {"10.244.1.1": 1}
 
 
 def test_deleted_service_takes_its_draining_servers(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want([WEB], [endpoint_slice("web", "10.244.1.1", "10.244.2.1")]), dataplanes, now=0.0)
+    full_sync(want([WEB], [endpoint_slice("web", "10.244.1.1", "10.244.2.1")]), dataplanes, now=0.0)
     kernel.set_connections(TCP, TWO, active=1)
-    first = sync(want([WEB], [endpoint_slice("web", "10.244.1.1")]), dataplanes, now=1.0)
-    gone = sync(want([], []), dataplanes, drains=first.plan.draining, now=2.0)
+    first = full_sync(want([WEB], [endpoint_slice("web", "10.244.1.1")]), dataplanes, now=1.0)
+    gone = full_sync(want([], []), dataplanes, drains=first.plan.draining, now=2.0)
     assert TCP not in kernel.services
     assert gone.plan.draining == {}

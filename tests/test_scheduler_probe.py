@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipvsproxy.agent.full_sync import PROBE_ADDRESS, probe_scheduler
+from ipvsproxy.agent.scheduler_probe import PROBE_ADDRESS, probe_scheduler
 from ipvsproxy.core.model import Protocol, VirtualServer
 from ipvsproxy.core.operations import AddVirtualServer
 from ipvsproxy.dataplane.fake import KNOWN_SCHEDULERS, FakeKernel

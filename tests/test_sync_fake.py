@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 from builders import endpoint_slice, service
 
-from ipvsproxy.agent.full_sync import cleanup, observe, sync
+from ipvsproxy.agent.cleanup import cleanup
+from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import (
     EndpointSlice,
@@ -58,7 +59,7 @@ WEB_SLICES = [
 
 def test_first_sync_programs_everything(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     desired = want(WEB, WEB_SLICES)
-    outcome = sync(desired, dataplanes)
+    outcome = full_sync(desired, dataplanes)
     assert outcome.result.ok
     seen = observe(dataplanes, tuple(desired.iptables))
     assert seen.virtual_servers == desired.virtual_servers
@@ -70,20 +71,20 @@ def test_first_sync_programs_everything(dataplanes: Dataplanes, kernel: FakeKern
 
 def test_second_sync_writes_nothing(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     desired = want(WEB, WEB_SLICES)
-    sync(desired, dataplanes)
+    full_sync(desired, dataplanes)
     writes = kernel.writes
-    outcome = sync(desired, dataplanes)
+    outcome = full_sync(desired, dataplanes)
     assert not outcome.plan
     assert kernel.writes == writes
 
 
 def test_endpoint_change_is_minimal(dataplanes: Dataplanes) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     changed = [
         endpoint_slice("web", "10.244.1.1", "10.244.3.1"),
         WEB_SLICES[1],
     ]
-    outcome = sync(want(WEB, changed), dataplanes)
+    outcome = full_sync(want(WEB, changed), dataplanes)
     key = next(k for k in want(WEB, changed).virtual_servers if k.protocol is Protocol.TCP)
     assert outcome.plan.operations == (
         AddRealServer(key, RealServer(ipaddress.ip_address("10.244.3.1"), 8080)),
@@ -92,8 +93,8 @@ def test_endpoint_change_is_minimal(dataplanes: Dataplanes) -> None:
 
 
 def test_removed_service_is_fully_cleaned(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
-    outcome = sync(want(WEB[:1], WEB_SLICES[:1]), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = full_sync(want(WEB[:1], WEB_SLICES[:1]), dataplanes)
     kinds = {type(op) for op in outcome.plan.operations}
     assert {DeleteVirtualServer, UnbindAddress} <= kinds
     assert [k.address.version for k in kernel.services] == [4]
@@ -104,19 +105,19 @@ def test_removed_service_is_fully_cleaned(dataplanes: Dataplanes, kernel: FakeKe
 def test_restart_removes_stale_and_keeps_foreign(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     foreign = VirtualServer(ipaddress.ip_address("192.0.2.1"), Protocol.TCP, 80)
     kernel.services[foreign.key] = foreign
     kernel.destinations[foreign.key] = {}
     # A new process knows nothing but the kernel: ownership comes from kube-ipvs0.
-    sync(want([], []), dataplanes)
+    full_sync(want([], []), dataplanes)
     assert list(kernel.services) == [foreign.key]
     assert kernel.links["kube-ipvs0"] == set()
 
 
 def test_exclude_cidrs_protect_virtual_servers(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
-    sync(want([], []), dataplanes, exclude_cidrs=[ipaddress.ip_network("10.96.0.0/24")])
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want([], []), dataplanes, exclude_cidrs=[ipaddress.ip_network("10.96.0.0/24")])
     assert [str(k.address) for k in kernel.services] == ["10.96.0.10"]
 
 
@@ -124,16 +125,16 @@ def test_real_server_removed_behind_our_back_is_restored(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
     desired = want(WEB, WEB_SLICES)
-    sync(desired, dataplanes)
+    full_sync(desired, dataplanes)
     key = next(iter(kernel.destinations))
     kernel.destinations[key].clear()
-    sync(desired, dataplanes)
+    full_sync(desired, dataplanes)
     assert kernel.destinations[key] == desired.real_servers[key]
 
 
 def test_changed_scheduler_updates_in_place(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
-    outcome = sync(want(WEB, WEB_SLICES, scheduler="wrr"), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = full_sync(want(WEB, WEB_SLICES, scheduler="wrr"), dataplanes)
     assert {type(op).__name__ for op in outcome.plan.operations} == {"UpdateVirtualServer"}
     assert {s.scheduler for s in kernel.services.values()} == {"wrr"}
 
@@ -141,7 +142,7 @@ def test_changed_scheduler_updates_in_place(dataplanes: Dataplanes, kernel: Fake
 def test_bad_scheduler_fails_loudly_but_others_proceed(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    outcome = sync(want(WEB, WEB_SLICES, scheduler="nosuch"), dataplanes)
+    outcome = full_sync(want(WEB, WEB_SLICES, scheduler="nosuch"), dataplanes)
     assert not outcome.result.ok
     assert len(outcome.result.failures) >= 2
     # Addresses, ipsets and chains were still programmed.
@@ -150,16 +151,16 @@ def test_bad_scheduler_fails_loudly_but_others_proceed(
 
 
 def test_iptables_failure_keeps_stale_objects(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     kernel.fail_restore = True
     kernel.tables[next(iter(kernel.tables))]["nat"]["KUBE-SERVICES"].clear()  # force a restore
-    outcome = sync(want([], []), dataplanes)
+    outcome = full_sync(want([], []), dataplanes)
     assert outcome.result.removals_skipped
     assert len(kernel.services) == 2  # nothing removed while the rules are not in place
 
 
 def test_cleanup_leaves_no_trace(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     assert cleanup(dataplanes) == []
     assert kernel.services == {}
     assert kernel.links == {}
@@ -172,15 +173,15 @@ def test_cleanup_leaves_no_trace(dataplanes: Dataplanes, kernel: FakeKernel) -> 
 def test_failed_virtual_server_delete_keeps_its_address(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     kernel.refuse = {DeleteVirtualServer}
-    outcome = sync(want([], []), dataplanes)
+    outcome = full_sync(want([], []), dataplanes)
     assert not outcome.result.ok
     # The address stays bound, so the virtual servers on it are still known to be ours...
     assert kernel.links["kube-ipvs0"] == {k.address for k in kernel.services}
     kernel.refuse = set()
     # ...and the next sync that can delete them does.
-    assert sync(want([], []), dataplanes).result.ok
+    assert full_sync(want([], []), dataplanes).result.ok
     assert kernel.services == {}
     assert kernel.links["kube-ipvs0"] == set()
 
@@ -189,29 +190,29 @@ def test_no_virtual_server_on_an_address_that_could_not_be_bound(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
     kernel.refuse = {EnsureDummyInterface}
-    outcome = sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = full_sync(want(WEB, WEB_SLICES), dataplanes)
     assert not outcome.result.ok
     assert kernel.services == {}
     kernel.refuse = {BindAddress}
     kernel.ensure_interface("kube-ipvs0")
-    outcome = sync(want(WEB, WEB_SLICES), dataplanes)
+    outcome = full_sync(want(WEB, WEB_SLICES), dataplanes)
     assert {f.errno for f in outcome.result.failures} == {errno.EPERM, errno.EADDRNOTAVAIL}
     assert kernel.services == {}
     kernel.refuse = set()
-    assert sync(want(WEB, WEB_SLICES), dataplanes).result.ok
+    assert full_sync(want(WEB, WEB_SLICES), dataplanes).result.ok
     assert len(kernel.services) == 2
 
 
 def test_lost_kernel_contact_becomes_failures_not_a_crash(
     dataplanes: Dataplanes, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
 
     def timeout(ops: object) -> list[object]:
         raise KernelError("no reply from the kernel's IPVS within 10 s", errno=errno.ETIMEDOUT)
 
     monkeypatch.setattr(kernel, "execute", timeout)
-    outcome = sync(want([], []), dataplanes)
+    outcome = full_sync(want([], []), dataplanes)
     assert outcome.result.failures
     assert all(f.errno == errno.ETIMEDOUT for f in outcome.result.failures)
     assert outcome.result.removals_skipped
@@ -221,7 +222,7 @@ def test_lost_kernel_contact_becomes_failures_not_a_crash(
 def test_cleanup_keeps_the_interface_while_virtual_servers_remain(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want(WEB, WEB_SLICES), dataplanes)
+    full_sync(want(WEB, WEB_SLICES), dataplanes)
     kernel.refuse = {DeleteVirtualServer}
     problems = cleanup(dataplanes)
     assert any("kube-ipvs0 kept" in p for p in problems)

@@ -10,7 +10,7 @@ import pytest
 from builders import endpoint_slice, service
 from ipvsproxy_testkit.testapi import Store, TestAPIServer, resources
 
-from ipvsproxy.agent.full_sync import observe, sync
+from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.cli import main
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.drift import Change, Drift, find_drift, render_drift
@@ -53,7 +53,7 @@ def kernel() -> FakeKernel:
     """A fake kernel holding exactly the desired state."""
     fake = FakeKernel()
     dataplanes = Dataplanes(ipvs=fake, links=fake, ipsets=fake, iptables=FakeIptables(fake))
-    assert sync(desired(), dataplanes).result.ok
+    assert full_sync(desired(), dataplanes).result.ok
     return fake
 
 

@@ -1,17 +1,20 @@
-"""One sync: read the kernel, diff against the desired state, apply; and cleanup."""
+"""The one full-sync path: read the kernel, diff it against the desired state, apply.
+
+`ipvsproxy once` and the agent's full syncs (the first, the periodic ones, the retries) all
+go through `full_sync`; the agent's partial syncs skip the read and diff against what they
+last applied instead (core/partial_plan.py). A full sync adopts what the kernel holds and
+rewrites nothing that is already right, so it also repairs whatever changed from outside.
+"""
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from loguru import logger
 
 from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.core.full_plan import Plan, plan_sync
+from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.core.ipsets import all_set_names
 from ipvsproxy.core.model import (
@@ -20,12 +23,8 @@ from ipvsproxy.core.model import (
     IPNetwork,
     IptablesRuleset,
     KernelState,
-    Protocol,
-    VirtualServer,
 )
-from ipvsproxy.core.operations import AddVirtualServer, DeleteVirtualServer
-from ipvsproxy.dataplane.interfaces import Dataplanes, IpvsDataplane
-from ipvsproxy.errors import KernelError
+from ipvsproxy.dataplane.interfaces import Dataplanes
 
 
 def observe(dataplanes: Dataplanes, families: Sequence[IPFamily]) -> KernelState:
@@ -50,7 +49,7 @@ class SyncResult:
     result: ApplyResult
 
 
-def sync(
+def full_sync(
     desired: KernelState,
     dataplanes: Dataplanes,
     *,
@@ -58,95 +57,25 @@ def sync(
     drains: Mapping[DrainKey, float] | None = None,
     now: float | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    apply: Callable[[Plan], ApplyResult] | None = None,
 ) -> SyncResult:
     """Make the kernel match the desired state; failures are returned, never swallowed.
 
-    drains: when each real server still draining started, from the previous sync's
-    plan (`result.plan.draining`); now: the monotonic clock, read here when None.
+    drains: when each real server still draining started, from the previous sync's plan
+    (`result.plan.draining`); now: the monotonic clock, read here when None. apply: how
+    the plan reaches the kernel (the agent counts what it sends); by default apply_plan
+    through `dataplanes`.
     """
-    observed = observe(dataplanes, tuple(desired.iptables))
-    plan = plan_sync(
-        desired,
-        observed,
-        exclude_cidrs=exclude_cidrs,
-        drains=drains,
-        now=time.monotonic() if now is None else now,
-        drain_timeout=drain_timeout,
-    )
-    result = apply_plan(plan, dataplanes)
-    for failure in result.failures:
-        logger.error(
-            "kernel refused an operation",
-            operation=type(failure.operation).__name__,
-            error=failure.message,
+    with gc_paused():
+        observed = observe(dataplanes, tuple(desired.iptables))
+        plan = plan_sync(
+            desired,
+            observed,
+            exclude_cidrs=exclude_cidrs,
+            drains=drains,
+            now=time.monotonic() if now is None else now,
+            drain_timeout=drain_timeout,
         )
-    if result.removals_skipped:
-        logger.warning("removals postponed to a later sync: an earlier step failed")
+    del observed  # a full copy of the kernel's state: not kept while the plan is applied
+    result = apply_plan(plan, dataplanes) if apply is None else apply(plan)
     return SyncResult(plan=plan, result=result)
-
-
-# kube-proxy's probe (CanUseIPVSProxier): a documentation address (RFC 5737), never bound
-# to kube-ipvs0, so the probe is never mistaken for one of the proxy's virtual servers.
-PROBE_ADDRESS = ipaddress.IPv4Address("198.51.100.0")
-PROBE_PORT = 20000
-
-
-def probe_scheduler(ipvs: IpvsDataplane, scheduler: str) -> str | None:
-    """Whether the kernel can use `scheduler`: None if so, else why not.
-
-    Like kube-proxy at start: unless a virtual server already uses the scheduler, create a
-    throw-away one with it and delete it again. The kernel loads ip_vs_<scheduler> on
-    demand and answers ENOENT when it has no such module.
-    """
-    if any(server.scheduler == scheduler for server, _ in ipvs.snapshot().values()):
-        return None
-    probe = VirtualServer(PROBE_ADDRESS, Protocol.TCP, PROBE_PORT, scheduler=scheduler)
-    failures = ipvs.execute([AddVirtualServer(probe)])
-    ipvs.execute([DeleteVirtualServer(probe.key)])
-    if not failures:
-        return None
-    if failures[0].errno == errno.ENOENT:
-        return (
-            f"IPVS scheduler {scheduler!r} is not available: the kernel has no module "
-            f"ip_vs_{scheduler} (try `modprobe ip_vs_{scheduler}`; kernel schedulers are "
-            "rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf twos)"
-        )
-    return f"IPVS scheduler {scheduler!r} cannot be used: {failures[0].message}"
-
-
-def cleanup(dataplanes: Dataplanes) -> list[str]:
-    """Remove everything the proxy created: its virtual servers, chains, ipsets, kube-ipvs0.
-
-    Like `kube-proxy --cleanup`, except that virtual servers on addresses not bound to
-    kube-ipvs0 belong to someone else and stay. Every step runs even if an earlier one
-    failed; the reasons are returned. kube-ipvs0 is kept while a virtual server on its
-    addresses could not be deleted, so a later cleanup still knows that server is ours.
-    """
-    problems: list[str] = []
-    try:
-        owned = dataplanes.links.addresses(DUMMY_INTERFACE)
-        stale = [key for key in dataplanes.ipvs.snapshot() if key.address in owned]
-        failures = dataplanes.ipvs.execute([DeleteVirtualServer(key) for key in stale])
-        problems += [failure.message for failure in failures]
-        virtual_servers_left = bool(failures)
-    except KernelError as exc:
-        problems.append(f"deleting virtual servers: {exc}")
-        virtual_servers_left = True
-    for family in IPFamily:
-        # Rules first: the kernel refuses to destroy a set a rule still matches.
-        try:
-            dataplanes.iptables.remove(family)
-        except KernelError as exc:
-            problems.append(f"removing IPv{family.value} iptables chains: {exc}")
-    try:
-        problems += [f.message for f in dataplanes.ipsets.destroy(all_set_names())]
-    except KernelError as exc:
-        problems.append(f"destroying ipsets: {exc}")
-    if virtual_servers_left:
-        problems.append(f"{DUMMY_INTERFACE} kept: virtual servers on its addresses remain")
-        return problems
-    try:
-        dataplanes.links.delete_interface(DUMMY_INTERFACE)
-    except KernelError as exc:
-        problems.append(f"deleting {DUMMY_INTERFACE}: {exc}")
-    return problems

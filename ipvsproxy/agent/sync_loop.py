@@ -31,7 +31,7 @@ from loguru import logger
 
 from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.agent.changes import Changes, ChangeTracker, ServiceInput
-from ipvsproxy.agent.full_sync import observe
+from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.agent.runner import BoundedFrequencyRunner, Clock, MonotonicClock
 from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
 from ipvsproxy.core.desired import (
@@ -43,7 +43,7 @@ from ipvsproxy.core.desired import (
     settings_for_node,
     with_node_object,
 )
-from ipvsproxy.core.full_plan import Plan, plan_sync
+from ipvsproxy.core.full_plan import Plan
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPNetwork, VirtualServerKey
@@ -345,16 +345,16 @@ class Agent:
             self._inputs = computed
             self._computed_node = node
             desired = merge_service_states(states, settings=settings)
-            observed = observe(self._dp, tuple(desired.iptables))
-            plan = plan_sync(
-                desired,
-                observed,
-                exclude_cidrs=self._settings.exclude_cidrs,
-                drains=self._drains,
-                now=self._clock.now(),
-                drain_timeout=self._settings.drain_timeout,
-            )
-        result = self._apply(plan)
+        synced = full_sync(
+            desired,
+            self._dp,
+            exclude_cidrs=self._settings.exclude_cidrs,
+            drains=self._drains,
+            now=self._clock.now(),
+            drain_timeout=self._settings.drain_timeout,
+            apply=self._apply,
+        )
+        plan, result = synced.plan, synced.result
         self._drains = plan.draining
         if result.ok:
             with gc_paused():
@@ -364,7 +364,7 @@ class Agent:
             self._note_health_checks(changes.services, node.name, retry=True)
             self.udp_flows.synced(changes.services, full=True)
         operations = len(plan)
-        del desired, observed, plan, previous, inputs
+        del desired, plan, synced, previous, inputs
         # The cache holds millions of long-lived values without cycles: keep the cyclic
         # collector from rescanning them all on its own schedule, which would stall a
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are

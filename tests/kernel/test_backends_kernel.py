@@ -195,7 +195,7 @@ KERNEL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed
 def test_every_kernel_scheduler_passes_the_probe_and_a_missing_one_is_named(
     tmp_path: Path,
 ) -> None:
-    from ipvsproxy.agent.full_sync import probe_scheduler
+    from ipvsproxy.agent.scheduler_probe import probe_scheduler
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with IpvsSocket() as ipvs:

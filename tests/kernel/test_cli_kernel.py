@@ -16,7 +16,7 @@ import pytest
 from agentproc import cli, cluster_file, tool
 from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
-from ipvsproxy.agent.full_sync import sync
+from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import KernelState, Protocol, RealServer, RealServerKey, VirtualServerKey
 from ipvsproxy.core.operations import AddRealServer, DeleteRealServer
@@ -179,7 +179,7 @@ def test_second_sync_writes_nothing(tmp_path: Path) -> None:
     cli("once", "-f", cluster)
     before = ipvsadm_lines()
     with real_dataplanes() as dataplanes:
-        outcome = sync(desired_for(cluster), dataplanes)
+        outcome = full_sync(desired_for(cluster), dataplanes)
         assert outcome.plan.operations == ()
         assert dataplanes.ipvs.writes == 0  # type: ignore[attr-defined]
         assert dataplanes.iptables.restores == 0  # type: ignore[attr-defined]
@@ -195,7 +195,7 @@ def test_changed_endpoint_gives_the_minimal_change(tmp_path: Path) -> None:
     cli("once", "-f", cluster)
     changed = web_cluster(tmp_path, endpoint_2="10.244.7.7", name="changed.yaml")
     with real_dataplanes() as dataplanes:
-        outcome = sync(desired_for(changed), dataplanes)
+        outcome = full_sync(desired_for(changed), dataplanes)
     assert outcome.result.ok
     vip = ipaddress.ip_address("10.96.0.10")
     old, new = ipaddress.ip_address("10.244.2.1"), ipaddress.ip_address("10.244.7.7")
@@ -342,7 +342,7 @@ def test_kernel_refusal_is_reported_and_the_rest_still_programmed(tmp_path: Path
         settings=DesiredSettings(scheduler="nosuch"),
     )
     with real_dataplanes() as dataplanes:
-        result = sync(unknown, dataplanes).result
+        result = full_sync(unknown, dataplanes).result
     refused = {type(f.operation).__name__ for f in result.failures}
     assert refused == {"AddVirtualServer", "AddRealServer"}
     assert any("10.96.0.10" in str(f.operation) for f in result.failures)

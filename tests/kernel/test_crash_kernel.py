@@ -305,7 +305,7 @@ class Runner:
 
 def cleanup() -> None:
     """What a node without the proxy holds: everything of ours removed, others' kept."""
-    from ipvsproxy.agent.full_sync import cleanup as remove_ours
+    from ipvsproxy.agent.cleanup import cleanup as remove_ours
     from ipvsproxy.cli import _dataplanes
 
     with _dataplanes("legacy") as dataplanes:
