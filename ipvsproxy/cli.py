@@ -296,7 +296,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _clear_stale_udp(cluster: Cluster, dataplanes: Dataplanes) -> None:
-    """Delete conntrack entries of UDP flows whose endpoint is gone (see udpflows.py)."""
+    """Delete conntrack entries of UDP flows whose endpoint is gone (agent/stale_udp_flows.py)."""
     from ipvsproxy.agent.changes import ServiceInput
     from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
     from ipvsproxy.core.desired import index_slices

@@ -120,3 +120,26 @@ def test_packages_depend_downward_only(package: str) -> None:
         if own - allowed:
             bad[str(path.relative_to(PACKAGE))] = own - allowed
     assert bad == {}
+
+
+def test_readme_layout_lists_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed: set[str] = set()
+    folder = ""
+    for line in section.splitlines():
+        if not line.startswith("      ") or not line.strip():
+            continue
+        name = line.split()[0]
+        if line.startswith("      ") and not line.startswith("        ") and name.endswith("/"):
+            folder = name
+        elif name.endswith(".py"):
+            listed.add((folder if line.startswith("        ") else "") + name)
+    modules = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+    assert modules, "no modules found"
+    assert sorted(modules - listed) == [], "modules missing from the README's Layout"
+    assert sorted(listed - modules) == [], "the README's Layout lists modules that do not exist"

@@ -1,4 +1,4 @@
-"""Stale UDP conntrack entries deleted after each sync that applied (see conntrack.py).
+"""Stale UDP conntrack entries deleted after each sync that applied (see core/stale_udp.py).
 
 Each Service's UDP frontends, with their serving endpoints, are kept from one sync to the
 next (only those that have one: none is the same as not known). Only the Services a sync

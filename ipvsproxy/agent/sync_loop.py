@@ -8,7 +8,7 @@ thread computes desired state and touches the kernel:
 - the first sync is full and adopts what the kernel holds: plan_sync diffs against what
   it reads back, so a restarted proxy rewrites nothing that is already right;
 - later syncs are partial (only the Services that changed, diffed against what was last
-  applied; see partial.py) except every `sync_period` (counted from the end of the last
+  applied; see core/partial_plan.py) except every `sync_period` (counted from the end of the last
   full sync, shortened by a random share of up to `sync_period_jitter` so that agents
   sharing a machine drift out of step), after a Node change, and after any failure: a
   full sync re-reads the kernel and repairs whatever drifted. It recomputes only the

@@ -4,7 +4,7 @@
 each virtual server and reference counts of addresses and ipset entries across Services
 (two Services may share an external IP, and with it a kube-ipvs0 address and set
 entries). `plan_partial` turns the new ServiceStates of the Services that changed into
-operations, in plan.py's order, without looking at the kernel or at any other Service:
+operations, in full_plan.py's order, without looking at the kernel or at any other Service:
 
 - a virtual server's operations come from comparing its old owner's entry with its new
   owner's (normally the same Service), so a virtual server that moves between Services
