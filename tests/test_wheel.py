@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,15 +12,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_holds_no_test_code(tmp_path: Path) -> None:
+    # Built from a copy of what the Dockerfile copies, so no build/ folder left in the
+    # working tree by an earlier build can add stale files to the wheel.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "ipvsproxy", source / "ipvsproxy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    wheels = tmp_path / "wheels"
     subprocess.run(
         [
             sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-            "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT),
+            "--disable-pip-version-check", "-w", str(wheels), str(source),
         ],
         check=True,
         capture_output=True,
     )  # fmt: skip
-    (wheel,) = tmp_path.glob("ipvsproxy-*.whl")
+    (wheel,) = wheels.glob("ipvsproxy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     packages = {name.split("/")[0] for name in names}
     assert packages == {"ipvsproxy", next(p for p in packages if p.endswith(".dist-info"))}
