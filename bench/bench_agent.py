@@ -74,6 +74,7 @@ from ipvsproxy.core.model import (
     IptablesRuleset,
     IpvsStats,
     KernelState,
+    RealServer,
     Service,
     VirtualServerKey,
 )
@@ -116,6 +117,9 @@ class Recorder:
     def snapshot(self) -> IpvsSnapshot:
         held = self.held
         return {k: (v, dict(held.real_servers.get(k, {}))) for k, v in held.virtual_servers.items()}
+
+    def real_servers(self, key: VirtualServerKey) -> list[RealServer]:
+        return list(self.held.real_servers.get(key, {}).values())
 
     def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         return {}

@@ -265,18 +265,30 @@ def test_node_cidr_masquerade_rule_follows_the_node_object() -> None:
     assert masquerade_rules() == [rule]
 
 
-@pytest.mark.parametrize(("timeout", "weights"), [(900.0, [1, 0]), (0.0, [1])])
-def test_partial_sync_drains_or_deletes_per_the_drain_timeout(
-    timeout: float, weights: list[int]
+@pytest.mark.parametrize(
+    ("timeout", "connections", "weights", "reads"),
+    [
+        (900.0, 0, [1], 1),  # idle: deleted in the same partial sync, as kube-proxy does
+        (900.0, 3, [1, 0], 1),  # busy: drains at weight 0
+        (0.0, 3, [1], 0),  # graceful termination off: deleted without reading counters
+    ],
+)
+def test_partial_sync_deletes_idle_and_drains_busy_real_servers(
+    timeout: float, connections: int, weights: list[int], reads: int
 ) -> None:
     h = Harness(drain_timeout=timeout)
     h.start([WEB], [WEB_SLICE])
     h.step()
+    ((virtual, servers),) = h.kernel.destinations.items()
+    leaving = next(key for key in servers if str(key.address) != "10.244.1.1")
+    h.kernel.set_connections(virtual, leaving, active=connections)
+    h.kernel.real_server_reads = 0
     h.put(endpoint_slice("web", "10.244.1.1"))
     h.step()
-    assert h.agent.last is not None and not h.agent.last.full
-    (servers,) = h.kernel.destinations.values()
-    assert [server.weight for server in servers.values()] == weights
+    assert h.agent.last is not None and not h.agent.last.full and h.agent.last.ok
+    assert [server.weight for server in h.kernel.destinations[virtual].values()] == weights
+    # Counters are read for the one virtual server that lost a TCP real server only.
+    assert h.kernel.real_server_reads == reads
 
 
 def test_metrics_and_health_follow_the_syncs() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from loguru import logger
@@ -45,12 +45,32 @@ from ipvsproxy.core.desired import (
 )
 from ipvsproxy.core.full_plan import Plan
 from ipvsproxy.core.gcpause import gc_paused
-from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
-from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPNetwork, VirtualServerKey
-from ipvsproxy.core.operations import BindAddress, IpvsOperation, UnbindAddress
+from ipvsproxy.core.graceful import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DrainKey,
+    drain_step,
+    leave_without_counters,
+)
+from ipvsproxy.core.ipvs_diff import LeavePolicy
+from ipvsproxy.core.model import (
+    DUMMY_INTERFACE,
+    IPAddress,
+    IPNetwork,
+    Protocol,
+    RealServer,
+    VirtualServerKey,
+)
+from ipvsproxy.core.operations import (
+    BindAddress,
+    DeleteRealServer,
+    DeleteVirtualServer,
+    IpvsOperation,
+    Operation,
+    UnbindAddress,
+)
 from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
 from ipvsproxy.dataplane.interfaces import Dataplanes
-from ipvsproxy.errors import IpvsProxyError
+from ipvsproxy.errors import IpvsProxyError, KernelError
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.serve.metrics import ProxyMetrics, ServicePortLabels, service_port_labels
 from ipvsproxy.serve.proxy_health import ProxyHealth
@@ -392,16 +412,19 @@ class Agent:
                     self._inputs[key] = given
                 else:
                     self._inputs.pop(key, None)
+        started: dict[DrainKey, float] = {}
         planned = plan_partial(
             self._cache,
             updates,
             settings=settings,
             exclude_cidrs=self._settings.exclude_cidrs,
             drain_timeout=self._settings.drain_timeout,
+            leave=self._leave_by_counters(started),
         )
         result = self._apply(planned.plan)
         if result.ok:
             self._cache.commit(planned.delta)
+            self._note_drains(planned.plan, started)
             for key in updates:
                 for vs_key in self._labelled.pop(key, ()):
                     self.labels.pop(vs_key, None)
@@ -418,6 +441,60 @@ class Agent:
             _reason(result),
             len(result.failures),
         )
+
+    def _leave_by_counters(self, started: dict[DrainKey, float]) -> LeavePolicy:
+        """How a partial sync takes real servers out of a virtual server that stays.
+
+        kube-proxy deletes an idle real server at once; without counters a partial sync
+        could only quiesce it and leave it listed by `ipvsadm -Ln` until the next full
+        sync. So the counters are read, in one dump per virtual server that loses TCP real
+        servers (no other is read): idle ones are deleted now, busy ones drain at weight 0
+        (graceful.drain_step), and the drains started are added to `started`. UDP and
+        SCTP servers need no counters: they are deleted at once anyway.
+        """
+        timeout = self._settings.drain_timeout
+        now = self._clock.now()
+
+        def leave(key: VirtualServerKey, leaving: Sequence[RealServer]) -> list[Operation]:
+            without_counters: list[Operation] = [
+                leave_without_counters(key, server, timeout=timeout) for server in leaving
+            ]
+            if key.protocol is not Protocol.TCP or timeout <= 0:
+                return without_counters
+            try:
+                counted = {server.key: server for server in self._dp.ipvs.real_servers(key)}
+            except KernelError as exc:
+                self._log.warning(
+                    "cannot read connection counters; leaving real servers drain until "
+                    "the next full sync",
+                    key=("counters", str(exc)),
+                    error=str(exc),
+                )
+                return without_counters
+            # A server the kernel no longer holds has no connection: deleting it again
+            # is the idempotent no-op it should be.
+            step = drain_step(
+                key,
+                [counted.get(server.key, server) for server in leaving],
+                started=self._drains,
+                now=now,
+                timeout=timeout,
+            )
+            started.update(step.draining)
+            return list(step.operations)
+
+        return leave
+
+    def _note_drains(self, plan: Plan, started: Mapping[DrainKey, float]) -> None:
+        """Keep the drain clocks in step with an applied partial plan."""
+        gone = {(op.virtual, op.key) for op in plan.operations if isinstance(op, DeleteRealServer)}
+        removed = {op.key for op in plan.operations if isinstance(op, DeleteVirtualServer)}
+        if gone or removed or started:
+            self._drains = {
+                key: since
+                for key, since in self._drains.items()
+                if key not in gone and key[0] not in removed
+            } | dict(started)
 
     def _apply(self, plan: Plan) -> ApplyResult:
         if not plan:

@@ -41,7 +41,7 @@ from ipvsproxy.core.desired import (
 )
 from ipvsproxy.core.full_plan import Plan
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, leave_without_counters
-from ipvsproxy.core.ipvs_diff import IpvsDiff, VirtualEntry, excluded
+from ipvsproxy.core.ipvs_diff import IpvsDiff, LeavePolicy, VirtualEntry, excluded
 from ipvsproxy.core.model import (
     IPAddress,
     IPFamily,
@@ -163,12 +163,17 @@ def plan_partial(
     settings: DesiredSettings,
     exclude_cidrs: Sequence[IPNetwork] = (),
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    leave: LeavePolicy | None = None,
 ) -> PartialPlan:
     """The operations that take the kernel from the cached states to `updates`.
 
     updates: Service key -> its new ServiceState, None when the Service is gone. Reads
     `cache` only for the keys it touches; changes nothing (see AppliedCache.commit).
     drain_timeout: as plan_sync's; 0 deletes leaving TCP real servers at once.
+    leave: the operations for real servers that leave a virtual server that stays; by
+    default they are decided without connection counters (`real_server_removed`). The
+    agent passes one that reads the counters of just those virtual servers, so an idle
+    server is deleted at once, as kube-proxy does.
     """
     changed: dict[str, tuple[ServiceState, ServiceState]] = {}
     for key, new in updates.items():
@@ -219,7 +224,16 @@ def plan_partial(
 
     owners = _owners(cache, changed)
     states = {key: None if updates[key] is None else new for key, (_, new) in changed.items()}
-    ipvs = _ipvs_operations(cache, changed, owners, exclude_cidrs, drain_timeout)
+    if leave is None:
+
+        def leave(vs_key: VirtualServerKey, leaving: Sequence[RealServer]) -> list[Operation]:
+            return [
+                op
+                for server in leaving
+                for op in real_server_removed(vs_key, server, drain_timeout=drain_timeout)
+            ]
+
+    ipvs = _ipvs_operations(cache, changed, owners, exclude_cidrs, leave)
 
     ops: list[Operation] = [BindAddress(a) for a in binds]
     ops += [AddIPSetEntry(name, entry) for name, entry in entry_adds]
@@ -281,7 +295,7 @@ def _ipvs_operations(
     changed: Mapping[str, tuple[ServiceState, ServiceState]],
     owners: Mapping[VirtualServerKey, str | None],
     exclude_cidrs: Sequence[IPNetwork],
-    drain_timeout: float,
+    leave: LeavePolicy,
 ) -> list[Operation]:
     def before(vs_key: VirtualServerKey) -> VirtualEntry | None:
         owner = cache.owners.get(vs_key)
@@ -296,13 +310,6 @@ def _ipvs_operations(
             return None
         state = changed[owner][1] if owner in changed else cache.states[owner]
         return state.virtual_servers[vs_key], state.real_servers.get(vs_key, {})
-
-    def leave(vs_key: VirtualServerKey, leaving: Sequence[RealServer]) -> list[Operation]:
-        return [
-            op
-            for server in leaving
-            for op in real_server_removed(vs_key, server, drain_timeout=drain_timeout)
-        ]
 
     touched: set[VirtualServerKey] = set(owners)
     for key, (old, new) in changed.items():

@@ -70,6 +70,7 @@ class FakeKernel:
         # Traffic counters per virtual server, as the kernel keeps them (see count_traffic).
         self.traffic: dict[VirtualServerKey, IpvsStats] = {}
         self.stats_reads = 0  # stats() calls: each is one dump in the real kernel
+        self.real_server_reads = 0  # real_servers() calls: one dump each, likewise
         self.timeouts = (900, 120, 300)  # IPVS tcp, tcpfin, udp connection timeouts
         self.writes = 0  # every state-changing call, whatever the subsystem
         self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
@@ -82,6 +83,10 @@ class FakeKernel:
         return {
             key: (server, dict(self.destinations[key])) for key, server in self.services.items()
         }
+
+    def real_servers(self, key: VirtualServerKey) -> list[RealServer]:
+        self.real_server_reads += 1
+        return list(self.destinations.get(key, {}).values())
 
     def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         self.stats_reads += 1

@@ -28,6 +28,11 @@ class IpvsDataplane(Protocol):
 
     def snapshot(self) -> IpvsSnapshot: ...
 
+    def real_servers(self, key: VirtualServerKey) -> list[RealServer]:
+        """One virtual server's real servers with their connection counters, in one dump
+        (empty when it does not exist): what a partial sync reads for servers that leave."""
+        ...
+
     def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         """The traffic counters of every TCP/UDP/SCTP virtual server, in one dump."""
         ...

@@ -332,6 +332,9 @@ class EncodeOnlySink:
     def snapshot(self) -> IpvsSnapshot:
         return {}
 
+    def real_servers(self, key: VirtualServerKey) -> list[RealServer]:
+        return []
+
     def stats(self) -> dict[VirtualServerKey, IpvsStats]:
         return {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from agentproc import (
+    AGENT_CONFIG,
     CLUSTER_IP,
     HEALTHZ_PORT,
     METRICS_PORT,
@@ -104,6 +106,46 @@ def test_restart_under_traffic_loses_no_request(
         assert traffic.failures == [], traffic.failures[:5]
         assert ipvs_table() == table
         assert {"web1", "web2"} <= set(traffic.replies)
+
+
+def test_partial_sync_deletes_idle_real_servers_and_drains_busy_ones(
+    cluster: tuple[TestAPIServer, PodNetwork, Path, Path], tmp_path: Path
+) -> None:
+    """kube-proxy deletes a removed real server at once when it has no connection; only a
+    busy one stays at weight 0. With full syncs an hour apart, only the partial sync that
+    took the change can have deleted it (kubernetes' graceful_termination.go)."""
+    api, _, kubeconfig_path, _ = cluster
+    config = tmp_path / "slow-full-syncs.yaml"
+    config.write_text(AGENT_CONFIG.replace("syncPeriod: 2s", "syncPeriod: 1h"))
+    set_endpoints(api, "10.244.1.1")
+    with agent(tmp_path, kubeconfig_path, config):
+        assert real_servers() == {"10.244.1.1:8080"}
+        # An established connection through the Service, held open: web1 is busy.
+        held = socket.create_connection((CLUSTER_IP, 80), timeout=15)
+        try:
+            wait_for("web1's connection counted", lambda: _connections("10.244.1.1:8080") > 0)
+            set_endpoints(api, "10.244.1.1", "10.244.2.1")
+            wait_for("web2 added", lambda: "10.244.2.1:8080" in real_servers())
+            # web2 never had a connection, web1 still has one: both leave.
+            set_endpoints(api, "10.244.3.1")
+            wait_for("web3 added", lambda: "10.244.3.1:8080" in real_servers())
+            # Idle: deleted by the same partial sync (the next full sync is an hour away).
+            wait_for("web2 deleted", lambda: "10.244.2.1:8080" not in real_servers())
+            table = weights()
+            assert table["10.244.1.1:8080"] == 0, ipvs_table()  # busy: drains
+            assert table["10.244.3.1:8080"] == 1
+        finally:
+            held.close()
+        assert sorted(tcp_requests(CLUSTER_IP, 80, 2)) == ["web3", "web3"]
+
+
+def _connections(real_server: str) -> int:
+    """Active plus inactive connections of a real server, as `ipvsadm -Ln` shows them."""
+    for line in tool("ipvsadm", "-Ln").splitlines():
+        fields = line.split()
+        if fields[:2] == ["->", real_server]:
+            return int(fields[4]) + int(fields[5])
+    return 0
 
 
 def test_full_sync_repairs_drift(
