@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from ipvsproxy_testkit.sandbox.pods import PodNetwork
     from ipvsproxy_testkit.testapi import Store
 
-ROOT = Path(__file__).resolve().parents[2]
+# The repository: the demo reads deploy/ (testkit/ipvsproxy_testkit/sandbox/demo.py -> ../../..)
+ROOT = Path(__file__).resolve().parents[3]
 # Relative to ROOT, where the guest runs (shorter to read in the commands shown).
 CLUSTER = Path("deploy/demo/live-cluster.yaml")
 ADDED = Path("deploy/demo/api-service.yaml")
