@@ -461,8 +461,15 @@ class Agent:
             ]
             if key.protocol is not Protocol.TCP or timeout <= 0:
                 return without_counters
+            # The dump holds every real server of the virtual server (thousands for a big
+            # Service): pick the leaving ones by address, cheaper than building each key.
+            addresses = {server.address for server in leaving}
             try:
-                counted = {server.key: server for server in self._dp.ipvs.real_servers(key)}
+                counted = {
+                    server.key: server
+                    for server in self._dp.ipvs.real_servers(key)
+                    if server.address in addresses
+                }
             except KernelError as exc:
                 self._log.warning(
                     "cannot read connection counters; leaving real servers drain until "
