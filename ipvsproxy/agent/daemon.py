@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -23,11 +23,13 @@ from ipvsproxy.config.settings import ProxyConfig
 from ipvsproxy.core.model import IpvsStats, VirtualServerKey
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import IpvsProxyError
-from ipvsproxy.k8s.client import ClientSettings, connect
+from ipvsproxy.k8s.client import ApiConnection, ClientSettings, connect
 from ipvsproxy.k8s.watch import (
     ENDPOINT_SLICES,
     SERVICES,
+    ChangeHandler,
     Reflector,
+    Resource,
     WatchSettings,
     node_resource,
 )
@@ -61,6 +63,20 @@ def _stop_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _reflectors(
+    connection: ApiConnection,
+    watched: Iterable[tuple[Resource[Any], ChangeHandler[Any]]],
+    settings: WatchSettings | None,
+) -> list[Reflector[Any]]:
+    """One reflector per (resource, handler), all on one connection and its rate limiter."""
+    return [
+        Reflector(
+            resource, connection.transport, handler, limiter=connection.limiter, settings=settings
+        )
+        for resource, handler in watched
+    ]
 
 
 def run_daemon(
@@ -97,29 +113,15 @@ def run_daemon(
         )
     )
     node_name = settings.node.name
-    reflectors: list[Reflector[Any]] = [
-        Reflector(
-            SERVICES,
-            connection.transport,
-            agent.tracker.services,
-            limiter=connection.limiter,
-            settings=watch_settings,
+    reflectors = _reflectors(
+        connection,
+        (
+            (SERVICES, agent.tracker.services),
+            (ENDPOINT_SLICES, agent.tracker.slices),
+            (node_resource(node_name), agent.tracker.node),
         ),
-        Reflector(
-            ENDPOINT_SLICES,
-            connection.transport,
-            agent.tracker.slices,
-            limiter=connection.limiter,
-            settings=watch_settings,
-        ),
-        Reflector(
-            node_resource(node_name),
-            connection.transport,
-            agent.tracker.node,
-            limiter=connection.limiter,
-            settings=watch_settings,
-        ),
-    ]
+        watch_settings,
+    )
     with ExitStack() as stack:
         stack.callback(connection.close)
         stack.callback(health_checks.close)
