@@ -20,6 +20,7 @@ from loguru import logger
 
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.config.settings import ProxyConfig
+from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import IpvsStats, VirtualServerKey
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import IpvsProxyError
@@ -79,11 +80,23 @@ def _reflectors(
     ]
 
 
+def agent_settings(config: ProxyConfig, *, node: NodeInfo) -> AgentSettings:
+    """The sync loop's settings, every one of them read from config (the one source)."""
+    return AgentSettings(
+        desired=config.desired_settings(),
+        node=node,
+        exclude_cidrs=config.exclude_cidrs,
+        sync_period=config.sync_period,
+        min_sync_period=config.min_sync_period,
+        drain_timeout=config.graceful_termination_timeout,
+    )
+
+
 def run_daemon(
     config: ProxyConfig,
     dataplanes: Dataplanes,
-    settings: AgentSettings,
     *,
+    node: NodeInfo,
     master: str | None = None,
     traffic: Callable[[], Mapping[VirtualServerKey, IpvsStats]] | None = None,
     stop: threading.Event | None = None,
@@ -91,10 +104,13 @@ def run_daemon(
 ) -> int:
     """Run until stopped (SIGTERM, SIGINT, or `stop` set); returns the exit status.
 
+    node: this node's name and addresses (its Node object, watched, adds the rest).
+
     traffic: reads every virtual server's counters in one dump, for the per-Service
     traffic series (from an IPVS socket of its own: scrapes come from HTTP threads).
     watch_settings: the reflectors' timings (tests shorten backoffs and confirm delays).
     """
+    settings = agent_settings(config, node=node)
     metrics = ProxyMetrics()
     # kube-proxy: unhealthy when a queued change waits longer than 2 x syncPeriod.
     health = ProxyHealth(health_timeout=2 * config.sync_period)
@@ -112,7 +128,7 @@ def run_daemon(
             content_type=config.api_content_type,
         )
     )
-    node_name = settings.node.name
+    node_name = node.name
     reflectors = _reflectors(
         connection,
         (
