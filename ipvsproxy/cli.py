@@ -283,7 +283,7 @@ def _clear_stale_udp(cluster: Cluster, dataplanes: Dataplanes) -> None:
 
     by_service = index_slices(cluster.slices)
     inputs = {s.key: ServiceInput(s, tuple(by_service.get(s.key, ()))) for s in cluster.services}
-    StaleUdpFlows(dataplanes.conntrack, log=RepeatedLog()).synced(inputs, full=True)
+    StaleUdpFlows(dataplanes.conntrack, log=RepeatedLog()).clear_after(inputs, full=True)
 
 
 def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:

@@ -116,7 +116,7 @@ def run_daemon(
     health = ProxyHealth(health_timeout=2 * config.sync_period)
     health_checks = HealthCheckServers(healthy=health.is_healthy)
     agent = Agent(
-        dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.sync
+        dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.serve
     )
     agent.udp_flows.report = metrics.conntrack_reconciled
     connection = connect(
