@@ -331,8 +331,8 @@ def bench_size(
     tracker = agent.tracker
     tracker.services.replace(services)
     tracker.slices.replace(slices)
-    tracker.services.synced()
-    tracker.slices.synced()
+    tracker.services.listed()
+    tracker.slices.listed()
     gc.collect()
     agent_cold = timed(agent.sync)
     agent_cold_cpu = CPU[-1]

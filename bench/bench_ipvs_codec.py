@@ -41,14 +41,13 @@ from ipvsproxy.core.operations import AddRealServer, AddVirtualServer
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_CMD_NEW_DEST,
     IPVS_CMD_NEW_SERVICE,
-    REQUEST_ACK,
     encode_operation,
-    split_messages,
 )
 from ipvsproxy.dataplane.ipvs_decode import (
     parse_dest,
     parse_service,
 )
+from ipvsproxy.dataplane.netlink_codec import REQUEST_ACK, split_messages
 
 FAMILY_ID = 0x25  # any generic netlink family id; nothing is sent
 Op = AddVirtualServer | AddRealServer

@@ -56,8 +56,8 @@ def main() -> None:
     agent = Agent(dataplanes_of(recorder), settings)
     agent.tracker.services.replace(services)
     agent.tracker.slices.replace(slices)
-    agent.tracker.services.synced()
-    agent.tracker.slices.synced()
+    agent.tracker.services.listed()
+    agent.tracker.slices.listed()
     del services, slices  # the tracker holds them now, as in an agent
     agent.sync()
     cache = agent._cache

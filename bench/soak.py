@@ -30,7 +30,6 @@ from ipvsproxy_testkit.testapi.store import Store
 from loguru import logger
 
 from ipvsproxy.agent.daemon import run_daemon
-from ipvsproxy.agent.sync_loop import AgentSettings
 from ipvsproxy.config.settings import BindAddress, ProxyConfig
 from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import Protocol, VirtualServerKey
@@ -167,8 +166,8 @@ def soak(
         stop = threading.Event()
         daemon = threading.Thread(
             target=run_daemon,
-            args=(config, dataplanes, AgentSettings(node=NodeInfo(name="n1"), sync_period=10.0)),
-            kwargs={"stop": stop, "traffic": kernel.stats},
+            args=(config, dataplanes),
+            kwargs={"node": NodeInfo(name="n1"), "stop": stop, "traffic": kernel.stats},
             daemon=True,
         )
         daemon.start()

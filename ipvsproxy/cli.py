@@ -28,16 +28,13 @@ from ipvsproxy.config.settings import (
     with_overrides,
 )
 from ipvsproxy.core.desired import (
-    DesiredSettings,
     NodeInfo,
     desired_state,
     settings_for_node,
     with_node_object,
 )
-from ipvsproxy.core.frontends import NodePortSettings
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPFamily, KernelState, Node
 from ipvsproxy.core.render import SECTIONS, render
-from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import Cluster, read_cluster
@@ -217,25 +214,9 @@ def _desired(
     elif local_addresses is None:
         local_addresses = _host_addresses()
     node = dataclasses.replace(node, local_addresses=local_addresses)
-    settings = settings_for_node(_desired_settings(config), node)
+    settings = settings_for_node(config.desired_settings(), node)
     state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
     return state, config, cluster
-
-
-def _desired_settings(config: ProxyConfig) -> DesiredSettings:
-    return DesiredSettings(
-        scheduler=config.scheduler,
-        masquerade=MasqueradeSettings(
-            mark=config.masquerade_mark,
-            masquerade_all=config.masquerade_all,
-            cluster_cidrs=config.cluster_cidrs if config.detect_local_mode == "ClusterCIDR" else (),
-            local_interface=config.local_interface,
-            node_cidrs=config.detect_local_mode == "NodeCIDR",
-        ),
-        node_ports=NodePortSettings(
-            networks=config.node_port_addresses, primary=config.node_port_primary
-        ),
-    )
 
 
 @contextmanager
@@ -304,7 +285,7 @@ def _clear_stale_udp(cluster: Cluster, dataplanes: Dataplanes) -> None:
 
     by_service = index_slices(cluster.slices)
     inputs = {s.key: ServiceInput(s, tuple(by_service.get(s.key, ()))) for s in cluster.services}
-    StaleUdpFlows(dataplanes.conntrack, log=RepeatedLog()).synced(inputs, full=True)
+    StaleUdpFlows(dataplanes.conntrack, log=RepeatedLog()).clear_after(inputs, full=True)
 
 
 def _check_scheduler(config: ProxyConfig, dataplanes: Dataplanes) -> None:
@@ -391,7 +372,6 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ipvsproxy.agent.daemon import run_daemon
-    from ipvsproxy.agent.sync_loop import AgentSettings
 
     config, node = _settings(args)
     config = with_overrides(
@@ -399,14 +379,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         healthz_bind_address=_bind_flag(args.healthz_bind_address, DEFAULT_HEALTHZ_PORT),
         metrics_bind_address=_bind_flag(args.metrics_bind_address, DEFAULT_METRICS_PORT),
-    )
-    settings = AgentSettings(
-        desired=_desired_settings(config),
-        node=node,
-        exclude_cidrs=config.exclude_cidrs,
-        sync_period=config.sync_period,
-        min_sync_period=config.min_sync_period,
-        drain_timeout=config.graceful_termination_timeout,
     )
     if args.dataplane == "fake":
         from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
@@ -418,7 +390,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
         )
         _check_scheduler(config, dataplanes)
-        return run_daemon(config, dataplanes, settings, master=args.master)
+        return run_daemon(config, dataplanes, node=node, master=args.master)
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
@@ -426,7 +398,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # Failures logged; the proxy runs on (kube-proxy exits when conntrack fails).
         _kernel_settings(config, dataplanes, conntrack=True)
         return run_daemon(
-            config, dataplanes, settings, master=args.master, traffic=stats_socket.stats
+            config, dataplanes, node=node, master=args.master, traffic=stats_socket.stats
         )
 
 
@@ -466,7 +438,7 @@ def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfi
         connection.close()
     node = _with_node_object(node, tuple(nodes.values()))
     node = dataclasses.replace(node, local_addresses=_host_addresses())
-    settings = settings_for_node(_desired_settings(config), node)
+    settings = settings_for_node(config.desired_settings(), node)
     return desired_state(services.values(), slices.values(), node=node, settings=settings), config
 
 

@@ -110,9 +110,9 @@ class Harness:
         self.services = {s.key: s for s in services}
         self.slices = {s.key: s for s in slices}
         self.tracker.services.replace(dict(self.services))
-        self.tracker.services.synced()
+        self.tracker.services.listed()
         self.tracker.slices.replace(dict(self.slices))
-        self.tracker.slices.synced()
+        self.tracker.slices.listed()
 
     def put(self, obj: Service | EndpointSlice) -> None:
         if isinstance(obj, Service):

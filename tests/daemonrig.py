@@ -24,7 +24,6 @@ from typing import Any
 from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
 
 from ipvsproxy.agent.daemon import run_daemon
-from ipvsproxy.agent.sync_loop import AgentSettings
 from ipvsproxy.config.settings import BindAddress, ProxyConfig
 from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import Protocol, VirtualServerKey
@@ -143,7 +142,6 @@ def running_daemon(
     *,
     kernel: FakeKernel | None = None,
     conntrack: FakeConntrack | None = None,
-    settings: AgentSettings | None = None,
     sync_period: float = 30.0,
     watch: WatchSettings = FAST_WATCH,
 ) -> Iterator[Daemon]:
@@ -161,12 +159,16 @@ def running_daemon(
     dataplanes = Dataplanes(
         ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel), conntrack=conntrack
     )
-    settings = settings or AgentSettings(node=NodeInfo(name="n1"), sync_period=sync_period)
     stop = threading.Event()
     thread = threading.Thread(
         target=run_daemon,
-        args=(config, dataplanes, settings),
-        kwargs={"stop": stop, "traffic": kernel.stats, "watch_settings": watch},
+        args=(config, dataplanes),
+        kwargs={
+            "node": NodeInfo(name="n1"),
+            "stop": stop,
+            "traffic": kernel.stats,
+            "watch_settings": watch,
+        },
         daemon=True,
     )
     thread.start()

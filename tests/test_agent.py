@@ -33,14 +33,14 @@ DNS = service("dns", "10.96.0.53", ports=(("dns", "UDP", 53),))
 DNS_SLICE = endpoint_slice("dns", "10.244.1.9", ports=(("dns", "UDP", 53),))
 
 
-def test_nothing_is_programmed_before_both_lists_synced() -> None:
+def test_nothing_is_programmed_before_both_lists_finished() -> None:
     h = Harness()
     h.tracker.services.replace({WEB.key: WEB})
-    h.tracker.services.synced()
-    h.tracker.slices.replace({WEB_SLICE.key: WEB_SLICE})  # listed, not yet synced
+    h.tracker.services.listed()
+    h.tracker.slices.replace({WEB_SLICE.key: WEB_SLICE})  # replaced, but listed() not yet called
     assert h.agent.sync()
     assert h.kernel.writes == 0 and h.agent.last is None
-    h.tracker.slices.synced()
+    h.tracker.slices.listed()
     assert h.step()
     assert h.agent.last is not None and h.agent.last.full and h.agent.last.ok
     h.services, h.slices = {WEB.key: WEB}, {WEB_SLICE.key: WEB_SLICE}
@@ -231,7 +231,7 @@ def test_node_change_makes_a_full_sync_and_sets_eligibility() -> None:
     h.start([WEB], [WEB_SLICE])
     h.step()
     h.tracker.node.replace({"n1": Node(name="n1", to_be_deleted=True)})
-    h.tracker.node.synced()
+    h.tracker.node.listed()
     h.step()
     assert h.agent.last is not None and h.agent.last.full
     assert h.health.healthz()[0] == 503
@@ -251,7 +251,7 @@ def test_node_cidr_masquerade_rule_follows_the_node_object() -> None:
     assert [r.split(" -j")[0].endswith("src,dst") for r in masquerade_rules()] == [True]
     pods = (ipaddress.ip_network("10.244.3.0/24"), ipaddress.ip_network("fd00:3::/64"))
     h.tracker.node.replace({"n1": Node(name="n1", pod_cidrs=pods)})
-    h.tracker.node.synced()
+    h.tracker.node.listed()
     h.step()
     assert h.agent.last is not None and h.agent.last.full and h.agent.last.ok
     (rule,) = masquerade_rules()

@@ -140,7 +140,7 @@ def test_node_change_recomputes_every_service(computed: list[str]) -> None:
     h = started()
     computed.clear()
     h.tracker.node.replace({"n1": Node(name="n1", zone="zone-a")})
-    h.tracker.node.synced()
+    h.tracker.node.listed()
     assert h.step()
     assert h.agent.last is not None and h.agent.last.full
     assert sorted(computed) == ["api", "dns", "web"]

@@ -15,13 +15,13 @@ DNS = service("dns", "10.96.0.53")
 WEB_SLICE = endpoint_slice("web", "10.244.1.1")
 
 
-def synced_tracker() -> tuple[ChangeTracker, list[str]]:
+def listed_tracker() -> tuple[ChangeTracker, list[str]]:
     calls: list[str] = []
     tracker = ChangeTracker(on_change=calls.append)
     tracker.services.replace({WEB.key: WEB, DNS.key: DNS})
     tracker.slices.replace({WEB_SLICE.key: WEB_SLICE})
-    tracker.services.synced()
-    tracker.slices.synced()
+    tracker.services.listed()
+    tracker.slices.listed()
     tracker.take(full=True)
     calls.clear()
     return tracker, calls
@@ -31,18 +31,18 @@ def test_ready_only_when_both_kinds_listed_and_signalled_once() -> None:
     calls: list[str] = []
     tracker = ChangeTracker(on_change=calls.append)
     tracker.services.replace({WEB.key: WEB})
-    tracker.services.synced()
+    tracker.services.listed()
     assert not tracker.ready
     tracker.slices.replace({})
     assert not tracker.ready
-    tracker.slices.synced()
+    tracker.slices.listed()
     assert tracker.ready
-    tracker.slices.synced()  # a later relist's synced does not signal again
-    assert calls == ["service", "synced"]
+    tracker.slices.listed()  # a later relist's listed() does not signal again
+    assert calls == ["service", "listed"]
 
 
 def test_service_change_is_taken_once() -> None:
-    tracker, calls = synced_tracker()
+    tracker, calls = listed_tracker()
     changed = dataclasses.replace(WEB, affinity_timeout=60)
     tracker.services.upsert(WEB.key, changed)
     assert calls == ["service"]
@@ -55,7 +55,7 @@ def test_service_change_is_taken_once() -> None:
 
 
 def test_slice_change_marks_its_service_with_all_its_slices() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     second = endpoint_slice("web", "10.244.2.2", name="web-2")
     tracker.slices.upsert(second.key, second)
     changes = tracker.take(full=False)
@@ -64,7 +64,7 @@ def test_slice_change_marks_its_service_with_all_its_slices() -> None:
 
 
 def test_slice_moving_to_another_service_marks_both() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     moved = dataclasses.replace(WEB_SLICE, service_name="dns")
     tracker.slices.upsert(WEB_SLICE.key, moved)
     assert tracker.pending().endpoints == 2
@@ -75,14 +75,14 @@ def test_slice_moving_to_another_service_marks_both() -> None:
 
 
 def test_deleted_service_is_taken_as_none() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     tracker.services.delete(DNS.key)
     changes = tracker.take(full=False)
     assert changes.services[DNS.key].service is None
 
 
 def test_burst_ending_where_it_started_leaves_nothing_pending() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     new = endpoint_slice("web", "10.244.9.9", name="web-9")
     tracker.slices.upsert(new.key, new)
     tracker.slices.upsert(new.key, dataclasses.replace(new, name="web-9"))
@@ -95,7 +95,7 @@ def test_burst_ending_where_it_started_leaves_nothing_pending() -> None:
 
 
 def test_many_events_on_one_key_are_one_pending_change() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     for i in range(50):
         tracker.slices.upsert(WEB_SLICE.key, endpoint_slice("web", f"10.244.3.{i + 1}"))
     assert tracker.pending().endpoints == 1
@@ -105,7 +105,7 @@ def test_many_events_on_one_key_are_one_pending_change() -> None:
 
 
 def test_relist_replace_turns_what_vanished_into_deletions() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     tracker.services.replace({WEB.key: WEB})  # dns was deleted while the watch was down
     tracker.slices.replace({})
     changes = tracker.take(full=False)
@@ -115,7 +115,7 @@ def test_relist_replace_turns_what_vanished_into_deletions() -> None:
 
 
 def test_pending_counts() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     tracker.services.upsert(WEB.key, dataclasses.replace(WEB, affinity_timeout=5))
     tracker.services.delete(DNS.key)
     tracker.slices.delete(WEB_SLICE.key)
@@ -126,7 +126,7 @@ def test_pending_counts() -> None:
 
 
 def test_trigger_times_of_applied_slice_changes() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     a = dataclasses.replace(endpoint_slice("web", "10.244.5.5", name="a"), trigger_time=10.0)
     b = dataclasses.replace(endpoint_slice("dns", "10.244.6.6", name="b"), trigger_time=20.0)
     tracker.slices.upsert(a.key, a)
@@ -137,13 +137,13 @@ def test_trigger_times_of_applied_slice_changes() -> None:
 
 
 def test_full_take_has_every_service_in_first_seen_order() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     changes = tracker.take(full=True)
     assert list(changes.services) == [WEB.key, DNS.key] and changes.full
 
 
 def test_node_change_makes_the_next_take_full() -> None:
-    tracker, calls = synced_tracker()
+    tracker, calls = listed_tracker()
     tracker.node.replace({"n1": Node(name="n1")})
     tracker.node.upsert("n1", Node(name="n1"))  # same value: nothing
     assert calls == ["node"]
@@ -165,7 +165,7 @@ def test_callback_runs_outside_the_lock() -> None:
 
 
 def test_concurrent_feeds_and_takes_lose_nothing() -> None:
-    tracker, _ = synced_tracker()
+    tracker, _ = listed_tracker()
     taken: set[str] = set()
 
     def feed(prefix: str) -> None:

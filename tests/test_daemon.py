@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections.abc import Iterator, Sequence
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from daemonrig import eps, free_port, http_json, running_daemon, svc, vs_key, wa
 from ipvsproxy_testkit.testapi import TestAPIServer
 from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 
+from ipvsproxy.agent.daemon import agent_settings
+from ipvsproxy.config.settings import ProxyConfig
+from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.operations import IpvsOperation, OperationFailure
 from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel
 
@@ -133,3 +137,38 @@ def test_run_reports_stale_udp_clean_ups_in_metrics(api: TestAPIServer, tmp_path
                 return ""
 
         wait_for(lambda: f'{name}{{ip_family="IPv4"}} 1.0' in scraped(), what=name)
+
+
+def test_the_agent_takes_every_shared_setting_from_the_config() -> None:
+    # One source: a field run reads from the config file reaches the sync loop unchanged.
+    config = ProxyConfig(
+        scheduler="lc",
+        exclude_cidrs=(ip_network("10.200.0.0/16"),),
+        sync_period=7.0,
+        min_sync_period=2.0,
+        graceful_termination_timeout=45.0,
+        masquerade_all=True,
+        masquerade_bit=3,
+        cluster_cidrs=(ip_network("10.244.0.0/16"),),
+        node_port_addresses=(ip_network("172.18.0.0/16"),),
+    )
+    node = NodeInfo(name="n7")
+    settings = agent_settings(config, node=node)
+    assert settings.node == node
+    assert settings.exclude_cidrs == (ip_network("10.200.0.0/16"),)
+    assert (settings.sync_period, settings.min_sync_period, settings.drain_timeout) == (
+        7.0,
+        2.0,
+        45.0,
+    )
+    desired = settings.desired
+    assert desired.scheduler == "lc"
+    assert (desired.masquerade.mark, desired.masquerade.masquerade_all) == (8, True)
+    assert desired.masquerade.cluster_cidrs == (ip_network("10.244.0.0/16"),)
+    assert desired.node_ports.networks == (ip_network("172.18.0.0/16"),)
+
+
+def test_cluster_cidrs_only_detect_local_traffic_in_cluster_cidr_mode() -> None:
+    config = ProxyConfig(cluster_cidrs=(ip_network("10.244.0.0/16"),), detect_local_mode="NodeCIDR")
+    masquerade = config.desired_settings().masquerade
+    assert (masquerade.cluster_cidrs, masquerade.node_cidrs) == ((), True)

@@ -191,7 +191,7 @@ class Handler:
     def replace(self, items: object) -> None: ...
     def upsert(self, key: str, value: object) -> None: ...
     def delete(self, key: str) -> None: ...
-    def synced(self) -> None: ...
+    def listed(self) -> None: ...
 
 
 def rbac_request(path: str, query: dict[str, str]) -> tuple[str, str, str]:
@@ -229,7 +229,7 @@ def api_calls() -> Iterator[set[tuple[str, str, str]]]:
             reflector = Reflector(resource, recorder, Handler())  # type: ignore[arg-type]
             recorder.reflector = reflector
             reflector.run()
-            assert reflector.has_synced, resource.kind
+            assert reflector.has_listed, resource.kind
             calls |= {rbac_request(path, query) for path, query in recorder.requests}
         yield calls
     finally:

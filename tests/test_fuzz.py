@@ -28,15 +28,17 @@ from hypothesis import strategies as st
 from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import EndpointSlice, Protocol, RealServer, Service, VirtualServer
-from ipvsproxy.core.operations import IPSetOperation, RestoreChains
+from ipvsproxy.core.operations import (
+    AddRealServer,
+    AddVirtualServer,
+    IPSetOperation,
+    RestoreChains,
+)
 from ipvsproxy.core.rules import restore_payload
 from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.dataplane.ipset import restore_line
-from ipvsproxy.dataplane.ipvs_codec import (
-    encode_new_dest,
-    encode_new_service,
-)
+from ipvsproxy.dataplane.ipvs_codec import encode_operation
 from ipvsproxy.dataplane.ipvs_decode import (
     parse_config,
     parse_dest,
@@ -304,8 +306,8 @@ def test_no_field_reaches_a_restore_payload(
 _SERVICE = VirtualServer(ip_address("10.96.0.10"), Protocol.TCP, 80, scheduler="rr")
 _DEST = RealServer(ip_address("10.244.1.1"), 8080, weight=1)
 VALID_PAYLOADS = [
-    encode_new_service(_SERVICE, family_id=30, seq=1)[16:],
-    encode_new_dest(_SERVICE.key, _DEST, family_id=30, seq=2)[16:],
+    encode_operation(AddVirtualServer(_SERVICE), family_id=30, seq=1)[16:],
+    encode_operation(AddRealServer(_SERVICE.key, _DEST), family_id=30, seq=2)[16:],
 ]
 
 

@@ -40,7 +40,7 @@ def servers() -> Iterator[HealthCheckServers]:
 
 def test_answers_like_kube_proxy(servers: HealthCheckServers) -> None:
     port = free_port()
-    assert servers.sync({port: ("shop/web", 2)}) == []
+    assert servers.serve({port: ("shop/web", 2)}) == []
     status, headers, body = get(port)
     assert status == 200
     assert headers["Content-Type"] == "application/json"
@@ -53,11 +53,11 @@ def test_answers_like_kube_proxy(servers: HealthCheckServers) -> None:
     }
 
 
-def test_no_local_endpoint_is_503_and_sync_updates_in_place(servers: HealthCheckServers) -> None:
+def test_no_local_endpoint_is_503_and_serve_updates_in_place(servers: HealthCheckServers) -> None:
     port = free_port()
-    servers.sync({port: ("shop/web", 1)})
+    servers.serve({port: ("shop/web", 1)})
     assert get(port)[0] == 200
-    servers.sync({port: ("shop/web", 0)})
+    servers.serve({port: ("shop/web", 0)})
     status, headers, body = get(port)
     assert (status, headers["X-Load-Balancing-Endpoint-Weight"]) == (503, "0")
     assert body["localEndpoints"] == 0  # type: ignore[index]
@@ -68,7 +68,7 @@ def test_unhealthy_proxy_is_503() -> None:
     running = HealthCheckServers(healthy=lambda: healthy[0])
     try:
         port = free_port()
-        running.sync({port: ("shop/web", 3)})
+        running.serve({port: ("shop/web", 3)})
         healthy[0] = False
         status, _, body = get(port)
         assert status == 503
@@ -79,8 +79,8 @@ def test_unhealthy_proxy_is_503() -> None:
 
 def test_removed_port_stops_answering(servers: HealthCheckServers) -> None:
     keep, drop = free_port(), free_port()
-    servers.sync({keep: ("a/one", 1), drop: ("a/two", 1)})
-    servers.sync({keep: ("a/one", 1)})
+    servers.serve({keep: ("a/one", 1), drop: ("a/two", 1)})
+    servers.serve({keep: ("a/one", 1)})
     assert servers.ports == {keep}
     with pytest.raises(ConnectionRefusedError):
         get(drop)
@@ -94,11 +94,11 @@ def test_busy_port_is_reported_and_retried(servers: HealthCheckServers) -> None:
     blocker.listen()
     port = blocker.getsockname()[1]
     try:
-        assert servers.sync({port: ("shop/web", 1)}) == [port]
+        assert servers.serve({port: ("shop/web", 1)}) == [port]
         assert servers.ports == frozenset()
     finally:
         blocker.close()
-    assert servers.sync({port: ("shop/web", 1)}) == []
+    assert servers.serve({port: ("shop/web", 1)}) == []
     assert get(port)[0] == 200
 
 
@@ -131,9 +131,9 @@ def test_a_sync_after_close_serves_nothing() -> None:
     # server nobody will close.
     running = HealthCheckServers()
     port = free_port()
-    running.sync({port: ("shop/web", 1)})
+    running.serve({port: ("shop/web", 1)})
     running.close()
-    assert running.sync({port: ("shop/web", 1)}) == []
+    assert running.serve({port: ("shop/web", 1)}) == []
     assert running.ports == frozenset()
     with pytest.raises(ConnectionRefusedError):
         get(port)

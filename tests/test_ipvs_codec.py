@@ -36,6 +36,7 @@ from ipvsproxy.core.operations import (
     AddVirtualServer,
     DeleteRealServer,
     DeleteVirtualServer,
+    IpvsOperation,
     UpdateRealServer,
     UpdateVirtualServer,
 )
@@ -46,6 +47,11 @@ from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 
 FAMILY_ID = 0x2A
 ip = ipaddress.ip_address
+
+
+def _encode(op: IpvsOperation, *, seq: int) -> bytes:
+    """Encoded as the IPVS socket encodes every change it sends."""
+    return codec.encode_operation(op, family_id=FAMILY_ID, seq=seq)
 
 
 @dataclass(frozen=True)
@@ -173,14 +179,14 @@ def _check_header(message: Any, data: bytes, *, cmd: int, seq: int, flags: int) 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize(
-    ("encode", "cmd"),
-    [(codec.encode_new_service, 1), (codec.encode_set_service, 2)],
+    ("operation", "cmd"),
+    [(AddVirtualServer, 1), (UpdateVirtualServer, 2)],
     ids=["new", "set"],
 )
-def test_full_service_decodes_with_pyroute2(case: Case, encode: Any, cmd: int) -> None:
-    data = encode(case.virtual, family_id=FAMILY_ID, seq=77)
+def test_full_service_decodes_with_pyroute2(case: Case, operation: Any, cmd: int) -> None:
+    data = _encode(operation(case.virtual), seq=77)
     message = _pyroute2_decode(data)
-    _check_header(message, data, cmd=cmd, seq=77, flags=codec.REQUEST_ACK)
+    _check_header(message, data, cmd=cmd, seq=77, flags=nl.REQUEST_ACK)
     assert [name for name, _ in message["attrs"]] == ["IPVS_CMD_ATTR_SERVICE"]
     assert _nested(message, "IPVS_CMD_ATTR_SERVICE") == _service_full_attrs(case.virtual)
 
@@ -189,11 +195,11 @@ def test_full_service_decodes_with_pyroute2(case: Case, encode: Any, cmd: int) -
 def test_del_service_and_dest_dump_decode_with_pyroute2(case: Case) -> None:
     key = case.virtual.key
     for data, cmd, flags in (
-        (codec.encode_del_service(key, family_id=FAMILY_ID, seq=5), 3, codec.REQUEST_ACK),
+        (_encode(DeleteVirtualServer(key), seq=5), 3, nl.REQUEST_ACK),
         (
             codec.encode_get_dests(key, family_id=FAMILY_ID, seq=5),
             8,
-            codec.NLM_F_REQUEST | codec.NLM_F_DUMP,
+            nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
         ),
     ):
         message = _pyroute2_decode(data)
@@ -204,14 +210,14 @@ def test_del_service_and_dest_dump_decode_with_pyroute2(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize(
-    ("encode", "cmd"),
-    [(codec.encode_new_dest, 5), (codec.encode_set_dest, 6)],
+    ("operation", "cmd"),
+    [(AddRealServer, 5), (UpdateRealServer, 6)],
     ids=["new", "set"],
 )
-def test_full_dest_decodes_with_pyroute2(case: Case, encode: Any, cmd: int) -> None:
-    data = encode(case.virtual.key, case.real, family_id=FAMILY_ID, seq=2**32 - 1)
+def test_full_dest_decodes_with_pyroute2(case: Case, operation: Any, cmd: int) -> None:
+    data = _encode(operation(case.virtual.key, case.real), seq=2**32 - 1)
     message = _pyroute2_decode(data)
-    _check_header(message, data, cmd=cmd, seq=2**32 - 1, flags=codec.REQUEST_ACK)
+    _check_header(message, data, cmd=cmd, seq=2**32 - 1, flags=nl.REQUEST_ACK)
     assert _nested(message, "IPVS_CMD_ATTR_SERVICE") == _service_key_attrs(case.virtual.key)
     assert _nested(message, "IPVS_CMD_ATTR_DEST") == {
         "IPVS_DEST_ATTR_ADDR": str(case.real.address),
@@ -226,9 +232,9 @@ def test_full_dest_decodes_with_pyroute2(case: Case, encode: Any, cmd: int) -> N
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_del_dest_decodes_with_pyroute2(case: Case) -> None:
-    data = codec.encode_del_dest(case.virtual.key, case.real.key, family_id=FAMILY_ID, seq=9)
+    data = _encode(DeleteRealServer(case.virtual.key, case.real.key), seq=9)
     message = _pyroute2_decode(data)
-    _check_header(message, data, cmd=7, seq=9, flags=codec.REQUEST_ACK)
+    _check_header(message, data, cmd=7, seq=9, flags=nl.REQUEST_ACK)
     assert _nested(message, "IPVS_CMD_ATTR_SERVICE") == _service_key_attrs(case.virtual.key)
     assert _nested(message, "IPVS_CMD_ATTR_DEST") == {
         "IPVS_DEST_ATTR_ADDR": str(case.real.address),
@@ -240,7 +246,7 @@ def test_del_dest_decodes_with_pyroute2(case: Case) -> None:
 def test_service_dump_request_decodes_with_pyroute2() -> None:
     data = codec.encode_get_services(family_id=FAMILY_ID, seq=3)
     message = _pyroute2_decode(data)
-    _check_header(message, data, cmd=4, seq=3, flags=codec.NLM_F_REQUEST | codec.NLM_F_DUMP)
+    _check_header(message, data, cmd=4, seq=3, flags=nl.NLM_F_REQUEST | nl.NLM_F_DUMP)
     assert message["attrs"] == []
 
 
@@ -260,7 +266,7 @@ def _pyroute2_encode(cmd: int, attrs: list[tuple[str, Any]], *, seq: int = 1) ->
 
 
 def _only_payload(data: bytes) -> bytes:
-    (message,) = codec.split_messages(data)
+    (message,) = nl.split_messages(data)
     assert message.type == FAMILY_ID
     return message.payload
 
@@ -355,12 +361,12 @@ def test_pyroute2_object_api_messages_decode_with_ours(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_round_trip(case: Case) -> None:
-    service = codec.encode_new_service(case.virtual, family_id=FAMILY_ID, seq=1)
-    dest = codec.encode_new_dest(case.virtual.key, case.real, family_id=FAMILY_ID, seq=2)
-    messages = codec.split_messages(service + dest)
+    service = _encode(AddVirtualServer(case.virtual), seq=1)
+    dest = _encode(AddRealServer(case.virtual.key, case.real), seq=2)
+    messages = nl.split_messages(service + dest)
     assert [(m.type, m.flags, m.seq) for m in messages] == [
-        (FAMILY_ID, codec.REQUEST_ACK, 1),
-        (FAMILY_ID, codec.REQUEST_ACK, 2),
+        (FAMILY_ID, nl.REQUEST_ACK, 1),
+        (FAMILY_ID, nl.REQUEST_ACK, 2),
     ]
     assert decode.parse_service(messages[0].payload) == case.virtual
     assert decode.parse_dest(messages[1].payload, service_af=_af(case.virtual.address)) == case.real
@@ -369,7 +375,7 @@ def test_round_trip(case: Case) -> None:
 def test_hashed_flag_is_never_sent() -> None:
     """ip_vs_svc_hash refuses a service already marked HASHED: it would never be hashed."""
     server = VirtualServer(ip("10.0.0.1"), Protocol.TCP, 80, flags=IPVS_FLAG_HASHED | 1)
-    data = codec.encode_new_service(server, family_id=FAMILY_ID, seq=1)
+    data = _encode(AddVirtualServer(server), seq=1)
     flags = _nested(_pyroute2_decode(data), "IPVS_CMD_ATTR_SERVICE")["IPVS_SVC_ATTR_FLAGS"]
     assert flags == {"flags": 1, "mask": 0xFFFFFFFF}
 
@@ -379,33 +385,33 @@ def test_scheduler_padding() -> None:
     for length in range(1, 16):
         name = "x" * length
         server = VirtualServer(ip("10.0.0.1"), Protocol.TCP, 80, scheduler=name)
-        data = codec.encode_set_service(server, family_id=FAMILY_ID, seq=length)
+        data = _encode(UpdateVirtualServer(server), seq=length)
         assert len(data) % 4 == 0
-        (message,) = codec.split_messages(data)
+        (message,) = nl.split_messages(data)
         parsed = decode.parse_service(message.payload)
         assert isinstance(parsed, VirtualServer)
         assert parsed.scheduler == name
 
 
 def _ops(case: Case) -> list[Any]:
+    """Every kind of operation on the case's servers, with the IPVS command it is sent as."""
     v, r = case.virtual, case.real
     return [
-        (AddVirtualServer(v), codec.encode_new_service(v, family_id=FAMILY_ID, seq=4)),
-        (UpdateVirtualServer(v), codec.encode_set_service(v, family_id=FAMILY_ID, seq=4)),
-        (DeleteVirtualServer(v.key), codec.encode_del_service(v.key, family_id=FAMILY_ID, seq=4)),
-        (AddRealServer(v.key, r), codec.encode_new_dest(v.key, r, family_id=FAMILY_ID, seq=4)),
-        (UpdateRealServer(v.key, r), codec.encode_set_dest(v.key, r, family_id=FAMILY_ID, seq=4)),
-        (
-            DeleteRealServer(v.key, r.key),
-            codec.encode_del_dest(v.key, r.key, family_id=FAMILY_ID, seq=4),
-        ),
+        (AddVirtualServer(v), codec.IPVS_CMD_NEW_SERVICE),
+        (UpdateVirtualServer(v), codec.IPVS_CMD_SET_SERVICE),
+        (DeleteVirtualServer(v.key), codec.IPVS_CMD_DEL_SERVICE),
+        (AddRealServer(v.key, r), codec.IPVS_CMD_NEW_DEST),
+        (UpdateRealServer(v.key, r), codec.IPVS_CMD_SET_DEST),
+        (DeleteRealServer(v.key, r.key), codec.IPVS_CMD_DEL_DEST),
     ]
 
 
 @pytest.mark.parametrize("case", CASES[:4], ids=IDS[:4])
-def test_encode_operation_matches_the_command_encoders(case: Case) -> None:
-    for op, expected in _ops(case):
-        assert codec.encode_operation(op, family_id=FAMILY_ID, seq=4) == expected
+def test_every_operation_is_one_acked_request_of_its_command(case: Case) -> None:
+    for op, cmd in _ops(case):
+        (message,) = nl.split_messages(_encode(op, seq=4))
+        assert (message.type, message.flags, message.seq) == (FAMILY_ID, nl.REQUEST_ACK, 4)
+        assert message.payload[:2] == bytes([cmd, codec.IPVS_GENL_VERSION])
 
 
 # --- describing ---------------------------------------------------------------------------
@@ -455,12 +461,12 @@ def test_describe_operation() -> None:
     ids=lambda op: type(op).__name__,
 )
 def test_unencodable_values_raise_encode_error(op: Any) -> None:
-    with pytest.raises(codec.EncodeError):
+    with pytest.raises(nl.EncodeError):
         codec.encode_operation(op, family_id=FAMILY_ID, seq=1)
 
 
 def test_not_an_operation() -> None:
-    with pytest.raises(codec.EncodeError):
+    with pytest.raises(nl.EncodeError):
         codec.encode_operation("nope", family_id=FAMILY_ID, seq=1)  # type: ignore[arg-type]
 
 
@@ -474,10 +480,10 @@ def _message(kind: int, flags: int, seq: int, payload: bytes) -> bytes:
 
 def test_acks_and_done() -> None:
     request_header = struct.pack("=IHHII", 64, FAMILY_ID, 5, 11, 0)
-    ok = _message(codec.NLMSG_ERROR, nl.NLM_F_CAPPED, 11, struct.pack("=i", 0) + request_header)
+    ok = _message(nl.NLMSG_ERROR, nl.NLM_F_CAPPED, 11, struct.pack("=i", 0) + request_header)
     extack = struct.pack("=HH", 4 + 20, nl.NLMSGERR_ATTR_MSG) + b"Attribute failed pol\0"
     refused = _message(
-        codec.NLMSG_ERROR,
+        nl.NLMSG_ERROR,
         nl.NLM_F_CAPPED | nl.NLM_F_ACK_TLVS,
         12,
         struct.pack("=i", -errno.EINVAL) + request_header + extack,
@@ -485,23 +491,23 @@ def test_acks_and_done() -> None:
     # without NETLINK_CAP_ACK the request's payload is echoed before the attributes
     echoed = struct.pack("=IHHII", 24, FAMILY_ID, 5, 13, 0) + b"\1\1\0\0" + b"\xaa" * 4
     uncapped = _message(
-        codec.NLMSG_ERROR,
+        nl.NLMSG_ERROR,
         nl.NLM_F_ACK_TLVS,
         13,
         struct.pack("=i", -errno.EEXIST) + echoed + struct.pack("=HH", 7, 1) + b"hi\0\0",
     )
-    done = _message(codec.NLMSG_DONE, nl.NLM_F_MULTI, 14, struct.pack("=i", 0))
-    messages = codec.split_messages(ok + refused + uncapped + done)
+    done = _message(nl.NLMSG_DONE, nl.NLM_F_MULTI, 14, struct.pack("=i", 0))
+    messages = nl.split_messages(ok + refused + uncapped + done)
     assert [m.seq for m in messages] == [11, 12, 13, 14]
-    assert codec.parse_ack(messages[0].payload, messages[0].flags) == (0, "")
-    assert codec.parse_ack(messages[1].payload, messages[1].flags) == (
+    assert nl.parse_ack(messages[0].payload, messages[0].flags) == (0, "")
+    assert nl.parse_ack(messages[1].payload, messages[1].flags) == (
         errno.EINVAL,
         "Attribute failed pol",
     )
-    assert codec.parse_ack(messages[2].payload, messages[2].flags) == (errno.EEXIST, "hi")
-    assert codec.parse_error(messages[1].payload) == errno.EINVAL
-    assert codec.parse_done(messages[3].payload) == 0
-    assert codec.parse_done(b"") == 0
+    assert nl.parse_ack(messages[2].payload, messages[2].flags) == (errno.EEXIST, "hi")
+    assert nl.parse_error(messages[1].payload) == errno.EINVAL
+    assert nl.parse_done(messages[3].payload) == 0
+    assert nl.parse_done(b"") == 0
 
 
 def _service_payload(attrs: list[tuple[str, Any]]) -> bytes:
@@ -559,46 +565,43 @@ def test_unknown_forwarding_method_or_family_is_skipped() -> None:
         b"\x00" * 15,
         struct.pack("=IHHII", 15, 2, 0, 1, 0),  # length shorter than a header
         struct.pack("=IHHII", 40, 2, 0, 1, 0) + b"\0" * 8,  # longer than the buffer
-        _message(codec.NLMSG_DONE, 0, 1, b"") + b"\x10\x00",  # a second, truncated header
+        _message(nl.NLMSG_DONE, 0, 1, b"") + b"\x10\x00",  # a second, truncated header
     ],
     ids=["one-byte", "short-header", "length-too-small", "length-too-large", "trailing"],
 )
 def test_split_rejects_truncated_buffers(buffer: bytes) -> None:
-    with pytest.raises(codec.NetlinkDecodeError):
-        codec.split_messages(buffer)
+    with pytest.raises(nl.NetlinkDecodeError):
+        nl.split_messages(buffer)
 
 
 def test_truncated_payloads_raise_decode_error() -> None:
     case = CASES[3]
-    service = codec.encode_new_service(case.virtual, family_id=FAMILY_ID, seq=1)[16:]
-    dest = codec.encode_new_dest(case.virtual.key, case.real, family_id=FAMILY_ID, seq=1)[16:]
+    service = _encode(AddVirtualServer(case.virtual), seq=1)[16:]
+    dest = _encode(AddRealServer(case.virtual.key, case.real), seq=1)[16:]
     for cut in range(len(service) - 1):
-        with pytest.raises(codec.NetlinkDecodeError):
+        with pytest.raises(nl.NetlinkDecodeError):
             decode.parse_service(service[:cut])
     for cut in range(len(dest) - 1):
-        with pytest.raises(codec.NetlinkDecodeError):
+        with pytest.raises(nl.NetlinkDecodeError):
             decode.parse_dest(dest[:cut], service_af=socket.AF_INET)
-    with pytest.raises(codec.NetlinkDecodeError):
-        codec.parse_error(b"\0\0")
+    with pytest.raises(nl.NetlinkDecodeError):
+        nl.parse_error(b"\0\0")
     # a dest message is not a service message, and the other way round
-    with pytest.raises(codec.NetlinkDecodeError):
+    with pytest.raises(nl.NetlinkDecodeError):
         decode.parse_dest(service, service_af=socket.AF_INET)
 
 
 def test_attribute_overrunning_its_container() -> None:
     payload = b"\1\1\0\0" + struct.pack("=HH", 200, codec.IPVS_CMD_ATTR_SERVICE) + b"\0" * 8
-    with pytest.raises(codec.NetlinkDecodeError, match="overruns"):
+    with pytest.raises(nl.NetlinkDecodeError, match="overruns"):
         decode.parse_service(payload)
 
 
 def test_random_garbage_never_escapes_as_another_error() -> None:
     """Mutated real messages and random bytes: a value, a SkippedEntry or NetlinkDecodeError."""
     rng = random.Random(20261126)
-    seeds = [
-        codec.encode_new_service(case.virtual, family_id=FAMILY_ID, seq=1)[16:] for case in CASES
-    ] + [
-        codec.encode_new_dest(case.virtual.key, case.real, family_id=FAMILY_ID, seq=1)[16:]
-        for case in CASES
+    seeds = [_encode(AddVirtualServer(case.virtual), seq=1)[16:] for case in CASES] + [
+        _encode(AddRealServer(case.virtual.key, case.real), seq=1)[16:] for case in CASES
     ]
     for _ in range(3000):
         if rng.random() < 0.2:
@@ -611,16 +614,16 @@ def test_random_garbage_never_escapes_as_another_error() -> None:
         for parse in (
             decode.parse_service,
             lambda b: decode.parse_dest(b, service_af=socket.AF_INET6),
-            codec.split_messages,
+            nl.split_messages,
         ):
-            with contextlib.suppress(codec.NetlinkDecodeError):
+            with contextlib.suppress(nl.NetlinkDecodeError):
                 parse(blob)
 
 
 def test_decode_error_is_a_kernel_error() -> None:
     from ipvsproxy.errors import KernelError
 
-    assert issubclass(codec.NetlinkDecodeError, KernelError)
+    assert issubclass(nl.NetlinkDecodeError, KernelError)
 
 
 # --- the encode-only sink -----------------------------------------------------------------
@@ -636,7 +639,7 @@ def test_encode_only_sink_counts_and_reports_unencodable() -> None:
     assert [f.operation for f in failures] == [bad]
     assert failures[0].errno == errno.EINVAL
     assert failures[0].message.startswith("add virtual server TCP 10.0.0.1:80: scheduler name")
-    seqs = [m.seq for data in sink.messages for m in codec.split_messages(data)]
+    seqs = [m.seq for data in sink.messages for m in nl.split_messages(data)]
     assert seqs == [1, 2, 3, 4, 5, 6]
     assert sink.execute([]) == []
     assert sink.writes == 6
@@ -645,9 +648,9 @@ def test_encode_only_sink_counts_and_reports_unencodable() -> None:
 
 def test_config_timeouts_round_trip() -> None:
     message = codec.encode_set_config((600, 30, 0), family_id=0x25, seq=7)
-    (parsed,) = codec.split_messages(message)
+    (parsed,) = nl.split_messages(message)
     assert (parsed.type, parsed.seq) == (0x25, 7)
     # A GET_CONFIG reply carries the same attributes after the genl header.
     assert decode.parse_config(parsed.payload) == (600, 30, 0)
-    with pytest.raises(codec.EncodeError):
+    with pytest.raises(nl.EncodeError):
         codec.encode_set_config((-1, 0, 0), family_id=0x25, seq=8)

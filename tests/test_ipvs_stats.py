@@ -47,7 +47,7 @@ BIG = IpvsStats(
 def dump_reply(server: VirtualServer, *stats_attrs: bytes) -> bytes:
     """The payload of a GET_SERVICE dump message: the codec's own service entry with the
     counters attributes appended inside IPVS_CMD_ATTR_SERVICE, where the kernel puts them."""
-    payload = codec.encode_new_service(server, family_id=FAMILY_ID, seq=1)[16:]
+    payload = codec.encode_operation(AddVirtualServer(server), family_id=FAMILY_ID, seq=1)[16:]
     extra = b"".join(stats_attrs)
     length, kind = struct.unpack_from("=HH", payload, 4)
     assert kind == codec.IPVS_CMD_ATTR_SERVICE and 4 + length == len(payload)
@@ -79,10 +79,10 @@ def test_no_counters_read_as_zero_and_foreign_services_are_skipped() -> None:
 
 def test_truncated_counters_raise_decode_error() -> None:
     reply = dump_reply(WEB, encode_stats(BIG))
-    with pytest.raises(codec.NetlinkDecodeError):
+    with pytest.raises(nl.NetlinkDecodeError):
         parse_service_stats(reply[:-4])
     short = struct.pack("=HH", 8, 12) + struct.pack("=HH", 4, 1)  # STATS64 { CONNS: empty }
-    with pytest.raises(codec.NetlinkDecodeError, match="counter of 0 bytes"):
+    with pytest.raises(nl.NetlinkDecodeError, match="counter of 0 bytes"):
         parse_service_stats(dump_reply(WEB, short))
 
 
@@ -94,7 +94,7 @@ def _pyroute2_service(attrs: list[tuple[str, Any]]) -> bytes:
     message["header"]["type"] = FAMILY_ID
     message["header"]["flags"] = nl.NLM_F_MULTI
     message.encode()
-    (reply,) = codec.split_messages(bytes(message.data))
+    (reply,) = nl.split_messages(bytes(message.data))
     return reply.payload
 
 

@@ -301,7 +301,7 @@ def test_reflector_over_http_and_a_prompt_stop(
         def delete(self, key: str) -> None:
             seen.append(f"-{key}")
 
-        def synced(self) -> None:
+        def listed(self) -> None:
             pass
 
     reflector = Reflector(SERVICES, connection.transport, Handler(), limiter=connection.limiter)

@@ -73,11 +73,11 @@ def test_node_port_flows_are_matched_on_any_address() -> None:
     flows = StaleUdpFlows(conntrack, log=RepeatedLog())
     node_port = dataclasses.replace(DNS, ports=(ServicePort("dns", Protocol.UDP, 53, 30053),))
     old = endpoint_slice("dns", "10.244.1.9", ports=PORTS)
-    flows.synced({node_port.key: ServiceInput(node_port, (old,))}, full=True)
+    flows.clear_after({node_port.key: ServiceInput(node_port, (old,))}, full=True)
     stale = flow("192.168.1.7", "192.168.1.5", 30053, "10.244.1.9", 5353)
     conntrack.table = [stale]
     new = endpoint_slice("dns", "10.244.2.9", ports=PORTS)
-    assert flows.synced({node_port.key: ServiceInput(node_port, (new,))}, full=False) == 1
+    assert flows.clear_after({node_port.key: ServiceInput(node_port, (new,))}, full=False) == 1
     assert conntrack.table == []
 
 
@@ -104,10 +104,10 @@ def test_deleted_service_is_forgotten() -> None:
     conntrack = FakeConntrack()
     flows = StaleUdpFlows(conntrack, log=RepeatedLog())
     old = endpoint_slice("dns", "10.244.1.9", ports=PORTS)
-    flows.synced({DNS.key: ServiceInput(DNS, (old,))}, full=True)
-    flows.synced({DNS.key: ServiceInput(None, ())}, full=False)
+    flows.clear_after({DNS.key: ServiceInput(DNS, (old,))}, full=True)
+    flows.clear_after({DNS.key: ServiceInput(None, ())}, full=False)
     # Back with the same endpoint: new to the agent again, so its flows are checked.
-    flows.synced({DNS.key: ServiceInput(DNS, (old,))}, full=False)
+    flows.clear_after({DNS.key: ServiceInput(DNS, (old,))}, full=False)
     assert conntrack.dumps == [IPFamily.V4, IPFamily.V4]
 
 
@@ -124,11 +124,11 @@ def test_each_familys_clean_up_is_reported_refused_ones_too() -> None:
     flows.report = report
     old = endpoint_slice("dns", "10.244.1.9", ports=PORTS)
     new = endpoint_slice("dns", "10.244.2.9", ports=PORTS)
-    flows.synced({DNS.key: ServiceInput(DNS, (old,))}, full=True)
+    flows.clear_after({DNS.key: ServiceInput(DNS, (old,))}, full=True)
     assert reports == [(IPFamily.V4, 1.0, 0, False)]  # first seen: checked, nothing stale
     conntrack.fail = True
-    assert flows.synced({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 0
+    assert flows.clear_after({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 0
     assert reports[1:] == [(IPFamily.V4, 1.0, 0, True)]
     conntrack.fail = False
-    assert flows.synced({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 1  # retried
+    assert flows.clear_after({DNS.key: ServiceInput(DNS, (new,))}, full=False) == 1  # retried
     assert reports[2:] == [(IPFamily.V4, 1.0, 1, False)]

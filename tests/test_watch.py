@@ -137,8 +137,8 @@ class Recorder:
         self.calls.append(("delete", key))
         del self.state[key]
 
-    def synced(self) -> None:
-        self.calls.append(("synced",))
+    def listed(self) -> None:
+        self.calls.append(("listed",))
 
 
 def run(
@@ -217,13 +217,13 @@ def test_paginated_list_then_watch_from_its_resource_version() -> None:
             "replace",
             {"default/a": handler.state["default/a"], "default/b": handler.state["default/b"]},
         ),
-        ("synced",),
+        ("listed",),
         ("upsert", "default/c"),
     ]
     assert keys(handler) == ["default/a", "default/b", "default/c"]
     assert isinstance(handler.state["default/c"], Service)
     assert reflector.resource_version == "51"
-    assert reflector.has_synced
+    assert reflector.has_listed
 
 
 def test_expired_continue_token_restarts_the_list() -> None:
@@ -256,7 +256,7 @@ def test_list_errors_back_off_exponentially_with_jitter_and_cap() -> None:
     for delay, base in zip(sleeps[:8], bases, strict=True):
         assert base <= delay <= min(10.0, 2 * base)
     assert len(set(sleeps[:8])) > 2  # jittered, not fixed
-    assert handler.calls[:2] == [("replace", {}), ("synced",)]
+    assert handler.calls[:2] == [("replace", {}), ("listed",)]
 
 
 def test_a_field_selector_the_server_refuses_is_dropped() -> None:
@@ -338,7 +338,7 @@ def test_gone_relists_and_objects_deleted_meanwhile_come_out_of_the_replace(gone
     )
     replaces = [call[1] for call in handler.calls if call[0] == "replace"]
     assert [sorted(r) for r in replaces] == [["default/a", "default/b"], ["default/b", "default/c"]]
-    assert handler.calls.count(("synced",)) == 1
+    assert handler.calls.count(("listed",)) == 1
     assert [r.watch for r in transport.requests[:4]] == [False, True, False, True]
     assert transport.requests[3].query["resourceVersion"] == "90"
     assert transport.slept_after == [4]  # relisted at once, no backoff
@@ -583,7 +583,7 @@ def test_a_relist_removing_most_of_many_objects_is_held_back_but_not_a_few() -> 
 
 def test_the_first_list_may_be_empty() -> None:
     handler, _, sleeps, _ = run([FakeResponse(page([], "10"))])
-    assert handler.calls[:2] == [("replace", {}), ("synced",)]
+    assert handler.calls[:2] == [("replace", {}), ("listed",)]
     assert 10.0 not in sleeps
 
 

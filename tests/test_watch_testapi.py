@@ -60,7 +60,7 @@ class Mirror:
 
     state: dict[str, Any] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
-    is_synced: bool = False
+    is_listed: bool = False
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def replace(self, items: Mapping[str, Any]) -> None:
@@ -83,14 +83,14 @@ class Mirror:
             del self.state[key]
             self.changed.notify_all()
 
-    def synced(self) -> None:
+    def listed(self) -> None:
         with self.changed:
-            self.is_synced = True
+            self.is_listed = True
             self.changed.notify_all()
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
         with self.changed:
-            if not self.changed.wait_for(lambda: self.is_synced and predicate(self.state), GUARD):
+            if not self.changed.wait_for(lambda: self.is_listed and predicate(self.state), GUARD):
                 raise AssertionError(f"state never matched; it is {sorted(self.state)}")
 
 

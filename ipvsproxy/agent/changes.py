@@ -1,7 +1,7 @@
 """Change tracking: what the reflectors report, recorded until the next sync takes it.
 
 The store holds the current Services, EndpointSlices (per slice) and this node's Node, fed
-by the reflectors' handler calls (replace after a relist, upsert, delete, synced; see
+by the reflectors' handler calls (replace after a relist, upsert, delete, listed; see
 `ipvsproxy.k8s.watch`). It remembers WHICH Services changed since the last sync, as
 kube-proxy's service and endpoints change trackers do: a slice change marks its Service,
 a relist's replace turns what vanished into deletions, and a burst of events on one key
@@ -55,7 +55,7 @@ class ChangeTracker:
     """Thread-safe store of the objects the proxy watches, and of what changed.
 
     `on_change(kind)` is called (outside the lock) after every recorded change, kind
-    "service", "slice" or "node", and with "synced" when both Services and EndpointSlices
+    "service", "slice" or "node", and with "listed" when both Services and EndpointSlices
     have finished their first list: it should ask the runner for a sync.
     """
 
@@ -79,8 +79,8 @@ class ChangeTracker:
         self._endpoint_services: dict[str, int] = {}
         self._trigger_times: dict[str, float] = {}  # slice key -> its trigger time
         self._node_changed = False
-        self._services_synced = False
-        self._slices_synced = False
+        self._services_listed = False
+        self._slices_listed = False
         self.service_events = 0  # every upsert/delete seen, for the *_changes_total counters
         self.endpoint_events = 0
         self.services = _Handler(self, "service")
@@ -93,7 +93,7 @@ class ChangeTracker:
     def ready(self) -> bool:
         """Whether Services and EndpointSlices have both finished their first list."""
         with self._lock:
-            return self._services_synced and self._slices_synced
+            return self._services_listed and self._slices_listed
 
     def current_node(self) -> Node | None:
         with self._lock:
@@ -230,14 +230,14 @@ class ChangeTracker:
             changed |= self._record(kind, key, value)
         return changed
 
-    def _synced(self, kind: str) -> bool:
-        """Mark a kind synced; whether that made the store ready."""
-        was_ready = self._services_synced and self._slices_synced
+    def _listed(self, kind: str) -> bool:
+        """Mark a kind listed; whether that made the store ready."""
+        was_ready = self._services_listed and self._slices_listed
         if kind == "service":
-            self._services_synced = True
+            self._services_listed = True
         elif kind == "slice":
-            self._slices_synced = True
-        return not was_ready and self._services_synced and self._slices_synced
+            self._slices_listed = True
+        return not was_ready and self._services_listed and self._slices_listed
 
 
 class _Handler:
@@ -259,11 +259,11 @@ class _Handler:
     def delete(self, key: str) -> None:
         self._signal(key, None)
 
-    def synced(self) -> None:
+    def listed(self) -> None:
         with self._tracker._lock:
-            now_ready = self._tracker._synced(self._kind)
+            now_ready = self._tracker._listed(self._kind)
         if now_ready:
-            self._tracker._on_change("synced")
+            self._tracker._on_change("listed")
 
     def _signal(self, key: str, value: object | None) -> None:
         with self._tracker._lock:

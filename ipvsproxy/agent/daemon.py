@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -20,14 +20,17 @@ from loguru import logger
 
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.config.settings import ProxyConfig
+from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import IpvsStats, VirtualServerKey
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import IpvsProxyError
-from ipvsproxy.k8s.client import ClientSettings, connect
+from ipvsproxy.k8s.client import ApiConnection, ClientSettings, connect
 from ipvsproxy.k8s.watch import (
     ENDPOINT_SLICES,
     SERVICES,
+    ChangeHandler,
     Reflector,
+    Resource,
     WatchSettings,
     node_resource,
 )
@@ -63,11 +66,37 @@ def _stop_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _reflectors(
+    connection: ApiConnection,
+    watched: Iterable[tuple[Resource[Any], ChangeHandler[Any]]],
+    settings: WatchSettings | None,
+) -> list[Reflector[Any]]:
+    """One reflector per (resource, handler), all on one connection and its rate limiter."""
+    return [
+        Reflector(
+            resource, connection.transport, handler, limiter=connection.limiter, settings=settings
+        )
+        for resource, handler in watched
+    ]
+
+
+def agent_settings(config: ProxyConfig, *, node: NodeInfo) -> AgentSettings:
+    """The sync loop's settings, every one of them read from config (the one source)."""
+    return AgentSettings(
+        desired=config.desired_settings(),
+        node=node,
+        exclude_cidrs=config.exclude_cidrs,
+        sync_period=config.sync_period,
+        min_sync_period=config.min_sync_period,
+        drain_timeout=config.graceful_termination_timeout,
+    )
+
+
 def run_daemon(
     config: ProxyConfig,
     dataplanes: Dataplanes,
-    settings: AgentSettings,
     *,
+    node: NodeInfo,
     master: str | None = None,
     traffic: Callable[[], Mapping[VirtualServerKey, IpvsStats]] | None = None,
     stop: threading.Event | None = None,
@@ -75,16 +104,19 @@ def run_daemon(
 ) -> int:
     """Run until stopped (SIGTERM, SIGINT, or `stop` set); returns the exit status.
 
+    node: this node's name and addresses (its Node object, watched, adds the rest).
+
     traffic: reads every virtual server's counters in one dump, for the per-Service
     traffic series (from an IPVS socket of its own: scrapes come from HTTP threads).
     watch_settings: the reflectors' timings (tests shorten backoffs and confirm delays).
     """
+    settings = agent_settings(config, node=node)
     metrics = ProxyMetrics()
     # kube-proxy: unhealthy when a queued change waits longer than 2 x syncPeriod.
     health = ProxyHealth(health_timeout=2 * config.sync_period)
     health_checks = HealthCheckServers(healthy=health.is_healthy)
     agent = Agent(
-        dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.sync
+        dataplanes, settings, metrics=metrics, health=health, health_check_ports=health_checks.serve
     )
     agent.udp_flows.report = metrics.conntrack_reconciled
     connection = connect(
@@ -96,30 +128,16 @@ def run_daemon(
             content_type=config.api_content_type,
         )
     )
-    node_name = settings.node.name
-    reflectors: list[Reflector[Any]] = [
-        Reflector(
-            SERVICES,
-            connection.transport,
-            agent.tracker.services,
-            limiter=connection.limiter,
-            settings=watch_settings,
+    node_name = node.name
+    reflectors = _reflectors(
+        connection,
+        (
+            (SERVICES, agent.tracker.services),
+            (ENDPOINT_SLICES, agent.tracker.slices),
+            (node_resource(node_name), agent.tracker.node),
         ),
-        Reflector(
-            ENDPOINT_SLICES,
-            connection.transport,
-            agent.tracker.slices,
-            limiter=connection.limiter,
-            settings=watch_settings,
-        ),
-        Reflector(
-            node_resource(node_name),
-            connection.transport,
-            agent.tracker.node,
-            limiter=connection.limiter,
-            settings=watch_settings,
-        ),
-    ]
+        watch_settings,
+    )
     with ExitStack() as stack:
         stack.callback(connection.close)
         stack.callback(health_checks.close)

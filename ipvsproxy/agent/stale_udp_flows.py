@@ -63,7 +63,7 @@ class StaleUdpFlows:
         self.dumps = 0  # conntrack dumps asked for (one per family)
         self.report: CleanupReport | None = None
 
-    def synced(self, inputs: Mapping[str, ServiceInput], *, full: bool) -> int:
+    def clear_after(self, inputs: Mapping[str, ServiceInput], *, full: bool) -> int:
         """Call after a sync of `inputs` applied (every Service when full); deletes the
         entries they left stale and returns how many. A refusal is logged and the
         Services are tried again at their next sync."""

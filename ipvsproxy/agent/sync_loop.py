@@ -382,7 +382,7 @@ class Agent:
                 self._relabel_all(changes.services, states)
             self._health_checks = {}
             self._note_health_checks(changes.services, node.name, retry=True)
-            self.udp_flows.synced(changes.services, full=True)
+            self.udp_flows.clear_after(changes.services, full=True)
         operations = len(plan)
         del desired, plan, synced, previous, inputs
         # The cache holds millions of long-lived values without cycles: keep the cyclic
@@ -432,7 +432,7 @@ class Agent:
                 self._label(changes.services[key], state)
             applied = {key: changes.services[key] for key in updates}
             self._note_health_checks(applied, node.name)
-            self.udp_flows.synced(applied, full=False)
+            self.udp_flows.clear_after(applied, full=False)
         return SyncOutcome(
             False,
             result.ok,

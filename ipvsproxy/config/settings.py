@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
+from ipvsproxy.core.desired import DesiredSettings
+from ipvsproxy.core.frontends import NodePortSettings
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT
 from ipvsproxy.core.model import DEFAULT_SCHEDULER, IPAddress, IPNetwork
+from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.errors import ConfigError
 
 __all__ = [
@@ -335,6 +338,22 @@ class ProxyConfig:
             return False
         networks = self.node_port_addresses
         return not networks or any(network.prefixlen == 0 for network in networks)
+
+    def desired_settings(self) -> DesiredSettings:
+        """What the desired state is computed with, before this node's own facts."""
+        return DesiredSettings(
+            scheduler=self.scheduler,
+            masquerade=MasqueradeSettings(
+                mark=self.masquerade_mark,
+                masquerade_all=self.masquerade_all,
+                cluster_cidrs=self.cluster_cidrs if self.detect_local_mode == "ClusterCIDR" else (),
+                local_interface=self.local_interface,
+                node_cidrs=self.detect_local_mode == "NodeCIDR",
+            ),
+            node_ports=NodePortSettings(
+                networks=self.node_port_addresses, primary=self.node_port_primary
+            ),
+        )
 
     @property
     def ipvs_timeouts(self) -> tuple[int, int, int] | None:

@@ -39,9 +39,6 @@ from ipvsproxy.core.operations import (
 from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipvs_codec import (
     IPVS_GENL_NAME,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    EncodeError,
     describe_operation,
     encode_get_config,
     encode_get_dests,
@@ -65,6 +62,7 @@ from ipvsproxy.dataplane.netlink import (
     Outcome,
     rebuild,
 )
+from ipvsproxy.dataplane.netlink_codec import NLM_F_ACK, NLM_F_REQUEST, EncodeError
 from ipvsproxy.errors import KernelError
 
 __all__ = ["EncodeOnlySink", "IpvsSocket"]

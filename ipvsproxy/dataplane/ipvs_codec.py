@@ -73,22 +73,7 @@ from ipvsproxy.core.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
-from ipvsproxy.dataplane.netlink_codec import (
-    NLM_F_ACK,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    REQUEST_ACK,
-    EncodeError,
-    NetlinkDecodeError,
-    NetlinkMessage,
-    parse_ack,
-    parse_done,
-    parse_error,
-    split_messages,
-)
+from ipvsproxy.dataplane.netlink_codec import NLM_F_DUMP, NLM_F_REQUEST, REQUEST_ACK, EncodeError
 
 __all__ = [
     "IPVS_CMD_DEL_DEST",
@@ -101,34 +86,14 @@ __all__ = [
     "IPVS_CMD_SET_SERVICE",
     "IPVS_GENL_NAME",
     "IPVS_GENL_VERSION",
-    "NLMSG_DONE",
-    "NLMSG_ERROR",
-    "NLM_F_ACK",
-    "NLM_F_DUMP",
-    "NLM_F_DUMP_INTR",
-    "NLM_F_REQUEST",
-    "REQUEST_ACK",
-    "EncodeError",
-    "NetlinkDecodeError",
-    "NetlinkMessage",
     "describe_operation",
     "describe_real",
     "describe_virtual",
-    "encode_del_dest",
-    "encode_del_service",
     "encode_get_config",
     "encode_get_dests",
     "encode_get_services",
-    "encode_new_dest",
-    "encode_new_service",
     "encode_operation",
     "encode_set_config",
-    "encode_set_dest",
-    "encode_set_service",
-    "parse_ack",
-    "parse_done",
-    "parse_error",
-    "split_messages",
 ]
 
 # --- constants ----------------------------------------------------------------------------
@@ -329,20 +294,6 @@ def _full_service(cmd: int, server: VirtualServer, family_id: int, seq: int, fla
         raise EncodeError(f"virtual server {describe_virtual(server.key)}: {exc}") from None
 
 
-def encode_new_service(
-    server: VirtualServer, *, family_id: int, seq: int, flags: int = REQUEST_ACK
-) -> bytes:
-    """IPVS_CMD_NEW_SERVICE with a full service entry."""
-    return _full_service(IPVS_CMD_NEW_SERVICE, server, family_id, seq, flags)
-
-
-def encode_set_service(
-    server: VirtualServer, *, family_id: int, seq: int, flags: int = REQUEST_ACK
-) -> bytes:
-    """IPVS_CMD_SET_SERVICE with a full service entry (scheduler, flags, timeout, netmask)."""
-    return _full_service(IPVS_CMD_SET_SERVICE, server, family_id, seq, flags)
-
-
 def _service_key(cmd: int, key: VirtualServerKey, family_id: int, seq: int, flags: int) -> bytes:
     address = key.address
     try:
@@ -355,13 +306,6 @@ def _service_key(cmd: int, key: VirtualServerKey, family_id: int, seq: int, flag
         )  # fmt: skip
     except (struct.error, OverflowError) as exc:
         raise EncodeError(f"virtual server {describe_virtual(key)}: {exc}") from None
-
-
-def encode_del_service(
-    key: VirtualServerKey, *, family_id: int, seq: int, flags: int = REQUEST_ACK
-) -> bytes:
-    """IPVS_CMD_DEL_SERVICE; the kernel answers ESRCH when there is no such service."""
-    return _service_key(IPVS_CMD_DEL_SERVICE, key, family_id, seq, flags)
 
 
 def encode_get_dests(key: VirtualServerKey, *, family_id: int, seq: int) -> bytes:
@@ -447,39 +391,9 @@ def _full_dest(
         ) from None
 
 
-def encode_new_dest(
-    virtual: VirtualServerKey,
-    server: RealServer,
-    *,
-    family_id: int,
-    seq: int,
-    flags: int = REQUEST_ACK,
+def _dest_key(
+    virtual: VirtualServerKey, key: RealServerKey, family_id: int, seq: int, flags: int
 ) -> bytes:
-    """IPVS_CMD_NEW_DEST: add a real server to a service (EEXIST if already there)."""
-    return _full_dest(IPVS_CMD_NEW_DEST, virtual, server, family_id, seq, flags)
-
-
-def encode_set_dest(
-    virtual: VirtualServerKey,
-    server: RealServer,
-    *,
-    family_id: int,
-    seq: int,
-    flags: int = REQUEST_ACK,
-) -> bytes:
-    """IPVS_CMD_SET_DEST: change a real server's weight or forwarding (ENOENT if missing)."""
-    return _full_dest(IPVS_CMD_SET_DEST, virtual, server, family_id, seq, flags)
-
-
-def encode_del_dest(
-    virtual: VirtualServerKey,
-    key: RealServerKey,
-    *,
-    family_id: int,
-    seq: int,
-    flags: int = REQUEST_ACK,
-) -> bytes:
-    """IPVS_CMD_DEL_DEST (ENOENT if the dest is missing, ESRCH if the service is)."""
     vaddr = virtual.address
     address = key.address
     try:
@@ -501,27 +415,33 @@ def encode_del_dest(
 
 # One function per operation type; positional (op, family_id, seq) to keep the call cheap.
 def _op_add_vs(op: AddVirtualServer, family_id: int, seq: int) -> bytes:
+    # IPVS_CMD_NEW_SERVICE with a full service entry.
     return _full_service(IPVS_CMD_NEW_SERVICE, op.server, family_id, seq, REQUEST_ACK)
 
 
 def _op_update_vs(op: UpdateVirtualServer, family_id: int, seq: int) -> bytes:
+    # IPVS_CMD_SET_SERVICE with a full entry (scheduler, flags, timeout, netmask).
     return _full_service(IPVS_CMD_SET_SERVICE, op.server, family_id, seq, REQUEST_ACK)
 
 
 def _op_delete_vs(op: DeleteVirtualServer, family_id: int, seq: int) -> bytes:
+    # The kernel answers ESRCH when there is no such service.
     return _service_key(IPVS_CMD_DEL_SERVICE, op.key, family_id, seq, REQUEST_ACK)
 
 
 def _op_add_rs(op: AddRealServer, family_id: int, seq: int) -> bytes:
+    # EEXIST if the real server is already there.
     return _full_dest(IPVS_CMD_NEW_DEST, op.virtual, op.server, family_id, seq, REQUEST_ACK)
 
 
 def _op_update_rs(op: UpdateRealServer, family_id: int, seq: int) -> bytes:
+    # A real server's weight or forwarding; ENOENT if it is missing.
     return _full_dest(IPVS_CMD_SET_DEST, op.virtual, op.server, family_id, seq, REQUEST_ACK)
 
 
 def _op_delete_rs(op: DeleteRealServer, family_id: int, seq: int) -> bytes:
-    return encode_del_dest(op.virtual, op.key, family_id=family_id, seq=seq)
+    # ENOENT if the real server is missing, ESRCH if its service is.
+    return _dest_key(op.virtual, op.key, family_id, seq, REQUEST_ACK)
 
 
 _OP_ENCODERS: Final[dict[type, Callable[..., bytes]]] = {

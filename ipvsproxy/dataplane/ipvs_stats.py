@@ -21,16 +21,13 @@ import struct
 from typing import Final
 
 from ipvsproxy.core.model import IpvsStats, VirtualServerKey
-from ipvsproxy.dataplane.ipvs_codec import (
-    IPVS_CMD_ATTR_SERVICE,
-    NetlinkDecodeError,
-)
+from ipvsproxy.dataplane.ipvs_codec import IPVS_CMD_ATTR_SERVICE
 from ipvsproxy.dataplane.ipvs_decode import (
     SkippedEntry,
     genl_command,
     parse_service,
 )
-from ipvsproxy.dataplane.netlink_codec import attribute_spans
+from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError, attribute_spans
 
 __all__ = [
     "IPVS_SVC_ATTR_STATS",

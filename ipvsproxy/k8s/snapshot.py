@@ -34,7 +34,7 @@ class _Snapshot(Generic[V]):
     def delete(self, key: str) -> None:
         pass
 
-    def synced(self) -> None:
+    def listed(self) -> None:
         if self.reflector is not None:
             self.reflector.stop()
 

@@ -28,13 +28,13 @@ purpose (headless or ExternalName Services, FQDN slices) and invalid objects are
 
 - `replace(items)`: after every complete (re)list, everything that exists now. Keys the
   handler knew that are not in `items` were deleted while the watch was down: the handler
-  computes those deletions itself. The first call comes before `synced()`.
+  computes those deletions itself. The first call comes before `listed()`.
 - `upsert(key, value)`: an object was added or changed. Not called when a modification
   leaves the model value equal (a status or resourceVersion-only change).
 - `delete(key)`: an object the handler was given is gone (deleted, or now skipped or
   invalid). Never called for a key the handler was not given.
-- `synced()`: called once, after the first `replace`: the handler now holds a complete
-  view. Nothing should be programmed before every reflector it depends on has synced.
+- `listed()`: called once, after the first `replace`: the handler now holds a complete
+  view. Nothing should be programmed before every reflector it depends on has listed.
 
 Suspicious relists
 ------------------
@@ -105,7 +105,7 @@ class ChangeHandler(Protocol[V_contra]):
 
     def delete(self, key: str) -> None: ...
 
-    def synced(self) -> None: ...
+    def listed(self) -> None: ...
 
 
 class Response(Protocol):
@@ -293,7 +293,7 @@ class Reflector(Generic[V]):
         self._cache: dict[str, V] = {}
         self._warned: dict[str, str] = {}  # key -> reason already logged
         self._resource_version = ""
-        self._synced = threading.Event()
+        self._listed = threading.Event()
         self._lock = threading.Lock()
         self._response: Response | None = None
         self._thread: threading.Thread | None = None
@@ -313,11 +313,11 @@ class Reflector(Generic[V]):
         return self._resource_version
 
     @property
-    def has_synced(self) -> bool:
-        return self._synced.is_set()
+    def has_listed(self) -> bool:
+        return self._listed.is_set()
 
-    def wait_synced(self, timeout: float | None = None) -> bool:
-        return self._synced.wait(timeout)
+    def wait_listed(self, timeout: float | None = None) -> bool:
+        return self._listed.wait(timeout)
 
     def start(self) -> None:
         """Run on a daemon thread (a blocked request never holds up the process exit)."""
@@ -461,9 +461,9 @@ class Reflector(Generic[V]):
         self._resource_version = version
         self._cache = dict(items)
         self._call(self._handler.replace, items)
-        if not self._synced.is_set():
-            self._synced.set()
-            self._call(self._handler.synced)
+        if not self._listed.is_set():
+            self._listed.set()
+            self._call(self._handler.listed)
 
     def _suspicious(self, items: Mapping[str, V]) -> bool:
         held = len(self._cache)

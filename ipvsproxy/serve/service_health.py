@@ -10,7 +10,7 @@ per port answers any path as kube-proxy's does (pkg/proxy/healthcheck/service_he
     X-Load-Balancing-Endpoint-Weight: <local endpoints>
     {"service": {"namespace": ..., "name": ...}, "localEndpoints": N, "serviceProxyHealthy": b}
 
-`health_check_ports` computes what should be served (pure); `HealthCheckServers.sync` makes
+`health_check_ports` computes what should be served (pure); `HealthCheckServers.serve` makes
 the running servers match it, and is called after each sync by whoever keeps the proxy
 running. A port that cannot be bound is logged and retried at the next sync.
 """
@@ -39,7 +39,6 @@ __all__ = [
 
 HealthCheckPorts = Mapping[int, tuple[str, int]]
 """health-check port -> ("namespace/name" of its Service, local ready endpoints)."""
-Desired = HealthCheckPorts
 
 
 def health_check_ports(
@@ -140,7 +139,7 @@ class HealthCheckServer:
 
 
 class HealthCheckServers:
-    """The running health-check servers, kept in step with `sync`.
+    """The running health-check servers, kept in step with `serve`.
 
     healthy: whether the proxy itself is healthy (its /healthz); a node whose proxy is not
     syncing answers 503 on every port, as kube-proxy's does.
@@ -149,7 +148,7 @@ class HealthCheckServers:
     def __init__(self, *, healthy: Callable[[], bool] = lambda: True) -> None:
         self._healthy = healthy
         self._servers: dict[int, HealthCheckServer] = {}
-        # The sync thread calls sync(), shutdown calls close(), possibly while a sync is
+        # The sync thread calls serve(), shutdown calls close(), possibly while a sync is
         # still running: once closed, nothing is served again.
         self._lock = threading.Lock()
         self._closed = False
@@ -159,17 +158,17 @@ class HealthCheckServers:
         with self._lock:
             return frozenset(self._servers)
 
-    def sync(self, desired: Desired) -> list[int]:
-        """Serve exactly the desired ports with their counts; the ports that could not be
+    def serve(self, ports: HealthCheckPorts) -> list[int]:
+        """Serve exactly these ports with their counts; the ports that could not be
         bound (logged; tried again at the next sync). After close(), serves nothing."""
         with self._lock:
-            return self._sync({} if self._closed else desired)
+            return self._serve({} if self._closed else ports)
 
-    def _sync(self, desired: Desired) -> list[int]:
-        for port in set(self._servers) - set(desired):
+    def _serve(self, ports: HealthCheckPorts) -> list[int]:
+        for port in set(self._servers) - set(ports):
             self._servers.pop(port).close()
         failed: list[int] = []
-        for port, (service_key, count) in desired.items():
+        for port, (service_key, count) in ports.items():
             server = self._servers.get(port)
             if server is not None:
                 server.service_key, server.count = service_key, count
@@ -191,4 +190,4 @@ class HealthCheckServers:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._sync({})
+            self._serve({})

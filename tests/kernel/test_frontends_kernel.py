@@ -226,11 +226,11 @@ def test_health_check_node_port_from_outside(tmp_path: Path, pod_network: PodNet
 
     servers = HealthCheckServers()
     try:
-        servers.sync(wanted)
+        servers.serve(wanted)
         status, body = probe()
         assert status == 200
         assert body["localEndpoints"] == 1  # type: ignore[index]
-        servers.sync({31862: ("shop/web", 0)})
+        servers.serve({31862: ("shop/web", 0)})
         assert probe()[0] == 503
     finally:
         servers.close()

@@ -14,13 +14,11 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ipvsproxy_testkit.testapi import resources
+from ipvsproxy_testkit.testapi.interface import ServedAPI
 from ipvsproxy_testkit.testapi.status import ApiError
-
-if TYPE_CHECKING:
-    from ipvsproxy_testkit.testapi.server import TestAPIServer
 
 __all__ = ["CONTROL_PREFIX", "ControlAnswer", "control"]
 
@@ -34,7 +32,8 @@ class ControlAnswer:
     after: Callable[[socket.socket], None] | None = None
 
 
-def control(api: TestAPIServer, method: str, action: str, args: object) -> ControlAnswer:
+def control(api: ServedAPI, method: str, action: str, args: object) -> ControlAnswer:
+    """Answer the control request `method /testapi/<action>` with the JSON body args."""
     if method == "GET" and action in ("faults", "state"):
         return ControlAnswer(
             {
@@ -62,7 +61,7 @@ def control(api: TestAPIServer, method: str, action: str, args: object) -> Contr
         raise ApiError(400, f"{action}: bad argument: {exc}") from None
 
 
-def _fault(api: TestAPIServer, action: str, args: dict[str, Any]) -> ControlAnswer:
+def _fault(api: ServedAPI, action: str, args: dict[str, Any]) -> ControlAnswer:
     faults = api.faults
     result: dict[str, object] = {}
     if action == "faults/cut-watches":
@@ -93,7 +92,9 @@ def _fault(api: TestAPIServer, action: str, args: dict[str, Any]) -> ControlAnsw
 
         def go_away(connection: socket.socket) -> None:
             # From another thread: shutting the server down waits for this request to end.
-            threading.Thread(target=api._go_away, args=(seconds, connection), daemon=True).start()
+            threading.Thread(
+                target=api.go_away, args=(seconds,), kwargs={"keep": connection}, daemon=True
+            ).start()
 
         return ControlAnswer({"away": seconds}, after=go_away)
     else:

@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -17,6 +17,7 @@ from loguru import logger
 
 from ipvsproxy_testkit.testapi import resources
 from ipvsproxy_testkit.testapi.control import CONTROL_PREFIX, control
+from ipvsproxy_testkit.testapi.interface import ServedAPI
 from ipvsproxy_testkit.testapi.openapi import OPENAPI_V2_PROTOBUF, openapi_root, openapi_spec
 from ipvsproxy_testkit.testapi.patch import apply_patch
 from ipvsproxy_testkit.testapi.resources import ResourceType, by_path
@@ -25,9 +26,6 @@ from ipvsproxy_testkit.testapi.status import ApiError, status_object
 from ipvsproxy_testkit.testapi.store import Event, Stored, parse_resource_version
 from ipvsproxy_testkit.testapi.tables import table, wants_table
 
-if TYPE_CHECKING:
-    from ipvsproxy_testkit.testapi.server import TestAPIServer
-
 __all__ = ["APIHTTPServer", "APIHTTPServer6", "Handler"]
 
 _CHUNK: Final = 1 << 16  # bytes of watch events written at once
@@ -35,10 +33,15 @@ _LIVENESS_CHECK: Final = 1.0  # seconds between checks that an idle watcher's cl
 
 
 class APIHTTPServer(ThreadingHTTPServer):
+    """Listens on address and answers every request with a Handler serving api."""
+
     daemon_threads = True
     request_queue_size = 128  # the default 5 drops connections when many clients start at once
     allow_reuse_address = True
-    api: TestAPIServer
+
+    def __init__(self, address: tuple[str, int], api: ServedAPI) -> None:
+        self.api = api
+        super().__init__(address, Handler)
 
 
 class APIHTTPServer6(APIHTTPServer):
@@ -71,10 +74,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.api._track(self.connection, add=True)
+        self.server.api.connection_opened(self.connection)
 
     def finish(self) -> None:
-        self.server.api._track(self.connection, add=False)
+        self.server.api.connection_closed(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
 
@@ -97,7 +100,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     @property
-    def api(self) -> TestAPIServer:
+    def api(self) -> ServedAPI:
         return self.server.api
 
     def _dispatch(self, method: str) -> None:

@@ -9,7 +9,7 @@ import threading
 from loguru import logger
 
 from ipvsproxy_testkit.testapi.faults import Faults
-from ipvsproxy_testkit.testapi.handler import APIHTTPServer, APIHTTPServer6, Handler
+from ipvsproxy_testkit.testapi.handler import APIHTTPServer, APIHTTPServer6
 from ipvsproxy_testkit.testapi.store import Store
 
 __all__ = ["TestAPIServer"]
@@ -55,6 +55,7 @@ class TestAPIServer:
             return dict(self._sent)
 
     def count_sent(self, kind: str, size: int) -> None:
+        """Count size body bytes sent by a list ("list") or a watch stream ("watch")."""
         with self._sent_lock:
             self._sent[kind] += size
 
@@ -90,8 +91,7 @@ class TestAPIServer:
 
     def _listen(self) -> None:
         server_class = APIHTTPServer6 if ":" in self._host else APIHTTPServer
-        httpd = server_class((self._host, self._port), Handler)
-        httpd.api = self
+        httpd = server_class((self._host, self._port), self)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -114,14 +114,12 @@ class TestAPIServer:
 
     # --- faults that need the server ------------------------------------------------------------
 
-    def go_away(self, seconds: float | None = None) -> None:
+    def go_away(self, seconds: float | None = None, *, keep: socket.socket | None = None) -> None:
         """Close the listening socket and every connection; come back after seconds.
 
-        With no seconds, the server stays away until come_back(). The state is kept.
+        With no seconds, the server stays away until come_back(). The state is kept. keep is
+        a connection left open: the one a control request's answer is still being sent on.
         """
-        self._go_away(seconds, keep=None)
-
-    def _go_away(self, seconds: float | None, keep: socket.socket | None) -> None:
         with self._lock:
             self._close(keep)
             if seconds is not None:
@@ -131,6 +129,7 @@ class TestAPIServer:
         logger.info("test API server: away for {}", "ever" if seconds is None else f"{seconds}s")
 
     def come_back(self) -> None:
+        """Listen again on the same port, after go_away()."""
         with self._lock:
             self._away_timer = None
             if self._httpd is None:
@@ -138,13 +137,17 @@ class TestAPIServer:
         logger.info("test API server: back on {}", self.url)
 
     def cut_watches(self) -> None:
+        """End every open watch without a proper end."""
         self.store.cut_watches()
 
     # --- connections ----------------------------------------------------------------------------
 
-    def _track(self, connection: socket.socket, add: bool) -> None:
+    def connection_opened(self, connection: socket.socket) -> None:
+        """A client connected: going away must close this connection too."""
         with self._connections_lock:
-            if add:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
+            self._connections.add(connection)
+
+    def connection_closed(self, connection: socket.socket) -> None:
+        """A client's connection ended."""
+        with self._connections_lock:
+            self._connections.discard(connection)
