@@ -3,6 +3,8 @@ two versions are measured side by side by the same benchmark code.
 
 TREE holds an ipvsproxy package: an export of main, say (`git archive main ipvsproxy | tar
 -x -C TREE`), or a whole checkout. The benchmark modules always come from this tree.
+bench_agent imports either ipvsproxy layout (the flat one, or core/ and agent/);
+bench_convert needs k8s/ alone, the same in both.
 """
 
 from __future__ import annotations
