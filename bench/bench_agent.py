@@ -1,13 +1,13 @@
 """Controller cost of a big cluster: cold start by stage, RSS, and one change at a time.
 
-    python bench/bench_agent.py [--sizes 1000,10000,30000] [--changes 1000]
+    python -m bench.bench_agent [--sizes 1000,10000,30000] [--changes 1000]
                                 [--profile realistic|uniform] [--endpoints 10]
                                 [--baseline TREE] [--json FILE] [--cprofile N]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
 messages, ipset entries as `ipset restore` lines, chains as iptables-restore payloads.
-Clusters come from bench/gen_cluster.py (the realistic, long-tailed profile by default),
+Clusters come from bench/lib/gen_cluster.py (the realistic, long-tailed profile by default),
 served as the API server's list answers (JSON bytes, pages of 500 as the reflector asks).
 
 Each size runs in processes of their own (so that the RSS is the agent's) and reports:
@@ -51,45 +51,78 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gen_cluster import build, build_realistic
-
-from ipvsproxy.agent.apply import apply_plan
-from ipvsproxy.agent.full_sync import observe
-from ipvsproxy.agent.sync_loop import Agent, AgentSettings
-from ipvsproxy.core.desired import (
-    NodeInfo,
-    ServiceState,
-    index_slices,
-    merge_service_states,
-    service_state,
-)
-from ipvsproxy.core.full_plan import plan_sync
-from ipvsproxy.core.gcpause import gc_paused
-from ipvsproxy.core.model import (
-    EndpointSlice,
-    IPAddress,
-    IPFamily,
-    IptablesRuleset,
-    IpvsStats,
-    KernelState,
-    RealServer,
-    Service,
-    VirtualServerKey,
-)
-from ipvsproxy.core.operations import (
-    IPSetOperation,
-    IpvsOperation,
-    OperationFailure,
-    RestoreChains,
-)
-from ipvsproxy.core.rules import JUMP_RULES, restore_payload
-from ipvsproxy.dataplane.interfaces import Dataplanes, IpvsSnapshot
+from bench.lib import baseline
+from bench.lib.gen_cluster import build, build_realistic
+from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
+
+try:  # the package layout (core/, agent/)
+    from ipvsproxy.agent.apply import apply_plan
+    from ipvsproxy.agent.full_sync import observe
+    from ipvsproxy.agent.sync_loop import Agent, AgentSettings
+    from ipvsproxy.core.desired import (
+        NodeInfo,
+        ServiceState,
+        index_slices,
+        merge_service_states,
+        service_state,
+    )
+    from ipvsproxy.core.full_plan import plan_sync
+    from ipvsproxy.core.gcpause import gc_paused
+    from ipvsproxy.core.model import (
+        EndpointSlice,
+        IPAddress,
+        IPFamily,
+        IptablesRuleset,
+        IpvsStats,
+        KernelState,
+        RealServer,
+        Service,
+        VirtualServerKey,
+    )
+    from ipvsproxy.core.operations import (
+        IPSetOperation,
+        IpvsOperation,
+        OperationFailure,
+        RestoreChains,
+    )
+    from ipvsproxy.core.rules import JUMP_RULES, restore_payload
+    from ipvsproxy.dataplane.interfaces import Dataplanes
+except ModuleNotFoundError:  # a --baseline tree of the flat layout that came before it
+    from ipvsproxy.apply import Dataplanes, apply_plan
+    from ipvsproxy.desired import (
+        NodeInfo,
+        ServiceState,
+        index_slices,
+        merge_service_states,
+        service_state,
+    )
+    from ipvsproxy.gcpause import gc_paused
+    from ipvsproxy.model import (
+        EndpointSlice,
+        IPAddress,
+        IPFamily,
+        IptablesRuleset,
+        IpvsStats,
+        KernelState,
+        RealServer,
+        Service,
+        VirtualServerKey,
+    )
+    from ipvsproxy.operations import (
+        IPSetOperation,
+        IpvsOperation,
+        OperationFailure,
+        RestoreChains,
+    )
+    from ipvsproxy.plan import plan_sync
+    from ipvsproxy.proxier import observe
+    from ipvsproxy.rules import JUMP_RULES, restore_payload
+
+    from ipvsproxy.agent import Agent, AgentSettings
 
 NODE = "node-0001"  # this node: a few endpoints of the realistic profile run on it
 STAGES = ("list+decode", "desired", "diff", "encode")
@@ -331,8 +364,8 @@ def bench_size(
     tracker = agent.tracker
     tracker.services.replace(services)
     tracker.slices.replace(slices)
-    tracker.services.listed()
-    tracker.slices.listed()
+    tracker.services.synced()
+    tracker.slices.synced()
     gc.collect()
     agent_cold = timed(agent.sync)
     agent_cold_cpu = CPU[-1]
@@ -575,18 +608,19 @@ def main() -> None:
             for source, results in runs.items():  # alternating: both see the same load
                 result: dict[str, Any] = {}
                 for part in ("stages", "agent"):
-                    command = [
-                        sys.executable,
-                        *(("-c", _FROM_SOURCE, source) if source else ()),
-                        __file__,
+                    command = baseline.command(
+                        "bench.bench_agent",
+                        source,
                         f"--one={size}",
                         f"--pages={directory}",
                         f"--part={part}",
                         f"--changes={args.changes}",
                         f"--seed={args.seed}",
                         f"--cprofile={args.cprofile}",
-                    ]
-                    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+                    )
+                    done = subprocess.run(
+                        command, cwd=baseline.ROOT, stdout=subprocess.PIPE, text=True, check=False
+                    )
                     if done.returncode:
                         raise SystemExit(done.returncode)
                     result.update(json.loads(done.stdout.splitlines()[-1]))
@@ -599,18 +633,6 @@ def main() -> None:
         report(results)
     if args.baseline:
         compare(runs[""], runs[args.baseline])
-
-
-# Runs this script with the ipvsproxy package of another source tree (an export of main,
-# say), ahead of the installed one: argv is [-c, tree, script, options...].
-_FROM_SOURCE = """
-import runpy, sys
-tree, script = sys.argv[1], sys.argv[2]
-sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.path.insert(0, tree)
-sys.argv = sys.argv[2:]
-runpy.run_path(script, run_name="__main__")
-"""
 
 
 def summary(r: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """CPU time of converting EndpointSlices (parsed JSON into model values), optionally side by
 side with another tree's ipvsproxy package.
 
-    python bench/bench_convert.py [--services 3000] [--runs 3] [--baseline TREE]
+    python -m bench.bench_convert [--services 3000] [--runs 3] [--baseline TREE]
 
-The slices of a realistic cluster (bench/gen_cluster.py) are converted five times per
+The slices of a realistic cluster (bench/lib/gen_cluster.py) are converted five times per
 process, and the median is kept; with --baseline, processes of this tree and of TREE (an
 export of main, say: `git archive main ipvsproxy | tar -x -C TREE`) alternate --runs times.
 JSON parsing is left out: it is the same C code for both.
@@ -16,23 +16,10 @@ import gc
 import json
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gen_cluster import build_realistic
-
-# Runs this script with the ipvsproxy package of another tree ahead of the installed one.
-_FROM_SOURCE = """
-import runpy, sys
-tree, script = sys.argv[1], sys.argv[2]
-sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.path.insert(0, tree)
-sys.argv = sys.argv[2:]
-runpy.run_path(script, run_name="__main__")
-"""
+from bench.lib import baseline
+from bench.lib.gen_cluster import build_realistic
 
 
 def measure(services: int) -> dict[str, float]:
@@ -68,14 +55,12 @@ def main() -> None:
     found: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for _ in range(args.runs):
         for name, tree in trees.items():
-            command = [
-                sys.executable,
-                *(("-c", _FROM_SOURCE, tree) if tree else ()),
-                __file__,
-                "--one",
-                f"--services={args.services}",
-            ]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            command = baseline.command(
+                "bench.bench_convert", tree, "--one", f"--services={args.services}"
+            )
+            out = subprocess.run(
+                command, cwd=baseline.ROOT, capture_output=True, text=True, check=True
+            ).stdout
             found[name].append(json.loads(out.splitlines()[-1]))
     medians = {}
     for name, runs in found.items():

@@ -1,6 +1,6 @@
 """The data path: kube-proxy's iptables mode against ipvsproxy's IPVS tables, side by side.
 
-    python bench/bench_datapath.py [--sizes 100 1000 5000] [--endpoints 3] [--connects 200]
+    python -m bench.bench_datapath [--sizes 100 1000 5000] [--endpoints 3] [--connects 200]
                                    [--changes 5] [--quick]
 
 Boots the user-mode-linux kernel once. For each size (a number of Services, from
@@ -34,13 +34,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernel_bench
-from gen_cluster import POD_NET, build
+from bench.lib import kernel_bench
+from bench.lib.gen_cluster import POD_NET, build
 
 CLUSTER_CIDR = str(POD_NET)
 CLIENT_IP = str(POD_NET[-3])
@@ -468,29 +465,19 @@ def ipaddress_of(text: str) -> Any:
     return ipaddress.ip_address(text)
 
 
-def in_guest(files: list[str], connects: int, changes: int) -> int:
-    kernel_bench.quiet_logs()
-    ok = all([measure(path, connects, changes) for path in files])
-    return kernel_bench.finish_in_guest(ok, RESULTS)
-
-
 def main() -> int:
-    parser = kernel_bench.arguments(
-        __doc__, sizes=[100, 1000, 5000], quick="100 Services, fewer samples"
-    )
-    parser.add_argument("--connects", type=int, default=200, help="connections per target")
-    parser.add_argument("--changes", type=int, default=5)
-    args = parser.parse_args()
-    if args.in_guest:
-        return in_guest(args.in_guest, args.connects, args.changes)
-    if args.quick:
-        args.sizes, args.connects, args.changes = [100], 20, 2
-    return kernel_bench.run_on_host(
-        __file__,
-        sizes=args.sizes,
-        cluster=lambda size: build(size, args.endpoints),
-        guest_args=["--connects", str(args.connects), "--changes", str(args.changes)],
-        json_target=args.json,
+    return kernel_bench.main(
+        __doc__,
+        "bench.bench_datapath",
+        sizes=[100, 1000, 5000],
+        options={"connects": (200, "connections per target"), "changes": (5, None)},
+        quick={"sizes": [100], "connects": 20, "changes": 2},
+        quick_help="100 Services, fewer samples",
+        cluster=build,
+        measure=lambda files, args: all(
+            [measure(path, args.connects, args.changes) for path in files]
+        ),
+        results=RESULTS,
     )
 
 

@@ -10,9 +10,9 @@ decoding (tracemalloc, measured in a separate run so it does not slow the timed 
 and the ratio of the two. It checks that both ways decoded every object, and agree on
 the cluster IPs and endpoint addresses.
 
-    .venv/bin/python bench/bench_decode.py                       # 10k Services, ~10k slices
-    .venv/bin/python bench/bench_decode.py --services 2000 --repeat 3
-    .venv/bin/python bench/bench_decode.py --file bench/out/cluster-10k.json
+    .venv/bin/python -m bench.bench_decode                       # 10k Services, ~10k slices
+    .venv/bin/python -m bench.bench_decode --services 2000 --repeat 3
+    .venv/bin/python -m bench.bench_decode --file bench/out/cluster-10k.json
 """
 
 from __future__ import annotations
@@ -20,19 +20,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.lib.gen_cluster import build
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_cluster import build  # a sibling script, not a package
 
 JSON = "application/json"
 
@@ -156,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--endpoints", type=int, default=10, help="ready endpoints per Service")
-    parser.add_argument("--file", help="a kind: List JSON file (bench/gen_cluster.py output)")
+    parser.add_argument("--file", help="a kind: List JSON file (bench/lib/gen_cluster.py output)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement")
     args = parser.parse_args()
 

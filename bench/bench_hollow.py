@@ -1,12 +1,12 @@
 """Hollow agents: many `ipvsproxy run --dataplane fake` against one test API server.
 
-    python bench/bench_hollow.py [--agents 10] [--services 10000] [--changes 300] [--rate 5]
+    python -m bench.bench_hollow [--agents 10] [--services 10000] [--changes 300] [--rate 5]
 
 As kubemark's hollow kube-proxy: each agent is the whole node agent (reflectors, change
 tracker, partial and full syncs, /metrics) programming an in-memory kernel, so that many
 share one machine and load the control plane as many nodes would. The script
 
-1. writes a realistic cluster (bench/gen_cluster.py) and serves it with the test API
+1. writes a realistic cluster (bench/lib/gen_cluster.py) and serves it with the test API
    server (`python -m ipvsproxy_testkit.testapi`), in a process of its own;
 2. starts --agents agents, each its own process and node name, serving /metrics on its
    own loopback address (127.0.1.N, a free port), and waits until each has synced once;
@@ -45,9 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gen_cluster import build_realistic
+from bench.lib.gen_cluster import build_realistic
 
 LATENCY = "kubeproxy_network_programming_duration_seconds"
 LAST_SYNC = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"

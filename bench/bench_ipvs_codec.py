@@ -1,6 +1,6 @@
 """Encode cost of IPVS netlink messages: our struct codec against pyroute2's IPVS objects.
 
-    python bench/bench_ipvs_codec.py [--services 2000] [--dests 10] [--repeat 5] [--min-rate 50000]
+    python -m bench.bench_ipvs_codec [--services 2000] [--dests 10] [--repeat 5] [--min-rate 50000]
 
 Builds one NEW_SERVICE per service and --dests NEW_DEST per service (defaults: 2,000 +
 20,000 messages; a quarter of the services IPv6, protocols TCP/UDP/SCTP, some with

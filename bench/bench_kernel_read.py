@@ -1,6 +1,6 @@
 """Reading the kernel: the full resync's observe step against the real tools, side by side.
 
-    python bench/bench_kernel_read.py [--sizes 1000 5000] [--endpoints 3] [--runs 5] [--quick]
+    python -m bench.bench_kernel_read [--sizes 1000 5000] [--endpoints 3] [--runs 5] [--quick]
 
 Boots the user-mode-linux kernel once; for each size (a number of IPVS virtual servers) it
 programs a synthetic cluster with ipvsproxy in a fresh network namespace, then, round after
@@ -29,13 +29,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernel_bench
-from gen_cluster import build
+from bench.lib import kernel_bench
+from bench.lib.gen_cluster import build
 
 SOCKETS = 4
 
@@ -270,27 +267,17 @@ def measure(path: str, runs: int) -> bool:
     return ok
 
 
-def in_guest(cluster_files: list[str], runs: int) -> int:
-    kernel_bench.quiet_logs()
-    ok = all([measure(path, runs) for path in cluster_files])
-    return kernel_bench.finish_in_guest(ok, RESULTS)
-
-
 def main() -> int:
-    parser = kernel_bench.arguments(
-        __doc__, sizes=[1000, 5000], runs=5, quick="100 virtual servers, 2 rounds"
-    )
-    args = parser.parse_args()
-    if args.in_guest:
-        return in_guest(args.in_guest, args.runs)
-    if args.quick:
-        args.sizes, args.runs = [100], 2
-    return kernel_bench.run_on_host(
-        __file__,
-        sizes=args.sizes,
-        cluster=lambda size: build(kernel_bench.services_for(size), args.endpoints),
-        guest_args=["--runs", str(args.runs)],
-        json_target=args.json,
+    return kernel_bench.main(
+        __doc__,
+        "bench.bench_kernel_read",
+        sizes=[1000, 5000],
+        options={"runs": (5, None)},
+        quick={"sizes": [100], "runs": 2},
+        quick_help="100 virtual servers, 2 rounds",
+        cluster=lambda size, endpoints: build(kernel_bench.services_for(size), endpoints),
+        measure=lambda files, args: all([measure(path, args.runs) for path in files]),
+        results=RESULTS,
     )
 
 

@@ -1,6 +1,6 @@
 """Program a real kernel (the sandbox) with a synthetic cluster, side by side with the tools.
 
-    python bench/bench_kernel_sync.py [--sizes 1000 5000] [--endpoints 3] [--runs 3] [--quick]
+    python -m bench.bench_kernel_sync [--sizes 1000 5000] [--endpoints 3] [--runs 3] [--quick]
 
 Boots the user-mode-linux kernel once. For each size (a number of IPVS virtual servers) and
 each round, in a fresh network namespace, it runs a cold sync of the cluster with ipvsproxy,
@@ -20,14 +20,10 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernel_bench
-from gen_cluster import build
-
+from bench.lib import kernel_bench
+from bench.lib.gen_cluster import build
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import KernelState
 from ipvsproxy.core.render import ipvsadm_dest_line
@@ -143,8 +139,7 @@ def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
     return figures, ok
 
 
-def in_guest(cluster_files: list[str], runs: int) -> int:
-    kernel_bench.quiet_logs()
+def in_guest(cluster_files: list[str], runs: int) -> bool:
     ok = True
     for path in cluster_files:
         cluster = read_cluster([path])
@@ -185,28 +180,21 @@ def in_guest(cluster_files: list[str], runs: int) -> int:
         ours, theirs = med["cold sync: ipset.apply"], med["ipset restore"]
         print(f"  {'ipset restore, same ipset lines':<40} {theirs:8.2f}")
         print(f"  {'ratio ipset restore / our ipset writes':<40} {theirs / ours:8.2f}")
-    return kernel_bench.finish_in_guest(ok, RESULTS)
+    return ok
 
 
 def main() -> int:
-    parser = kernel_bench.arguments(
+    return kernel_bench.main(
         __doc__,
+        "bench.bench_kernel_sync",
         sizes=[1000, 5000],
-        runs=3,
-        quick="100 virtual servers, 2 rounds",
+        options={"runs": (3, None)},
+        quick={"sizes": [100], "runs": 2},
+        quick_help="100 virtual servers, 2 rounds",
+        cluster=lambda size, endpoints: build(kernel_bench.services_for(size), endpoints),
+        measure=lambda files, args: in_guest(files, args.runs),
+        results=RESULTS,
         endpoints_help="ready endpoints per Service",
-    )
-    args = parser.parse_args()
-    if args.in_guest:
-        return in_guest(args.in_guest, args.runs)
-    if args.quick:
-        args.sizes, args.runs = [100], 2
-    return kernel_bench.run_on_host(
-        __file__,
-        sizes=args.sizes,
-        cluster=lambda size: build(kernel_bench.services_for(size), args.endpoints),
-        guest_args=["--runs", str(args.runs)],
-        json_target=args.json,
     )
 
 

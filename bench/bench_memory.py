@@ -1,6 +1,6 @@
 """What a steady agent holds: its live memory grouped by allocation site and by type.
 
-    python bench/bench_memory.py [--services 10000] [--profile realistic|uniform] [--top 25]
+    python -m bench.bench_memory [--services 10000] [--profile realistic|uniform] [--top 25]
 
 Builds the same agent as bench/bench_agent.py (the generated cluster decoded from its list
 answers as the reflectors read them, handed to the tracker, one cold full sync into the
@@ -25,10 +25,7 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_agent import NODE, Recorder, dataplanes_of, decode, pages, rss_mib, write_pages
-
+from bench.bench_agent import NODE, Recorder, dataplanes_of, decode, pages, rss_mib, write_pages
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.core.desired import NodeInfo, merge_service_states
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict

@@ -1,7 +1,7 @@
 """Time each stage of `ipvsproxy plan` on a big cluster, and the peak memory.
 
-    python bench/gen_cluster.py                      # 10k Services, ~100k endpoints
-    python bench/bench_plan.py bench/out/cluster-10k.json [--repeat 5] [--profile]
+    python -m bench.lib.gen_cluster                  # 10k Services, ~100k endpoints
+    python -m bench.bench_plan bench/out/cluster-10k.json [--repeat 5] [--profile]
 
 Stages: parse (file -> validated model values), desired state, diff against an empty
 kernel (a cold start), encode (every IPVS operation packed as netlink bytes, plus the ipset

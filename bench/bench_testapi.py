@@ -9,8 +9,8 @@ watches take to receive --events changes. It checks every answer's item count, t
 pages neither skip nor repeat, and that every watcher saw every event. Times per object
 that stay flat from the smaller size to the larger show the lists are linear.
 
-    .venv/bin/python bench/bench_testapi.py                        # 10k and 30k Services
-    .venv/bin/python bench/bench_testapi.py --sizes 2000 --repeat 3
+    .venv/bin/python -m bench.bench_testapi                        # 10k and 30k Services
+    .venv/bin/python -m bench.bench_testapi --sizes 2000 --repeat 3
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +29,7 @@ from urllib.parse import quote
 from ipvsproxy_testkit.testapi import Store, TestAPIServer
 from ipvsproxy_testkit.testapi.resources import SERVICES
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_cluster import build  # a sibling script, not a package
+from bench.lib.gen_cluster import build
 
 KUBE_PROXY_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 

@@ -1,17 +1,17 @@
 """Run every benchmark, then write bench/README.md (the aims, tables, the machine, the date)
 and plots.
 
-    python bench/run_all.py                 # Services 1k, 10k, 30k; kernel 1k and 5k
-    python bench/run_all.py --quick         # a few minutes: small sizes, few repeats
-    python bench/run_all.py --only agent hollow --readme /tmp/README.md
+    python -m bench.run_all                 # Services 1k, 10k, 30k; kernel 1k and 5k
+    python -m bench.run_all --quick         # a few minutes: small sizes, few repeats
+    python -m bench.run_all --only agent hollow --readme /tmp/README.md
 
 Each benchmark runs as its own process, exactly as one would run it by hand; its whole
 output goes into the README under the command that printed it, and the figures of the
 tables, the aims and the plots are read from that output (or from the JSON it writes).
 The soak and the crash sweep run in a short form (a minute of churn, one seed): their full
-forms are reliability runs of their own. bench/fuzz.py is left out: it prints how many
+forms are reliability runs of their own. bench/runs/fuzz.py is left out: it prints how many
 cases the fuzz tests ran, not a measurement. Where an aim of the controller is missed,
-bench/profile_agent.py (and bench/bench_memory.py for memory) then profile it, and the
+bench/runs/profile_agent.py (and bench/bench_memory.py for memory) then profile it, and the
 report quotes what dominates; where the hollow agents miss theirs, a second run without
 periodic full syncs shows how much those cost.
 
@@ -35,12 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import aims
-import figures
-from plots import plots
-from report import Report, Step, readme
+from bench.report import aims, figures
+from bench.report.plots import plots
+from bench.report.readme import Report, Step, readme
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -69,6 +66,12 @@ def shown(argv: list[str]) -> str:
         "python" if arg == sys.executable else os.path.relpath(arg, ROOT) if "/" in arg else arg
         for arg in argv
     )
+
+
+def module(name: str) -> list[str]:
+    """The command running bench.<name> (bench/<name>.py, dots for folders) as a module;
+    run() runs it from the tree's top, where the bench package is found."""
+    return [sys.executable, "-m", f"bench.{name}"]
 
 
 def children_cpu() -> float:
@@ -178,14 +181,10 @@ def main() -> int:
     wanted = set(args.only or STEPS) - (set(KERNEL_STEPS) if args.skip_kernel else set())
     started = datetime.datetime.now(datetime.UTC)
     host = machine()
-    py = sys.executable
     OUT.mkdir(exist_ok=True)
     steps: list[Step] = []
     measured = aims.Measured()
     plan_figures: dict[int, dict[str, float]] = {}
-
-    def bench(script: str) -> str:
-        return str(BENCH / script)
 
     if wanted & {"plan", "decode"}:
         for size in plan.sizes if "plan" in wanted else [min(plan.sizes)]:
@@ -193,7 +192,7 @@ def main() -> int:
             gen = run(
                 "gen",
                 f"generate {size:,} Services",
-                [py, bench("gen_cluster.py"), "--services", str(size), "-o", str(cluster)],
+                [*module("lib.gen_cluster"), "--services", str(size), "-o", str(cluster)],
                 timeout=600,
             )
             steps.append(gen)
@@ -202,7 +201,7 @@ def main() -> int:
             step = run(
                 "plan",
                 f"plan, {size:,} Services",
-                [py, bench("bench_plan.py"), str(cluster), "--repeat", str(plan.repeat)],
+                [*module("bench_plan"), str(cluster), "--repeat", str(plan.repeat)],
                 timeout=1800,
                 parse=figures.plan,
             )
@@ -218,8 +217,7 @@ def main() -> int:
                 "decode",
                 f"decoding API answers, {size:,} Services",
                 [
-                    py,
-                    bench("bench_decode.py"),
+                    *module("bench_decode"),
                     "--file",
                     str(OUT / f"cluster-{size}.json"),
                     "--repeat",
@@ -234,7 +232,7 @@ def main() -> int:
             run(
                 "codec",
                 "IPVS message encoding",
-                [py, bench("bench_ipvs_codec.py"), *plan.codec],
+                [*module("bench_ipvs_codec"), *plan.codec],
                 timeout=900,
                 parse=figures.codec,
             )
@@ -246,8 +244,7 @@ def main() -> int:
             "agent",
             "controller: cold start, memory, one change (realistic clusters)",
             [
-                py,
-                bench("bench_agent.py"),
+                *module("bench_agent"),
                 "--sizes",
                 ",".join(map(str, plan.sizes)),
                 "--changes",
@@ -267,8 +264,7 @@ def main() -> int:
                 "testapi",
                 "the test API server: load, list, watch (uniform clusters)",
                 [
-                    py,
-                    bench("bench_testapi.py"),
+                    *module("bench_testapi"),
                     "--sizes",
                     ",".join(map(str, big)),
                     "--repeat",
@@ -283,7 +279,7 @@ def main() -> int:
             run(
                 "convert",
                 "EndpointSlice conversion",
-                [py, bench("bench_convert.py"), *plan.convert],
+                [*module("bench_convert"), *plan.convert],
                 timeout=900,
                 parse=figures.convert,
             )
@@ -307,7 +303,7 @@ def main() -> int:
             run(
                 "soak",
                 "soak: endpoint churn on the fake kernel, short form",
-                [py, bench("soak.py"), *plan.soak],
+                [*module("runs.soak"), *plan.soak],
                 timeout=600,
                 parse=figures.soak,
                 note="short form; the full one is --seconds 600",
@@ -320,7 +316,7 @@ def main() -> int:
     took = (datetime.datetime.now(datetime.UTC) - started).seconds // 60
     options = [*(["--quick"] * args.quick), *(["--skip-kernel"] * args.skip_kernel)]
     command = shlex.join(
-        ["python", "bench/run_all.py", *options, *(["--only", *args.only] if args.only else [])]
+        ["python", "-m", "bench.run_all", *options, *(["--only", *args.only] if args.only else [])]
     )
     header = [
         "# Benchmarks",
@@ -337,7 +333,7 @@ def main() -> int:
         "benchmarks run in the user-mode-linux sandbox kernel, where every system call traps "
         "to the host: there, only ratios measured side by side in one run mean anything.",
         "",
-        "Clusters come from `bench/gen_cluster.py` (realistic profile: long-tailed endpoints, "
+        "Clusters come from `bench/lib/gen_cluster.py` (realistic profile: long-tailed endpoints, "
         "NodePort, LoadBalancer, ETP=Local, multi-port, dual-stack) unless a benchmark says "
         "otherwise.",
     ]
@@ -367,8 +363,7 @@ def hollow(
         f"hollow agents, N = {agents}, {services:,} Services"
         + ("" if sync_period is None else f", syncPeriod {sync_period:g} s"),
         [
-            sys.executable,
-            str(BENCH / "bench_hollow.py"),
+            *module("bench_hollow"),
             "--agents",
             str(agents),
             "--services",
@@ -386,13 +381,12 @@ def hollow(
 
 
 def kernel(plan: Plan, wanted: set[str], steps: list[Step], measured: aims.Measured) -> None:
-    py = sys.executable
     read_runs, sync_runs = ["--runs", str(plan.kernel_runs + 2)], ["--runs", str(plan.kernel_runs)]
     path_runs = ["--connects", str(plan.connects), "--changes", str(plan.kernel_runs + 2)]
-    for key, script, sizes, extra, by in (
-        ("kernel_read", "bench_kernel_read.py", plan.kernel_sizes, read_runs, "virtual_servers"),
-        ("kernel_sync", "bench_kernel_sync.py", plan.kernel_sizes, sync_runs, "virtual_servers"),
-        ("datapath", "bench_datapath.py", plan.datapath_sizes, path_runs, "services"),
+    for key, name, sizes, extra, by in (
+        ("kernel_read", "bench_kernel_read", plan.kernel_sizes, read_runs, "virtual_servers"),
+        ("kernel_sync", "bench_kernel_sync", plan.kernel_sizes, sync_runs, "virtual_servers"),
+        ("datapath", "bench_datapath", plan.datapath_sizes, path_runs, "services"),
     ):
         if key not in wanted:
             continue
@@ -401,7 +395,7 @@ def kernel(plan: Plan, wanted: set[str], steps: list[Step], measured: aims.Measu
         step = run(
             key,
             key.replace("_", " ") + ", sandbox",
-            [py, str(BENCH / script), "--sizes", *map(str, sizes), *extra, "--json", str(target)],
+            [*module(name), "--sizes", *map(str, sizes), *extra, "--json", str(target)],
             timeout=3600,
             parse=lambda _, target=target, by=by: figures.kernel(figures.read_json(target), by),
         )
@@ -415,7 +409,7 @@ def kernel(plan: Plan, wanted: set[str], steps: list[Step], measured: aims.Measu
             run(
                 "crash",
                 "crash sweep: SIGKILL mid-sync, restart, sandbox",
-                [py, str(BENCH / "crash_sweep.py"), "1"],
+                [*module("runs.crash_sweep"), "1"],
                 timeout=1200,
                 parse=figures.crash,
                 note="short form, one seed; the sweep takes a seed count",
@@ -435,8 +429,7 @@ def profile(plan: Plan, steps: list[Step], measured: aims.Measured) -> None:
             "profile",
             "what dominates the missed controller aims (cProfile)",
             [
-                sys.executable,
-                str(BENCH / "profile_agent.py"),
+                *module("runs.profile_agent"),
                 "--sizes",
                 ",".join(map(str, cpu_sizes)),
                 "--changes",
@@ -448,15 +441,12 @@ def profile(plan: Plan, steps: list[Step], measured: aims.Measured) -> None:
         )
         steps.append(step)
         measured.profiles = step.data or {}
-    memory = BENCH / "bench_memory.py"
     rss_sizes = sorted({row.at for row in controller if "RSS" in row.aim and row.at})
-    if not memory.exists():
-        return
     for size in rss_sizes:
         step = run(
             "memory",
             f"what holds the memory, {size:,} Services (tracemalloc)",
-            [sys.executable, str(memory), "--services", str(size), "--top", "8"],
+            [*module("bench_memory"), "--services", str(size), "--top", "8"],
             timeout=1800,
             parse=memory_lines,
             note="run because an aim was missed",

@@ -10,7 +10,7 @@
   NetlinkDecodeError; nothing else escapes.
 
 Example counts stay modest here (IPVSPROXY_FUZZ_EXAMPLES, default 60 per property);
-bench/fuzz.py runs the same properties longer and prints how many cases ran.
+bench/runs/fuzz.py runs the same properties longer and prints how many cases ran.
 """
 
 from __future__ import annotations

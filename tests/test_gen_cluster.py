@@ -1,21 +1,17 @@
-"""bench/gen_cluster.py's realistic profile: what it promises, and that both the test API
+"""bench/lib/gen_cluster.py's realistic profile: what it promises, and that both the test API
 server and the file reader accept every object it writes."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ipvsproxy_testkit.testapi.store import Store
 
+from bench.lib.gen_cluster import SLICE_SIZE, build_realistic
 from ipvsproxy.k8s.files import load_documents, read_cluster
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from gen_cluster import SLICE_SIZE, build_realistic
 
 SERVICES = 1500
 

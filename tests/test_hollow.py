@@ -3,12 +3,9 @@ own process) against one test API server. Checks what they did, never how fast."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from bench_hollow import quantile, run_hollow
+from bench.bench_hollow import quantile, run_hollow
 
 CHANGES = 12
 

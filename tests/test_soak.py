@@ -1,16 +1,11 @@
-"""A short churn soak (bench/soak.py runs the long one): endpoints of 200 Services change
+"""A short churn soak (bench/runs/soak.py runs the long one): endpoints of 200 Services change
 50 times a second for 15 s through the test API server, the real reflectors and the agent
 on the fake kernel. Every change lands (the final kernel equals the final desired state),
 and file descriptors and threads do not grow."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from soak import soak
+from bench.runs.soak import soak
 
 
 def test_short_churn_soak() -> None:

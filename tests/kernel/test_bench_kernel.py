@@ -9,17 +9,11 @@ printed by the benchmarks, never checked here.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import bench_datapath
-import bench_kernel_read
-import bench_kernel_sync
-from gen_cluster import build
+from bench import bench_datapath, bench_kernel_read, bench_kernel_sync
+from bench.lib.gen_cluster import build
 
 pytestmark = pytest.mark.kernel
 

@@ -6,7 +6,7 @@ operations its adapters are given (IPVS messages, addresses, ipset lines, iptabl
 restores) and SIGKILLs the process after the Nth, part-way through a batch. After each
 restart the kernel must hold exactly what the objects ask for, another tool's virtual
 server, address, chain and set must be untouched, and a client sending requests to an
-unchanged Service the whole time must see no failure. bench/crash_sweep.py runs more seeds.
+unchanged Service the whole time must see no failure. bench/runs/crash_sweep.py runs more seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
 pytestmark = pytest.mark.kernel
 
 # One seed per kind of sync here (each restart of the agent costs half a minute in the
-# guest); bench/crash_sweep.py runs more.
+# guest); bench/runs/crash_sweep.py runs more.
 SEEDS = [int(s) for s in os.environ.get("IPVSPROXY_CRASH_SEEDS", "1").split(",")]
 OTHERS = 40  # Services besides `web`, three endpoints each (no pods behind: IPVS needs none)
 WEB_ENDPOINTS = ("10.244.1.1", "10.244.2.1")

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from figures import KINDS
-from report import Report
+from bench.report.figures import KINDS
+from bench.report.readme import Report
 
 AIM_CHANGE_MS = 5.0  # issue 8's aims, drawn as dotted lines
 AIM_COLD_S = 5.0

@@ -1,7 +1,7 @@
 """What dominates the controller's cost: cProfile of bench_agent.py's cold start, and of
 its slowest one-at-a-time changes (the ones that make the p99).
 
-    python bench/profile_agent.py [--sizes 10000] [--changes 1000] [--top 12]
+    python -m bench.runs.profile_agent [--sizes 10000] [--changes 1000] [--top 12]
 
 For each size it writes the same list answers as bench/bench_agent.py and runs, in a
 process of its own, (1) bench_agent's cold start (list+decode, desired, diff, encode) under
@@ -30,11 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import bench_agent
 
-import bench_agent
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = {"endpoint": "endpoint change", "add": "Service added", "delete": "Service deleted"}
 
 
@@ -148,12 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = subprocess.run(
                 [
                     sys.executable,
-                    __file__,
+                    "-m",
+                    "bench.runs.profile_agent",
                     f"--one={directory}",
                     f"--changes={args.changes}",
                     f"--top={args.top}",
                     f"--seed={args.seed}",
                 ],
+                cwd=ROOT,
                 stdout=subprocess.PIPE,
                 text=True,
                 check=False,

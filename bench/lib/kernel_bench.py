@@ -1,11 +1,13 @@
-"""What the sandbox-kernel benchmarks share: their command line, and running themselves in
-the user-mode-linux guest with the figures read back as JSON.
+"""What the sandbox-kernel benchmarks share: their command line, running themselves in the
+user-mode-linux guest, and the figures read back as JSON.
 
-A kernel benchmark's main() calls ``arguments`` for the options every one of them takes
-(--sizes, --endpoints, --quick, --json and the hidden --in-guest), then, on the host,
-``run_on_host`` with one cluster file per size; inside the guest the same script runs
-with ``--in-guest FILE...`` and ends with ``finish_in_guest``, which prints the result
-check and writes the figures where the host asked for them (run_all.py reads that JSON).
+A kernel benchmark's main() is ``main`` here, given what differs between them: its module,
+default sizes, its own integer options (passed on to the guest), what --quick shrinks, the
+cluster for a size, and ``measure``, which runs in the guest on the cluster files and says
+whether every figure came from a correct state. On the host, ``main`` writes one cluster
+file per size and boots the guest once, running ``python -m MODULE --in-guest FILE...``
+there; in the guest it measures, prints the result check and writes the figures (the
+module's RESULTS) where the host asked for them (run_all.py reads that JSON).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+# The tree's top: the guest runs the benchmark as a module from there.
+ROOT = Path(__file__).resolve().parents[2]
 
 # Virtual servers per generated Service on average (gen_cluster.build: one Service in ten
 # has a UDP port, one in twenty is dual-stack).
@@ -26,25 +32,48 @@ VS_PER_SERVICE = 1.1 * 1.05
 JSON_ENV = "BENCH_JSON"
 
 
-def arguments(
+def main(
     doc: str,
+    module: str,
     *,
     sizes: Sequence[int],
-    quick: str,
-    runs: int | None = None,
+    options: Mapping[str, tuple[int, str | None]],
+    quick: Mapping[str, Any],
+    quick_help: str,
+    cluster: Callable[[int, int], dict[str, Any]],
+    measure: Callable[[list[str], argparse.Namespace], bool],
+    results: dict[str, dict[str, Any]],
     endpoints_help: str | None = None,
-) -> argparse.ArgumentParser:
-    """A parser with the options every kernel benchmark takes (--runs if runs is given);
-    add your own, then parse. quick: the help of --quick, saying what it shrinks to."""
+    argv: Sequence[str] | None = None,
+) -> int:
+    """A kernel benchmark's whole command: parse, then run on the host or in the guest.
+
+    options: the benchmark's own integer options, name -> (default, help), given to the
+    guest as they were parsed; quick: the values --quick sets (sizes and options);
+    cluster(size, endpoints): the cluster for one size; measure(files, args): in the guest,
+    whether every figure, put in results, came from a correct state."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(sizes))
     parser.add_argument("--endpoints", type=int, default=3, help=endpoints_help)
-    if runs is not None:
-        parser.add_argument("--runs", type=int, default=runs)
-    parser.add_argument("--quick", action="store_true", help=quick)
+    for name, (default, help_text) in options.items():
+        parser.add_argument(f"--{name}", type=int, default=default, help=help_text)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
     parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
-    return parser
+    args = parser.parse_args(argv)
+    if args.in_guest:
+        quiet_logs()
+        return finish_in_guest(measure(args.in_guest, args), results)
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+    return run_on_host(
+        module,
+        sizes=args.sizes,
+        cluster=lambda size: cluster(size, args.endpoints),
+        guest_args=[arg for name in options for arg in (f"--{name}", str(getattr(args, name)))],
+        json_target=args.json,
+    )
 
 
 def services_for(virtual_servers: int) -> int:
@@ -70,15 +99,16 @@ def finish_in_guest(ok: bool, results: dict[str, dict[str, Any]]) -> int:
 
 
 def run_on_host(
-    script: str,
+    module: str,
     *,
     sizes: Sequence[int],
     cluster: Callable[[int], dict[str, Any]],
     guest_args: Sequence[str],
     json_target: str | None,
 ) -> int:
-    """Write cluster(size) for each size, boot the guest once and run `script --in-guest`
-    there on those files, echoing its output; copy its figures to json_target if asked."""
+    """Write cluster(size) for each size, boot the guest once and run `python -m module
+    --in-guest` there on those files, echoing its output; copy its figures to json_target
+    if asked."""
     from ipvsproxy_testkit.sandbox.uml import run_in_guest, shared_tempdir
 
     workdir = shared_tempdir("ipvsproxy-bench-")
@@ -91,9 +121,10 @@ def run_on_host(
                 json.dump(cluster(size), out)
             files.append(path)
         result = run_in_guest(
-            [sys.executable, os.path.abspath(script), *guest_args, "--in-guest", *files],
+            [sys.executable, "-m", module, *guest_args, "--in-guest", *files],
             timeout=1800,
             env={JSON_ENV: results},
+            cwd=str(ROOT),
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
         if json_target and os.path.exists(results):

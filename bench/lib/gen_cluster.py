@@ -16,8 +16,8 @@ Endpoints are split into slices of at most 100, like the EndpointSlice controlle
 The file loads into the test API server (``python -m ipvsproxy_testkit.testapi -f FILE``) as well
 as into ``ipvsproxy plan``/``once`` (``--cluster FILE``).
 
-    python bench/gen_cluster.py --services 10000 -o bench/out/cluster-10k.json
-    python bench/gen_cluster.py --profile uniform --services 10000 --endpoints 10 -o ...
+    python -m bench.lib.gen_cluster --services 10000 -o bench/out/cluster-10k.json
+    python -m bench.lib.gen_cluster --profile uniform --services 10000 --endpoints 10 -o ...
 """
 
 from __future__ import annotations

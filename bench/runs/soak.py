@@ -3,7 +3,7 @@ real client and reflectors, the agent on the fake kernel) while the endpoints of
 of Services change continuously. Prints RSS, open file descriptors and threads over time,
 then checks that every change landed: the final kernel equals the final desired state.
 
-    .venv/bin/python bench/soak.py [--seconds 600] [--rate 50] [--services 300]
+    .venv/bin/python -m bench.runs.soak [--seconds 600] [--rate 50] [--services 300]
 
 tests/test_soak.py runs a short version.
 """

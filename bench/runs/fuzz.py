@@ -1,7 +1,7 @@
 """Run the fuzz properties of tests/test_fuzz.py longer than ./test.sh does and print how
 many cases each ran.
 
-    .venv/bin/python bench/fuzz.py [examples per property, default 2000]
+    .venv/bin/python -m bench.runs.fuzz [examples per property, default 2000]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aims
-from figures import KINDS, ratio
+from bench.report import aims
+from bench.report.figures import KINDS, ratio
 
 
 @dataclass

@@ -3,7 +3,7 @@ SIGKILL at a random point of a cold, a partial and a shrinking sync per seed, in
 sandbox kernel, with a client sending requests to an unchanged Service all the while.
 Prints the kill points and how many requests failed.
 
-    .venv/bin/python bench/crash_sweep.py [seeds, default 10]
+    .venv/bin/python -m bench.runs.crash_sweep [seeds, default 10]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from figures import KINDS, ratio
+from bench.report.figures import KINDS, ratio
 
 MET, MISSED, NOT_MEASURED = "met", "MISSED", "not measured"
 
