@@ -46,8 +46,9 @@ from ipvsproxy.core.desired import (
 from ipvsproxy.core.full_plan import Plan, plan_sync
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
+from ipvsproxy.core.local_endpoints import NoLocalCounts, no_local_endpoints
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPNetwork, VirtualServerKey
-from ipvsproxy.core.operations import BindAddress, IpvsOperation, UnbindAddress
+from ipvsproxy.core.operations import BindAddress, IpvsOperation, RestoreChains, UnbindAddress
 from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import IpvsProxyError
@@ -154,6 +155,8 @@ class Agent:
         self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
         self.last: SyncOutcome | None = None
         self.syncs = 0
+        # Per Service, its ports with a Local policy and no endpoint on this node.
+        self._no_local: dict[str, NoLocalCounts] = {}
 
     # -- the reflectors' side
 
@@ -262,6 +265,7 @@ class Agent:
                 retry_in=f"{self._retry_interval:g}s",
             )
         if self._metrics is not None:
+            self._count_no_local(changes)
             self._metrics.sync_finished(seconds=seconds, full=outcome.full, ok=outcome.ok, now=wall)
             if not outcome.ok:
                 self._metrics.sync_failed(outcome.reason.split(":", 1)[0])
@@ -279,6 +283,29 @@ class Agent:
             operations=outcome.operations,
             seconds=f"{seconds:.4f}",
         )
+
+    def _count_no_local(self, changes: Changes) -> None:
+        """kubeproxy_sync_proxy_rules_no_local_endpoints_total from the Services this
+        sync looked at (every one for a full sync)."""
+        assert self._metrics is not None
+        if changes.full:
+            self._no_local = {}
+        node = self._settings.node.name
+        for key, given in changes.services.items():
+            counts = (
+                no_local_endpoints(given.service, given.slices, node)
+                if given.service is not None
+                else None
+            )
+            if counts:
+                self._no_local[key] = counts
+            else:
+                self._no_local.pop(key, None)
+        totals: NoLocalCounts = {}
+        for counts in self._no_local.values():
+            for label, count in counts.items():
+                totals[label] = totals.get(label, 0) + count
+        self._metrics.no_local_endpoints(totals)
 
     @property
     def _retry_interval(self) -> float:
@@ -429,6 +456,8 @@ class Agent:
                 operation=type(failure.operation).__name__,
                 error=failure.message,
             )
+            if self._metrics is not None and isinstance(failure.operation, RestoreChains):
+                self._metrics.iptables_restore_failed(failure.operation.ruleset.family)
         if self._metrics is not None:
             ops = plan.operations
             self._metrics.netlink_sent(
