@@ -701,3 +701,34 @@ def _servers_from_flags(config: ProxyConfig, given: Mapping[str, object]) -> Pro
             except ValueError as exc:
                 raise ConfigError(f"--{server}-bind-address {address!r}: {exc}") from None
     return replace(config, **changes) if changes else config  # type: ignore[arg-type]
+
+
+# --- the README's table --------------------------------------------------------------------
+
+
+def readme_status(flag: Flag) -> str:
+    """The flag's status as the README's table words it."""
+    if flag.status is Status.SAME:
+        return "same" + (f" ({flag.note})" if flag.note else "")
+    if flag.status is Status.DEPRECATED:
+        return f"same, deprecated in kube-proxy: one warning ({flag.note})"
+    if flag.status in (Status.IPTABLES_ONLY, Status.NOT_APPLICABLE):
+        return f"not applicable in IPVS mode: {flag.note}; one warning"
+    return f"differs: {flag.note}"
+
+
+def readme_table() -> str:
+    """The README's kube-proxy flag table (markdown)."""
+    lines = [
+        "| flag | ipvsproxy | type | default | KubeProxyConfiguration field |",
+        "|---|---|---|---|---|",
+    ]
+    for flag in FLAGS:
+        default = f"`{flag.default}`" if flag.default else ""
+        field = f"`{flag.field}`" if flag.field else ""
+        with_file = "" if flag.file_wins else " (wins over --config)"
+        lines.append(
+            f"| `--{flag.name}` | {readme_status(flag)}{with_file} | {flag.kind} | {default} "
+            f"| {field} |"
+        )
+    return "\n".join(lines) + "\n"
