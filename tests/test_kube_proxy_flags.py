@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +64,10 @@ SAME_AS_FILE = [
     ("--ipvs-scheduler=lc", {"ipvs": {"scheduler": "lc"}}),
     ("--ipvs-sync-period=10s", {"syncPeriod": "10s"}),
     ("--ipvs-min-sync-period=2s", {"minSyncPeriod": "2s"}),
-    ("--ipvs-exclude-cidrs=10.1.0.0/16,fd00::/64", {"ipvs": {"excludeCIDRs": ["10.1.0.0/16", "fd00::/64"]}}),
+    (
+        "--ipvs-exclude-cidrs=10.1.0.0/16,fd00::/64",
+        {"ipvs": {"excludeCIDRs": ["10.1.0.0/16", "fd00::/64"]}},
+    ),
     ("--ipvs-strict-arp", {"ipvs": {"strictARP": True}}),
     ("--ipvs-tcp-timeout=15m", {"ipvs": {"tcpTimeout": "15m"}}),
     ("--ipvs-tcpfin-timeout=30s", {"ipvs": {"tcpFinTimeout": "30s"}}),
@@ -84,7 +86,10 @@ SAME_AS_FILE = [
     ("--conntrack-udp-timeout-stream=2m", {"conntrack": {"udpStreamTimeout": "2m"}}),
     ("--kube-api-qps=50", {"clientConnection": {"qps": 50}}),
     ("--kube-api-burst=100", {"clientConnection": {"burst": 100}}),
-    ("--kube-api-content-type=application/vnd.kubernetes.protobuf", {"clientConnection": {"contentType": "application/vnd.kubernetes.protobuf"}}),
+    (
+        "--kube-api-content-type=application/vnd.kubernetes.protobuf",
+        {"clientConnection": {"contentType": "application/vnd.kubernetes.protobuf"}},
+    ),
     ("--kubeconfig=/etc/kubeconfig", {"clientConnection": {"kubeconfig": "/etc/kubeconfig"}}),
     ("--bind-address=10.0.0.5", {"bindAddress": "10.0.0.5"}),
     ("--healthz-bind-address=127.0.0.1:9256", {"healthzBindAddress": "127.0.0.1:9256"}),
@@ -217,7 +222,8 @@ def test_empty_bind_address_or_port_0_turns_a_server_off() -> None:
     assert settings("--metrics-bind-address=").metrics_bind_address is None
     assert settings("--healthz-bind-address=").healthz_bind_address is None
     assert settings("--metrics-port=0").metrics_bind_address is None
-    assert str(settings("--healthz-bind-address=10.0.0.1", "--healthz-port=1234").healthz_bind_address) == "10.0.0.1:1234"  # fmt: skip
+    port_less = settings("--healthz-bind-address=10.0.0.1", "--healthz-port=1234")
+    assert str(port_less.healthz_bind_address) == "10.0.0.1:1234"
     # a port already given stays, as AppendPortIfNeeded leaves it
     assert (
         settings("--metrics-port=9999").metrics_bind_address == ProxyConfig().metrics_bind_address
