@@ -163,7 +163,8 @@ FLAGS: Final[tuple[Flag, ...]] = (
         "application/vnd.kubernetes.protobuf",
         "clientConnection.contentType",
         _D,
-        "only JSON is spoken; another type is warned about and JSON used",
+        "only JSON is spoken: protobuf (the default) is taken as JSON, another type is "
+        "warned about",
     ),
     Flag("kube-api-burst", "int32", "10", "clientConnection.burst"),
     Flag("kube-api-qps", "float32", "5", "clientConnection.qps"),

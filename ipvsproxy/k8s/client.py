@@ -51,6 +51,7 @@ __all__ = [
 DEFAULT_QPS: Final = 5.0
 DEFAULT_BURST: Final = 10
 JSON: Final = "application/json"
+PROTOBUF: Final = "application/vnd.kubernetes.protobuf"
 
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 _READ_SIZE: Final = 64 * 1024
@@ -110,7 +111,11 @@ def connect(
     from kubernetes import client as k8s_client
 
     environ = os.environ if environ is None else environ
-    if settings.content_type.split(";")[0].strip() != JSON:
+    wanted = settings.content_type.split(";")[0].strip()
+    if wanted == PROTOBUF:
+        # kube-proxy's default, in most clusters' files: JSON carries the same objects.
+        logger.debug("clientConnection.contentType {type}: JSON is used", type=wanted)
+    elif wanted != JSON:
         logger.warning(
             "clientConnection.contentType {type} is not supported; using {json}",
             type=settings.content_type,
