@@ -583,7 +583,20 @@ _COMMANDS = {
 }
 
 
+def _flag_names_normalised(argv: Sequence[str]) -> list[str]:
+    """kube-proxy's flag names take "_" for "-" (component-base's WordSepNormalizeFunc):
+    `--hostname_override=x` is `--hostname-override=x`. Only the names are touched."""
+    normalised = []
+    for token in argv:
+        if token.startswith("--") and "_" in token.split("=", 1)[0]:
+            name, sep, value = token.partition("=")
+            token = name.replace("_", "-") + sep + value
+        normalised.append(token)
+    return normalised
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _flag_names_normalised(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 2 on a bad flag (its message printed), 0 on --help

@@ -144,6 +144,13 @@ def test_go_bool_forms() -> None:
     assert main(["run", "--masquerade-all=maybe"]) == EXIT_INPUT
 
 
+def test_underscores_in_flag_names_are_dashes(tmp_path: Path) -> None:
+    out = tmp_path / "written.yaml"
+    argv = ["run", "--ipvs_scheduler=lc", "--write_config_to", str(out)]
+    assert main(argv) == EXIT_OK
+    assert load_config(out).scheduler == "lc"
+
+
 def test_list_flags_accumulate_as_pflag_does() -> None:
     config = settings("--ipvs-exclude-cidrs=10.1.0.0/16", "--ipvs-exclude-cidrs=10.2.0.0/16")
     assert [str(n) for n in config.exclude_cidrs] == ["10.1.0.0/16", "10.2.0.0/16"]
