@@ -285,6 +285,19 @@ class RepeatedLog:
         self, level: str, message: str, /, *, key: Hashable | None = None, **fields: object
     ) -> bool:
         """Log ``message`` with ``fields`` unless it is a repeat; True if it was logged."""
+        return self._log(level, message, key=key, depth=2, fields=fields)
+
+    def _log(
+        self,
+        level: str,
+        message: str,
+        *,
+        key: Hashable | None,
+        depth: int,
+        fields: dict[str, object],
+    ) -> bool:
+        # depth: frames between the caller and logger's call, so that the line names
+        # the caller's file and line, not this module's.
         if key is None:
             key = (level, message, tuple(sorted((k, repr(v)) for k, v in fields.items())))
         now = self._clock()
@@ -304,14 +317,14 @@ class RepeatedLog:
                 self._seen.popitem(last=False)
         if repeated:
             fields = {**fields, "repeated": repeated}
-        logger.opt(depth=1).log(level, message, **fields)
+        logger.opt(depth=depth).log(level, message, **fields)
         return True
 
     def warning(self, message: str, /, *, key: Hashable | None = None, **fields: object) -> bool:
-        return self.log("WARNING", message, key=key, **fields)
+        return self._log("WARNING", message, key=key, depth=2, fields=fields)
 
     def error(self, message: str, /, *, key: Hashable | None = None, **fields: object) -> bool:
-        return self.log("ERROR", message, key=key, **fields)
+        return self._log("ERROR", message, key=key, depth=2, fields=fields)
 
     def clear(self) -> None:
         with self._lock:

@@ -85,8 +85,10 @@ def test_text_is_klogs_and_parses_as_klog(stream: io.StringIO) -> None:
     logger.warning("cannot bind address", address="10.96.0.1", errno=17)
     logger.error('quote " and space', error="exit status 2")
     logger.debug("object {name} skipped", name="ns/web")  # the template spells it out
+    RepeatedLog().error("through RepeatedLog")  # names this file's line, not logs.py's
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
+    assert parse_klog(lines.pop())["file"] == "test_logs.py"
     parsed = [parse_klog(line) for line in lines]
     assert [p["severity"] for p in parsed] == ["I", "W", "E", "I"]
     assert parsed[0]["msg"] == "sync finished"
