@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +299,18 @@ def test_readme_lists_every_flag_with_its_status() -> None:
     for row in rows:
         status = row.split(" | ")[1]
         assert status.startswith(("same", "differs: ", "not applicable in IPVS mode")), row
+
+
+def test_user_agent_is_client_gos_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipvsproxy.version import user_agent
+
+    monkeypatch.setenv("IPVSPROXY_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    build_info.cache_clear()
+    try:
+        agent = user_agent()
+        info = build_info()
+    finally:
+        build_info.cache_clear()
+    assert re.fullmatch(r"ipvsproxy/v\d+\.\d+\.\d+ \(linux/\w+\) kubernetes/0123456", agent)
+    assert info.git_commit == "0123456789abcdef0123456789abcdef01234567"
+    assert (info.major, info.minor) == tuple(info.git_version.lstrip("v").split(".")[:2])

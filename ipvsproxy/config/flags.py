@@ -582,7 +582,8 @@ def flags_document(given: Mapping[str, object]) -> dict[str, object]:
     document: dict[str, object] = {"apiVersion": API_VERSION, "kind": KIND}
     for name, value in given.items():
         flag = BY_NAME[name]
-        if flag.field is None or flag.status in (Status.IPTABLES_ONLY,):
+        # iptables-only fields would not be read; logging is set up from the flags.
+        if flag.field is None or flag.status is Status.IPTABLES_ONLY:
             continue
         if flag.field.startswith("logging."):
             continue
@@ -669,11 +670,9 @@ def _warn_inert(given: Mapping[str, object], *, with_file: bool) -> None:
 
 
 def _warn_gates(gates: Iterable[tuple[str, bool]]) -> None:
-    ignored = [f"{name}={str(on).lower()}" for name, on in gates]
+    # A gate ipvsproxy always behaves as with, asked for on, is not worth a line.
     ignored = [
-        text
-        for text, (name, on) in zip(ignored, gates, strict=True)
-        if not (on and name in ALWAYS_ON_GATES)
+        f"{name}={str(on).lower()}" for name, on in gates if not (on and name in ALWAYS_ON_GATES)
     ]
     if ignored:
         logger.warning(
