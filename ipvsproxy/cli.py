@@ -39,6 +39,7 @@ from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import Cluster, read_cluster
+from ipvsproxy.logs import FORMATS as LOG_FORMATS
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.version import version_text
 
@@ -400,7 +401,40 @@ def _run_config(args: argparse.Namespace) -> tuple[ProxyConfig, dict[str, object
     given = given_flags(args)
     path = given.get("config")
     document = load_document(str(path)) if path else None
-    return effective_config(given, document, source=str(path)), given
+    config = effective_config(given, document, source=str(path))
+    if isinstance(document, dict):
+        _file_logging(args, document.get("logging"))
+    return config, given
+
+
+def _file_logging(args: argparse.Namespace, section: object) -> None:
+    """The file's `logging` format and verbosity, where no flag set them (kube-proxy's
+    copyLogsFromFlags: the flags win, the file's section counts otherwise)."""
+    if not isinstance(section, dict):
+        return
+    explicit: frozenset[str] = getattr(args, "explicit_logging", frozenset())
+    changed = False
+    fmt, verbosity = section.get("format"), section.get("verbosity")
+    if "format" not in explicit and isinstance(fmt, str) and fmt:
+        if fmt not in LOG_FORMATS:
+            raise ConfigError(f"logging.format {fmt!r}: one of {', '.join(LOG_FORMATS)}")
+        args.log_format, changed = fmt, True
+    if "verbosity" not in explicit and isinstance(verbosity, int) and verbosity > 0:
+        args.verbosity, changed = verbosity, True
+    if changed:
+        logging_from_arguments(args)
+
+
+def _explicit_logging(argv: Sequence[str]) -> frozenset[str]:
+    """Which logging settings the command line gives: "format", "verbosity"."""
+    found = set()
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in ("--logging-format", "--log-format", "--log-level"):
+            found.add("format" if name != "--log-level" else "verbosity")
+        elif name in ("-v", "--v") or (token.startswith("-v") and token[2:].isdigit()):
+            found.add("verbosity")
+    return frozenset(found)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -602,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 2 on a bad flag (its message printed), 0 on --help
         return exc.code if isinstance(exc.code, int) else EXIT_INPUT
     logging_from_arguments(args)
+    args.explicit_logging = _explicit_logging(argv)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, ConfigError) as exc:

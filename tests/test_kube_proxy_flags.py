@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -314,3 +315,20 @@ def test_user_agent_is_client_gos_shape(monkeypatch: pytest.MonkeyPatch) -> None
     assert re.fullmatch(r"ipvsproxy/v\d+\.\d+\.\d+ \(linux/\w+\) kubernetes/0123456", agent)
     assert info.git_commit == "0123456789abcdef0123456789abcdef01234567"
     assert (info.major, info.minor) == tuple(info.git_version.lstrip("v").split(".")[:2])
+
+
+def test_the_files_logging_section_counts_unless_a_flag_says_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.conf"
+    config.write_text(
+        f"apiVersion: {API_VERSION}\nkind: {KIND}\nmode: ipvs\nlogging: {{format: json}}\n"
+    )
+    out = tmp_path / "written.yaml"
+    assert main(["run", f"--config={config}", f"--write-config-to={out}"]) == EXIT_OK
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["msg"] == "Wrote configuration"  # the file's json format
+    argv = ["run", f"--config={config}", "--logging-format=text", f"--write-config-to={out}"]
+    assert main(argv) == EXIT_OK
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("I") and '] "Wrote configuration"' in line  # the flag wins
