@@ -1,5 +1,6 @@
 # ipvsproxy's image: the agent and the kernel tools it drives, on Debian 12.
-#   docker build -t ipvsproxy:0.1.0 .        (deploy/ expects this name and tag)
+#   docker build -t ipvsproxy:0.1.0 --build-arg IPVSPROXY_GIT_COMMIT=$(git rev-parse HEAD) .
+#   (deploy/ expects this name and tag)
 # Checked without a container engine by tests/test_dockerfile.py.
 
 # Stage 1: build the project's wheel from this source tree.
@@ -26,6 +27,10 @@ RUN python3 -m venv /opt/ipvsproxy \
     && /opt/ipvsproxy/bin/pip install --no-cache-dir /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels
 ENV PATH=/opt/ipvsproxy/bin:$PATH PYTHONDONTWRITEBYTECODE=1
+# The build's commit, for --version, the User-Agent and kubernetes_build_info:
+#   docker build --build-arg IPVSPROXY_GIT_COMMIT=$(git rev-parse HEAD) ...
+ARG IPVSPROXY_GIT_COMMIT=""
+ENV IPVSPROXY_GIT_COMMIT=$IPVSPROXY_GIT_COMMIT
 # Root, with the DaemonSet dropping every capability but NET_ADMIN and NET_RAW: iptables
 # and ipset run as child processes, and a non-root process loses its capabilities when it
 # executes them (Kubernetes cannot grant ambient capabilities); /run/xtables.lock, shared

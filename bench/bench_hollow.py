@@ -194,9 +194,26 @@ def free_port(address: str) -> int:
         return port
 
 
-def start_agent(index: int, url: str, log: Path, extra: list[str]) -> Agent:
+def start_agent(index: int, url: str, log: Path, config: str | None) -> Agent:
+    """config: a KubeProxyConfiguration's text; None: flags only. As with kube-proxy, a
+    --config file wins over the flags, so the servers' addresses then go into the file."""
     address = f"127.0.1.{index + 1}"
     metrics, healthz = free_port(address), free_port(address)  # others may run agents too
+    servers = {
+        "metricsBindAddress": f"{address}:{metrics}",
+        "healthzBindAddress": f"{address}:{healthz}",
+    }
+    if config is None:
+        # kube-proxy's flags-only minSyncPeriod is 1s; the benchmark measures every change.
+        options = [
+            f"--metrics-bind-address={servers['metricsBindAddress']}",
+            f"--healthz-bind-address={servers['healthzBindAddress']}",
+            "--ipvs-min-sync-period=0s",
+        ]
+    else:
+        path = log.with_suffix(".config.yaml")
+        path.write_text(config + "".join(f"{key}: {value}\n" for key, value in servers.items()))
+        options = [f"--config={path}"]
     command = [
         sys.executable,
         "-c",
@@ -205,9 +222,7 @@ def start_agent(index: int, url: str, log: Path, extra: list[str]) -> Agent:
         "--dataplane=fake",
         f"--master={url}",
         f"--hostname-override=node-{index:04d}",
-        f"--metrics-bind-address={address}:{metrics}",
-        f"--healthz-bind-address={address}:{healthz}",
-        *extra,
+        *options,
     ]
     started = time.time()
     with log.open("wb") as stream:
@@ -260,14 +275,12 @@ def run_hollow(
     api, url = start_api(cluster_file, workdir / "api.log")
     running: list[Agent] = []
     try:
-        config: list[str] = []
+        config: str | None = None
         if sync_period is not None:
-            path = workdir / "config.yaml"
-            path.write_text(
+            config = (
                 "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
                 f"mode: ipvs\nipvs:\n  syncPeriod: {sync_period:g}s\n"
             )
-            config = [f"--config={path}"]
         running = [start_agent(i, url, workdir / f"agent-{i}.log", config) for i in range(agents)]
         for agent in running:
             wait(

@@ -19,14 +19,14 @@ from loguru import logger
 from ipvsproxy.agent.cleanup import cleanup
 from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.agent.scheduler_probe import probe_scheduler
-from ipvsproxy.config.kubeproxy_file import load_config
-from ipvsproxy.config.settings import (
-    DEFAULT_HEALTHZ_PORT,
-    DEFAULT_METRICS_PORT,
-    BindAddress,
-    ProxyConfig,
-    with_overrides,
+from ipvsproxy.config.flags import add_kube_proxy_flags, effective_config, given_flags
+from ipvsproxy.config.kubeproxy_file import (
+    config_document,
+    configz_document,
+    load_config,
+    load_document,
 )
+from ipvsproxy.config.settings import ProxyConfig
 from ipvsproxy.core.desired import (
     NodeInfo,
     desired_state,
@@ -38,7 +38,9 @@ from ipvsproxy.core.render import SECTIONS, render
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
 from ipvsproxy.k8s.files import Cluster, read_cluster
+from ipvsproxy.logs import FORMATS as LOG_FORMATS
 from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
+from ipvsproxy.version import version_text
 
 if TYPE_CHECKING:
     from ipvsproxy.dataplane.sysctl import SysctlFailure
@@ -47,12 +49,29 @@ EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
 EXIT_DRIFT = 1  # verify: the kernel differs from the desired state
 
 
+class _VersionAction(argparse.Action):
+    """Prints the version when used: the build identity is only looked up then."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipvsproxy",
         description="Kubernetes Services to Linux IPVS, like kube-proxy --proxy-mode=ipvs.",
     )
     add_logging_arguments(parser)
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="print the version and exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def objects_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -102,24 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     backend_option(show)
     backend_option(commands.add_parser("cleanup", help="remove everything the proxy created"))
     run = commands.add_parser(
-        "run", help="watch the API server and keep the kernel in step until SIGTERM"
+        "run",
+        help="watch the API server and keep the kernel in step until SIGTERM",
+        description="Takes kube-proxy's flags (IPVS mode) with kube-proxy's precedence: "
+        "with --config the file wins over every flag but --hostname-override, --master and "
+        "the logging flags.",
     )
-    run.add_argument("--kubeconfig", help="kubeconfig file; neither this nor --master: in-cluster")
-    run.add_argument("--master", help="API server URL (overrides the kubeconfig's server)")
-    run.add_argument("--config", help="kube-proxy's KubeProxyConfiguration YAML")
-    run.add_argument("--hostname-override", help="this node's name (default: the hostname)")
+    add_kube_proxy_flags(run)
     run.add_argument(
         "--node-ip", action="append", default=[], metavar="IP", help="this node's IPs; repeatable"
-    )
-    run.add_argument(
-        "--healthz-bind-address",
-        metavar="IP:PORT",
-        help="serve /healthz and /livez here (default 0.0.0.0:10256)",
-    )
-    run.add_argument(
-        "--metrics-bind-address",
-        metavar="IP:PORT",
-        help="serve /metrics and /proxyMode here (default 127.0.0.1:10249)",
     )
     run.add_argument(
         "--dataplane",
@@ -168,9 +178,16 @@ def _settings(args: argparse.Namespace) -> tuple[ProxyConfig, NodeInfo]:
     config = load_config(args.config) if args.config else ProxyConfig()
     if args.hostname_override:
         config = dataclasses.replace(config, hostname_override=args.hostname_override)
+    return config, _node(config, args)
+
+
+def _node(config: ProxyConfig, args: argparse.Namespace) -> NodeInfo:
     name = config.hostname_override or socket.gethostname()
     addresses = _ips("--node-ip", args.node_ip)
-    return config, NodeInfo(name=name.lower(), addresses=addresses)
+    if not addresses and config.bind_address is not None:
+        # kube-proxy's bindAddress overrides its idea of the node's primary IP.
+        addresses = (config.bind_address,)
+    return NodeInfo(name=name.lower(), addresses=addresses)
 
 
 def _ips(option: str, texts: Sequence[str]) -> tuple[IPAddress, ...]:
@@ -370,16 +387,65 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_KERNEL if problems else EXIT_OK
 
 
+def _run_config(args: argparse.Namespace) -> tuple[ProxyConfig, dict[str, object]]:
+    """`run`'s settings by kube-proxy's precedence, and the kube-proxy flags given."""
+    given = given_flags(args)
+    path = given.get("config")
+    document = load_document(str(path)) if path else None
+    config = effective_config(given, document, source=str(path))
+    if isinstance(document, dict):
+        _file_logging(args, document.get("logging"))
+    return config, given
+
+
+def _file_logging(args: argparse.Namespace, section: object) -> None:
+    """The file's `logging` format and verbosity, where no flag set them (kube-proxy's
+    copyLogsFromFlags: the flags win, the file's section counts otherwise)."""
+    if not isinstance(section, dict):
+        return
+    explicit: frozenset[str] = getattr(args, "explicit_logging", frozenset())
+    changed = False
+    fmt, verbosity = section.get("format"), section.get("verbosity")
+    if "format" not in explicit and isinstance(fmt, str) and fmt:
+        if fmt not in LOG_FORMATS:
+            raise ConfigError(f"logging.format {fmt!r}: one of {', '.join(LOG_FORMATS)}")
+        args.log_format, changed = fmt, True
+    if "verbosity" not in explicit and isinstance(verbosity, int) and verbosity > 0:
+        args.verbosity, changed = verbosity, True
+    if changed:
+        logging_from_arguments(args)
+
+
+def _explicit_logging(argv: Sequence[str]) -> frozenset[str]:
+    """Which logging settings the command line gives: "format", "verbosity"."""
+    found = set()
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in ("--logging-format", "--log-format", "--log-level"):
+            found.add("format" if name != "--log-level" else "verbosity")
+        elif name in ("-v", "--v") or (token.startswith("-v") and token[2:].isdigit()):
+            found.add("verbosity")
+    return frozenset(found)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ipvsproxy.agent.daemon import run_daemon
 
-    config, node = _settings(args)
-    config = with_overrides(
-        config,
-        kubeconfig=args.kubeconfig,
-        healthz_bind_address=_bind_flag(args.healthz_bind_address, DEFAULT_HEALTHZ_PORT),
-        metrics_bind_address=_bind_flag(args.metrics_bind_address, DEFAULT_METRICS_PORT),
-    )
+    if args.kp_version not in (None, "false"):
+        sys.stdout.write(version_text(raw=args.kp_version == "raw") + "\n")
+        return EXIT_OK
+    config, given = _run_config(args)
+    node = _node(config, args)
+    # kube-proxy's order: write the configuration, else clean up, else initialise.
+    if args.kp_write_config_to:
+        return _write_config(config, args.kp_write_config_to)
+    if args.kp_cleanup:
+        return EXIT_OK if args.dataplane == "fake" else _cmd_cleanup(args)
+    if args.kp_init_only:
+        return EXIT_OK if args.dataplane == "fake" else _init_only(config)
+    master = given.get("master") or None
+    assert master is None or isinstance(master, str)
+    shown = configz_document(config, verbosity=args.verbosity, log_format=args.log_format)
     if args.dataplane == "fake":
         from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
 
@@ -390,25 +456,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
             ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
         )
         _check_scheduler(config, dataplanes)
-        return run_daemon(config, dataplanes, node=node, master=args.master)
+        return run_daemon(config, dataplanes, node=node, master=master, configz=shown)
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
+    _oom_score_adj(config.oom_score_adj)
     with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
         _check_scheduler(config, dataplanes)
         # Failures logged; the proxy runs on (kube-proxy exits when conntrack fails).
         _kernel_settings(config, dataplanes, conntrack=True)
         return run_daemon(
-            config, dataplanes, node=node, master=args.master, traffic=stats_socket.stats
+            config,
+            dataplanes,
+            node=node,
+            master=master,
+            traffic=stats_socket.stats,
+            configz=shown,
         )
 
 
-def _bind_flag(text: str | None, default_port: int) -> BindAddress | None:
-    if text is None:
-        return None
+def _write_config(config: ProxyConfig, path: str) -> int:
+    import yaml
+
+    text = yaml.safe_dump(config_document(config), sort_keys=True)
     try:
-        return BindAddress.parse(text, default_port=default_port)
-    except ValueError as exc:
-        raise InputError(f"bind address {text!r}: {exc}") from exc
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    except OSError as exc:
+        raise InputError(f"--write-config-to {path}: {exc.strerror or exc}") from exc
+    logger.info("Wrote configuration", file=path)
+    return EXIT_OK
+
+
+def _init_only(config: ProxyConfig) -> int:
+    """--init-only: what needs full privileges (ip_vs, sysctls, conntrack, IPVS timeouts)."""
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+
+    with IpvsSocket() as ipvs:  # asking for the IPVS family loads ip_vs
+        failures = _sysctls(config, conntrack=True)
+        if config.ipvs_timeouts is not None:
+            try:
+                ipvs.set_timeouts(config.ipvs_timeouts)
+            except KernelError as exc:
+                logger.error("cannot set IPVS timeouts", error=str(exc))
+                return EXIT_KERNEL
+    if failures:
+        return EXIT_KERNEL
+    logger.info("System initialized and --init-only specified")
+    return EXIT_OK
+
+
+def _oom_score_adj(value: int | None, path: str = "/proc/self/oom_score_adj") -> None:
+    """kube-proxy's oomScoreAdj; a refusal (no CAP_SYS_RESOURCE to lower it) is logged."""
+    if value is None:
+        return
+    try:
+        with open(path, "w", encoding="ascii") as stream:
+            stream.write(str(value))
+    except OSError as exc:
+        logger.warning("cannot set oom_score_adj", value=value, error=exc.strerror or str(exc))
 
 
 def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
@@ -448,8 +553,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.files and (args.kubeconfig or args.master):
         raise InputError("verify: give -f files or an API server (--kubeconfig/--master), not both")
     desired, config = _desired(args)[:2] if args.files else _desired_from_api(args)
-    with _dataplanes(args.iptables_backend) as dataplanes:
-        observed = observe(dataplanes, tuple(desired.iptables))
+    try:
+        with _dataplanes(args.iptables_backend) as dataplanes:
+            observed = observe(dataplanes, tuple(desired.iptables))
+    except KernelError as exc:
+        # No IPVS (or no access to it): whether the kernel drifted cannot be told.
+        raise InputError(f"verify: cannot read the kernel: {exc}") from exc
     drifts = find_drift(desired, observed, exclude_cidrs=config.exclude_cidrs)
     sys.stdout.write(render_drift(drifts))
     return EXIT_DRIFT if drifts else EXIT_OK
@@ -490,9 +599,26 @@ _COMMANDS = {
 }
 
 
+def _flag_names_normalised(argv: Sequence[str]) -> list[str]:
+    """kube-proxy's flag names take "_" for "-" (component-base's WordSepNormalizeFunc):
+    `--hostname_override=x` is `--hostname-override=x`. Only the names are touched."""
+    normalised = []
+    for token in argv:
+        if token.startswith("--") and "_" in token.split("=", 1)[0]:
+            name, sep, value = token.partition("=")
+            token = name.replace("_", "-") + sep + value
+        normalised.append(token)
+    return normalised
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = _flag_names_normalised(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on a bad flag (its message printed), 0 on --help
+        return exc.code if isinstance(exc.code, int) else EXIT_INPUT
     logging_from_arguments(args)
+    args.explicit_logging = _explicit_logging(argv)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, ConfigError) as exc:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ipvsproxy_testkit.sandbox.pods import tcp_requests
 from ipvsproxy_testkit.testapi import TestAPIServer
 from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES
@@ -191,22 +192,24 @@ class Agent:
         args: more options of `run`."""
         self.log_path = workdir / f"agent-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
+        # As kube-proxy, run takes only --hostname-override, --master and the logging
+        # flags beside a --config file: the API server and the ports go into the file.
+        document = yaml.safe_load(config.read_text()) or {}
+        document.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig_path)
+        document["healthzBindAddress"] = f"127.0.0.1:{HEALTHZ_PORT}"
+        document["metricsBindAddress"] = f"127.0.0.1:{METRICS_PORT}"
+        merged = workdir / f"config-{time.monotonic_ns()}.yaml"
+        merged.write_text(yaml.safe_dump(document))
         self.process = subprocess.Popen(
             [
                 *prefix,
                 sys.executable,
                 *entry,
                 "run",
-                "--kubeconfig",
-                str(kubeconfig_path),
                 "--config",
-                str(config),
+                str(merged),
                 "--hostname-override",
                 NODE,
-                "--healthz-bind-address",
-                f"127.0.0.1:{HEALTHZ_PORT}",
-                "--metrics-bind-address",
-                f"127.0.0.1:{METRICS_PORT}",
                 *args,
             ],
             stdout=self._log,

@@ -291,6 +291,9 @@ def test_partial_sync_deletes_idle_and_drains_busy_real_servers(
     assert h.kernel.real_server_reads == reads
 
 
+V4 = {"ip_family": "IPv4"}  # kube-proxy labels its sync metrics by family
+
+
 def test_metrics_and_health_follow_the_syncs() -> None:
     h = Harness()
     h.start([WEB], [WEB_SLICE])
@@ -304,11 +307,18 @@ def test_metrics_and_health_follow_the_syncs() -> None:
     assert h.metrics.endpoint_changes_pending._value.get() == 0
     registry = h.metrics.registry
     assert (
-        registry.get_sample_value("kubeproxy_sync_partial_proxy_rules_duration_seconds_count") == 1
+        registry.get_sample_value("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", V4)
+        == 1
     )
-    assert registry.get_sample_value("kubeproxy_sync_full_proxy_rules_duration_seconds_count") == 1
-    assert registry.get_sample_value("kubeproxy_network_programming_duration_seconds_count") == 1
-    assert registry.get_sample_value("kubeproxy_network_programming_duration_seconds_sum") == 0.25
+    assert (
+        registry.get_sample_value("kubeproxy_sync_full_proxy_rules_duration_seconds_count", V4) == 1
+    )
+    assert (
+        registry.get_sample_value("kubeproxy_network_programming_duration_seconds_count", V4) == 1
+    )
+    assert (
+        registry.get_sample_value("kubeproxy_network_programming_duration_seconds_sum", V4) == 0.25
+    )
     assert h.health.healthz()[0] == 200
 
 

@@ -333,8 +333,8 @@ def test_commands_are_what_the_cli_accepts(base: list[dict[str, Any]]) -> None:
     assert env["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     parser = _parser()
     parsed = parser.parse_args([*image_entrypoint[1:], *agent["args"]])
-    assert parsed.hostname_override == "$(NODE_NAME)"  # kubelet expands it
-    assert parsed.config == "/etc/ipvsproxy/config.conf"
+    assert parsed.kp_hostname_override == "$(NODE_NAME)"  # kubelet expands it
+    assert parsed.kp_config == "/etc/ipvsproxy/config.conf"
     init = containers(base)["sysctls"]["command"]
     assert init[0] == "ipvsproxy"
     parser.parse_args(init[1:])

@@ -51,7 +51,7 @@ ALLOWED_OWN_IMPORTS = {
     "serve": {"core", "config"},
     "agent": {"core", "dataplane", "k8s", "config", "serve"},
 }
-SHARED_TOP_LEVEL = {"errors", "logs"}
+SHARED_TOP_LEVEL = {"errors", "logs", "version"}
 
 
 def imports(path: Path) -> set[str]:

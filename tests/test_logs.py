@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
+import os
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,8 +39,8 @@ class Clock:
         return self.now
 
 
-def test_text_lines_carry_fields_as_key_value(stream: io.StringIO) -> None:
-    configure_logging(level="INFO", stream=stream)
+def test_console_lines_carry_fields_as_key_value(stream: io.StringIO) -> None:
+    configure_logging(level="INFO", fmt="console", stream=stream)
     logger.warning("cannot bind address", address="10.96.0.1", errno=17)
     logger.warning("object {name} skipped", name="ns/web")  # the template spells it out
     logger.debug("not shown")
@@ -46,22 +50,94 @@ def test_text_lines_carry_fields_as_key_value(stream: io.StringIO) -> None:
     assert lines[1].endswith("WARNING object ns/web skipped")
 
 
-def test_json_lines_parse_and_hold_fields(stream: io.StringIO) -> None:
+# klog's text header, as log pipelines built for kube-proxy match it (fluent-bit's "k8s
+# klog" style parsers): severity, mmdd, time to the microsecond, PID right-aligned in 7
+# columns, file:line, "] ", then a quoted message and key=value pairs.
+KLOG_HEADER = re.compile(
+    r"^(?P<severity>[IWEF])(?P<month>\d\d)(?P<day>\d\d) "
+    r"(?P<time>\d\d:\d\d:\d\d\.\d{6}) +(?P<pid>\d+) (?P<file>[^ :]+):(?P<line>\d+)\] "
+    r"(?P<rest>.*)$"
+)
+KLOG_PAIR = re.compile(r' (?P<key>[A-Za-z_][\w.-]*)=(?P<value>"(?:[^"\\]|\\.)*"|[^ "]+)')
+
+
+def parse_klog(line: str) -> dict[str, object]:
+    """A klog text line: its header fields, message and key/value pairs (values decoded:
+    quoted strings unquoted, the rest read as JSON)."""
+    header = KLOG_HEADER.match(line)
+    assert header is not None, line
+    rest = header["rest"]
+    message, end = json.JSONDecoder().raw_decode(rest)
+    pairs: dict[str, object] = {}
+    tail = rest[end:]
+    position = 0
+    while position < len(tail):
+        pair = KLOG_PAIR.match(tail, position)
+        assert pair is not None, (line, tail[position:])
+        pairs[pair["key"]] = json.loads(pair["value"])
+        position = pair.end()
+    return {**header.groupdict(), "msg": message, "pairs": pairs}
+
+
+def test_text_is_klogs_and_parses_as_klog(stream: io.StringIO) -> None:
+    configure_logging(level="DEBUG", stream=stream)
+    logger.info("sync finished", operations=3, backend="nft", ok=True)
+    logger.warning("cannot bind address", address="10.96.0.1", errno=17)
+    logger.error('quote " and space', error="exit status 2")
+    logger.debug("object {name} skipped", name="ns/web")  # the template spells it out
+    RepeatedLog().error("through RepeatedLog")  # names this file's line, not logs.py's
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5
+    assert parse_klog(lines.pop())["file"] == "test_logs.py"
+    parsed = [parse_klog(line) for line in lines]
+    assert [p["severity"] for p in parsed] == ["I", "W", "E", "I"]
+    assert parsed[0]["msg"] == "sync finished"
+    assert parsed[0]["pairs"] == {"operations": 3, "backend": "nft", "ok": True}
+    assert parsed[1]["pairs"] == {"address": "10.96.0.1", "errno": 17}
+    assert parsed[2]["msg"] == 'quote " and space'
+    assert parsed[2]["pairs"] == {"error": "exit status 2"}
+    assert parsed[3]["msg"] == "object ns/web skipped" and parsed[3]["pairs"] == {}
+    assert {p["file"] for p in parsed} == {"test_logs.py"}
+    assert {p["pid"] for p in parsed} == {str(os.getpid())}
+    now = datetime.datetime.now()
+    assert (parsed[0]["month"], parsed[0]["day"]) == (f"{now:%m}", f"{now:%d}")
+    # the PID takes 7 columns, right-aligned, as klog pads it
+    assert lines[0][22:29] == f"{os.getpid():7d}"
+
+
+def test_text_multi_line_values_are_klogs_block(stream: io.StringIO) -> None:
+    configure_logging(level="INFO", stream=stream)
+    logger.error("restore failed", rules="*nat\nCOMMIT\n")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith('"restore failed" rules=<')
+    assert lines[1:] == ["\t*nat", "\tCOMMIT", " >"]
+
+
+def test_json_is_klogs(stream: io.StringIO) -> None:
     configure_logging(level="DEBUG", fmt="json", stream=stream)
+    before = time.time() * 1000
     logger.info("sync finished", operations=3, failed=0)
     logger.debug("with braces {x}", x="{y}")
+    logger.error("cannot restore", error="exit status 2", family="IPv4")
     try:
         raise ValueError("bad")
     except ValueError:
         logger.exception("crashed", msg="shadowed")
+    after = time.time() * 1000
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [r["level"] for r in records] == ["INFO", "DEBUG", "ERROR"]
-    assert records[0]["msg"] == "sync finished"
+    for record in records:
+        assert list(record)[:3] == ["ts", "caller", "msg"]
+        assert before <= record["ts"] <= after  # milliseconds since the epoch, as klog's
+        assert re.fullmatch(r"tests/test_logs\.py:\d+", record["caller"])
+        assert "level" not in record
+    assert [r.get("v") for r in records] == [0, 4, None, None]
     assert (records[0]["operations"], records[0]["failed"]) == (3, 0)
     assert records[1]["msg"] == "with braces {y}"
-    assert records[2]["field.msg"] == "shadowed"
-    assert "ValueError: bad" in records[2]["exception"]
-    assert records[0]["time"][:4].isdigit() and "T" in records[0]["time"]
+    # an error: no v, its error as err and last
+    assert list(records[2]) == ["ts", "caller", "msg", "family", "err"]
+    assert records[2]["err"] == "exit status 2"
+    assert records[3]["field.msg"] == "shadowed"
+    assert "ValueError: bad" in records[3]["err"]
 
 
 @pytest.mark.parametrize(("v", "level"), [(0, "INFO"), (2, "INFO"), (4, "DEBUG"), (9, "TRACE")])
@@ -95,14 +171,14 @@ def test_logging_from_arguments_prefers_log_level(
     logger.trace("trace hidden")
     err = capsys.readouterr().err
     assert "hidden" not in err
-    assert "ERROR   shown" in err
+    assert '] "shown"' in err and err.startswith("E")
     assert json.loads(err.splitlines()[-1])["msg"] == "debug shown"
 
 
 def test_repeated_failure_is_logged_once_then_periodically_with_a_count(
     stream: io.StringIO,
 ) -> None:
-    configure_logging(level="INFO", stream=stream)
+    configure_logging(level="INFO", fmt="console", stream=stream)
     clock = Clock()
     repeats = RepeatedLog(interval=60, clock=clock)
     assert repeats.error("sync failed", reason="EPERM")

@@ -113,6 +113,7 @@ def test_no_token_from_a_kubeconfig_in_logs_at_the_highest_verbosity(tmp_path: P
             agent = subprocess.Popen(
                 [
                     sys.executable, "-m", "ipvsproxy.cli", "run", "--v", "10",
+                    "--logging-format", "console",  # names the levels
                     "--dataplane", "fake", "--kubeconfig", str(kubeconfig),
                     "--hostname-override", "n1",
                     "--healthz-bind-address", f"127.0.0.1:{free_port()}",

@@ -19,6 +19,7 @@ from typing import Any
 from loguru import logger
 
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
+from ipvsproxy.config.kubeproxy_file import configz_document
 from ipvsproxy.config.settings import ProxyConfig
 from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import IpvsStats, VirtualServerKey
@@ -101,6 +102,7 @@ def run_daemon(
     traffic: Callable[[], Mapping[VirtualServerKey, IpvsStats]] | None = None,
     stop: threading.Event | None = None,
     watch_settings: WatchSettings | None = None,
+    configz: Mapping[str, object] | None = None,
 ) -> int:
     """Run until stopped (SIGTERM, SIGINT, or `stop` set); returns the exit status.
 
@@ -109,9 +111,10 @@ def run_daemon(
     traffic: reads every virtual server's counters in one dump, for the per-Service
     traffic series (from an IPVS socket of its own: scrapes come from HTTP threads).
     watch_settings: the reflectors' timings (tests shorten backoffs and confirm delays).
+    configz: what /configz serves (default: `config` as kube-proxy shows its own).
     """
     settings = agent_settings(config, node=node)
-    metrics = ProxyMetrics()
+    metrics = ProxyMetrics(families=settings.desired.families)
     # kube-proxy: unhealthy when a queued change waits longer than 2 x syncPeriod.
     health = ProxyHealth(health_timeout=2 * config.sync_period)
     health_checks = HealthCheckServers(healthy=health.is_healthy)
@@ -126,7 +129,10 @@ def run_daemon(
             qps=config.api_qps,
             burst=config.api_burst,
             content_type=config.api_content_type,
-        )
+        ),
+        observe=lambda method, host, code, seconds: metrics.api_request(
+            method=method, host=host, code=code, seconds=seconds
+        ),
     )
     node_name = node.name
     reflectors = _reflectors(
@@ -143,15 +149,27 @@ def run_daemon(
         stack.callback(health_checks.close)
         if traffic is not None:
             metrics.registry.register(IpvsTrafficCollector(traffic, agent.labels_for))
-        servers: tuple[tuple[str, Callable[[], HttpServer]], ...] = (
-            (
-                "healthz",
-                lambda: serve_health(
-                    health, config.healthz_bind_address, on_probe=metrics.probe_answered
-                ),
-            ),
-            ("metrics", lambda: serve_metrics(metrics.registry, config.metrics_bind_address)),
+        shown = configz if configz is not None else configz_document(config)
+        healthz_address, metrics_address = (
+            config.healthz_bind_address,
+            config.metrics_bind_address,
         )
+        servers: list[tuple[str, Callable[[], HttpServer]]] = []
+        # An empty bind address (a flag's) turns the server off, as in kube-proxy.
+        if healthz_address is not None:
+            servers.append(
+                (
+                    "healthz",
+                    lambda: serve_health(health, healthz_address, on_probe=metrics.probe_answered),
+                )
+            )
+        if metrics_address is not None:
+            servers.append(
+                (
+                    "metrics",
+                    lambda: serve_metrics(metrics.registry, metrics_address, configz=shown),
+                )
+            )
         for name, serve in servers:
             try:
                 server = serve()

@@ -52,6 +52,7 @@ from ipvsproxy.core.graceful import (
     leave_without_counters,
 )
 from ipvsproxy.core.ipvs_diff import LeavePolicy
+from ipvsproxy.core.local_endpoints import NoLocalCounts, no_local_endpoints
 from ipvsproxy.core.model import (
     DUMMY_INTERFACE,
     IPAddress,
@@ -66,6 +67,7 @@ from ipvsproxy.core.operations import (
     DeleteVirtualServer,
     IpvsOperation,
     Operation,
+    RestoreChains,
     UnbindAddress,
 )
 from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
@@ -174,6 +176,8 @@ class Agent:
         self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
         self.last: SyncOutcome | None = None
         self.syncs = 0
+        # Per Service, its ports with a Local policy and no endpoint on this node.
+        self._no_local: dict[str, NoLocalCounts] = {}
 
     # -- the reflectors' side
 
@@ -282,6 +286,7 @@ class Agent:
                 retry_in=f"{self._retry_interval:g}s",
             )
         if self._metrics is not None:
+            self._count_no_local(changes)
             self._metrics.sync_finished(seconds=seconds, full=outcome.full, ok=outcome.ok, now=wall)
             if not outcome.ok:
                 self._metrics.sync_failed(outcome.reason.split(":", 1)[0])
@@ -299,6 +304,29 @@ class Agent:
             operations=outcome.operations,
             seconds=f"{seconds:.4f}",
         )
+
+    def _count_no_local(self, changes: Changes) -> None:
+        """kubeproxy_sync_proxy_rules_no_local_endpoints_total from the Services this
+        sync looked at (every one for a full sync)."""
+        assert self._metrics is not None
+        if changes.full:
+            self._no_local = {}
+        node = self._settings.node.name
+        for key, given in changes.services.items():
+            counts = (
+                no_local_endpoints(given.service, given.slices, node)
+                if given.service is not None
+                else None
+            )
+            if counts:
+                self._no_local[key] = counts
+            else:
+                self._no_local.pop(key, None)
+        totals: NoLocalCounts = {}
+        for counts in self._no_local.values():
+            for label, count in counts.items():
+                totals[label] = totals.get(label, 0) + count
+        self._metrics.no_local_endpoints(totals)
 
     @property
     def _retry_interval(self) -> float:
@@ -513,6 +541,8 @@ class Agent:
                 operation=type(failure.operation).__name__,
                 error=failure.message,
             )
+            if self._metrics is not None and isinstance(failure.operation, RestoreChains):
+                self._metrics.iptables_restore_failed(failure.operation.ruleset.family)
         if self._metrics is not None:
             ops = plan.operations
             self._metrics.netlink_sent(

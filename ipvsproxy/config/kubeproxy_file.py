@@ -26,6 +26,7 @@ from ipvsproxy.config.settings import (
     DEFAULT_API_QPS,
     DEFAULT_HEALTHZ_PORT,
     DEFAULT_METRICS_PORT,
+    DEFAULT_OOM_SCORE_ADJ,
     KIND,
     LOCAL_INTERFACE_FIELDS,
     LOCAL_MODES,
@@ -40,7 +41,16 @@ from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT
 from ipvsproxy.core.model import DEFAULT_SCHEDULER, IPNetwork
 from ipvsproxy.errors import ConfigError
 
-__all__ = ["config_from_dict", "load_config", "parse_duration"]
+__all__ = [
+    "CONFIGZ_GROUP",
+    "config_document",
+    "config_from_dict",
+    "configz_document",
+    "format_duration",
+    "load_config",
+    "load_document",
+    "parse_duration",
+]
 
 # --- Go durations --------------------------------------------------------------------------
 
@@ -171,6 +181,12 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
     Raises ConfigError naming the file when it cannot be read or parsed, and naming the
     field and value when a value is invalid.
     """
+    return config_from_dict(load_document(path), source=os.fspath(path))
+
+
+def load_document(path: str | os.PathLike[str]) -> object:
+    """The parsed YAML of a KubeProxyConfiguration file (or of the one a ConfigMap
+    holds), unchecked; ConfigError when it cannot be read or parsed."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as stream:
@@ -181,7 +197,7 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
     document = _parse_yaml(name, text)
     if isinstance(document, dict) and document.get("kind") == "ConfigMap":
         document = _parse_yaml(name, _config_map_data(name, document))
-    return config_from_dict(document, source=name)
+    return document
 
 
 def _parse_yaml(name: str, text: str) -> object:
@@ -245,9 +261,10 @@ class _Reader:
 
         bind = self._str("bindAddress", "") or "0.0.0.0"
         try:
-            bind_v6 = ipaddress.ip_address(bind).version == 6
+            bind_ip = ipaddress.ip_address(bind)
         except ValueError:
             raise self._fail("bindAddress", bind, "not an IP address") from None
+        bind_v6 = bind_ip.version == 6
 
         sync_period, min_sync_period = self._sync_periods()
         qps, burst = self._client_rates()
@@ -285,6 +302,9 @@ class _Reader:
             api_qps=qps,
             api_burst=burst,
             api_content_type=self._str("clientConnection.contentType", "") or "application/json",
+            bind_address=None if bind_ip.is_unspecified else bind_ip,
+            oom_score_adj=self._oom_score_adj(),
+            feature_gates=self._feature_gates(),
         )
 
     # -- fields that need more than a type check
@@ -368,6 +388,24 @@ class _Reader:
         if burst < 0:
             raise self._fail("clientConnection.burst", burst, "must be non-negative")
         return float(qps), burst
+
+    def _oom_score_adj(self) -> int:
+        value = self._get("oomScoreAdj")
+        if value is None:
+            return DEFAULT_OOM_SCORE_ADJ
+        if not isinstance(value, int) or isinstance(value, bool) or not -1000 <= value <= 1000:
+            raise self._fail("oomScoreAdj", value, "must be an integer -1000 to 1000")
+        return value
+
+    def _feature_gates(self) -> tuple[tuple[str, bool], ...]:
+        gates = self._get("featureGates")
+        if gates is None:
+            return ()
+        if not isinstance(gates, dict) or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in gates.items()
+        ):
+            raise self._fail("featureGates", gates, "expected a mapping of names to true/false")
+        return tuple(sorted(gates.items()))
 
     def _masquerade_bit(self) -> int:
         bit = self._get("iptables.masqueradeBit")
@@ -490,3 +528,168 @@ class _Reader:
                 value = mapping[key]
                 assert isinstance(value, dict)
                 self._warn_unknown(key, value)
+
+
+# --- and back ------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as Go's Duration.String() spells them: "30s", "1m30s", "24h0m0s", "500ms"."""
+    if seconds == 0:
+        return "0s"
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if seconds < 1:
+        for unit, scale in (("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+            if seconds >= scale:
+                return f"{sign}{seconds / scale:g}{unit}"
+        return "0s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.9f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{sign}{int(hours)}h{int(minutes)}m{text}"
+    if minutes:
+        return f"{sign}{int(minutes)}m{text}"
+    return sign + text
+
+
+def config_document(config: ProxyConfig) -> dict[str, object]:
+    """`config` as a KubeProxyConfiguration (v1alpha1) that `config_from_dict` reads back
+    into an equal ProxyConfig: what --write-config-to writes and /configz serves. It
+    holds no credential: the kubeconfig is named by its path."""
+    conntrack = config.conntrack
+    cidrs = ",".join(str(network) for network in config.cluster_cidrs)
+    node_ports = [str(network) for network in config.node_port_addresses]
+    if config.node_port_primary:
+        node_ports.append("primary")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "bindAddress": str(config.bind_address) if config.bind_address else "0.0.0.0",
+        "clientConnection": {
+            "kubeconfig": config.kubeconfig or "",
+            "contentType": config.api_content_type,
+            "acceptContentTypes": "",
+            "qps": config.api_qps,
+            "burst": config.api_burst,
+        },
+        "clusterCIDR": cidrs,
+        "conntrack": {
+            "maxPerCore": conntrack.max_per_core,
+            "min": conntrack.min,
+            "tcpEstablishedTimeout": format_duration(conntrack.tcp_established_timeout),
+            "tcpCloseWaitTimeout": format_duration(conntrack.tcp_close_wait_timeout),
+            "tcpBeLiberal": conntrack.tcp_be_liberal,
+            "udpTimeout": format_duration(conntrack.udp_timeout),
+            "udpStreamTimeout": format_duration(conntrack.udp_stream_timeout),
+        },
+        "detectLocal": {
+            "bridgeInterface": config.bridge_interface,
+            "interfaceNamePrefix": config.interface_name_prefix,
+        },
+        "detectLocalMode": config.detect_local_mode,
+        "featureGates": dict(config.feature_gates),
+        "healthzBindAddress": str(config.healthz_bind_address or ""),
+        "hostnameOverride": config.hostname_override or "",
+        "iptables": {
+            "masqueradeAll": config.masquerade_all,
+            "masqueradeBit": config.masquerade_bit,
+        },
+        "ipvs": {
+            "scheduler": config.scheduler,
+            "excludeCIDRs": [str(network) for network in config.exclude_cidrs],
+            "strictARP": config.strict_arp,
+            "tcpTimeout": format_duration(config.tcp_timeout),
+            "tcpFinTimeout": format_duration(config.tcp_fin_timeout),
+            "udpTimeout": format_duration(config.udp_timeout),
+            "gracefulTerminationTimeout": format_duration(config.graceful_termination_timeout),
+        },
+        "metricsBindAddress": str(config.metrics_bind_address or ""),
+        "minSyncPeriod": format_duration(config.min_sync_period),
+        "mode": "ipvs",
+        "nodePortAddresses": node_ports,
+        "oomScoreAdj": config.oom_score_adj,
+        "syncPeriod": format_duration(config.sync_period),
+    }
+
+
+CONFIGZ_GROUP: Final = "kubeproxy.config.k8s.io"
+
+
+def configz_document(
+    config: ProxyConfig, *, verbosity: int = 0, log_format: str = "text"
+) -> dict[str, object]:
+    """`config` as kube-proxy's /configz shows it: its internal KubeProxyConfiguration
+    (v1.31 and later layout), Go field names as keys, under "kubeproxy.config.k8s.io".
+    No credential: the kubeconfig is named by its path."""
+    conntrack = config.conntrack
+    internal: dict[str, object] = {
+        "Linux": {
+            "Conntrack": {
+                "MaxPerCore": conntrack.max_per_core,
+                "Min": conntrack.min,
+                "TCPEstablishedTimeout": format_duration(conntrack.tcp_established_timeout),
+                "TCPCloseWaitTimeout": format_duration(conntrack.tcp_close_wait_timeout),
+                "TCPBeLiberal": conntrack.tcp_be_liberal,
+                "UDPTimeout": format_duration(conntrack.udp_timeout),
+                "UDPStreamTimeout": format_duration(conntrack.udp_stream_timeout),
+            },
+            "MasqueradeAll": config.masquerade_all,
+            "OOMScoreAdj": config.oom_score_adj,
+        },
+        "Windows": {"RunAsService": False},
+        "FeatureGates": dict(config.feature_gates),
+        "ClientConnection": {
+            "Kubeconfig": config.kubeconfig or "",
+            "AcceptContentTypes": "",
+            "ContentType": config.api_content_type,
+            "QPS": config.api_qps,
+            "Burst": config.api_burst,
+        },
+        "Logging": {
+            "format": log_format,
+            "flushFrequency": "5s",
+            "verbosity": verbosity,
+            "options": {"text": {"infoBufferSize": "0"}, "json": {"infoBufferSize": "0"}},
+        },
+        "HostnameOverride": config.hostname_override or "",
+        "BindAddress": str(config.bind_address) if config.bind_address else "0.0.0.0",
+        "HealthzBindAddress": str(config.healthz_bind_address or ""),
+        "MetricsBindAddress": str(config.metrics_bind_address or ""),
+        "BindAddressHardFail": False,
+        "EnableProfiling": False,
+        "ShowHiddenMetricsForVersion": "",
+        "Mode": "ipvs",
+        "IPTables": {"MasqueradeBit": config.masquerade_bit, "LocalhostNodePorts": True},
+        "IPVS": {
+            "Scheduler": config.scheduler,
+            "ExcludeCIDRs": [str(network) for network in config.exclude_cidrs] or None,
+            "StrictARP": config.strict_arp,
+            "TCPTimeout": format_duration(config.tcp_timeout),
+            "TCPFinTimeout": format_duration(config.tcp_fin_timeout),
+            "UDPTimeout": format_duration(config.udp_timeout),
+        },
+        "Winkernel": {
+            "NetworkName": "",
+            "SourceVip": "",
+            "EnableDSR": False,
+            "RootHnsEndpointName": "",
+            "ForwardHealthCheckVip": False,
+        },
+        "NFTables": {"MasqueradeBit": config.masquerade_bit},
+        "DetectLocalMode": config.detect_local_mode,
+        "DetectLocal": {
+            "BridgeInterface": config.bridge_interface,
+            "ClusterCIDRs": [str(network) for network in config.cluster_cidrs] or None,
+            "InterfaceNamePrefix": config.interface_name_prefix,
+        },
+        "NodePortAddresses": (
+            [str(network) for network in config.node_port_addresses]
+            + (["primary"] if config.node_port_primary else [])
+        )
+        or None,
+        "SyncPeriod": format_duration(config.sync_period),
+        "MinSyncPeriod": format_duration(config.min_sync_period),
+        "ConfigSyncPeriod": "15m0s",
+    }
+    return {CONFIGZ_GROUP: internal}

@@ -48,6 +48,7 @@ DEFAULT_METRICS_PORT: Final = 10249
 DEFAULT_API_QPS: Final = 5.0  # kube-proxy's clientConnection defaults
 DEFAULT_API_BURST: Final = 10
 DEFAULT_HEALTHZ_PORT: Final = 10256
+DEFAULT_OOM_SCORE_ADJ: Final = -999  # kubelet's qos.KubeProxyOOMScoreAdj
 
 
 # --- values --------------------------------------------------------------------------------
@@ -254,11 +255,22 @@ class ProxyConfig:
 
     # -- servers
 
-    metrics_bind_address: BindAddress = _DEFAULT_METRICS
-    """Prometheus metrics (`metricsBindAddress`). Default 127.0.0.1:10249."""
+    metrics_bind_address: BindAddress | None = _DEFAULT_METRICS
+    """Prometheus metrics (`metricsBindAddress`). Default 127.0.0.1:10249; None (an
+    empty --metrics-bind-address, or --metrics-port=0) serves none."""
 
-    healthz_bind_address: BindAddress = _DEFAULT_HEALTHZ
-    """/healthz and /livez (`healthzBindAddress`). Default 0.0.0.0:10256."""
+    healthz_bind_address: BindAddress | None = _DEFAULT_HEALTHZ
+    """/healthz and /livez (`healthzBindAddress`). Default 0.0.0.0:10256; None serves
+    none."""
+
+    bind_address: IPAddress | None = None
+    """`bindAddress`: the node's primary IP when not 0.0.0.0 or :: (None then)."""
+
+    oom_score_adj: int | None = DEFAULT_OOM_SCORE_ADJ
+    """`oomScoreAdj`, written to /proc/self/oom_score_adj by `run`; -1000 to 1000."""
+
+    feature_gates: tuple[tuple[str, bool], ...] = ()
+    """`featureGates` as given, sorted by name (none changes what is programmed)."""
 
     # -- API server connection (`clientConnection`)
 
@@ -296,6 +308,8 @@ class ProxyConfig:
             raise ConfigError(f"api_qps: must be a finite number, got {self.api_qps}")
         if self.api_burst < 1:
             raise ConfigError(f"api_burst: must be >= 1, got {self.api_burst}")
+        if self.oom_score_adj is not None and not -1000 <= self.oom_score_adj <= 1000:
+            raise ConfigError(f"oom_score_adj: must be -1000 to 1000, got {self.oom_score_adj}")
         if not 0 <= self.masquerade_bit <= 31:
             raise ConfigError(f"masquerade_bit: must be 0-31, got {self.masquerade_bit}")
         if not one_per_family(self.cluster_cidrs):

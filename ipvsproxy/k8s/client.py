@@ -22,15 +22,18 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import yaml
 from loguru import logger
 
 from ipvsproxy.errors import ApiError, ConfigError
 from ipvsproxy.k8s.ratelimit import TokenBucket
+from ipvsproxy.version import user_agent
 
 if TYPE_CHECKING:
     import urllib3
@@ -48,6 +51,7 @@ __all__ = [
 DEFAULT_QPS: Final = 5.0
 DEFAULT_BURST: Final = 10
 JSON: Final = "application/json"
+PROTOBUF: Final = "application/vnd.kubernetes.protobuf"
 
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 _READ_SIZE: Final = 64 * 1024
@@ -89,10 +93,16 @@ class ApiConnection:
         self.transport.close()
 
 
+# Told of every request: method, host (the server's host:port), status code as text
+# ("<error>" when no answer came) and the seconds until the answer's headers.
+RequestObserver = Callable[[str, str, str, float], None]
+
+
 def connect(
     settings: ClientSettings,
     *,
     environ: Mapping[str, str] | None = None,
+    observe: RequestObserver | None = None,
 ) -> ApiConnection:
     """A connection as configured; nothing is sent until a reflector asks.
 
@@ -101,7 +111,11 @@ def connect(
     from kubernetes import client as k8s_client
 
     environ = os.environ if environ is None else environ
-    if settings.content_type.split(";")[0].strip() != JSON:
+    wanted = settings.content_type.split(";")[0].strip()
+    if wanted == PROTOBUF:
+        # kube-proxy's default, in most clusters' files: JSON carries the same objects.
+        logger.debug("clientConnection.contentType {type}: JSON is used", type=wanted)
+    elif wanted != JSON:
         logger.warning(
             "clientConnection.contentType {type} is not supported; using {json}",
             type=settings.content_type,
@@ -120,12 +134,14 @@ def connect(
     # own urllib3 retries would hide failures and wait without being stopped.
     configuration.retries = False
     api_client = k8s_client.ApiClient(configuration)
-    api_client.user_agent = "ipvsproxy"
+    # client-go's shape, as kube-proxy sends it: name/version (os/arch) kubernetes/commit.
+    api_client.user_agent = user_agent()
     limiter = (
         TokenBucket(qps=settings.qps, burst=max(1, settings.burst)) if settings.qps > 0 else None
     )
     logger.info("API server {server}", server=configuration.host)
-    return ApiConnection(KubernetesTransport(api_client), limiter, str(configuration.host))
+    transport = KubernetesTransport(api_client, observe=observe)
+    return ApiConnection(transport, limiter, str(configuration.host))
 
 
 def _load_kubeconfig(path: str, configuration: Any) -> None:
@@ -216,12 +232,33 @@ class TokenFile:
 class KubernetesTransport:
     """GET requests through a `kubernetes.client.ApiClient`, answers read as they come."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, *, observe: RequestObserver | None = None) -> None:
         self._client = api_client
+        self._observe = observe
+        self._host = urlsplit(str(api_client.configuration.host)).netloc
 
     def get(
         self, path: str, query: Sequence[tuple[str, str]], *, timeout: tuple[float, float]
     ) -> _Urllib3Response:
+        started = time.monotonic()
+        code = "<error>"
+        try:
+            response = self._get(path, query, timeout=timeout)
+            code = str(response.status)
+        except ApiError as exc:
+            if exc.status:
+                code = str(exc.status)
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe("GET", self._host, code, time.monotonic() - started)
+        if not 200 <= response.status <= 299:
+            raise _status_error(path, response)
+        return _Urllib3Response(response)
+
+    def _get(
+        self, path: str, query: Sequence[tuple[str, str]], *, timeout: tuple[float, float]
+    ) -> urllib3.HTTPResponse:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -246,9 +283,7 @@ class KubernetesTransport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(f"GET {path}: {exc}") from exc
         response: urllib3.HTTPResponse = answer.response
-        if not 200 <= response.status <= 299:
-            raise _status_error(path, response)
-        return _Urllib3Response(response)
+        return response
 
     def close(self) -> None:
         self._client.close()

@@ -23,6 +23,7 @@ tests and several proxies in one process stay apart. ``serve_metrics`` answers
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,7 +31,15 @@ from datetime import datetime
 from typing import Final, NamedTuple
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,6 +49,7 @@ from ipvsproxy.core.model import IPFamily, IpvsStats, Service, VirtualServerKey
 from ipvsproxy.errors import IpvsProxyError
 from ipvsproxy.logs import RepeatedLog
 from ipvsproxy.serve.httpserve import HttpServer, Request, Response
+from ipvsproxy.version import build_info
 
 __all__ = [
     "NETWORK_PROGRAMMING_BUCKETS",
@@ -68,7 +78,52 @@ NETWORK_PROGRAMMING_BUCKETS: Final = (
     *(float(s) for s in range(120, 301, 30)),
 )
 
+# client-go's rest_client_request_duration_seconds buckets
+REST_CLIENT_BUCKETS: Final = (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
 _PROXY_MODE: Final = b"ipvs"
+
+
+def family_label(family: IPFamily) -> str:
+    """kube-proxy's ip_family label values: IPv4, IPv6."""
+    return f"IPv{family.value}"
+
+
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """process_* (the process collector), python_info and python_gc_* (Python's
+    counterparts of Go's go_* series), and kubernetes_build_info."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    info = build_info()
+    Gauge(
+        "kubernetes_build_info",
+        "A metric with a constant '1' value labeled by major, minor, git version, git "
+        "commit, git tree state, build date, Go version, and compiler from which "
+        "Kubernetes was built, and platform on which it is running.",
+        (
+            "major",
+            "minor",
+            "git_version",
+            "git_commit",
+            "git_tree_state",
+            "build_date",
+            "go_version",
+            "compiler",
+            "platform",
+        ),
+        registry=registry,
+    ).labels(
+        major=info.major,
+        minor=info.minor,
+        git_version=info.git_version,
+        git_commit=info.git_commit,
+        git_tree_state=info.git_tree_state,
+        build_date="",
+        go_version=f"python{info.python_version}",
+        compiler="cpython",
+        platform=info.platform,
+    ).set(1)
 
 
 def parse_trigger_time(value: object) -> float | None:
@@ -86,10 +141,24 @@ def parse_trigger_time(value: object) -> float | None:
 
 
 class ProxyMetrics:
-    """The sync loop's metrics in a registry of their own (``registry``)."""
+    """The sync loop's metrics in a registry of their own (``registry``).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``families``: the IP families the proxy programs; kube-proxy runs one proxier per
+    family and labels its sync metrics ``ip_family`` (IPv4, IPv6), so a sync of both
+    families here observes each family's series. ``runtime``: add the process_*,
+    python_* and kubernetes_build_info collectors (tests leave them out for speed).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        families: Iterable[IPFamily] = (IPFamily.V4,),
+        runtime: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.families = tuple(dict.fromkeys(families))
+        self._family_labels = tuple(family_label(family) for family in self.families)
         r = self.registry
 
         def histogram(
@@ -97,35 +166,42 @@ class ProxyMetrics:
         ) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=r)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, registry=r)
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(name, doc, labels, registry=r)
 
-        # kube-proxy's names and help texts.
+        # kube-proxy's names, help texts and labels (v1.33 and later: ip_family).
         rules = "kubeproxy_sync_proxy_rules"
+        family = "ip_family"
         self.sync_duration = histogram(
-            f"{rules}_duration_seconds", "SyncProxyRules latency in seconds"
+            f"{rules}_duration_seconds", "SyncProxyRules latency in seconds", family
         )
         self.full_sync_duration = histogram(
             "kubeproxy_sync_full_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for full resyncs",
+            family,
         )
         self.partial_sync_duration = histogram(
             "kubeproxy_sync_partial_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for partial resyncs",
+            family,
         )
         self.last_sync = gauge(
-            f"{rules}_last_timestamp_seconds", "The last time proxy rules were successfully synced"
+            f"{rules}_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            family,
         )
         self.last_queued = gauge(
             f"{rules}_last_queued_timestamp_seconds",
             "The last time a sync of proxy rules was queued",
+            family,
         )
         self.network_programming = histogram(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
+            family,
             buckets=NETWORK_PROGRAMMING_BUCKETS,
         )
         self.endpoint_changes_pending = gauge(
@@ -140,8 +216,16 @@ class ProxyMetrics:
         self.service_changes = counter(
             f"{rules}_service_changes", "Cumulative proxy rules Service changes"
         )
+        self.no_local_endpoints_gauge = gauge(
+            f"{rules}_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            "traffic_policy",
+            family,
+        )
         self.iptables_restore_failures = counter(
-            f"{rules}_iptables_restore_failures", "Cumulative proxy iptables restore failures"
+            f"{rules}_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            family,
         )
         self.healthz_answers = counter(
             "kubeproxy_proxy_healthz", "Cumulative proxy healthz HTTP status", "code"
@@ -152,12 +236,27 @@ class ProxyMetrics:
         self.conntrack_cleanup_duration = histogram(
             "kubeproxy_conntrack_reconciler_sync_duration_seconds",
             "ReconcileConntrackFlowsLatency latency in seconds",
-            "ip_family",
+            family,
         )
         self.conntrack_deleted = counter(
             "kubeproxy_conntrack_reconciler_deleted_entries",
             "Cumulative conntrack flows deleted by conntrack reconciler",
-            "ip_family",
+            family,
+        )
+        # client-go's, for the agent's own requests to the API server.
+        self.rest_requests = counter(
+            "rest_client_requests",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+            "code",
+            "method",
+            "host",
+        )
+        self.rest_duration = histogram(
+            "rest_client_request_duration_seconds",
+            "Request latency in seconds. Broken down by verb, and host.",
+            "verb",
+            "host",
+            buckets=REST_CLIENT_BUCKETS,
         )
         # The proxy's own.
         self.syncs = counter(
@@ -183,12 +282,21 @@ class ProxyMetrics:
             "Netlink request messages written to the kernel, by subsystem",
             "subsystem",
         )
+        # Every family's series from the start, as kube-proxy's per-family proxiers
+        # register theirs: a dashboard sees 0, not "no data", before the first sync.
+        for label in self._family_labels:
+            for policy in ("internal", "external"):
+                self.no_local_endpoints_gauge.labels(traffic_policy=policy, ip_family=label)
+            self.iptables_restore_failures.labels(ip_family=label)
+        if runtime:
+            register_runtime_collectors(r)
 
     # --- what the sync loop calls -----------------------------------------------------------
 
     def queued(self, now: float | None = None) -> None:
         """A sync was requested (``now``: seconds since the epoch; default the wall clock)."""
-        self.last_queued.set(time.time() if now is None else now)
+        for label in self._family_labels:
+            self.last_queued.labels(ip_family=label).set(time.time() if now is None else now)
 
     def changes_seen(self, *, services: int = 0, endpoints: int = 0) -> None:
         """Service and EndpointSlice events received (every add, update and delete)."""
@@ -206,12 +314,14 @@ class ProxyMetrics:
         self, *, seconds: float, full: bool, ok: bool, now: float | None = None
     ) -> None:
         """One sync took ``seconds``; ``ok`` sets the last-synced timestamp to ``now``."""
-        self.sync_duration.observe(seconds)
-        (self.full_sync_duration if full else self.partial_sync_duration).observe(seconds)
+        by_mode = self.full_sync_duration if full else self.partial_sync_duration
+        for label in self._family_labels:
+            self.sync_duration.labels(ip_family=label).observe(seconds)
+            by_mode.labels(ip_family=label).observe(seconds)
+            if ok:
+                self.last_sync.labels(ip_family=label).set(time.time() if now is None else now)
         mode = "full" if full else "partial"
         self.syncs.labels(mode=mode, result="success" if ok else "failure").inc()
-        if ok:
-            self.last_sync.set(time.time() if now is None else now)
 
     def network_programmed(self, trigger_times: Iterable[float], programmed_at: float) -> int:
         """Observe, per applied EndpointSlice change, the time from its trigger time to
@@ -222,7 +332,10 @@ class ProxyMetrics:
         """
         count = 0
         for trigger in trigger_times:
-            self.network_programming.observe(max(0.0, programmed_at - trigger))
+            for label in self._family_labels:
+                self.network_programming.labels(ip_family=label).observe(
+                    max(0.0, programmed_at - trigger)
+                )
             count += 1
         return count
 
@@ -233,7 +346,7 @@ class ProxyMetrics:
         self, family: IPFamily, *, seconds: float, deleted: int, failed: bool
     ) -> None:
         """One family's stale UDP flow clean-up (udpflows.CleanupReport)."""
-        label = f"IPv{family.value}"  # kube-proxy's ip_family values
+        label = family_label(family)
         self.conntrack_cleanup_duration.labels(ip_family=label).observe(seconds)
         if deleted:
             self.conntrack_deleted.labels(ip_family=label).inc(deleted)
@@ -245,8 +358,25 @@ class ProxyMetrics:
         if count:
             self.netlink_messages.labels(subsystem=subsystem).inc(count)
 
-    def iptables_restore_failed(self) -> None:
-        self.iptables_restore_failures.inc()
+    def iptables_restore_failed(self, family: IPFamily | None = None) -> None:
+        """iptables-restore failed for ``family`` (None: every family)."""
+        families = self._family_labels if family is None else (family_label(family),)
+        for label in families:
+            self.iptables_restore_failures.labels(ip_family=label).inc()
+
+    def no_local_endpoints(self, counts: Mapping[tuple[str, IPFamily], int]) -> None:
+        """Service ports with a Local policy and no local endpoint, by (policy, family);
+        a missing key is 0."""
+        for label, family in zip(self._family_labels, self.families, strict=True):
+            for policy in ("internal", "external"):
+                self.no_local_endpoints_gauge.labels(traffic_policy=policy, ip_family=label).set(
+                    counts.get((policy, family), 0)
+                )
+
+    def api_request(self, *, method: str, host: str, code: str, seconds: float) -> None:
+        """One request to the API server (``code``: the HTTP status, or "<error>")."""
+        self.rest_requests.labels(code=code, method=method, host=host).inc()
+        self.rest_duration.labels(verb=method, host=host).observe(seconds)
 
     def probe_answered(self, path: str, code: int) -> None:
         """For serve_health's ``on_probe``: counts /healthz and /livez answers by code."""
@@ -401,10 +531,15 @@ class IpvsTrafficCollector(Collector):
 
 
 def serve_metrics(
-    registry: CollectorRegistry, address: BindAddress | tuple[str, int]
+    registry: CollectorRegistry,
+    address: BindAddress | tuple[str, int],
+    *,
+    configz: Mapping[str, object] | None = None,
 ) -> HttpServer:
     """Serve /metrics (text or OpenMetrics, as the scraper asks), /proxyMode and /healthz
-    on ``address`` (kube-proxy's --metrics-bind-address). Close the server to stop."""
+    on ``address`` (kube-proxy's --metrics-bind-address), and with ``configz`` (the
+    effective configuration, see config.kubeproxy_file.configz_document) /configz as
+    kube-proxy's: compact JSON. Close the server to stop."""
 
     def metrics(request: Request) -> Response:
         accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
@@ -417,9 +552,15 @@ def serve_metrics(
     def ping(_request: Request) -> Response:
         return Response(200, b"ok")
 
+    routes = {"/metrics": metrics, "/proxyMode": proxy_mode, "/healthz": ping}
+    if configz is not None:
+        body = json.dumps(configz, separators=(",", ":")).encode()
+
+        def show_config(_request: Request) -> Response:
+            return Response(
+                200, body, "application/json", headers={"X-Content-Type-Options": "nosniff"}
+            )
+
+        routes["/configz"] = show_config
     logger.debug("serving metrics", address=str(address))
-    return HttpServer(
-        address,
-        {"/metrics": metrics, "/proxyMode": proxy_mode, "/healthz": ping},
-        name="metrics",
-    )
+    return HttpServer(address, routes, name="metrics")

@@ -140,9 +140,15 @@ def test_xtables_lock_held_for_long_is_reported_once_and_retried(
         traffic.wait_replies(3)
         log = running.log()
     assert traffic.failures == [], traffic.failures[:5]
-    failed = [line for line in log.splitlines() if "sync failed" in line]
+    lines = log.splitlines()
+    failed = [n for n, line in enumerate(lines) if "sync failed" in line]
     assert len(failed) == 1, failed  # once, however many retries failed the same way
-    assert "xtables lock" in failed[0] or "iptables-restore" in failed[0], failed[0]
+    # the line and the continuation lines of a multi-line value (klog's "key=<" block)
+    end = failed[0] + 1
+    while end < len(lines) and lines[end][:1] in ("\t", " "):
+        end += 1
+    entry = "\n".join(lines[failed[0] : end])
+    assert "xtables lock" in entry or "iptables-restore" in entry, entry
 
 
 def test_a_keepalived_style_neighbour_is_never_touched(

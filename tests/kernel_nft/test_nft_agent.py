@@ -46,7 +46,7 @@ def test_agent_programs_nft_and_follows_one_change(tmp_path: Path, pod_network: 
         running = Agent(tmp_path, tmp_path / "kubeconfig", tmp_path / "kube-proxy.yaml")
         try:
             wait_for("the first sync", lambda: real_servers() == {"10.244.1.1:8080"}, START_TIMEOUT)
-            assert "backend=nft" in running.log()
+            assert 'backend="nft"' in running.log()  # klog's text quotes strings
             first = parse_save(tool("iptables-nft-save"))
             assert "KUBE-SERVICES" in first["nat"]
             assert "KUBE-" not in tool("iptables-legacy-save")

@@ -85,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         logger.debug("test API server: {}", format % args)
 
     def do_GET(self) -> None:
+        self.api.saw_user_agent(self.headers.get("User-Agent", ""))
         self._dispatch("GET")
 
     def do_POST(self) -> None:

@@ -52,6 +52,10 @@ class ServedAPI(Protocol):
         """Body bytes sent so far by list answers and by watch streams."""
         ...
 
+    def saw_user_agent(self, agent: str) -> None:
+        """Record a request's User-Agent header (tests check the client's identity)."""
+        ...
+
     def cut_watches(self) -> None:
         """End every open watch without a proper end."""
         ...

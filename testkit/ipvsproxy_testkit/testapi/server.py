@@ -48,6 +48,17 @@ class TestAPIServer:
         # Body bytes sent to clients by lists and by watch streams (scale benchmarks).
         self._sent = {"list": 0, "watch": 0}
         self._sent_lock = threading.Lock()
+        # The User-Agent headers of the GET requests received, in first-seen order.
+        self._user_agents: dict[str, None] = {}
+
+    def saw_user_agent(self, agent: str) -> None:
+        with self._sent_lock:
+            self._user_agents[agent] = None
+
+    def user_agents(self) -> list[str]:
+        """The distinct User-Agent headers of the GET requests so far."""
+        with self._sent_lock:
+            return list(self._user_agents)
 
     def bytes_sent(self) -> dict[str, int]:
         """Body bytes sent so far by list answers and by watch streams."""
