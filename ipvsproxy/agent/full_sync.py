@@ -6,7 +6,7 @@ import errno
 import ipaddress
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loguru import logger
 
@@ -21,6 +21,7 @@ from ipvsproxy.core.model import (
     IptablesRuleset,
     KernelState,
     Protocol,
+    Service,
     VirtualServer,
 )
 from ipvsproxy.core.operations import AddVirtualServer, DeleteVirtualServer
@@ -150,3 +151,41 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
     except KernelError as exc:
         problems.append(f"deleting {DUMMY_INTERFACE}: {exc}")
     return problems
+
+
+class ServiceSchedulers:
+    """The per-Service schedulers (annotations) the kernel can use, each probed once.
+
+    The node's scheduler is checked at start (a missing one stops the proxy). A Service
+    asking for one the kernel lacks (its module not built or not installable) gets the
+    node's instead, with one warning naming the Service and the reason; without this its
+    virtual servers would fail to be created at every sync.
+    """
+
+    def __init__(self, ipvs: IpvsDataplane, default: str) -> None:
+        self._ipvs = ipvs
+        self._problems: dict[str, str | None] = {default: None}
+        self._warned: set[tuple[str, str]] = set()
+
+    def usable(self, service: Service) -> Service:
+        """service, or a copy using the node's scheduler when its own is unavailable."""
+        name = service.scheduler
+        if name is None:
+            return service
+        if name not in self._problems:
+            try:
+                self._problems[name] = probe_scheduler(self._ipvs, name)
+            except KernelError as exc:  # not known either way: asked again next time
+                logger.warning("cannot probe IPVS scheduler", scheduler=name, error=str(exc))
+                return replace(service, scheduler=None, scheduler_flags=None)
+        problem = self._problems[name]
+        if problem is None:
+            return service
+        if (service.key, name) not in self._warned:
+            self._warned.add((service.key, name))
+            logger.warning(
+                "Service {key}: its scheduler cannot be used; using the node's",
+                key=service.key,
+                reason=problem,
+            )
+        return replace(service, scheduler=None, scheduler_flags=None)
