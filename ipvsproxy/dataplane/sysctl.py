@@ -49,9 +49,10 @@ def conn_reuse_mode(release: str) -> str | None:
       connection that reuses the source port of one in TIME_WAIT, so such clients stall
       for the 1 s SYN retransmit (kubernetes#70747); 0 trades that for #81775 below.
     - 5.9 and later: 1, the kernel's default. The kernel no longer drops that SYN (Linux
-      f0a5e4d7a594, "ipvs: allow connection reuse for unconfirmed conntrack"), and 0
-      keeps sending a reused port to a removed (weight-0) real server instead of
-      rescheduling it, and turns off expire_nodest_conn's rescheduling (kubernetes#81775).
+      f0a5e4d7a594, "ipvs: allow connection reuse for unconfirmed conntrack"), and with 0
+      a reused port goes to the server of its previous connection instead of being
+      scheduled afresh: a client reusing ports is never rebalanced, and kernels without
+      the later fix for weight-0 servers keep it on a removed one (kubernetes#81775).
       kube-proxy leaves the value as it finds it here; we write 1 so that a 0 left by an
       older proxy on this node does not outlive it.
     A release we cannot read is left alone.
