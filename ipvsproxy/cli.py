@@ -18,7 +18,7 @@ from loguru import logger
 
 from ipvsproxy.agent.cleanup import cleanup
 from ipvsproxy.agent.full_sync import full_sync, observe
-from ipvsproxy.agent.scheduler_probe import probe_scheduler
+from ipvsproxy.agent.scheduler_probe import ServiceSchedulers, probe_scheduler
 from ipvsproxy.config.flags import add_kube_proxy_flags, effective_config, given_flags
 from ipvsproxy.config.kubeproxy_file import (
     config_document,
@@ -218,12 +218,21 @@ def _host_addresses() -> frozenset[IPAddress]:
 
 
 def _desired(
-    args: argparse.Namespace, local_addresses: frozenset[IPAddress] | None = None
+    args: argparse.Namespace,
+    local_addresses: frozenset[IPAddress] | None = None,
+    *,
+    dataplanes: Dataplanes | None = None,
 ) -> tuple[KernelState, ProxyConfig, Cluster]:
     """The desired state for the files; the host's addresses are --local-address, else
-    local_addresses, else read from the kernel here."""
+    local_addresses, else read from the kernel here. With dataplanes, a Service's own
+    scheduler that the kernel lacks is replaced by the node's (ServiceSchedulers)."""
     config, node = _settings(args)
     cluster = read_cluster(args.files)
+    if dataplanes is not None:
+        schedulers = ServiceSchedulers(dataplanes.ipvs, config.scheduler)
+        cluster = dataclasses.replace(
+            cluster, services=tuple(schedulers.usable(service) for service in cluster.services)
+        )
     node = _with_node_object(node, cluster.nodes)
     given = getattr(args, "local_address", None)
     if given is not None:
@@ -332,7 +341,7 @@ def _cmd_once(args: argparse.Namespace) -> int:
     with _dataplanes(args.iptables_backend) as dataplanes:
         # The host's addresses as the kernel has them now: NodePorts follow them.
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
-        state, config, cluster = _desired(args, host)
+        state, config, cluster = _desired(args, host, dataplanes=dataplanes)
         _check_scheduler(config, dataplanes)
         # Node-wide conntrack tuning is the long-running proxy's (and `sysctls`'), as
         # kube-proxy does it when it starts; a one-shot programming leaves it alone.

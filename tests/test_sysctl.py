@@ -8,13 +8,18 @@ import pytest
 
 from ipvsproxy.config.settings import ConntrackSettings
 from ipvsproxy.dataplane.sysctl import (
+    CONN_REUSE_MODE,
     CONNTRACK_HASHSIZE,
     CONNTRACK_MAX,
     REQUIRED,
     STRICT_ARP,
+    conn_reuse_mode,
     ensure_conntrack,
     ensure_sysctls,
+    kernel_version,
 )
+
+REUSE = ((CONN_REUSE_MODE, "", ""),)
 
 
 def tree(root: Path, entries: tuple[tuple[str, str, str], ...], value: str) -> None:
@@ -25,18 +30,61 @@ def tree(root: Path, entries: tuple[tuple[str, str, str], ...], value: str) -> N
 
 @pytest.mark.parametrize("strict_arp", [False, True])
 def test_values_are_set(tmp_path: Path, strict_arp: bool) -> None:
-    tree(tmp_path, REQUIRED + STRICT_ARP, "0")
-    assert ensure_sysctls(strict_arp=strict_arp, root=str(tmp_path)) == []
+    tree(tmp_path, REQUIRED + STRICT_ARP + REUSE, "0")
+    assert (
+        ensure_sysctls(strict_arp=strict_arp, root=str(tmp_path), kernel_release="6.1.0-18-amd64")
+        == []
+    )
     for path, value, _ in REQUIRED:
         assert (tmp_path / path).read_text() == value
     arp = (tmp_path / STRICT_ARP[0][0]).read_text().strip()
     assert arp == ("1" if strict_arp else "0")
+    assert (tmp_path / CONN_REUSE_MODE).read_text() == "1"
 
 
 def test_missing_entry_is_reported_not_raised(tmp_path: Path) -> None:
-    tree(tmp_path, REQUIRED[1:], "1")
-    failures = ensure_sysctls(root=str(tmp_path))
+    tree(tmp_path, REQUIRED[1:] + REUSE, "1")
+    failures = ensure_sysctls(root=str(tmp_path), kernel_release="6.1.0")
     assert [f.path for f in failures] == [REQUIRED[0][0]]
+
+
+@pytest.mark.parametrize(
+    ("release", "version", "mode"),
+    [
+        ("3.10.0-1160.el7.x86_64", (3, 10), None),  # no conn_reuse_mode yet: untouched
+        ("4.0.9", (4, 0), None),
+        ("4.1.0", (4, 1), "0"),
+        ("4.18.0-513.5.1.el8_9.x86_64", (4, 18), "0"),
+        ("5.4.0-150-generic", (5, 4), "0"),
+        ("5.8.18-100.fc31.x86_64", (5, 8), "0"),
+        ("5.9.0", (5, 9), "1"),  # the kernel stopped dropping the reused port's SYN
+        ("5.10.0-28-amd64", (5, 10), "1"),
+        ("6.1.0-18-amd64", (6, 1), "1"),
+        ("10.0.0", (10, 0), "1"),
+        ("unknown", None, None),
+        ("", None, None),
+    ],
+)
+def test_conn_reuse_mode_follows_the_kernel_release(
+    release: str, version: tuple[int, int] | None, mode: str | None
+) -> None:
+    assert kernel_version(release) == version
+    assert conn_reuse_mode(release) == mode
+
+
+@pytest.mark.parametrize(("release", "was", "now"), [("5.4.0", "1", "0"), ("6.1.0", "0", "1")])
+def test_conn_reuse_mode_is_written_when_it_differs(
+    tmp_path: Path, release: str, was: str, now: str
+) -> None:
+    tree(tmp_path, REQUIRED + REUSE, was)
+    assert ensure_sysctls(root=str(tmp_path), kernel_release=release) == []
+    assert (tmp_path / CONN_REUSE_MODE).read_text() == now
+
+
+def test_conn_reuse_mode_left_alone_on_old_kernels(tmp_path: Path) -> None:
+    tree(tmp_path, REQUIRED, "0")  # a 3.x kernel has no conn_reuse_mode at all
+    assert ensure_sysctls(root=str(tmp_path), kernel_release="3.10.0") == []
+    assert not (tmp_path / CONN_REUSE_MODE).exists()
 
 
 def conntrack_tree(root: Path, *, max_: int, hashsize: int) -> tuple[Path, Path]:

@@ -33,6 +33,7 @@ from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.agent.changes import Changes, ChangeTracker, ServiceInput
 from ipvsproxy.agent.full_sync import full_sync
 from ipvsproxy.agent.runner import BoundedFrequencyRunner, Clock, MonotonicClock
+from ipvsproxy.agent.scheduler_probe import ServiceSchedulers
 from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
 from ipvsproxy.core.desired import (
     DesiredSettings,
@@ -170,6 +171,7 @@ class Agent:
         self._deferred_full = False  # a due full sync waits for one partial sync
         self._unreported_triggers: list[float] = []
         self._log = RepeatedLog(clock=self._clock.now)
+        self.schedulers = ServiceSchedulers(dataplanes.ipvs, settings.desired.scheduler)
         self._failing = False
         self.udp_flows = StaleUdpFlows(dataplanes.conntrack, log=self._log)
         self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
@@ -344,9 +346,8 @@ class Agent:
         bad object never costs the others their sync."""
         assert given.service is not None
         try:
-            return service_state(
-                given.service, given.slices, node=node, settings=self._settings.desired
-            )
+            service = self.schedulers.usable(given.service)
+            return service_state(service, given.slices, node=node, settings=self._settings.desired)
         except Exception as exc:
             self._log.warning(
                 "cannot compute a Service's state; it keeps what it had",

@@ -19,6 +19,7 @@ from ipvsproxy.core.frontends import NodePortSettings, node_port_addresses, serv
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.model import (
     DEFAULT_SCHEDULER,
+    FLAGGED_SCHEDULERS,
     IPVS_FLAG_PERSISTENT,
     IPVS_FLAG_SOURCE_HASH,
     EndpointSlice,
@@ -108,12 +109,15 @@ def index_slices(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlic
 
 
 def _virtual_server(
-    address: IPAddress, protocol: Protocol, port: int, service: Service, scheduler: str
+    address: IPAddress, protocol: Protocol, port: int, service: Service, default_scheduler: str
 ) -> VirtualServer:
     flags, timeout = 0, 0
     if service.affinity_timeout is not None:
         flags, timeout = IPVS_FLAG_PERSISTENT, service.affinity_timeout
-    if scheduler == "mh":
+    scheduler = service.scheduler or default_scheduler
+    if scheduler in FLAGGED_SCHEDULERS and service.scheduler_flags is not None:
+        flags |= service.scheduler_flags  # the Service's annotation says exactly which
+    elif scheduler == "mh":
         # kube-proxy hashes on the source port too with mh (FlagSourceHash).
         flags |= IPVS_FLAG_SOURCE_HASH
     return VirtualServer(address, protocol, port, scheduler=scheduler, flags=flags, timeout=timeout)

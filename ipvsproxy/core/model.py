@@ -91,7 +91,16 @@ class ForwardMethod(enum.IntEnum):
 # IPVS service flags (include/uapi/linux/ip_vs.h).
 IPVS_FLAG_PERSISTENT = 0x0001
 IPVS_FLAG_HASHED = 0x0002  # kernel-internal; set on every dumped service, ignored when comparing
-IPVS_FLAG_SOURCE_HASH = 0x0010  # mh scheduler: hash on source port too
+IPVS_FLAG_SCHED1 = 0x0008  # sh and mh: fallback to another server when the hashed one is out
+IPVS_FLAG_SOURCE_HASH = 0x0010  # IP_VS_SVC_F_SCHED2; sh and mh: hash on the source port too
+IPVS_FLAG_SCHED3 = 0x0020  # no meaning for the kernel's schedulers yet
+IPVS_SCHED_FLAGS = IPVS_FLAG_SCHED1 | IPVS_FLAG_SOURCE_HASH | IPVS_FLAG_SCHED3
+# The schedulers Linux ships (net/netfilter/ipvs/ip_vs_<name>.c); only sh and mh read the
+# scheduler flags.
+KERNEL_SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+)
+FLAGGED_SCHEDULERS = frozenset({"sh", "mh"})
 
 # The dummy interface that holds every Service address, as kube-proxy names it.
 DUMMY_INTERFACE = "kube-ipvs0"
@@ -131,6 +140,11 @@ class Service:
     load_balancer_source_ranges: tuple[IPNetwork, ...] = ()
     # spec.healthCheckNodePort; 0 unless type LoadBalancer with externalTrafficPolicy Local.
     health_check_node_port: int = 0
+    # The IPVS scheduler its annotation asks for; None: the node's (ipvs.scheduler).
+    scheduler: str | None = None
+    # Scheduler flags (IPVS_SCHED_FLAGS bits) its annotation asks for, used with sh and
+    # mh; None: the default (mh hashes on the source port, as kube-proxy sets it).
+    scheduler_flags: int | None = None
 
     @property
     def key(self) -> str:

@@ -8,7 +8,7 @@ kernel compare equal to the desired ones and an unchanged sync runs no iptables-
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from ipvsproxy.core import ipsets
@@ -59,6 +59,48 @@ JUMP_RULES: tuple[JumpRule, ...] = (
     JumpRule("filter", "INPUT", "KUBE-IPVS-FILTER", "kubernetes ipvs access filter"),
     JumpRule("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER", "kubernetes ipvs access filter"),
 )
+
+
+def _matches_every_local_address(rule: str) -> bool:
+    """Whether a rule matches `-m addrtype --dst-type LOCAL` (not negated): the hostPort
+    (CNI portmap) and Docker entry rules. In IPVS mode every Service address is local."""
+    tokens = rule.split()
+    for index, token in enumerate(tokens[:-1]):
+        if token == "--dst-type" and (index == 0 or tokens[index - 1] != "!"):
+            return "LOCAL" in tokens[index + 1].split(",")
+    return False
+
+
+def jump_out_of_place(jump: JumpRule, rules: Sequence[str]) -> bool:
+    """Whether the jump sits in `rules` (its built-in chain, in order) behind a rule that
+    catches every local destination.
+
+    Only the nat KUBE-SERVICES jumps are checked. A CNI's hostPort rule
+    (`-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT`) ahead of them DNATs a Service
+    address on the hostPort's port to the hostPort pod (kubernetes#61938, #66103), since
+    KUBE-SERVICES' ACCEPT is never reached. Other rules may stay ahead (Calico and others
+    insert theirs first and re-check that they are): moving ahead of those would gain
+    nothing and make two agents take turns at the top of the chain.
+    """
+    if jump.table != "nat" or jump.target != "KUBE-SERVICES" or jump.rule not in rules:
+        return False
+    ours = {other.rule for other in JUMP_RULES}
+    ahead = rules[: rules.index(jump.rule)]
+    return any(_matches_every_local_address(rule) for rule in ahead if rule not in ours)
+
+
+def without_misplaced_jumps(
+    tables: Mapping[str, Mapping[str, tuple[str, ...]]],
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    """tables as read from the kernel, less the jump rules that are out of place: the
+    planner then finds them missing and inserts them first (deleting the misplaced copy,
+    see restore_payload)."""
+    result = {table: dict(chains) for table, chains in tables.items()}
+    for jump in JUMP_RULES:
+        rules = result.get(jump.table, {}).get(jump.chain)
+        if rules is not None and jump_out_of_place(jump, rules):
+            result[jump.table][jump.chain] = tuple(rule for rule in rules if rule != jump.rule)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,11 +316,17 @@ def build_ruleset(
     )
 
 
-def restore_payload(ruleset: IptablesRuleset, missing_jumps: Sequence[JumpRule] = ()) -> str:
+def restore_payload(
+    ruleset: IptablesRuleset,
+    missing_jumps: Sequence[JumpRule] = (),
+    stray_jumps: Sequence[JumpRule] = (),
+) -> str:
     """iptables-restore --noflush input replacing the proxy's chains, adding missing jumps.
 
     Declaring a chain (":NAME - [0:0]") flushes it, and --noflush leaves every other chain
     of the table alone, so one restore swaps the whole ruleset atomically per table.
+    stray_jumps: copies present in the kernel but out of place, deleted (one line each
+    copy) before the missing ones are inserted at the top, in the same transaction.
     """
     lines: list[str] = []
     for table, chains in ruleset.tables.items():
@@ -286,6 +334,7 @@ def restore_payload(ruleset: IptablesRuleset, missing_jumps: Sequence[JumpRule] 
         lines += [f":{chain} - [0:0]" for chain in chains]
         for chain, rules in chains.items():
             lines += [f"-A {chain} {rule}" for rule in rules]
+        lines += [f"-D {jump.chain} {jump.rule}" for jump in stray_jumps if jump.table == table]
         lines += [f"-I {jump.chain} 1 {jump.rule}" for jump in missing_jumps if jump.table == table]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"

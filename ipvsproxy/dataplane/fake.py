@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from ipvsproxy.core.model import (
+    KERNEL_SCHEDULERS,
     IPAddress,
     IPFamily,
     IptablesRuleset,
@@ -46,9 +47,7 @@ from ipvsproxy.dataplane.iptables import parse_save
 from ipvsproxy.dataplane.links import is_node_address
 from ipvsproxy.errors import KernelError
 
-KNOWN_SCHEDULERS = frozenset(
-    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
-)
+KNOWN_SCHEDULERS = KERNEL_SCHEDULERS
 
 
 class FakeKernel:

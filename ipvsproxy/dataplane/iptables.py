@@ -32,7 +32,13 @@ from loguru import logger
 
 from ipvsproxy.core.model import IPFamily, IptablesRuleset
 from ipvsproxy.core.operations import OperationFailure, RestoreChains
-from ipvsproxy.core.rules import CHAINS, JUMP_RULES, restore_payload
+from ipvsproxy.core.rules import (
+    CHAINS,
+    JUMP_RULES,
+    JumpRule,
+    restore_payload,
+    without_misplaced_jumps,
+)
 from ipvsproxy.dataplane.ipset_netlink import set_names
 from ipvsproxy.dataplane.xtables_stamp import stamp
 from ipvsproxy.errors import KernelError
@@ -221,7 +227,10 @@ class IptablesTool:
         last = self._last.get(family)
         if fingerprint is not None and last is not None and last[0] == fingerprint:
             return last[1]
-        ruleset = IptablesRuleset(family=family, tables=parse_save(self.save_text(family), _TABLES))
+        # A jump behind a rule that would steal Service traffic reads as missing, so that
+        # the sync puts it back on top (rules.jump_out_of_place).
+        tables = without_misplaced_jumps(parse_save(self.save_text(family), _TABLES))
+        ruleset = IptablesRuleset(family=family, tables=tables)
         if fingerprint is not None:
             self._last[family] = (fingerprint, ruleset)
         return ruleset
@@ -239,7 +248,15 @@ class IptablesTool:
 
     def restore(self, op: RestoreChains) -> OperationFailure | None:
         family = op.ruleset.family
-        result = self._restore(family, restore_payload(op.ruleset, op.missing_jumps))
+        stray: list[JumpRule] = []
+        if op.missing_jumps:
+            # A "missing" jump may be one read as out of place: delete every copy the
+            # kernel holds before inserting it on top (rare: a fresh save is affordable).
+            current = parse_save(self.save_text(family), _TABLES)
+            for jump in op.missing_jumps:
+                copies = current.get(jump.table, {}).get(jump.chain, ()).count(jump.rule)
+                stray += [jump] * copies
+        result = self._restore(family, restore_payload(op.ruleset, op.missing_jumps, stray))
         if result.returncode != 0:
             reason = result.stderr.strip() or f"exit status {result.returncode}"
             return OperationFailure(op, 0, f"IPv{family.value} iptables-restore: {reason}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,16 +30,59 @@ STRICT_ARP: tuple[tuple[str, str, str], ...] = (
 )
 
 
+CONN_REUSE_MODE = "net/ipv4/vs/conn_reuse_mode"
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release string ("6.1.0-18-amd64", "4.18.0-513.el8"),
+    or None when it does not start with one."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def conn_reuse_mode(release: str) -> str | None:
+    """The value net.ipv4.vs.conn_reuse_mode should have on this kernel, or None to leave
+    it alone.
+
+    - before 4.1 the setting does not exist;
+    - 4.1 to 5.8: 0. With 1 (the default) and vs/conntrack=1, the kernel drops the SYN of a
+      connection that reuses the source port of one in TIME_WAIT, so such clients stall
+      for the 1 s SYN retransmit (kubernetes#70747); 0 trades that for #81775 below.
+    - 5.9 and later: 1, the kernel's default. The kernel no longer drops that SYN (Linux
+      f0a5e4d7a594, "ipvs: allow connection reuse for unconfirmed conntrack"), and with 0
+      a reused port goes to the server of its previous connection instead of being
+      scheduled afresh: a client reusing ports is never rebalanced, and kernels without
+      the later fix for weight-0 servers keep it on a removed one (kubernetes#81775).
+      kube-proxy leaves the value as it finds it here; we write 1 so that a 0 left by an
+      older proxy on this node does not outlive it.
+    A release we cannot read is left alone.
+    """
+    version = kernel_version(release)
+    if version is None or version < (4, 1):
+        return None
+    return "0" if version < (5, 9) else "1"
+
+
 @dataclass(frozen=True, slots=True)
 class SysctlFailure:
     path: str
     message: str
 
 
-def ensure_sysctls(*, strict_arp: bool = False, root: str = "/proc/sys") -> list[SysctlFailure]:
-    """Set each required value that differs; report (not raise) what cannot be set."""
+def ensure_sysctls(
+    *, strict_arp: bool = False, root: str = "/proc/sys", kernel_release: str | None = None
+) -> list[SysctlFailure]:
+    """Set each required value that differs; report (not raise) what cannot be set.
+    kernel_release (default: the running kernel's) decides conn_reuse_mode."""
+    release = os.uname().release if kernel_release is None else kernel_release
+    wanted = list(REQUIRED + (STRICT_ARP if strict_arp else ()))
+    reuse = conn_reuse_mode(release)
+    if reuse is None:
+        logger.info("conn_reuse_mode left as it is", kernel=release)
+    else:
+        wanted.insert(1, (CONN_REUSE_MODE, reuse, f"port reuse on kernel {release}"))
     failures: list[SysctlFailure] = []
-    for path, value, why in REQUIRED + (STRICT_ARP if strict_arp else ()):
+    for path, value, why in wanted:
         failures += _ensure(root, path, value, why, wanted=_equal_to(value))
     return failures
 

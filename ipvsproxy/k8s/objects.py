@@ -30,6 +30,11 @@ from loguru import logger
 
 from ipvsproxy.core.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    FLAGGED_SCHEDULERS,
+    IPVS_FLAG_SCHED1,
+    IPVS_FLAG_SCHED3,
+    IPVS_FLAG_SOURCE_HASH,
+    KERNEL_SCHEDULERS,
     Endpoint,
     EndpointPort,
     EndpointSlice,
@@ -46,6 +51,8 @@ from ipvsproxy.errors import InvalidObject
 __all__ = [
     "HEADLESS_LABEL",
     "MAX_AFFINITY_TIMEOUT",
+    "SCHEDULER_ANNOTATIONS",
+    "SCHEDULER_FLAGS_ANNOTATIONS",
     "SERVICE_NAME_LABEL",
     "SERVICE_PROXY_NAME_LABEL",
     "TRIGGER_TIME_ANNOTATION",
@@ -372,6 +379,7 @@ def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | 
         ]
     )
     load_balancer_ips = _load_balancer_ips(obj)
+    scheduler, scheduler_flags = _scheduler(key, obj)
 
     external_policy = _traffic_policy(spec, "externalTrafficPolicy")
     internal_policy = _traffic_policy(spec, "internalTrafficPolicy")
@@ -396,7 +404,96 @@ def _service(namespace: str, name: str, obj: Mapping[str, object]) -> Service | 
         internal_traffic_local=internal_policy == "Local",
         load_balancer_source_ranges=_source_ranges(spec),
         health_check_node_port=health_check_node_port,
+        scheduler=scheduler,
+        scheduler_flags=scheduler_flags,
     )
+
+
+# A Service's own IPVS scheduler and its flags: ours first, then kube-router's names, so
+# Services annotated for kube-router keep their scheduler.
+SCHEDULER_ANNOTATIONS: Final = ("ipvsproxy.io/scheduler", "kube-router.io/service.scheduler")
+SCHEDULER_FLAGS_ANNOTATIONS: Final = (
+    "ipvsproxy.io/scheduler-flags",
+    "kube-router.io/service.schedflags",
+)
+# Flag names: ipvsadm's (--sched-flags) and kube-router's. sh and mh give the same bits
+# the same meaning; a name carries the scheduler it was written for, or None.
+_SCHEDULER_FLAGS: Final[Mapping[str, tuple[int, str | None]]] = {
+    "sh-fallback": (IPVS_FLAG_SCHED1, "sh"),
+    "sh-port": (IPVS_FLAG_SOURCE_HASH, "sh"),
+    "mh-fallback": (IPVS_FLAG_SCHED1, "mh"),
+    "mh-port": (IPVS_FLAG_SOURCE_HASH, "mh"),
+    "flag-1": (IPVS_FLAG_SCHED1, None),
+    "flag-2": (IPVS_FLAG_SOURCE_HASH, None),
+    "flag-3": (IPVS_FLAG_SCHED3, None),
+}
+
+
+def _annotation(metadata: Mapping[str, object], names: Sequence[str]) -> tuple[str, str] | None:
+    """(name, value) of the first of `names` the object carries as a string."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return None
+    for name in names:
+        value = annotations.get(name)
+        if isinstance(value, str):
+            return name, value
+    return None
+
+
+def _scheduler(key: str, obj: Mapping[str, object]) -> tuple[str | None, int | None]:
+    """The Service's scheduler and scheduler flags from its annotations; (None, None) for
+    the node's. What cannot be used is warned about, naming the Service, and left out:
+    an unknown scheduler gives the node's, an unknown or misplaced flag is dropped. The
+    Service itself stays valid (a typo in an annotation must not take it down)."""
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    found = _annotation(metadata, SCHEDULER_ANNOTATIONS)
+    scheduler: str | None = None
+    if found is not None:
+        annotation, value = found
+        name = value.strip().lower()
+        if name in KERNEL_SCHEDULERS:
+            scheduler = name
+        elif name:
+            logger.warning(
+                "Service {key}: unknown IPVS scheduler {value!r} in {annotation}; using the node's",
+                key=key,
+                value=value,
+                annotation=annotation,
+                known=" ".join(sorted(KERNEL_SCHEDULERS)),
+            )
+    found = _annotation(metadata, SCHEDULER_FLAGS_ANNOTATIONS)
+    if found is None:
+        return scheduler, None
+    annotation, value = found
+    flags = 0
+    for token in (part.strip().lower() for part in value.split(",")):
+        if not token:
+            continue
+        bit, meant_for = _SCHEDULER_FLAGS.get(token, (0, None))
+        problem = None
+        if not bit:
+            problem = f"unknown scheduler flag {token!r}"
+        elif meant_for is not None and scheduler is not None and meant_for != scheduler:
+            problem = f"flag {token!r} is for {meant_for}, not {scheduler}"
+        if problem is not None:
+            logger.warning(
+                "Service {key}: {problem} in {annotation}; ignored",
+                key=key,
+                problem=problem,
+                annotation=annotation,
+            )
+            continue
+        flags |= bit
+    if scheduler is not None and scheduler not in FLAGGED_SCHEDULERS and flags:
+        logger.warning(
+            "Service {key}: scheduler {scheduler} takes no flags; {annotation} ignored",
+            key=key,
+            scheduler=scheduler,
+            annotation=annotation,
+        )
+        return scheduler, None
+    return scheduler, flags
 
 
 def _source_ranges(spec: Mapping[str, object]) -> tuple[IPNetwork, ...]:
