@@ -179,7 +179,7 @@ class Agent:
     def __init__(
         self,
         workdir: Path,
-        kubeconfig_path: Path,
+        kubeconfig_path: Path | None,
         config: Path,
         *,
         prefix: Sequence[str] = (),
@@ -187,8 +187,8 @@ class Agent:
         env: dict[str, str] | None = None,
         args: Sequence[str] = (),
     ) -> None:
-        """prefix: a command the agent runs under (setpriv); entry: what python runs;
-        args: more options of `run`."""
+        """kubeconfig_path: None for the in-cluster configuration; prefix: a command the
+        agent runs under (setpriv); entry: what python runs; args: more options of `run`."""
         self.log_path = workdir / f"agent-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
@@ -197,8 +197,7 @@ class Agent:
                 sys.executable,
                 *entry,
                 "run",
-                "--kubeconfig",
-                str(kubeconfig_path),
+                *(("--kubeconfig", str(kubeconfig_path)) if kubeconfig_path else ()),
                 "--config",
                 str(config),
                 "--hostname-override",
