@@ -2,6 +2,7 @@
 
     python -m ipvsproxy_testkit.image build     # build (or find) the image; print its name
     python -m ipvsproxy_testkit.image rootfs    # ...and print its root filesystem's directory
+    python -m ipvsproxy_testkit.image info      # ...its root filesystem, entrypoint and env (JSON)
     python -m ipvsproxy_testkit.image lock      # rewrite requirements.lock (pins and hashes)
 
 - Builder: docker when its daemon answers, else podman, else buildah (Debian: `apt-get
@@ -241,6 +242,23 @@ def rootfs(name: str, builder: Builder | None = None) -> Path:
     return Path(_run(tool.cmd("mount", container), quiet=True).strip())
 
 
+def image_info(name: str, builder: Builder | None = None) -> dict[str, object]:
+    """What a runtime needs to run the image: its root filesystem, entrypoint and env."""
+    builder = builder or find_builder()
+    if builder.tool == "docker":
+        raise ImageError("image_info needs podman or buildah")
+    tool = Builder("buildah", builder.global_options) if shutil.which("buildah") else builder
+    data = json.loads(_run(tool.cmd("inspect", "--type", "image", name), quiet=True))
+    config = (data[0] if isinstance(data, list) else data)["OCIv1"]["config"]
+    env = dict(item.split("=", 1) for item in config.get("Env") or [])
+    return {
+        "name": name,
+        "rootfs": str(rootfs(name, builder)),
+        "entrypoint": list(config.get("Entrypoint") or []),
+        "env": env,
+    }
+
+
 def lock(root: Path = ROOT) -> str:
     """requirements.lock: every dependency of the project, resolved from the package index
     for this Python (the image's: CPython 3.11, linux x86_64), pinned with its file's hash."""
@@ -290,7 +308,7 @@ def lock(root: Path = ROOT) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ipvsproxy_testkit.image")
-    parser.add_argument("command", choices=("build", "rootfs", "lock", "size"))
+    parser.add_argument("command", choices=("build", "rootfs", "info", "lock", "size"))
     args = parser.parse_args(argv)
     try:
         if args.command == "lock":
@@ -300,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = build()
         if args.command == "rootfs":
             print(rootfs(name))
+        elif args.command == "info":
+            print(json.dumps(image_info(name)))
         elif args.command == "size":
             print(f"{name} {image_size(name)}")
         else:
