@@ -208,7 +208,36 @@ def build(root: Path = ROOT, *, builder: Builder | None = None) -> str:
                 *verb, "--isolation", "chroot", "--pull=false", *mounts, *tags, str(root)
             )
         _run(argv, quiet=True)
+    _forget_older(builder, cached)
     return cached
+
+
+def _forget_older(builder: Builder, current: str) -> None:
+    """Remove earlier content-tagged builds and the working containers kept for their root
+    filesystems (vfs storage keeps a full copy per layer: a few hundred MB each)."""
+    if builder.tool == "docker":
+        return
+    containers = subprocess.run(
+        builder.cmd("ps", "--all", "--format", "{{.Names}}")
+        if builder.tool == "podman"
+        else builder.cmd("containers", "--format", "{{.ContainerName}}"),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    keep = "ipvsproxy-rootfs-" + current.rsplit(":", 1)[-1]
+    for name in containers:
+        if name.startswith("ipvsproxy-rootfs-src-") and name != keep:
+            subprocess.run(builder.cmd("rm", name), capture_output=True, check=False)
+    listed = subprocess.run(
+        builder.cmd("images", "--format", "{{.Name}}:{{.Tag}}"),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    for image in listed:
+        if image.startswith("localhost/ipvsproxy:src-") and image != current:
+            subprocess.run(builder.cmd("rmi", image), capture_output=True, check=False)
 
 
 def image_size(name: str, builder: Builder | None = None) -> str:
