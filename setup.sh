@@ -3,11 +3,13 @@
 # Debian packages: user-mode-linux (the test kernel with IPVS); qemu-system-x86 and
 # busybox-static (the second test kernel, for iptables' nft backend) and nftables (its
 # tests); ipvsadm, ipset, iptables, iproute2 and kmod (used by the proxy and inside the
-# test kernels); python3-venv; kubectl.
+# test kernels); python3-venv; kubectl; buildah and mmdebstrap (the image, built from the
+# Dockerfile without a daemon or a registry) and crun (tests/kernel/test_image_kernel.py
+# runs the DaemonSet's containers from it in the test kernel).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(python3 python3-venv python3-dev gcc libc6-dev binutils user-mode-linux qemu-system-x86 busybox-static nftables ipvsadm ipset iptables iproute2 kmod procps)
+packages=(python3 python3-venv python3-dev gcc libc6-dev binutils user-mode-linux qemu-system-x86 busybox-static nftables ipvsadm ipset iptables iproute2 kmod procps buildah crun mmdebstrap)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

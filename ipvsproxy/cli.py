@@ -34,6 +34,7 @@ from ipvsproxy.core.desired import (
     with_node_object,
 )
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPFamily, KernelState, Node
+from ipvsproxy.core.ownership import owned
 from ipvsproxy.core.render import SECTIONS, render
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
 from ipvsproxy.errors import ApiError, ConfigError, InputError, IpvsProxyError, KernelError
@@ -376,8 +377,11 @@ def _cmd_once(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     with _dataplanes(args.iptables_backend) as dataplanes:
         observed = observe(dataplanes, tuple(IPFamily))
-    owned = observed.addresses
-    servers = {k: v for k, v in observed.virtual_servers.items() if k.address in owned}
+    servers = {
+        k: v
+        for k, v in observed.virtual_servers.items()
+        if owned(k, observed.addresses, observed.ipsets)
+    }
     shown = dataclasses.replace(
         observed,
         virtual_servers=servers,

@@ -180,7 +180,7 @@ class Agent:
     def __init__(
         self,
         workdir: Path,
-        kubeconfig_path: Path,
+        kubeconfig_path: Path | None,
         config: Path,
         *,
         prefix: Sequence[str] = (),
@@ -188,14 +188,15 @@ class Agent:
         env: dict[str, str] | None = None,
         args: Sequence[str] = (),
     ) -> None:
-        """prefix: a command the agent runs under (setpriv); entry: what python runs;
-        args: more options of `run`."""
+        """kubeconfig_path: None for the in-cluster configuration; prefix: a command the
+        agent runs under (setpriv); entry: what python runs; args: more options of `run`."""
         self.log_path = workdir / f"agent-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
         # As kube-proxy, run takes only --hostname-override, --master and the logging
         # flags beside a --config file: the API server and the ports go into the file.
         document = yaml.safe_load(config.read_text()) or {}
-        document.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig_path)
+        if kubeconfig_path is not None:  # else the in-cluster configuration
+            document.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig_path)
         document["healthzBindAddress"] = f"127.0.0.1:{HEALTHZ_PORT}"
         document["metricsBindAddress"] = f"127.0.0.1:{METRICS_PORT}"
         merged = workdir / f"config-{time.monotonic_ns()}.yaml"
@@ -289,7 +290,9 @@ class Traffic:
 
 
 @contextmanager
-def agent(workdir: Path, kubeconfig_path: Path, config: Path, **options: Any) -> Iterator[Agent]:
+def agent(
+    workdir: Path, kubeconfig_path: Path | None, config: Path, **options: Any
+) -> Iterator[Agent]:
     """A started agent, synced; its log printed if the block fails; killed after."""
     running = Agent(workdir, kubeconfig_path, config, **options)
     try:

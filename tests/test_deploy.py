@@ -20,13 +20,20 @@ from ipvsproxy_testkit.testapi import Store, TestAPIServer
 
 import ipvsproxy.k8s.watch as watch
 from ipvsproxy.cli import _parser
+from ipvsproxy.config.flags import effective_config, given_flags
 from ipvsproxy.config.kubeproxy_file import load_config
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.watch import Reflector, Resource, Response
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-BUILDS = ["deploy", "deploy/overlays/replace-kube-proxy", "deploy/overlays/restore-kube-proxy"]
+BUILDS = [
+    "deploy",
+    "deploy/overlays/replace-kube-proxy",
+    "deploy/overlays/restore-kube-proxy",
+    "deploy/overlays/without-kube-proxy",
+]
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # The schemas of this release are bundled with kubernetes-validate (no network needed).
 KUBERNETES_VERSION = "1.34.0"
 INSTALL_HINT = "kubectl not found: install it (on Debian: apt-get install kubernetes-client)"
@@ -322,6 +329,57 @@ def test_agent_mounts(base: list[dict[str, Any]]) -> None:
     assert lock == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
     config = volumes[mounts["/etc/ipvsproxy"]["name"]]["configMap"]["name"]
     assert config == "ipvsproxy"
+    # kubeadm's kube-proxy kubeconfig, where the config file's clientConnection.kubeconfig
+    # looks for it.
+    kubeconfig_mount = mounts["/var/lib/ipvsproxy"]
+    assert kubeconfig_mount["readOnly"] is True
+    assert volumes[kubeconfig_mount["name"]]["configMap"] == {
+        "name": "kube-proxy",
+        "items": [{"key": "kubeconfig.conf", "path": "kubeconfig.conf"}],
+    }
+
+
+def test_the_api_server_is_reached_without_a_service_ip(base: list[dict[str, Any]]) -> None:
+    pod = daemonset(base)["spec"]["template"]["spec"]
+    # Not ClusterFirstWithHostNet: the cluster DNS is a ClusterIP too.
+    assert pod["dnsPolicy"] == "Default"
+    agent = containers(base)["ipvsproxy"]
+    parsed = _parser().parse_args(["run", *agent["args"]])
+    # The settings the agent runs with, by kube-proxy's precedence of the mounted config
+    # file over the flags: a kubeconfig, so not the in-cluster configuration that dials
+    # the kubernetes Service.
+    (configmap,) = (
+        o for o in base if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ipvsproxy"
+    )
+    document = yaml.safe_load(configmap["data"]["config.conf"])
+    config = effective_config(given_flags(parsed), document, source="config.conf")
+    assert config.kubeconfig == "/var/lib/ipvsproxy/kubeconfig.conf"
+    mounted = {m["mountPath"] for m in agent["volumeMounts"]}
+    assert str(Path(config.kubeconfig).parent) in mounted
+    assert pod.get("automountServiceAccountToken", True) is True  # its tokenFile
+
+
+def test_without_kube_proxy_overlay_uses_its_own_copy_of_the_kubeconfig(
+    base: list[dict[str, Any]],
+) -> None:
+    objects = build("deploy/overlays/without-kube-proxy")
+    assert not [o for o in objects if o["metadata"]["name"] == "kube-proxy"]
+    own = find(objects, "ConfigMap", "ipvsproxy-kubeconfig")
+    kubeconfig = yaml.safe_load(own["data"]["kubeconfig.conf"])
+    (context,) = kubeconfig["contexts"]
+    assert context["name"] == kubeconfig["current-context"]
+    (user,) = kubeconfig["users"]
+    assert user["user"] == {"tokenFile": f"{SERVICE_ACCOUNT}/token"}
+    (cluster,) = kubeconfig["clusters"]
+    assert cluster["cluster"]["certificate-authority"] == f"{SERVICE_ACCOUNT}/ca.crt"
+    # The same DaemonSet as the base's but for the kubeconfig volume's ConfigMap.
+    theirs, ours = copy.deepcopy(daemonset(base)), daemonset(objects)
+    for ds, name in ((theirs, "kube-proxy"), (ours, "ipvsproxy-kubeconfig")):
+        volumes = ds["spec"]["template"]["spec"]["volumes"]
+        (volume,) = [v for v in volumes if v["name"] == "kubeconfig"]
+        assert volume["configMap"].pop("name") == name
+        volumes.sort(key=lambda v: v["name"])
+    assert theirs == ours
 
 
 def test_commands_are_what_the_cli_accepts(base: list[dict[str, Any]]) -> None:

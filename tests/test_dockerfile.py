@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ipvsproxy.cli import _parser
 
@@ -50,14 +52,41 @@ def test_every_copied_file_exists(instructions: list[dict[str, Any]]) -> None:
         for source in words[:-1]:
             assert (ROOT / source).exists(), f"COPY {source}: no such file"
             copied += 1
-    assert copied >= 3  # pyproject.toml, README.md (the readme pyproject names), ipvsproxy
+    assert copied >= 4  # pyproject.toml, README.md (pyproject's readme), ipvsproxy, the lock
 
 
 def test_the_image_holds_the_wheel_not_the_source(instructions: list[dict[str, Any]]) -> None:
     build, runtime = stages(instructions)
     assert any("pip wheel" in v and "--no-deps" in v for v in values(build, "RUN"))
-    assert values(runtime, "COPY") == ["--from=build /wheels /tmp/wheels"]
-    assert any("pip install" in v and "/tmp/wheels/*.whl" in v for v in values(runtime, "RUN"))
+    assert values(runtime, "COPY") == [
+        "requirements.lock /tmp/requirements.lock",
+        "--from=build /wheels /tmp/wheels",
+    ]
+    (install,) = [v for v in values(runtime, "RUN") if "/tmp/wheels/*.whl" in v]
+    # The dependencies only as the lock file pins them, the wheel without its own.
+    assert "--require-hashes --no-deps" in install and "-r /tmp/requirements.lock" in install
+    assert "pip install --no-cache-dir --no-deps /tmp/wheels/*.whl" in install
+    # Nothing of a package index in the build stage: Debian's setuptools builds the wheel.
+    assert any("--no-build-isolation" in v for v in values(build, "RUN"))
+
+
+def test_lock_file_pins_every_dependency_with_a_hash() -> None:
+    text = (ROOT / "requirements.lock").read_text()
+    entries = [e for e in text.replace("\\\n", " ").splitlines() if e and not e.startswith("#")]
+    pinned: dict[str, str] = {}
+    for entry in entries:
+        requirement, *options = entry.split()
+        name, _, version = requirement.partition("==")
+        assert version, f"not pinned: {entry}"
+        assert options and all(o.startswith("--hash=sha256:") and len(o) == 78 for o in options)
+        pinned[canonicalize_name(name)] = version
+    # Every dependency the project declares is there, at a version it accepts.
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{name} missing from requirements.lock"
+        assert requirement.specifier.contains(pinned[name]), (name, pinned[name])
+    assert "ipvsproxy" not in pinned
 
 
 def test_runtime_installs_the_kernel_tools(instructions: list[dict[str, Any]]) -> None:

@@ -24,8 +24,29 @@ class Clock:
         return self.now
 
 
-def test_healthy_at_start_and_lastupdated_reads_now() -> None:
+def test_healthz_fails_until_the_first_sync_livez_does_not() -> None:
+    clock = Clock()
+    health = ProxyHealth(health_timeout=60, clock=clock)
+    assert health.healthz() == (
+        503,
+        {
+            "lastUpdated": "0001-01-01T00:00:00Z",
+            "currentTime": "2023-11-14T22:13:20Z",
+            "nodeEligible": True,
+            "healthy": False,
+        },
+    )
+    clock.now += 3600  # however long it waits for the API server
+    code, body = health.livez()
+    assert code == 200 and "nodeEligible" not in body and body["healthy"] is True
+    assert health.healthz()[0] == 503
+    health.updated()
+    assert health.healthz()[0] == 200
+
+
+def test_healthy_after_a_sync_and_lastupdated_reads_now() -> None:
     health = ProxyHealth(health_timeout=60, clock=Clock())
+    health.updated()
     assert health.healthz() == (
         200,
         {
@@ -70,6 +91,7 @@ def test_stale_before_any_sync_reports_go_zero_time() -> None:
 
 def test_an_ineligible_node_fails_healthz_but_not_livez() -> None:
     health = ProxyHealth(health_timeout=60, clock=Clock())
+    health.updated()
     health.set_node_eligible(Node("n1", to_be_deleted=True).eligible)
     code, body = health.healthz()
     assert code == 503
@@ -99,6 +121,7 @@ def test_health_server_answers_over_http_and_counts_probes() -> None:
     probes: list[tuple[str, int]] = []
     with serve_health(health, ("127.0.0.1", 0), on_probe=lambda p, c: probes.append((p, c))) as srv:
         base = f"http://127.0.0.1:{srv.port}"
+        health.updated()
         status, headers, body = get(base + "/healthz")
         assert status == 200
         assert headers["Content-Type"] == "application/json"

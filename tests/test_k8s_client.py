@@ -313,3 +313,48 @@ def test_reflector_over_http_and_a_prompt_stop(
     assert seen == ["default/a", "default/b", "default/c"]
     watch = server.seen[1]
     assert watch.query["watch"] == "true" and watch.query["resourceVersion"] == "7"
+
+
+# kubeadm's kube-proxy ConfigMap, key kubeconfig.conf (cmd/kubeadm/app/phases/addons/proxy),
+# with the server it names; deploy/ passes it to the agent with --kubeconfig.
+KUBEADM_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority: {ca}
+    server: {server}
+  name: default
+contexts:
+- context:
+    cluster: default
+    namespace: default
+    user: default
+  name: default
+current-context: default
+users:
+- name: default
+  user:
+    tokenFile: {token}
+"""
+
+
+def test_kubeadm_kube_proxy_kubeconfig_reads_the_token_file_again_when_rotated(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    path = tmp_path / "kubeconfig.conf"
+    path.write_text(
+        KUBEADM_KUBECONFIG.format(
+            ca=tmp_path / "ca.crt", server="https://192.0.2.1:6443", token="token"
+        )
+    )
+    conn = connect(ClientSettings(kubeconfig=str(path)))
+    assert conn.server == "https://192.0.2.1:6443"
+    assert authorization(conn) == "Bearer first"
+    (tmp_path / "token.new").write_text("second")
+    os.replace(tmp_path / "token.new", token)
+    assert authorization(conn) == "Bearer second"
+    conn.close()

@@ -74,8 +74,10 @@ STRAY_PATHS = [
 
 def test_health_and_metrics_servers_answer_only_their_paths() -> None:
     health_port, metrics_port = free_port(), free_port()
+    synced = ProxyHealth(health_timeout=60)
+    synced.updated()
     health = serve_health(
-        ProxyHealth(health_timeout=60),
+        synced,
         BindAddress.parse(f"127.0.0.1:{health_port}", default_port=0),
     )
     metrics = serve_metrics(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 
@@ -17,10 +18,12 @@ from ipvsproxy.core.model import (
     Protocol,
     RealServer,
     Service,
+    ServicePort,
     VirtualServer,
 )
 from ipvsproxy.core.operations import (
     AddRealServer,
+    AddVirtualServer,
     BindAddress,
     DeleteRealServer,
     DeleteVirtualServer,
@@ -225,9 +228,105 @@ def test_cleanup_keeps_the_interface_while_virtual_servers_remain(
     full_sync(want(WEB, WEB_SLICES), dataplanes)
     kernel.refuse = {DeleteVirtualServer}
     problems = cleanup(dataplanes)
-    assert any("kube-ipvs0 kept" in p for p in problems)
+    assert any("kube-ipvs0 and the ipsets kept" in p for p in problems)
     assert "kube-ipvs0" in kernel.links
-    assert kernel.sets == {}  # the other steps still ran
+    assert kernel.sets  # the record of what is ours stays too
+    assert all(
+        rules == [] for t in kernel.tables.values() for c in t.values() for rules in c.values()
+    )
     kernel.refuse = set()
     assert cleanup(dataplanes) == []
     assert kernel.links == {} and kernel.services == {}
+
+
+# --- NodePorts: virtual servers on host addresses, owned through the ipsets -------------
+
+HOST = ipaddress.ip_address("192.168.1.10")
+NODE_PORTS = [
+    dataclasses.replace(
+        service("np", "10.96.0.20", ports=(("http", "TCP", 80), ("dns", "UDP", 53))),
+        type="NodePort",
+        ports=(
+            ServicePort("http", Protocol.TCP, 80, node_port=30080),
+            ServicePort("dns", Protocol.UDP, 53, node_port=30053),
+        ),
+    ),
+    dataclasses.replace(
+        service("sctp", "10.96.0.21", ports=(("s", "SCTP", 9),)),
+        type="NodePort",
+        ports=(ServicePort("s", Protocol.SCTP, 9, node_port=30009),),
+    ),
+]
+NODE_PORT_SLICES = [
+    endpoint_slice("np", "10.244.1.1", ports=(("http", "TCP", 8080), ("dns", "UDP", 53))),
+    endpoint_slice("sctp", "10.244.1.2", ports=(("s", "SCTP", 9),)),
+]
+
+
+def want_on_host(services: list[Service], slices: list[EndpointSlice]) -> KernelState:
+    node = NodeInfo(name="n1", local_addresses=frozenset({HOST}))
+    return desired_state(services, slices, node=node, settings=DesiredSettings())
+
+
+def on_host(kernel: FakeKernel) -> set[tuple[str, int]]:
+    return {(k.protocol.value, k.port) for k in kernel.services if k.address == HOST}
+
+
+def add_foreign_on_host(kernel: FakeKernel) -> None:
+    """Another tool's virtual server on the host address, on a port that is no NodePort."""
+    server = VirtualServer(HOST, Protocol.TCP, 443, scheduler="wlc")
+    assert kernel.execute([AddVirtualServer(server)]) == []
+
+
+def test_node_port_virtual_servers_of_a_service_gone_while_no_agent_ran_are_removed(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    kernel.links["eth0"] = {HOST}
+    add_foreign_on_host(kernel)
+    assert full_sync(want_on_host(NODE_PORTS, NODE_PORT_SLICES), dataplanes).result.ok
+    assert on_host(kernel) == {("TCP", 30080), ("UDP", 30053), ("SCTP", 30009), ("TCP", 443)}
+    # A new agent, knowing nothing of what the last one applied, sees no Service at all:
+    # everything the proxy made goes, the other tool's server stays.
+    outcome = full_sync(want_on_host([], []), dataplanes)
+    assert outcome.result.ok
+    assert on_host(kernel) == {("TCP", 443)}
+    assert not kernel.sets["KUBE-NODE-PORT-TCP"] and not kernel.sets["KUBE-NODE-PORT-SCTP-HASH"]
+
+
+def test_node_port_virtual_server_on_an_address_the_host_lost_is_removed(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    kernel.links["eth0"] = {HOST}
+    assert full_sync(want_on_host(NODE_PORTS[:1], NODE_PORT_SLICES[:1]), dataplanes).result.ok
+    kernel.links["eth0"] = set()
+    desired = desired_state(
+        NODE_PORTS[:1], NODE_PORT_SLICES[:1], node=NodeInfo(name="n1"), settings=DesiredSettings()
+    )
+    assert full_sync(desired, dataplanes).result.ok
+    assert on_host(kernel) == set()
+
+
+def test_failed_node_port_delete_keeps_the_set_entry_that_records_it(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    kernel.links["eth0"] = {HOST}
+    assert full_sync(want_on_host(NODE_PORTS, NODE_PORT_SLICES), dataplanes).result.ok
+    kernel.refuse = {DeleteVirtualServer}
+    outcome = full_sync(want_on_host([], []), dataplanes)
+    assert not outcome.result.ok and outcome.result.removals_skipped
+    assert "30080" in kernel.sets["KUBE-NODE-PORT-TCP"]
+    assert f"{HOST},sctp:30009" in kernel.sets["KUBE-NODE-PORT-SCTP-HASH"]
+    kernel.refuse = set()
+    assert full_sync(want_on_host([], []), dataplanes).result.ok
+    assert on_host(kernel) == set()
+    assert not kernel.sets["KUBE-NODE-PORT-TCP"]
+
+
+def test_cleanup_removes_node_port_virtual_servers_and_keeps_others(
+    dataplanes: Dataplanes, kernel: FakeKernel
+) -> None:
+    kernel.links["eth0"] = {HOST}
+    add_foreign_on_host(kernel)
+    assert full_sync(want_on_host(NODE_PORTS, NODE_PORT_SLICES), dataplanes).result.ok
+    assert cleanup(dataplanes) == []
+    assert set(kernel.services) == {VirtualServer(HOST, Protocol.TCP, 443).key}

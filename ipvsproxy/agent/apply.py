@@ -32,6 +32,7 @@ from ipvsproxy.core.operations import (
     UpdateRealServer,
     UpdateVirtualServer,
 )
+from ipvsproxy.core.ownership import record_entries
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import KernelError
 
@@ -114,9 +115,11 @@ def _service_address(op: Operation) -> IPAddress | None:
 def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
     """Apply every operation in order; failures are collected, never raised.
 
-    Two rules keep ownership (a virtual server is ours while its address is on kube-ipvs0)
-    true whatever fails: no virtual server is created on an address that could not be
-    bound, and no address is unbound while a virtual server on it could not be deleted.
+    Three rules keep ownership (core/ownership.py: a virtual server is ours while its
+    address is on kube-ipvs0 or an ipset entry records it) true whatever fails: no
+    virtual server is created on an address that could not be bound, no address is
+    unbound and no recording set entry deleted while a virtual server it vouches for could
+    not be deleted.
     Beyond that, a failed interface, iptables restore or adapter call skips all removals.
     """
     applied = 0
@@ -125,6 +128,7 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
     skipped = False
     unbound: set[IPAddress] = set()  # bind failed: no virtual servers there
     undeleted: set[IPAddress] = set()  # a virtual server delete failed: keep the address
+    records: set[tuple[str, str]] = set()  # ...and the set entries that record it
     for kind, removal, ops in _batches(plan.operations):
         if blocking and removal:
             skipped = True
@@ -144,6 +148,14 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
             kept = [op for op in ops if isinstance(op, UnbindAddress) and op.address in undeleted]
             skipped = skipped or bool(kept)
             ops = [op for op in ops if op not in kept]
+        if kind == "ipset" and removal and records:
+            left = [
+                op
+                for op in ops
+                if not (isinstance(op, DeleteIPSetEntry) and (op.set_name, op.entry) in records)
+            ]
+            skipped = skipped or len(left) < len(ops)
+            ops = left
         if not ops:
             continue
         try:
@@ -162,4 +174,5 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
                 unbound.add(failed.address)
             elif isinstance(failed, DeleteVirtualServer):
                 undeleted.add(failed.key.address)
+                records.update(record_entries(failed.key))
     return ApplyResult(applied=applied, failures=tuple(failures), removals_skipped=skipped)

@@ -95,6 +95,13 @@ class ChangeTracker:
         with self._lock:
             return self._services_listed and self._slices_listed
 
+    def listed_services(self) -> list[Service] | None:
+        """The Services known, once Services and EndpointSlices are both listed."""
+        with self._lock:
+            if not (self._services_listed and self._slices_listed):
+                return None
+            return list(self._services.values())
+
     def current_node(self) -> Node | None:
         with self._lock:
             return self._node

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ipvsproxy.core.ipsets import all_set_names
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPFamily
 from ipvsproxy.core.operations import DeleteVirtualServer
+from ipvsproxy.core.ownership import owned
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import KernelError
 
@@ -13,15 +14,17 @@ from ipvsproxy.errors import KernelError
 def cleanup(dataplanes: Dataplanes) -> list[str]:
     """Remove everything the proxy created: its virtual servers, chains, ipsets, kube-ipvs0.
 
-    Like `kube-proxy --cleanup`, except that virtual servers on addresses not bound to
-    kube-ipvs0 belong to someone else and stay. Every step runs even if an earlier one
-    failed; the reasons are returned. kube-ipvs0 is kept while a virtual server on its
-    addresses could not be deleted, so a later cleanup still knows that server is ours.
+    Like `kube-proxy --cleanup`, except that only virtual servers the kernel records as the
+    proxy's go (core/ownership.py: on kube-ipvs0's addresses, or recorded in its ipsets,
+    like NodePorts); other tools' stay. Every step runs even if an earlier one failed; the
+    reasons are returned. kube-ipvs0 and the ipsets are kept while a virtual server they
+    vouch for could not be deleted, so a later cleanup still knows that server is ours.
     """
     problems: list[str] = []
     try:
-        owned = dataplanes.links.addresses(DUMMY_INTERFACE)
-        stale = [key for key in dataplanes.ipvs.snapshot() if key.address in owned]
+        bound = dataplanes.links.addresses(DUMMY_INTERFACE)
+        sets = dataplanes.ipsets.read(all_set_names())
+        stale = [key for key in dataplanes.ipvs.snapshot() if owned(key, bound, sets)]
         failures = dataplanes.ipvs.execute([DeleteVirtualServer(key) for key in stale])
         problems += [failure.message for failure in failures]
         virtual_servers_left = bool(failures)
@@ -34,13 +37,15 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
             dataplanes.iptables.remove(family)
         except KernelError as exc:
             problems.append(f"removing IPv{family.value} iptables chains: {exc}")
+    if virtual_servers_left:
+        problems.append(
+            f"{DUMMY_INTERFACE} and the ipsets kept: virtual servers they record remain"
+        )
+        return problems
     try:
         problems += [f.message for f in dataplanes.ipsets.destroy(all_set_names())]
     except KernelError as exc:
         problems.append(f"destroying ipsets: {exc}")
-    if virtual_servers_left:
-        problems.append(f"{DUMMY_INTERFACE} kept: virtual servers on its addresses remain")
-        return problems
     try:
         dataplanes.links.delete_interface(DUMMY_INTERFACE)
     except KernelError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 from loguru import logger
 
+from ipvsproxy.agent.api_path import check_api_path
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.config.kubeproxy_file import configz_document
 from ipvsproxy.config.settings import ProxyConfig
@@ -184,6 +185,18 @@ def run_daemon(
         runner_thread = agent.runner.start()
         for reflector in reflectors:
             reflector.start()
+        # A Service IP as the API server's address: said once, off the start-up path.
+        threading.Thread(
+            target=check_api_path,
+            args=(connection.server,),
+            kwargs={
+                "in_cluster": not (config.kubeconfig or master),
+                "listed": agent.tracker.listed_services,
+                "stop": stopping,
+            },
+            name="api-path-check",
+            daemon=True,
+        ).start()
         logger.info(
             "watching the API server",
             server=connection.server,

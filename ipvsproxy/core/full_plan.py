@@ -1,10 +1,10 @@
 """Diff desired against observed kernel state into an ordered list of minimal operations.
 
-Ownership: a virtual server belongs to the proxy when its address is bound to kube-ipvs0.
-The proxy binds a service address before it creates the address's virtual servers and
-deletes them before it unbinds the address, so this holds across crashes and restarts,
-and it leaves alone virtual servers that other tools created on other addresses.
-Virtual servers inside excludeCIDRs are never deleted.
+Ownership (ownership.py): a virtual server belongs to the proxy when its address is bound
+to kube-ipvs0, or when the proxy's ipsets record it (NodePorts and other virtual servers
+on host addresses). Both records are written before the virtual server and removed after
+it, so this holds across crashes and restarts, and it leaves alone virtual servers that
+other tools created. Virtual servers inside excludeCIDRs are never deleted.
 
 Order keeps traffic flowing: the interface and addresses first, ipset entries before the
 rules that match them, virtual servers before their real servers, removals last.
@@ -37,6 +37,7 @@ from ipvsproxy.core.operations import (
     RestoreChains,
     UnbindAddress,
 )
+from ipvsproxy.core.ownership import owned
 from ipvsproxy.core.rules import JUMP_RULES
 
 
@@ -165,7 +166,7 @@ def _ipvs_operations(
         key
         for key in observed.virtual_servers
         if key not in desired.virtual_servers
-        and key.address in observed.addresses
+        and owned(key, observed.addresses, observed.ipsets)
         and not excluded(key.address, exclude_cidrs)
     ]
     for key in sorted(stale, key=lambda k: k.sort_key()):

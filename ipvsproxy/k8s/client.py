@@ -2,7 +2,8 @@
 
 `connect(settings)` chooses the connection as kube-proxy's createClient does:
 - `--kubeconfig FILE` (or clientConnection.kubeconfig): that file's current context;
-  `--master URL` then overrides its server;
+  `--master URL` then overrides its server. A user's `tokenFile` (kubeadm's kube-proxy
+  kubeconfig names the pod's service account token) is re-read as in-cluster;
 - `--master URL` alone: that server, with no credentials;
 - neither: in-cluster, from KUBERNETES_SERVICE_HOST/PORT, the service account's CA and
   token. Bound service-account tokens expire (kubelet rewrites the file about hourly), so
@@ -124,6 +125,9 @@ def connect(
     configuration = k8s_client.Configuration()
     if settings.kubeconfig:
         _load_kubeconfig(settings.kubeconfig, configuration)
+        token_path = _token_file(settings.kubeconfig)
+        if token_path is not None:
+            _use_token_file(token_path, configuration)
         if settings.master:
             configuration.host = settings.master
     elif settings.master:
@@ -159,6 +163,22 @@ def _load_kubeconfig(path: str, configuration: Any) -> None:
         raise ConfigError(f"kubeconfig {path}: not a kubeconfig ({exc!r})") from exc
 
 
+def _token_file(path: str) -> str | None:
+    """The current context's user's tokenFile, relative to the kubeconfig's folder."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+        current = document["current-context"]
+        context = next(c["context"] for c in document["contexts"] if c["name"] == current)
+        user = next(u["user"] for u in document["users"] if u["name"] == context["user"])
+        token_file = user.get("tokenFile")
+    except (OSError, yaml.YAMLError, TypeError, KeyError, StopIteration, AttributeError):
+        return None  # the client's loader has accepted the file: no tokenFile to re-read
+    if not isinstance(token_file, str) or not token_file:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), token_file)
+
+
 def _load_in_cluster(directory: str, environ: Mapping[str, str], configuration: Any) -> None:
     host = environ.get("KUBERNETES_SERVICE_HOST", "")
     port = environ.get("KUBERNETES_SERVICE_PORT", "")
@@ -170,11 +190,15 @@ def _load_in_cluster(directory: str, environ: Mapping[str, str], configuration: 
     ca_file = os.path.join(directory, "ca.crt")
     if not os.path.isfile(ca_file):
         raise ConfigError(f"in-cluster configuration: {ca_file} is missing")
-    token = TokenFile(os.path.join(directory, "token"))
-    token.refresh(configuration)  # fails now, with a clear message, if unreadable
+    _use_token_file(os.path.join(directory, "token"), configuration)
     host = f"[{host}]" if ":" in host else host
     configuration.host = f"https://{host}:{port}"
     configuration.ssl_ca_cert = ca_file
+
+
+def _use_token_file(path: str, configuration: Any) -> None:
+    token = TokenFile(path)
+    token.refresh(configuration)  # fails now, with a clear message, if unreadable
     configuration.refresh_api_key_hook = token.refresh
 
 

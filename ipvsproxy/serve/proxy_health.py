@@ -9,6 +9,12 @@ Semantics (kube-proxy pkg/proxy/healthcheck/proxy_health.go):
   sync) or while the oldest pending change is younger than ``health_timeout``;
   kube-proxy uses twice ``syncPeriod``. A sync that keeps failing therefore turns the
   proxy unhealthy ``health_timeout`` after the first change it could not apply.
+- /healthz answers 503 until the first successful sync, where kube-proxy answers 200
+  ("healthy while it's starting up"): /healthz is the DaemonSet's readiness probe and
+  what load balancers ask (externalTrafficPolicy), and a node whose proxy has never
+  programmed its kernel (a rebooted node, an API server it cannot reach) must not look
+  ready, nor let a rolling update move on to the next node. /livez keeps kube-proxy's
+  meaning, so kubelet does not restart a proxy that is only waiting.
 - /healthz also requires the node to be eligible (``model.Node.eligible``: not being
   deleted and not tainted ``ToBeDeletedByClusterAutoscaler``), so load balancers stop
   sending traffic to a node about to go. /livez ignores the node (a node being drained
@@ -66,19 +72,21 @@ class HealthStatus:
 
     healthy: bool  # the rules are not stale (node eligibility not included)
     node_eligible: bool
+    synced: bool  # a sync has succeeded since start
     last_updated: float | None  # the last successful sync; None before the first
     current_time: float
 
     def body(self, *, with_node: bool) -> dict[str, object]:
         """kube-proxy's JSON body; ``with_node`` adds nodeEligible (/healthz only)."""
-        healthy = self.healthy and (self.node_eligible or not with_node)
+        fresh = self.healthy and (self.synced or not with_node)
+        healthy = fresh and (self.node_eligible or not with_node)
         body: dict[str, object] = {
             "lastUpdated": format_time(self.current_time if healthy else self.last_updated),
             "currentTime": format_time(self.current_time),
         }
         if with_node:
             body["nodeEligible"] = self.node_eligible
-        body["healthy"] = self.healthy
+        body["healthy"] = fresh
         return body
 
 
@@ -126,7 +134,11 @@ class ProxyHealth:
             oldest, last, eligible = self._oldest_queued, self._last_updated, self._node_eligible
         healthy = oldest is None or now - oldest < self.health_timeout
         return HealthStatus(
-            healthy=healthy, node_eligible=eligible, last_updated=last, current_time=now
+            healthy=healthy,
+            node_eligible=eligible,
+            synced=last is not None,
+            last_updated=last,
+            current_time=now,
         )
 
     def is_healthy(self, now: float | None = None) -> bool:
@@ -134,9 +146,10 @@ class ProxyHealth:
         return self.status(now).healthy
 
     def healthz(self, now: float | None = None) -> tuple[int, dict[str, object]]:
-        """Status code and JSON body of /healthz: 503 when stale or the node is going away."""
+        """Status code and JSON body of /healthz: 503 before the first successful sync,
+        when stale, or when the node is going away."""
         status = self.status(now)
-        code = 200 if status.healthy and status.node_eligible else 503
+        code = 200 if status.healthy and status.synced and status.node_eligible else 503
         return code, status.body(with_node=True)
 
     def livez(self, now: float | None = None) -> tuple[int, dict[str, object]]:

@@ -1,7 +1,11 @@
-"""Fixtures of the kernel tests that run `ipvsproxy run` as a process (see agentproc.py)."""
+"""Fixtures of the kernel tests that run `ipvsproxy run` as a process (see agentproc.py);
+and, on the host before the guest boots, the image for test_image_kernel.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +31,25 @@ def cluster(tmp_path: Path) -> Iterator[tuple[TestAPIServer, PodNetwork, Path, P
         config = tmp_path / "kube-proxy.yaml"
         config.write_text(AGENT_CONFIG)
         yield api, pods, kubeconfig_path, config
+
+
+IMAGE_TESTS = "tests/kernel/test_image_kernel.py"
+IMAGE_ENV = "IPVSPROXY_IMAGE"  # JSON: rootfs, entrypoint, env (the guest inherits it)
+IMAGE_ERROR_ENV = "IPVSPROXY_IMAGE_ERROR"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On the host: build the image (or find it, by content) when its tests are selected;
+    the guest has no registry or package index to build it from."""
+    from ipvsproxy_testkit.sandbox.pytest_plugin import in_guest
+
+    if in_guest() or IMAGE_ENV in os.environ:
+        return
+    if not any(item.nodeid.startswith(IMAGE_TESTS) for item in session.items):
+        return
+    from ipvsproxy_testkit.image import ImageError, build, image_info
+
+    try:
+        os.environ[IMAGE_ENV] = json.dumps(image_info(build()))
+    except (ImageError, OSError, subprocess.SubprocessError) as exc:
+        os.environ[IMAGE_ERROR_ENV] = str(exc)[-3000:]

@@ -191,8 +191,12 @@ def test_nothing_is_programmed_before_both_lists(
         time.sleep(2)  # a window for a wrong early sync to show; nothing may appear in it
         assert tool("ipvsadm", "-Ln").count("->") == 1  # the header line only
         assert "kube-ipvs0" not in tool("ip", "-o", "link")
+        # Not ready (never synced), yet alive: kubelet has no reason to restart it.
+        assert http_json(HEALTHZ_PORT, "/healthz")[0] == 503
+        assert http_json(HEALTHZ_PORT, "/livez")[0] == 200
         api.come_back()
         running.wait_synced()
+        assert http_json(HEALTHZ_PORT, "/healthz")[0] == 200
         assert real_servers() == {"10.244.1.1:8080", "10.244.2.1:8080"}
     finally:
         if running.process.poll() is None:

@@ -7,6 +7,11 @@ restores) and SIGKILLs the process after the Nth, part-way through a batch. Afte
 restart the kernel must hold exactly what the objects ask for, another tool's virtual
 server, address, chain and set must be untouched, and a client sending requests to an
 unchanged Service the whole time must see no failure. bench/runs/crash_sweep.py runs more seeds.
+
+Half of the Services are NodePorts, whose virtual servers sit on host addresses (the
+other tool's address among them) rather than on kube-ipvs0: those deleted during a killed
+sync, or while no agent ran at all, must be gone after the restart, and `cleanup` must
+remove the rest, leaving the other tool's virtual server on the same address.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ pytestmark = pytest.mark.kernel
 # guest); bench/runs/crash_sweep.py runs more.
 SEEDS = [int(s) for s in os.environ.get("IPVSPROXY_CRASH_SEEDS", "1").split(",")]
 OTHERS = 40  # Services besides `web`, three endpoints each (no pods behind: IPVS needs none)
+NODE_PORT_FROM = 20  # s20 and up are NodePorts, 30000 + i
+FOREIGN = "192.0.2.10"
 WEB_ENDPOINTS = ("10.244.1.1", "10.244.2.1")
 
 WRAPPER = '''
@@ -94,16 +101,22 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+def node_port(name: str) -> int:
+    index = int(name[1:]) if name[0] == "s" and name[1:].isdigit() else -1
+    return 30000 + index if index >= NODE_PORT_FROM else 0
+
+
 def service(name: str, ip: str) -> dict[str, Any]:
+    port: dict[str, Any] = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
+    spec: dict[str, Any] = {"clusterIP": ip, "clusterIPs": [ip], "ports": [port]}
+    if node_port(name):
+        port["nodePort"] = node_port(name)
+        spec["type"] = "NodePort"
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": "crash"},
-        "spec": {
-            "clusterIP": ip,
-            "clusterIPs": [ip],
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
-        },
+        "spec": spec,
     }
 
 
@@ -155,13 +168,18 @@ class Cluster:
         self.api.store.delete(SERVICES, "crash", name)
 
     def expected_ipvs(self) -> dict[str, set[str]]:
-        return {
-            f"TCP {ip}:80 rr": {f"{a}:8080 1" for a in endpoints}
-            for ip, endpoints in self.services.values()
-        }
+        expected: dict[str, set[str]] = {}
+        hosts = host_addresses()
+        for name, (ip, endpoints) in self.services.items():
+            servers = {f"{a}:8080 1" for a in endpoints}
+            expected[f"TCP {ip}:80 rr"] = servers
+            if node_port(name):
+                for host in hosts:
+                    expected[f"TCP {host}:{node_port(name)} rr"] = servers
+        return expected
 
     def converged(self) -> bool:
-        ours = {k: v for k, v in ipvs_view().items() if "192.0.2.10" not in k}
+        ours = {k: v for k, v in ipvs_view().items() if k != FOREIGN_SERVER}
         if ours != self.expected_ipvs():
             return False
         bound = {
@@ -175,6 +193,19 @@ class Cluster:
         }
         ips = {ip for ip, _ in self.services.values()}
         return bound == ips and members == {f"{ip},tcp:80" for ip in ips}
+
+
+def host_addresses() -> set[str]:
+    """The node's IPv4 addresses that serve NodePorts: all but loopback and kube-ipvs0's."""
+    found = set()
+    for line in tool("ip", "-o", "-4", "addr", "show").splitlines():
+        fields = line.split()
+        if fields[1] not in ("lo", "kube-ipvs0"):
+            found.add(fields[3].split("/")[0])
+    return found
+
+
+FOREIGN_SERVER = f"TCP {FOREIGN}:443 wlc"
 
 
 def ipvs_view() -> dict[str, set[str]]:
@@ -192,8 +223,8 @@ def ipvs_view() -> dict[str, set[str]]:
 
 
 def add_foreign() -> None:
-    """Another tool's state: a keepalived-style virtual server on its own address, a chain
-    and a set of its own."""
+    """Another tool's state: a keepalived-style virtual server on its own address (a host
+    address, so the NodePorts are served there too), a chain and a set of its own."""
     tool("ipvsadm", "-A", "-t", "192.0.2.10:443", "-s", "wlc")
     tool("ipvsadm", "-a", "-t", "192.0.2.10:443", "-r", "10.1.1.1:443", "-m")
     tool("ip", "link", "add", "foreign0", "type", "dummy")
@@ -218,7 +249,7 @@ def add_foreign() -> None:
 
 def foreign() -> tuple[object, ...]:
     return (
-        {k: v for k, v in ipvs_view().items() if "192.0.2.10" in k},
+        {k: v for k, v in ipvs_view().items() if k == FOREIGN_SERVER},
         tool("ip", "-o", "addr", "show", "dev", "foreign0"),
         [
             line
@@ -310,6 +341,7 @@ def cleanup() -> None:
 
     with _dataplanes("legacy") as dataplanes:
         assert remove_ours(dataplanes) == []
+    assert set(ipvs_view()) == {FOREIGN_SERVER}
 
 
 def test_sigkill_at_random_points_then_restart(
@@ -376,6 +408,21 @@ def test_sigkill_at_random_points_then_restart(
                 runner.events.append((time.monotonic(), "converged"))
                 traffic.wait_replies(3)
                 kills.append(f"shrink@{point}")
+            # NodePort Services deleted while no agent runs (a restart, a switch-over):
+            # the next agent has only the kernel to tell it their virtual servers are its.
+            agent.stop(signal.SIGKILL)
+            gone = sorted(n for n in cluster.services if node_port(n))[:2]
+            assert len(gone) == 2, cluster.services
+            for name in gone:
+                cluster.delete(name)
+            agent = runner.start()
+            runner.converged(agent, cluster, before)
+            assert not any(f":{node_port(n)} " in k for n in gone for k in ipvs_view())
+            traffic.wait_replies(3)
+            kills.append("stopped, 2 NodePorts deleted")
+        agent.stop(signal.SIGKILL)
+        cleanup()  # checks that only the other tool's virtual server is left
+        assert foreign() == before
         print(
             f"crash test: {len(kills)} SIGKILLs ({', '.join(kills)}); "
             f"{len(traffic.replies)} requests to web, {len(traffic.failures)} failed"

@@ -1,0 +1,275 @@
+"""As deployed: `kubectl kustomize deploy/`, the image built from the Dockerfile, and the
+agent, together, through a node's life, in the sandbox kernel.
+
+The DaemonSet's init container and container run from the image's root filesystem under
+crun, translated from the pod spec as kubelet would (ipvsproxy_testkit.sandbox.kubelet:
+args with $(NODE_NAME), env, securityContext, volumes, host network); the probes are
+polled as kubelet polls them. The API server (the test API server) answers only on a node
+address, reached through kube-proxy's kubeconfig.conf as deploy/ mounts it. A client
+sends requests to a Service the whole time; each step prints how many failed:
+
+- a cold start: init container, then the agent, until the readiness probe passes;
+- the container killed (SIGKILL) and restarted, as kubelet restarts it;
+- a rolling update: SIGTERM, then a new pod, init container included;
+- a NodePort Service deleted while no agent runs: gone after the next start;
+- a reboot: the kernel emptied, then the pod started again.
+
+The image is built (or found, by content) on the host before the guest boots
+(tests/kernel/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from agentproc import CLUSTER_IP, Traffic, cli, endpoint_slice, service, tool, wait_for
+from ipvsproxy_testkit.sandbox.guest import GUEST_SCRATCH
+from ipvsproxy_testkit.sandbox.kubelet import (
+    Container,
+    PodContext,
+    PodRunner,
+    image_config,
+    probe,
+)
+from ipvsproxy_testkit.sandbox.pods import PodNetwork
+from ipvsproxy_testkit.testapi import TestAPIServer
+from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "node-a"
+NODE_ADDRESS = "192.168.50.1"
+NODE_PORT = 30080
+READY_TIMEOUT = 120.0  # the agent imports the kubernetes client in a slow guest
+
+
+def built_image() -> dict[str, Any]:
+    error = os.environ.get("IPVSPROXY_IMAGE_ERROR")
+    if error:
+        pytest.fail(f"the image could not be built on the host: {error}")
+    raw = os.environ.get("IPVSPROXY_IMAGE")
+    if not raw:
+        pytest.fail("IPVSPROXY_IMAGE is not set: tests/kernel/conftest.py builds the image")
+    info: dict[str, Any] = json.loads(raw)
+    return info
+
+
+def kustomize() -> list[dict[str, Any]]:
+    text = tool("kubectl", "kustomize", str(ROOT / "deploy"))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def kube_proxy_kubeconfig(server: str) -> str:
+    """kubeadm's kube-proxy ConfigMap's kubeconfig.conf, pointing at this API server."""
+    document = yaml.safe_load(
+        (ROOT / "deploy/overlays/without-kube-proxy/kubeconfig.conf").read_text()
+    )
+    document["clusters"][0]["cluster"]["server"] = server
+    return yaml.safe_dump(document)
+
+
+def node_port_service() -> dict[str, Any]:
+    obj = service()
+    obj["metadata"]["name"] = "np"
+    obj["spec"].update(type="NodePort", clusterIP="10.96.0.11", clusterIPs=["10.96.0.11"])
+    obj["spec"]["ports"][0]["nodePort"] = NODE_PORT
+    return obj
+
+
+def node_port_slice() -> dict[str, Any]:
+    obj = endpoint_slice("10.244.1.1")
+    obj["metadata"].update(name="np-1", labels={"kubernetes.io/service-name": "np"})
+    return obj
+
+
+def virtual_servers() -> set[str]:
+    return {
+        " ".join(line.split()[:2])
+        for line in tool("ipvsadm", "-Ln").splitlines()[3:]
+        if not line.startswith("  ->")
+    }
+
+
+def test_the_image_holds_the_agent_and_no_test_code() -> None:
+    rootfs = Path(built_image()["rootfs"])
+    (site,) = (rootfs / "opt/ipvsproxy/lib").glob("python3*/site-packages")
+    packages = {p.name for p in site.iterdir()}
+    assert "ipvsproxy" in packages
+    assert not {p for p in packages if p.startswith(("ipvsproxy_testkit", "pip", "setuptools"))}
+    assert not list(site.glob("ipvsproxy*/**/sandbox")) and not list(site.glob("**/testapi"))
+    assert (rootfs / "opt/ipvsproxy/bin/ipvsproxy").exists()
+    assert not (rootfs / "src").exists()  # the build stage's tree stays there
+
+
+class Node:
+    """The pod on this node, started and stopped as kubelet would."""
+
+    def __init__(self, objects: list[dict[str, Any]], api: TestAPIServer, workdir: Path) -> None:
+        info = built_image()
+        self.image = image_config(Path(info["rootfs"]), info["entrypoint"], info["env"])
+        self.rootfs = Path(info["rootfs"])
+        self.template = find(objects, "DaemonSet", "ipvsproxy")["spec"]["template"]
+        config = dict(find(objects, "ConfigMap", "ipvsproxy")["data"])
+        # As kind's kube-proxy configuration says: the conntrack table's size is global,
+        # read-only outside the initial network namespace the test runs in.
+        conf = yaml.safe_load(config["config.conf"])
+        conf["conntrack"] = {"maxPerCore": 0}
+        config["config.conf"] = yaml.safe_dump(conf)
+        self.config_maps = {
+            "ipvsproxy": config,
+            "kube-proxy": {"kubeconfig.conf": kube_proxy_kubeconfig(api.url)},
+        }
+        self.workdir = workdir
+        self.pods = 0
+        self.agent: Container | None = None
+        self.runner: PodRunner | None = None
+
+    def start_pod(self) -> float:
+        """A new pod: init containers, then the agent until ready; seconds it took."""
+        started = time.monotonic()
+        self.pods += 1
+        context = PodContext(
+            NODE,
+            self.config_maps,
+            pod_name=f"ipvsproxy-{self.pods}",
+            host_paths={"/lib/modules": f"{GUEST_SCRATCH}/lib/modules"},
+        )
+        self.runner = PodRunner(
+            self.template, self.rootfs, self.image, context, self.workdir / f"pod{self.pods}"
+        )
+        self.runner.run_init_containers()
+        self.start_container()
+        return time.monotonic() - started
+
+    def start_container(self) -> None:
+        assert self.runner is not None
+        self.agent = self.runner.start(self.runner.container("ipvsproxy"))
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        assert self.runner is not None and self.agent is not None
+        spec = self.runner.container("ipvsproxy")
+        agent = self.agent
+
+        def ready() -> bool:
+            if agent.process.poll() is not None:
+                raise AssertionError(f"container exited {agent.process.returncode}:\n{agent.log()}")
+            return probe(spec["readinessProbe"]) == 200
+
+        try:
+            wait_for("the readiness probe", ready, READY_TIMEOUT, 0.5)
+        except AssertionError:
+            print(agent.log()[-5000:])
+            raise
+        assert probe(spec["livenessProbe"]) == 200
+
+    def log(self) -> str:
+        return self.agent.log() if self.agent is not None else ""
+
+
+def ensure_cgroup2() -> None:
+    """crun reads the cgroup mode from /sys/fs/cgroup, even with no cgroup manager; a
+    node has it mounted, the sandbox guest not until asked."""
+    mounts = Path("/proc/mounts").read_text().split()
+    if "/sys/fs/cgroup" not in mounts:
+        tool("mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup")
+
+
+def test_daemonset_from_the_image_through_a_nodes_life(tmp_path: Path) -> None:
+    ensure_cgroup2()
+    objects = kustomize()
+    tool("ip", "link", "add", "node0", "type", "dummy")
+    tool("ip", "addr", "add", f"{NODE_ADDRESS}/24", "dev", "node0")
+    tool("ip", "link", "set", "node0", "up")
+    counts: list[str] = []
+    with PodNetwork() as pods, TestAPIServer(host=NODE_ADDRESS).start() as api:
+        for index in (1, 2):
+            pods.add_pod(f"web{index}", f"10.244.{index}.1")
+        pods.serve(8080)
+        api.store.create(SERVICES, "shop", service())
+        api.store.create(ENDPOINT_SLICES, "shop", endpoint_slice("10.244.1.1", "10.244.2.1"))
+        api.store.create(SERVICES, "shop", node_port_service())
+        api.store.create(ENDPOINT_SLICES, "shop", node_port_slice())
+        node = Node(objects, api, tmp_path)
+        try:
+            # Cold start on an empty kernel.
+            took = node.start_pod()
+            assert virtual_servers() >= {f"TCP {CLUSTER_IP}:80", f"TCP {NODE_ADDRESS}:{NODE_PORT}"}
+            # The container ran as the spec says: $(NODE_NAME) expanded, capabilities.
+            assert node.agent is not None
+            args = node.agent.spec["process"]["args"]
+            assert args[:2] == ["ipvsproxy", "run"] and f"--hostname-override={NODE}" in args
+            assert node.agent.spec["process"]["capabilities"]["effective"] == [
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+            ]
+            counts.append(f"cold start: ready after {took:.1f} s")
+            with Traffic() as traffic:
+                traffic.wait_replies(5)
+
+                def step(what: str, action: Any) -> None:
+                    before = len(traffic.failures)
+                    started = time.monotonic()
+                    action()
+                    traffic.wait_replies(5)
+                    failed = len(traffic.failures) - before
+                    counts.append(
+                        f"{what}: {failed} failed requests, {time.monotonic() - started:.1f} s"
+                    )
+
+                def crash_and_restart() -> None:
+                    assert node.agent is not None
+                    node.agent.kill()
+                    node.start_container()
+
+                step("container SIGKILLed and restarted", crash_and_restart)
+
+                def rolling_update() -> None:
+                    assert node.agent is not None and node.runner is not None
+                    code = node.agent.stop(node.runner.grace)
+                    assert code == 0, node.log()  # SIGTERM: a clean exit within the grace
+                    node.start_pod()
+
+                step("rolling update (SIGTERM, new pod)", rolling_update)
+
+                def node_port_deleted_while_down() -> None:
+                    assert node.agent is not None
+                    node.agent.kill()
+                    api.store.delete(ENDPOINT_SLICES, "shop", "np-1")
+                    api.store.delete(SERVICES, "shop", "np")
+                    node.start_container()
+                    wait_for(
+                        "the NodePort's virtual server gone",
+                        lambda: f"TCP {NODE_ADDRESS}:{NODE_PORT}" not in virtual_servers(),
+                        30,
+                    )
+
+                step("NodePort Service deleted while down", node_port_deleted_while_down)
+                assert traffic.failures == [], traffic.failures[:5]
+
+                def reboot() -> None:
+                    assert node.agent is not None
+                    node.agent.kill()
+                    # What a reboot leaves: none of the proxy's kernel state.
+                    cli("cleanup")
+                    wait_for("the Service down", lambda: traffic.failures != [], 30)
+                    node.start_pod()
+
+                step("reboot (empty kernel, new pod)", reboot)
+                assert {"web1", "web2"} <= set(traffic.replies[-10:])
+        finally:
+            if node.agent is not None:
+                node.agent.kill()
+            print("node life under traffic:", *counts, sep="\n  ")
