@@ -1,8 +1,10 @@
 """Diff desired against observed kernel state into an ordered list of minimal operations.
 
-Ownership: a virtual server belongs to the proxy when its address is bound to kube-ipvs0.
-The proxy binds a service address before it creates the address's virtual servers and
-deletes them before it unbinds the address, so this holds across crashes and restarts,
+Ownership: a virtual server belongs to the proxy when its address is bound to kube-ipvs0,
+or its (address, protocol, port) is in KUBE-IPVS-STEERED (steering.py). The proxy binds a
+service address (adds the set entry) before it creates the address's virtual servers and
+deletes them before it unbinds the address (deletes the entry), so this holds across
+crashes and restarts,
 and it leaves alone virtual servers that other tools created on other addresses.
 Virtual servers inside excludeCIDRs are never deleted.
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey, drain_step
-from ipvsproxy.core.ipsets import all_set_names
+from ipvsproxy.core.ipsets import all_set_names, steered
 from ipvsproxy.core.ipvs_diff import IpvsDiff, excluded
 from ipvsproxy.core.model import (
     DUMMY_INTERFACE,
@@ -33,6 +35,7 @@ from ipvsproxy.core.operations import (
     CreateIPSet,
     DeleteIPSetEntry,
     EnsureDummyInterface,
+    EnsureSteering,
     Operation,
     RestoreChains,
     UnbindAddress,
@@ -97,6 +100,7 @@ def _operations(
     ops += [
         BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=address_sort_key)
     ]
+    ops += [EnsureSteering(f, mark) for f, mark in sorted(desired.steering - observed.steering)]
 
     set_specs = all_set_names()
     for name, entries in desired.ipsets.items():
@@ -165,7 +169,7 @@ def _ipvs_operations(
         key
         for key in observed.virtual_servers
         if key not in desired.virtual_servers
-        and key.address in observed.addresses
+        and (key.address in observed.addresses or steered(observed, key))
         and not excluded(key.address, exclude_cidrs)
     ]
     for key in sorted(stale, key=lambda k: k.sort_key()):
