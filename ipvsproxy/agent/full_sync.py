@@ -13,7 +13,7 @@ from loguru import logger
 from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.core.full_plan import Plan, plan_sync
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
-from ipvsproxy.core.ipsets import all_set_names
+from ipvsproxy.core.ipsets import all_set_names, steered
 from ipvsproxy.core.model import (
     DUMMY_INTERFACE,
     IPFamily,
@@ -41,6 +41,7 @@ def observe(dataplanes: Dataplanes, families: Sequence[IPFamily]) -> KernelState
         ipsets=dataplanes.ipsets.read(all_set_names()),
         iptables=iptables,
         dummy_interface=dataplanes.links.interface_exists(DUMMY_INTERFACE),
+        steering=dataplanes.links.steering(families),
     )
 
 
@@ -115,17 +116,22 @@ def probe_scheduler(ipvs: IpvsDataplane, scheduler: str) -> str | None:
 
 
 def cleanup(dataplanes: Dataplanes) -> list[str]:
-    """Remove everything the proxy created: its virtual servers, chains, ipsets, kube-ipvs0.
+    """Remove everything the proxy created: its virtual servers, chains, ipsets, steering
+    rules and routes, kube-ipvs0.
 
-    Like `kube-proxy --cleanup`, except that virtual servers on addresses not bound to
-    kube-ipvs0 belong to someone else and stay. Every step runs even if an earlier one
-    failed; the reasons are returned. kube-ipvs0 is kept while a virtual server on its
-    addresses could not be deleted, so a later cleanup still knows that server is ours.
+    Like `kube-proxy --cleanup`, except that virtual servers neither on addresses bound to
+    kube-ipvs0 nor in KUBE-IPVS-STEERED belong to someone else and stay. Every step runs
+    even if an earlier one failed; the reasons are returned. kube-ipvs0 is kept while a
+    virtual server on its addresses could not be deleted, so a later cleanup still knows
+    that server is ours.
     """
     problems: list[str] = []
     try:
         owned = dataplanes.links.addresses(DUMMY_INTERFACE)
-        stale = [key for key in dataplanes.ipvs.snapshot() if key.address in owned]
+        sets = KernelState({}, {}, owned, dataplanes.ipsets.read(all_set_names()))
+        stale = [
+            key for key in dataplanes.ipvs.snapshot() if key.address in owned or steered(sets, key)
+        ]
         failures = dataplanes.ipvs.execute([DeleteVirtualServer(key) for key in stale])
         problems += [failure.message for failure in failures]
         virtual_servers_left = bool(failures)
@@ -133,6 +139,10 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
         problems.append(f"deleting virtual servers: {exc}")
         virtual_servers_left = True
     for family in IPFamily:
+        try:
+            dataplanes.links.remove_steering(family)
+        except KernelError as exc:
+            problems.append(f"removing IPv{family.value} steering rule and route: {exc}")
         # Rules first: the kernel refuses to destroy a set a rule still matches.
         try:
             dataplanes.iptables.remove(family)

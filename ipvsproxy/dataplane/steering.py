@@ -1,9 +1,10 @@
 """The policy rule and local route that deliver marked packets to IPVS (core/steering.py).
 
-Per family, two kernel objects the proxy owns, over our own rtnetlink socket as links.py
-does: the rule `fwmark MARK/MARK lookup STEER_TABLE` at priority STEER_PRIORITY, and the
-route `local default dev lo` in table STEER_TABLE. `ensure` is idempotent (one rule dump,
-then only what is missing is written); `read` reports a family only when both are there.
+Per family, two kernel objects the proxy owns, over the rtnetlink socket of links.py
+(``LinkTool`` inherits ``PolicyRouting``): the rule `fwmark MARK/MARK lookup STEER_TABLE`
+at priority STEER_PRIORITY, and the route `local default dev lo` in table STEER_TABLE.
+`ensure_steering` is idempotent (one rule dump, then only what is missing is written; the
+route is created or replaced); `steering` reports a family only when both are there.
 
 Wire layout (include/uapi/linux/fib_rules.h, rtnetlink.h); integers in host byte order::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -26,7 +28,6 @@ from typing import Final
 from ipvsproxy.core.model import IPFamily
 from ipvsproxy.core.operations import EnsureSteering, OperationFailure
 from ipvsproxy.core.steering import STEER_PRIORITY, STEER_TABLE
-from ipvsproxy.dataplane.links import LinkTool
 from ipvsproxy.dataplane.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -34,12 +35,13 @@ from ipvsproxy.dataplane.netlink import (
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NetlinkDecodeError,
+    NetlinkSocket,
     attributes,
 )
 from ipvsproxy.errors import KernelError
 
 __all__ = [
-    "SteeringTool",
+    "PolicyRouting",
     "encode_route",
     "encode_rule",
     "parse_local_default",
@@ -143,14 +145,15 @@ def parse_local_default(payload: bytes, loopback: int) -> bool:
     )
 
 
-class SteeringTool(LinkTool):
-    """The steering rule and route of both families, over one rtnetlink socket."""
+class PolicyRouting(NetlinkSocket):
+    """The steering rule and route of both families, on an rtnetlink socket opened with
+    strict checking (links.LinkTool)."""
 
     def _loopback(self) -> int:
-        index = self._index("lo")
-        if index is None:
-            raise KernelError("no loopback interface lo", errno=errno.ENODEV)
-        return index
+        try:
+            return socket.if_nametoindex("lo")
+        except OSError as exc:
+            raise KernelError("no loopback interface lo", errno=exc.errno or 0) from exc
 
     def _marks(self, family: IPFamily) -> list[int]:
         payloads = self._dump(
@@ -171,7 +174,7 @@ class SteeringTool(LinkTool):
             raise
         return any(parse_local_default(payload, loopback) for payload in payloads)
 
-    def read(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
+    def steering(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
         """(family, mark) of each family whose rule and route are both in place."""
         loopback = self._loopback()
         found: set[tuple[IPFamily, int]] = set()
@@ -188,7 +191,7 @@ class SteeringTool(LinkTool):
             reason = os.strerror(err) + (f" ({text})" if text else "")
             raise KernelError(f"{what}: {reason}", errno=err)
 
-    def ensure(self, op: EnsureSteering) -> OperationFailure | None:
+    def ensure_steering(self, op: EnsureSteering) -> OperationFailure | None:
         """Make the family's rule (with op.mark only) and route be there."""
         family, mark = op.family, op.mark
         try:
@@ -217,7 +220,7 @@ class SteeringTool(LinkTool):
             (errno.ENOENT,),
         )
 
-    def remove(self, family: IPFamily) -> None:
+    def remove_steering(self, family: IPFamily) -> None:
         """Delete the family's rules and route (cleanup); absent ones are no error."""
         for mark in self._marks(family):
             self._delete_rule(family, mark)
