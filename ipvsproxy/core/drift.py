@@ -85,11 +85,11 @@ def _drifts(operation: Operation, observed: KernelState) -> Iterator[Drift]:
     match operation:
         case EnsureDummyInterface(name=name):
             yield Drift(Change.MISSING, "interface", name)
-        case EnsureSteering(family=family, mark=mark):
+        case EnsureSteering(family=steer_family, mark=mark):
             yield Drift(
                 Change.MISSING,
                 "steering rule",
-                f"IPv{family.value} fwmark {mark:#x} lookup {STEER_TABLE} (and its route)",
+                f"IPv{steer_family.value} fwmark {mark:#x} lookup {STEER_TABLE} (and its route)",
             )
         case BindAddress(address=address):
             yield Drift(Change.MISSING, "address", _address(address))
