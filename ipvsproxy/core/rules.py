@@ -32,7 +32,7 @@ FILTER_CHAINS = (
     "KUBE-IPVS-OUT-FILTER",
 )
 # Not kube-proxy's: marks Service ports of unbound external and LB IPs (steering.py).
-MANGLE_CHAINS = ("KUBE-IPVS-STEER",)
+MANGLE_CHAINS = ("KUBE-IPVS-STEER", "KUBE-IPVS-UNMARK")
 CHAINS: dict[str, tuple[str, ...]] = {
     "nat": NAT_CHAINS,
     "filter": FILTER_CHAINS,
@@ -66,7 +66,7 @@ JUMP_RULES: tuple[JumpRule, ...] = (
     JumpRule("filter", "INPUT", "KUBE-IPVS-FILTER", "kubernetes ipvs access filter"),
     JumpRule("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER", "kubernetes ipvs access filter"),
     JumpRule("mangle", "PREROUTING", "KUBE-IPVS-STEER", "kubernetes service ports to ipvs"),
-    JumpRule("mangle", "OUTPUT", "KUBE-IPVS-STEER", "kubernetes service ports to ipvs"),
+    JumpRule("mangle", "INPUT", "KUBE-IPVS-UNMARK", "kubernetes service ports to ipvs"),
 )
 
 
@@ -247,6 +247,11 @@ def build_ruleset(
         chains["mangle"]["KUBE-IPVS-STEER"].append(
             f"{comment(steered)} -m set --match-set {name(steered)} dst,dst "
             f"-j MARK --set-xmark {steer}/{steer}"
+        )
+        # The mark has done its work once the packet is routed in: cleared before IPVS
+        # forwards it, or nf_nat's reroute after IPVS's DNAT would route it locally again.
+        chains["mangle"]["KUBE-IPVS-UNMARK"].append(
+            f"-m mark --mark {steer}/{steer} -j MARK --set-xmark 0x0/{steer}"
         )
 
     fw = ipsets.LOAD_BALANCER_FW

@@ -15,9 +15,13 @@ Service's ports. So:
 
 - the (address, protocol, port) of every external IP and load-balancer IP that is not a
   node address go to the ipset KUBE-IPVS-STEERED (hash:ip,port) instead of kube-ipvs0;
-- one fixed rule in mangle (chain KUBE-IPVS-STEER, jumped to from PREROUTING and OUTPUT)
-  marks packets matching the set with STEER_MARK. Mangle runs before the routing decision
-  of PREROUTING, and a mark set in mangle OUTPUT makes the kernel route the packet again;
+- one fixed rule in mangle (chain KUBE-IPVS-STEER, jumped to from PREROUTING) marks
+  packets matching the set with STEER_MARK; mangle runs before the routing decision.
+  Another (chain KUBE-IPVS-UNMARK, from mangle INPUT, before IPVS) clears the mark once
+  the packet is routed in: after IPVS rewrote the destination to a pod, nf_nat's LOCAL_OUT
+  hook routes the packet again (ip_route_me_harder, with the skb's mark), and a marked
+  packet would be routed locally again instead of to the pod (seen in the sandbox kernel:
+  the SYN went to the node's own TCP, which answered with a reset);
 - one policy rule per family, `fwmark STEER_MARK/STEER_MARK lookup STEER_TABLE` at
   STEER_PRIORITY (before `main`), and one route in that table, `local default dev lo`,
   make marked packets local: they reach LOCAL_IN, where IPVS takes them as the ordinary
@@ -25,10 +29,11 @@ Service's ports. So:
   "VIP-less director" kube-router uses for DSR external IPs (with an fwmark service there).
 
 Every other packet to the address is routed as before, to its real owner. Node-originated
-packets to a Service port leave from a node address (the VIP is not local), and IPVS takes
-them at LOCAL_OUT. The number of iptables rules, policy rules and routes stays fixed
-whatever the number of Services. Reverse-path filtering is unaffected: it checks the
-source, which is routed as usual.
+packets need no mark: IPVS takes them at LOCAL_OUT whatever their route, so they leave
+from a node address (the VIP is not local). Marking them in mangle OUTPUT would, for the
+same reason as above, send them back to the node after IPVS's DNAT. The number of
+iptables rules, policy rules and routes stays fixed whatever the number of Services.
+Reverse-path filtering is unaffected: it checks the source, which is routed as usual.
 
 Which addresses: every external IP and load-balancer IP except the node's own addresses
 (those are local already and stay as they are), as iptables mode intercepts them all by

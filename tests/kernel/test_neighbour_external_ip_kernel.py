@@ -67,8 +67,6 @@ def test_node_pods_and_outside_still_reach_a_neighbour_whose_address_is_an_exter
     cluster = cluster_file(tmp_path, SERVICE)
     cli("once", "-f", cluster, "--hostname-override", NODE)
 
-    # Not bound: the node has no local route for the whole address.
-    assert NEIGHBOUR_IP not in ip("-4", "address", "show")
     for source in (None, client, outside):
         where = "the node" if source is None else source.name
         # The neighbour's other ports still reach the neighbour...
@@ -80,6 +78,8 @@ def test_node_pods_and_outside_still_reach_a_neighbour_whose_address_is_an_exter
         udp = pod_network.udp_requests(NEIGHBOUR_IP, 80, 4, source=source)
         assert sorted(udp) == ["web1", "web1", "web2", "web2"], where
 
+    # Not bound: the node has no local route for the whole address.
+    assert NEIGHBOUR_IP not in ip("-4", "address", "show")
     # The fixed objects are there once: one mark rule, one policy rule, one route.
     rules = ip("rule", "show")
     assert rules.count("fwmark 0x2000/0x2000 lookup 19280") == 1, rules
