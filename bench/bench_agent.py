@@ -78,6 +78,7 @@ from ipvsproxy.core.model import (
     VirtualServerKey,
 )
 from ipvsproxy.core.operations import (
+    EnsureSteering,
     IPSetOperation,
     IpvsOperation,
     OperationFailure,
@@ -156,6 +157,17 @@ class Recorder:
 
     def unbind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
         return self._addresses(RTM_DELADDR, addresses)
+
+    # policy routing of steered ports
+    def steering(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
+        return frozenset(item for item in self.held.steering if item[0] in families)
+
+    def ensure_steering(self, op: EnsureSteering) -> OperationFailure | None:
+        self.bytes += 2 * 64  # a rule and a route request, about 64 bytes each
+        return None
+
+    def remove_steering(self, family: IPFamily) -> None:
+        pass
 
     # ipsets
     def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
