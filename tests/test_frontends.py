@@ -297,8 +297,7 @@ def test_load_balancer_source_ranges_refusing_the_node() -> None:
     filt = state.iptables[IPFamily.V4].tables["filter"]
     # The node's packets are told by their local source: a steered VIP is not local.
     assert filt["KUBE-IPVS-OUT-FILTER"] == (
-        "-m addrtype --src-type LOCAL "
-        "-m ipvs --vproto 6 --vaddr 203.0.113.50 --vport 80 -j DROP",
+        "-m addrtype --src-type LOCAL -m ipvs --vproto 6 --vaddr 203.0.113.50 --vport 80 -j DROP",
     )
 
 
@@ -367,8 +366,7 @@ def test_dual_stack_frontends_each_family_its_own_sets() -> None:
     assert state.steering == {(IPFamily.V4, 0x2000), (IPFamily.V6, 0x2000)}
     out6 = state.iptables[IPFamily.V6].tables["filter"]["KUBE-IPVS-OUT-FILTER"]
     assert out6 == (
-        "-m addrtype --src-type LOCAL "
-        "-m ipvs --vproto 6 --vaddr 2001:db8::50 --vport 80 -j DROP",
+        "-m addrtype --src-type LOCAL -m ipvs --vproto 6 --vaddr 2001:db8::50 --vport 80 -j DROP",
     )
     assert state.iptables[IPFamily.V4].tables["filter"]["KUBE-IPVS-OUT-FILTER"] == ()
 

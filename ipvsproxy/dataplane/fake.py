@@ -236,7 +236,9 @@ class FakeKernel:
         failures: list[OperationFailure] = []
         for op in ops:
             self.writes += 1
-            if isinstance(op, CreateIPSet):
+            if type(op) in self.refuse:
+                failures.append(OperationFailure(op, errno.EPERM, "Operation not permitted"))
+            elif isinstance(op, CreateIPSet):
                 self.sets.setdefault(op.name, set())
             elif op.set_name not in self.sets:
                 failures.append(OperationFailure(op, errno.ENOENT, f"set {op.set_name} missing"))
