@@ -128,7 +128,7 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
     problems: list[str] = []
     try:
         owned = dataplanes.links.addresses(DUMMY_INTERFACE)
-        sets = KernelState({}, {}, owned, dataplanes.ipsets.read(all_set_names()))
+        sets = dataplanes.ipsets.read(all_set_names())
         stale = [
             key for key in dataplanes.ipvs.snapshot() if key.address in owned or steered(sets, key)
         ]

@@ -4,8 +4,8 @@ Ownership: a virtual server belongs to the proxy when its address is bound to ku
 or its (address, protocol, port) is in KUBE-IPVS-STEERED (steering.py). The proxy binds a
 service address (adds the set entry) before it creates the address's virtual servers and
 deletes them before it unbinds the address (deletes the entry), so this holds across
-crashes and restarts,
-and it leaves alone virtual servers that other tools created on other addresses.
+crashes and restarts, and it leaves alone virtual servers that other tools created on
+other addresses.
 Virtual servers inside excludeCIDRs are never deleted.
 
 Order keeps traffic flowing: the interface and addresses first, ipset entries before the
@@ -169,7 +169,7 @@ def _ipvs_operations(
         key
         for key in observed.virtual_servers
         if key not in desired.virtual_servers
-        and (key.address in observed.addresses or steered(observed, key))
+        and (key.address in observed.addresses or steered(observed.ipsets, key))
         and not excluded(key.address, exclude_cidrs)
     ]
     for key in sorted(stale, key=lambda k: k.sort_key()):

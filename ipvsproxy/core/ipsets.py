@@ -6,9 +6,10 @@ refer to some of them unconditionally, and ipset refuses rules naming a missing 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from ipvsproxy.core.model import IPAddress, IPFamily, KernelState, Protocol, VirtualServerKey
+from ipvsproxy.core.model import IPAddress, IPFamily, Protocol, VirtualServerKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,8 @@ def ip_port_ip_entry(address: IPAddress, protocol: Protocol, port: int, other: I
     return f"{address},{protocol.lower}:{port},{other}"
 
 
-def steered(state: KernelState, key: VirtualServerKey) -> bool:
-    """Whether a virtual server's address and port are in KUBE-IPVS-STEERED (owned)."""
+def steered(sets: Mapping[str, Collection[str]], key: VirtualServerKey) -> bool:
+    """Whether a virtual server's address and port are in KUBE-IPVS-STEERED (owned);
+    sets: set name -> entries, as read from the kernel."""
     name = STEERED.name_for(IPFamily.of(key.address))
-    return ip_port_entry(key.address, key.protocol, key.port) in state.ipsets.get(name, ())
+    return ip_port_entry(key.address, key.protocol, key.port) in sets.get(name, ())
