@@ -11,6 +11,7 @@ import ipaddress
 import struct
 
 import pytest
+from agentrig import Harness
 from builders import endpoint_slice, service
 
 from ipvsproxy.agent.full_sync import cleanup, observe, sync
@@ -225,3 +226,25 @@ def test_other_rules_are_not_taken_for_ours() -> None:
     # FRA_PRIORITY's value sits right after the 12-byte header and its 4-byte attribute header.
     struct.pack_into("=I", rule, 16, STEER_PRIORITY + 1)
     assert parse_rule(bytes(rule)) is None
+
+
+def test_agent_steers_an_external_ip_added_and_removed_by_partial_syncs() -> None:
+    h = Harness()
+    base = service("web", "10.96.0.10")
+    web_slice = endpoint_slice("web", "10.244.1.1")
+    h.start([base], [web_slice])
+    assert h.step()
+    assert h.kernel.steer_rules == {}
+    h.put(dataclasses.replace(base, external_ips=(NEIGHBOUR,)))
+    assert h.step()
+    assert h.agent.last is not None and not h.agent.last.full and h.agent.last.ok
+    assert h.kernel.steer_rules == {IPFamily.V4: 0x2000}
+    assert h.kernel.sets["KUBE-IPVS-STEERED"] == {"192.168.1.20,tcp:80"}
+    h.assert_in_step()
+    h.put(base)
+    assert h.step()
+    assert h.agent.last is not None and not h.agent.last.full
+    assert NEIGHBOUR not in {k.address for k in h.kernel.services}
+    assert h.kernel.sets["KUBE-IPVS-STEERED"] == set()
+    # The policy rule stays: it matches nothing without entries; only cleanup removes it.
+    assert h.kernel.steer_rules == {IPFamily.V4: 0x2000}
