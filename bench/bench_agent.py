@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.lib import baseline
 from bench.lib.gen_cluster import build, build_realistic
@@ -58,6 +58,9 @@ from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
+
+if TYPE_CHECKING:  # not in a --baseline tree from before steering
+    from ipvsproxy.core.operations import EnsureSteering
 
 try:  # the package layout (core/, agent/)
     from ipvsproxy.agent.apply import apply_plan
@@ -193,6 +196,17 @@ class Recorder:
 
     def unbind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]:
         return self._addresses(RTM_DELADDR, addresses)
+
+    # policy routing of steered ports
+    def steering(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
+        return frozenset(item for item in self.held.steering if item[0] in families)
+
+    def ensure_steering(self, op: EnsureSteering) -> OperationFailure | None:
+        self.bytes += 2 * 64  # a rule and a route request, about 64 bytes each
+        return None
+
+    def remove_steering(self, family: IPFamily) -> None:
+        pass
 
     # ipsets
     def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:

@@ -164,7 +164,7 @@ def test_addresses_and_ipsets() -> None:
     assert state.ipsets["KUBE-6-IPVS-IPS"] == {"fd00::20"}
     # Hairpin: a local endpoint, ready or not, may reach itself through its own service.
     assert state.ipsets["KUBE-LOOP-BACK"] == {"10.244.1.1,tcp:8080,10.244.1.1"}
-    assert len(state.ipsets) == 34  # 17 sets, both families, even when empty
+    assert len(state.ipsets) == 36  # 18 sets, both families, even when empty
 
 
 def test_iptables_rule_count_does_not_grow_with_services() -> None:

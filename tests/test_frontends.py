@@ -204,8 +204,9 @@ def test_external_traffic_policy_local_without_local_endpoints() -> None:
 
 
 def test_external_ips() -> None:
-    """TestExternalIPs and TestOnlyLocalExternalIPs; an external IP that is already a node
-    address is served but not bound (kube-proxy's shouldBind, kubernetes#114815)."""
+    """TestExternalIPs and TestOnlyLocalExternalIPs, except that external IPs are steered
+    by port, not bound (core/steering.py); one that is already a node address is served
+    but neither bound nor steered (kube-proxy's shouldBind, kubernetes#114815)."""
     cluster = frontend(WEB, type="ClusterIP", external_ips=(ip("203.0.113.1"), ip("192.168.1.10")))
     state = run([cluster], TWO_NODES)
     assert servers(state) == {
@@ -213,8 +214,10 @@ def test_external_ips() -> None:
         "TCP 203.0.113.1:80": ALL,
         "TCP 192.168.1.10:80": ALL,
     }
-    assert state.addresses == {ip("10.96.0.10"), ip("203.0.113.1")}
-    assert state.ipsets["KUBE-IPVS-IPS"] == {"10.96.0.10", "203.0.113.1"}
+    assert state.addresses == {ip("10.96.0.10")}
+    assert state.ipsets["KUBE-IPVS-IPS"] == {"10.96.0.10"}
+    assert state.ipsets["KUBE-IPVS-STEERED"] == {"203.0.113.1,tcp:80"}
+    assert state.steering == {(IPFamily.V4, 0x2000)}
     assert state.ipsets["KUBE-EXTERNAL-IP"] == {"203.0.113.1,tcp:80", "192.168.1.10,tcp:80"}
 
     local = dataclasses.replace(cluster, external_traffic_local=True)
@@ -229,8 +232,8 @@ def test_external_ips() -> None:
 
 
 def test_load_balancer() -> None:
-    """TestLoadBalancer and TestOnlyLocalLoadBalancing: ingress IPs bound, in
-    KUBE-LOAD-BALANCER, and in -LOCAL with policy Local."""
+    """TestLoadBalancer and TestOnlyLocalLoadBalancing: ingress IPs in KUBE-LOAD-BALANCER,
+    and in -LOCAL with policy Local; steered by port, not bound (core/steering.py)."""
     svc = frontend(
         WEB,
         type="LoadBalancer",
@@ -241,8 +244,9 @@ def test_load_balancer() -> None:
     )
     state = run([svc], TWO_NODES)
     assert servers(state)["TCP 203.0.113.50:80"] == {"10.244.1.1:8080"}
-    assert ip("203.0.113.50") in state.addresses
+    assert ip("203.0.113.50") not in state.addresses
     sets = nonempty(state)
+    assert sets["KUBE-IPVS-STEERED"] == {"203.0.113.50,tcp:80"}
     assert sets["KUBE-LOAD-BALANCER"] == {"203.0.113.50,tcp:80"}
     assert sets["KUBE-LOAD-BALANCER-LOCAL"] == {"203.0.113.50,tcp:80"}
     assert sets["KUBE-HEALTH-CHECK-NODE-PORT"] == {"31862"}
@@ -291,8 +295,9 @@ def test_load_balancer_source_ranges_refusing_the_node() -> None:
     # ipset prints a full-length network as a bare address.
     assert "203.0.113.50,tcp:80,10.0.0.9" in sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"]
     filt = state.iptables[IPFamily.V4].tables["filter"]
+    # The node's packets are told by their local source: a steered VIP is not local.
     assert filt["KUBE-IPVS-OUT-FILTER"] == (
-        "-s 203.0.113.50/32 -m ipvs --vproto 6 --vaddr 203.0.113.50 --vport 80 -j DROP",
+        "-m addrtype --src-type LOCAL -m ipvs --vproto 6 --vaddr 203.0.113.50 --vport 80 -j DROP",
     )
 
 
@@ -355,16 +360,19 @@ def test_dual_stack_frontends_each_family_its_own_sets() -> None:
     assert sets["KUBE-6-LOAD-BALANCER-LOCAL"] == {"2001:db8::50,tcp:80"}
     assert sets["KUBE-6-LOAD-BALANCER-SOURCE-CID"] == {"2001:db8::50,tcp:80,2001:db8:9::/48"}
     assert "KUBE-LOAD-BALANCER" not in sets  # no IPv4 ingress
-    assert sets["KUBE-6-IPVS-IPS"] == {"fd00::20", "2001:db8:1::1", "2001:db8::50"}
+    assert sets["KUBE-6-IPVS-IPS"] == {"fd00::20"}
+    assert sets["KUBE-6-IPVS-STEERED"] == {"2001:db8:1::1,tcp:80", "2001:db8::50,tcp:80"}
+    assert sets["KUBE-IPVS-STEERED"] == {"203.0.113.1,tcp:80"}
+    assert state.steering == {(IPFamily.V4, 0x2000), (IPFamily.V6, 0x2000)}
     out6 = state.iptables[IPFamily.V6].tables["filter"]["KUBE-IPVS-OUT-FILTER"]
     assert out6 == (
-        "-s 2001:db8::50/128 -m ipvs --vproto 6 --vaddr 2001:db8::50 --vport 80 -j DROP",
+        "-m addrtype --src-type LOCAL -m ipvs --vproto 6 --vaddr 2001:db8::50 --vport 80 -j DROP",
     )
     assert state.iptables[IPFamily.V4].tables["filter"]["KUBE-IPVS-OUT-FILTER"] == ()
 
 
 def test_shared_external_ip_is_one_address() -> None:
-    """Two Services on one external IP (different ports) share its binding."""
+    """Two Services on one external IP (different ports): one steered entry each."""
     a = frontend(WEB, type="ClusterIP", external_ips=(ip("203.0.113.1"),))
     b = frontend(
         service("api", "10.96.0.11", ports=(("h", "TCP", 443),)),
@@ -372,8 +380,9 @@ def test_shared_external_ip_is_one_address() -> None:
         external_ips=(ip("203.0.113.1"),),
     )
     state = run([a, b])
-    assert state.addresses == {ip("10.96.0.10"), ip("10.96.0.11"), ip("203.0.113.1")}
+    assert state.addresses == {ip("10.96.0.10"), ip("10.96.0.11")}
     assert state.ipsets["KUBE-EXTERNAL-IP"] == {"203.0.113.1,tcp:80", "203.0.113.1,tcp:443"}
+    assert state.ipsets["KUBE-IPVS-STEERED"] == {"203.0.113.1,tcp:80", "203.0.113.1,tcp:443"}
 
 
 def test_node_port_only_for_ports_that_have_one() -> None:

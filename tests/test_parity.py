@@ -169,21 +169,17 @@ def _sets() -> set[str]:
         "KUBE-LOOP-BACK 10.180.2.21,tcp:8080,10.180.2.21",
     }
     bound = [f"10.96.0.{n}" for n in (*range(1, 15), *range(20, 25))]
-    bound += [
-        "50.60.70.81",
-        "50.60.70.82",
-        "50.60.70.84",
-        "1.2.3.4",
-        "1.2.3.5",
-        "1.2.3.6",
-        "1.2.3.7",
-    ]
-    bound += ["1.2.3.9", "1.2.3.10"]
+    # Deliberate difference (README, ipvsproxy/core/steering.py): kube-proxy also binds
+    # the external and ingress IPs; we steer their Service ports to IPVS instead, so that
+    # a node still reaches a host that owns such an address.
+    steered = ["50.60.70.81", "50.60.70.82", "50.60.70.84"]
+    steered += [f"1.2.3.{n}" for n in (4, 5, 6, 7, 9, 10)]
     return (
         cluster
         | loop
-        # KUBE-IPVS-IPS is activeBindAddrs: cluster, external and ingress IPs.
+        # KUBE-IPVS-IPS is activeBindAddrs: here the cluster IPs only.
         | {f"KUBE-IPVS-IPS {address}" for address in bound}
+        | {f"KUBE-IPVS-STEERED {address},tcp:80" for address in steered}
         # TestNodePortIPv4: TCP/UDP node ports as bitmap:port, SCTP per node address.
         | {
             f"KUBE-NODE-PORT-TCP {p}"
@@ -221,11 +217,13 @@ def _sets() -> set[str]:
 def test_ipset_entries(capsys: pytest.CaptureFixture[str]) -> None:
     lines = plan("ipsets", capsys).splitlines()
     assert {line.removeprefix("add ") for line in lines if line.startswith("add ")} == _sets()
-    assert sum(line.startswith("create ") for line in lines) == 34  # ipsetInfo, both families
+    # ipsetInfo and KUBE-IPVS-STEERED, both families
+    assert sum(line.startswith("create ") for line in lines) == 36
 
 
 def test_addresses(capsys: pytest.CaptureFixture[str]) -> None:
-    """syncService(bindAddr): cluster, external and ingress IPs bound, node addresses never."""
+    """syncService(bindAddr): cluster IPs bound, node addresses never; external and ingress
+    IPs not (deliberate difference: steered by port)."""
     expected = {entry.split()[1] for entry in _sets() if "IPVS-IPS" in entry}
     assert set(plan("addresses", capsys).split()) == expected
 
@@ -258,13 +256,17 @@ def test_service_dependent_rules(capsys: pytest.CaptureFixture[str]) -> None:
         "KUBE-SOURCE-RANGES-FIREWALL KUBE-LOAD-BALANCER-SOURCE-CIDR -> RETURN",
         "KUBE-SOURCE-RANGES-FIREWALL KUBE-LOAD-BALANCER-SOURCE-IP -> RETURN",
         "KUBE-NODE-PORT KUBE-HEALTH-CHECK-NODE-PORT -> ACCEPT",
+        # Not kube-proxy's: marks the steered Service ports (core/steering.py).
+        "KUBE-IPVS-STEER KUBE-IPVS-STEERED -> MARK --set-xmark 0x2000/0x2000",
     } <= chains_with_sets
     # No set for NODE-PORT-LOCAL-UDP/SCTP entries: no rule for them either.
     assert not any("LOCAL-UDP" in r or "LOCAL-SCTP" in r for r in rules)
     # TestLoadBalancerSourceRanges (PR #119791): only 1.2.3.6 refuses the node.
+    # The node's packets are told by a local source, not by -s VIP: a steered VIP is not
+    # local, so the node's packets leave from a node address.
     assert {r for r in rules if r.startswith("-A KUBE-IPVS-OUT-FILTER")} == {
-        "-A KUBE-IPVS-OUT-FILTER -s 1.2.3.6/32 -m ipvs --vproto 6 --vaddr 1.2.3.6 --vport 80"
-        " -j DROP"
+        "-A KUBE-IPVS-OUT-FILTER -m addrtype --src-type LOCAL"
+        " -m ipvs --vproto 6 --vaddr 1.2.3.6 --vport 80 -j DROP"
     }
 
 

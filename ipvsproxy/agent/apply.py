@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import get_args
 
+from ipvsproxy.core import ipsets
 from ipvsproxy.core.full_plan import Plan
-from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress
+from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPFamily, VirtualServerKey
 from ipvsproxy.core.operations import (
+    AddIPSetEntry,
     AddRealServer,
     AddVirtualServer,
     BindAddress,
@@ -23,6 +25,7 @@ from ipvsproxy.core.operations import (
     DeleteRealServer,
     DeleteVirtualServer,
     EnsureDummyInterface,
+    EnsureSteering,
     IPSetOperation,
     IpvsOperation,
     Operation,
@@ -38,6 +41,7 @@ from ipvsproxy.errors import KernelError
 
 _IPVS = get_args(IpvsOperation)
 _IPSET = get_args(IPSetOperation)
+_STEERED_SETS = frozenset(ipsets.STEERED.name_for(family) for family in IPFamily)
 _REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
 
 
@@ -63,6 +67,8 @@ def _subsystem(op: Operation) -> str:
         return "address"
     if isinstance(op, RestoreChains):
         return "iptables"
+    if isinstance(op, EnsureSteering):
+        return "steering"
     return "interface"
 
 
@@ -92,6 +98,13 @@ def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[Operatio
         assert isinstance(op, RestoreChains)
         failure = dp.iptables.restore(op)
         return [failure] if failure else []
+    if kind == "steering":
+        return [
+            failure
+            for op in ops
+            if isinstance(op, EnsureSteering)
+            and (failure := dp.links.ensure_steering(op)) is not None
+        ]
     op = ops[0]
     assert isinstance(op, EnsureDummyInterface)
     try:
@@ -112,14 +125,36 @@ def _service_address(op: Operation) -> IPAddress | None:
     return None
 
 
+def _steered_entry(op: Operation) -> tuple[str, str] | None:
+    """The KUBE-IPVS-STEERED entry of the virtual server an IPVS operation works on."""
+    if isinstance(op, AddVirtualServer | UpdateVirtualServer):
+        return _key_entry(op.server.key)
+    if isinstance(op, DeleteVirtualServer):
+        return _key_entry(op.key)
+    if isinstance(op, AddRealServer | UpdateRealServer | DeleteRealServer):
+        return _key_entry(op.virtual)
+    return None
+
+
+def _key_entry(key: VirtualServerKey) -> tuple[str, str]:
+    name = ipsets.STEERED.name_for(IPFamily.of(key.address))
+    return name, ipsets.ip_port_entry(key.address, key.protocol, key.port)
+
+
+def _set_entry(op: Operation) -> tuple[str, str] | None:
+    if isinstance(op, AddIPSetEntry | DeleteIPSetEntry):
+        return op.set_name, op.entry
+    return None
+
+
 def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
     """Apply every operation in order; failures are collected, never raised.
 
     Three rules keep ownership (core/ownership.py: a virtual server is ours while its
-    address is on kube-ipvs0 or an ipset entry records it) true whatever fails: no
-    virtual server is created on an address that could not be bound, no address is
-    unbound and no recording set entry deleted while a virtual server it vouches for could
-    not be deleted.
+    address is on kube-ipvs0 or an ipset entry records it, KUBE-IPVS-STEERED's among them)
+    true whatever fails: no virtual server is created on an address that could not be
+    bound (a steered port whose entry could not be added), no address is unbound and no
+    recording set entry deleted while a virtual server it vouches for could not be deleted.
     Beyond that, a failed interface, iptables restore or adapter call skips all removals.
     """
     applied = 0
@@ -129,6 +164,7 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
     unbound: set[IPAddress] = set()  # bind failed: no virtual servers there
     undeleted: set[IPAddress] = set()  # a virtual server delete failed: keep the address
     records: set[tuple[str, str]] = set()  # ...and the set entries that record it
+    unsteered: set[tuple[str, str]] = set()  # steered entry add failed: no virtual server
     for kind, removal, ops in _batches(plan.operations):
         if blocking and removal:
             skipped = True
@@ -144,6 +180,13 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
                 for op in held
             ]
             ops = [op for op in ops if _service_address(op) not in unbound]
+        if kind == "ipvs" and not removal and unsteered:
+            held = [op for op in ops if _steered_entry(op) in unsteered]
+            failures += [
+                OperationFailure(op, errno.EADDRNOTAVAIL, "not applied: its port is not steered")
+                for op in held
+            ]
+            ops = [op for op in ops if op not in held]
         if kind == "address" and removal and undeleted:
             kept = [op for op in ops if isinstance(op, UnbindAddress) and op.address in undeleted]
             skipped = skipped or bool(kept)
@@ -175,4 +218,6 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
             elif isinstance(failed, DeleteVirtualServer):
                 undeleted.add(failed.key.address)
                 records.update(record_entries(failed.key))
+            elif isinstance(failed, AddIPSetEntry) and failed.set_name in _STEERED_SETS:
+                unsteered.add((failed.set_name, failed.entry))
     return ApplyResult(applied=applied, failures=tuple(failures), removals_skipped=skipped)

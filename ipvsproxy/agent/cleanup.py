@@ -12,7 +12,8 @@ from ipvsproxy.errors import KernelError
 
 
 def cleanup(dataplanes: Dataplanes) -> list[str]:
-    """Remove everything the proxy created: its virtual servers, chains, ipsets, kube-ipvs0.
+    """Remove everything the proxy created: its virtual servers, chains, ipsets, steering
+    rules and routes, kube-ipvs0.
 
     Like `kube-proxy --cleanup`, except that only virtual servers the kernel records as the
     proxy's go (core/ownership.py: on kube-ipvs0's addresses, or recorded in its ipsets,
@@ -32,6 +33,10 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
         problems.append(f"deleting virtual servers: {exc}")
         virtual_servers_left = True
     for family in IPFamily:
+        try:
+            dataplanes.links.remove_steering(family)
+        except KernelError as exc:
+            problems.append(f"removing IPv{family.value} steering rule and route: {exc}")
         # Rules first: the kernel refuses to destroy a set a rule still matches.
         try:
             dataplanes.iptables.remove(family)

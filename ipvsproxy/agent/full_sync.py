@@ -40,6 +40,7 @@ def observe(dataplanes: Dataplanes, families: Sequence[IPFamily]) -> KernelState
         ipsets=dataplanes.ipsets.read(all_set_names()),
         iptables=iptables,
         dummy_interface=dataplanes.links.interface_exists(DUMMY_INTERFACE),
+        steering=dataplanes.links.steering(families),
     )
 
 

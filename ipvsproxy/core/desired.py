@@ -39,6 +39,7 @@ from ipvsproxy.core.model import (
     host_port,
 )
 from ipvsproxy.core.rules import MasqueradeSettings, build_ruleset
+from ipvsproxy.core.steering import steer_mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class NodeInfo:
     nodePortAddresses "primary" and for source ranges that admit the node itself.
     local_addresses: every address on the host's interfaces except kube-ipvs0's, read from
     the kernel at each full sync; NodePorts are served on them, and an external IP among
-    them is not bound to kube-ipvs0.
+    them is not steered to IPVS (core/steering.py).
     """
 
     name: str = ""
@@ -265,6 +266,19 @@ def merge_service_states(
         addresses=frozenset(addresses),
         ipsets={name: frozenset(members) for name, members in entries.items()},
         iptables=desired_iptables(entries, settings=settings),
+        steering=desired_steering(entries, settings=settings),
+    )
+
+
+def desired_steering(
+    entries: Mapping[str, Collection[str]], *, settings: DesiredSettings
+) -> frozenset[tuple[IPFamily, int]]:
+    """The policy routing of the families whose KUBE-IPVS-STEERED set has entries."""
+    mark = steer_mark(settings.masquerade.mark)
+    return frozenset(
+        (family, mark)
+        for family in settings.families
+        if entries.get(ipsets.STEERED.name_for(family))
     )
 
 

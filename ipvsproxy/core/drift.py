@@ -32,6 +32,7 @@ from ipvsproxy.core.operations import (
     DeleteRealServer,
     DeleteVirtualServer,
     EnsureDummyInterface,
+    EnsureSteering,
     Operation,
     RestoreChains,
     UnbindAddress,
@@ -39,6 +40,7 @@ from ipvsproxy.core.operations import (
     UpdateVirtualServer,
 )
 from ipvsproxy.core.render import ipvsadm_dest_line, ipvsadm_service_line
+from ipvsproxy.core.steering import STEER_TABLE
 
 __all__ = ["Change", "Drift", "find_drift", "render_drift"]
 
@@ -83,6 +85,12 @@ def _drifts(operation: Operation, observed: KernelState) -> Iterator[Drift]:
     match operation:
         case EnsureDummyInterface(name=name):
             yield Drift(Change.MISSING, "interface", name)
+        case EnsureSteering(family=steer_family, mark=mark):
+            yield Drift(
+                Change.MISSING,
+                "steering rule",
+                f"IPv{steer_family.value} fwmark {mark:#x} lookup {STEER_TABLE} (and its route)",
+            )
         case BindAddress(address=address):
             yield Drift(Change.MISSING, "address", _address(address))
         case UnbindAddress(address=address):

@@ -2,9 +2,9 @@
 
 Pure. kube-proxy's IPVS proxier (`syncProxyRules`) gives each Service port, per family:
 - its cluster IP, bound to kube-ipvs0, in KUBE-CLUSTER-IP;
-- each external IP, bound unless it is already a node address, in KUBE-EXTERNAL-IP, or
-  KUBE-EXTERNAL-IP-LOCAL with externalTrafficPolicy Local (no masquerade);
-- each load-balancer ingress IP (ipMode VIP), bound the same way, in KUBE-LOAD-BALANCER
+- each external IP in KUBE-EXTERNAL-IP, or KUBE-EXTERNAL-IP-LOCAL with
+  externalTrafficPolicy Local (no masquerade);
+- each load-balancer ingress IP (ipMode VIP) in KUBE-LOAD-BALANCER
   (plus -LOCAL with policy Local); with loadBalancerSourceRanges also in
   KUBE-LOAD-BALANCER-FW, one KUBE-LOAD-BALANCER-SOURCE-CIDR entry per range, and a
   KUBE-LOAD-BALANCER-SOURCE-IP entry when a range holds this node's IP;
@@ -13,6 +13,11 @@ Pure. kube-proxy's IPVS proxier (`syncProxyRules`) gives each Service port, per 
   -LOCAL twin with policy Local;
 - its healthCheckNodePort in KUBE-HEALTH-CHECK-NODE-PORT.
 Every bound address is also in KUBE-IPVS-IPS.
+
+Unlike kube-proxy, external and load-balancer IPs are not bound to kube-ipvs0: each of
+their ports is in KUBE-IPVS-STEERED, whose packets policy routing delivers to IPVS, so a
+node still reaches the other ports of a host that owns such an address (steering.py).
+One that is a node address is neither bound nor steered: it is local already.
 """
 
 from __future__ import annotations
@@ -133,8 +138,8 @@ def service_frontends(
     """The frontends of one Service in one family, given its cluster IP of that family.
 
     node_ports: the addresses serving NodePorts (node_port_addresses()); node_addresses:
-    every host address except kube-ipvs0's (an external IP already there is not bound
-    again); primary_ips: this node's IPs, for source ranges that allow the node itself.
+    every host address except kube-ipvs0's (an external IP already there is not steered);
+    primary_ips: this node's IPs, for source ranges that allow the node itself.
     """
     frontends: list[Frontend] = []
     bind: dict[IPAddress, None] = {cluster_ip: None}
@@ -161,7 +166,7 @@ def service_frontends(
             spec = ipsets.EXTERNAL_IP_LOCAL if local else ipsets.EXTERNAL_IP
             add(spec, ipsets.ip_port_entry(address, protocol, number))
             if address not in node_addresses:
-                bind[address] = None
+                add(ipsets.STEERED, ipsets.ip_port_entry(address, protocol, number))
 
         for address in balancers:
             frontends.append(Frontend(address, number, port, FrontendKind.LOAD_BALANCER))
@@ -177,13 +182,14 @@ def service_frontends(
                         _net_entry(address, protocol, number, network),
                     )
                 if allow_node:
-                    # Node-originated packets to a bound VIP leave from the VIP itself.
+                    # Marks the port as open to the node (desired._no_node_access); packets
+                    # from the node never cross the firewall in INPUT (rules.py).
                     add(
                         ipsets.LOAD_BALANCER_SOURCE_IP,
                         ipsets.ip_port_ip_entry(address, protocol, number, address),
                     )
             if address not in node_addresses:
-                bind[address] = None
+                add(ipsets.STEERED, entry)
 
         if port.node_port and node_ports:
             for address in node_ports:

@@ -33,6 +33,7 @@ from ipvsproxy.core.operations import (
     CreateIPSet,
     DeleteIPSetEntry,
     EnsureDummyInterface,
+    EnsureSteering,
     Operation,
     RestoreChains,
     UnbindAddress,
@@ -98,6 +99,7 @@ def _operations(
     ops += [
         BindAddress(a) for a in sorted(desired.addresses - observed.addresses, key=address_sort_key)
     ]
+    ops += [EnsureSteering(f, mark) for f, mark in sorted(desired.steering - observed.steering)]
 
     set_specs = all_set_names()
     for name, entries in desired.ipsets.items():

@@ -6,9 +6,10 @@ refer to some of them unconditionally, and ipset refuses rules naming a missing 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from ipvsproxy.core.model import IPAddress, IPFamily, Protocol
+from ipvsproxy.core.model import IPAddress, IPFamily, Protocol, VirtualServerKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,13 @@ HEALTH_CHECK_NODE_PORT = IPSetSpec(
     "KUBE-HEALTH-CHECK-NODE-PORT", "bitmap:port", "Kubernetes health check node port"
 )
 IPVS_IPS = IPSetSpec("KUBE-IPVS-IPS", "hash:ip", "Addresses on the ipvs interface")
+# Not kube-proxy's: external and load-balancer ip + port left off kube-ipvs0, whose packets
+# the mangle rules mark so that policy routing delivers them locally (see steering.py).
+STEERED = IPSetSpec(
+    "KUBE-IPVS-STEERED",
+    "hash:ip,port",
+    "Kubernetes service external or load balancer ip + port routed to ipvs by fwmark",
+)
 
 # kube-proxy's ipsetInfo order.
 IPSETS: tuple[IPSetSpec, ...] = (
@@ -124,6 +132,7 @@ IPSETS: tuple[IPSetSpec, ...] = (
     NODE_PORT_LOCAL_SCTP,
     HEALTH_CHECK_NODE_PORT,
     IPVS_IPS,
+    STEERED,
 )
 
 
@@ -140,3 +149,10 @@ def ip_port_entry(address: IPAddress, protocol: Protocol, port: int) -> str:
 def ip_port_ip_entry(address: IPAddress, protocol: Protocol, port: int, other: IPAddress) -> str:
     """A hash:ip,port,ip entry: "10.244.1.5,tcp:8080,10.244.1.5"."""
     return f"{address},{protocol.lower}:{port},{other}"
+
+
+def steered(sets: Mapping[str, Collection[str]], key: VirtualServerKey) -> bool:
+    """Whether a virtual server's address and port are in KUBE-IPVS-STEERED (owned);
+    sets: set name -> entries, as read from the kernel."""
+    name = STEERED.name_for(IPFamily.of(key.address))
+    return ip_port_entry(key.address, key.protocol, key.port) in sets.get(name, ())

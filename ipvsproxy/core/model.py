@@ -444,7 +444,10 @@ class KernelState:
     - ipsets: set name -> entries, in ipset's own entry syntax ("10.0.0.1,tcp:80");
     - iptables: per family, the chains by table; read back, built-in chains are included
       so that the jump rules in them can be checked;
-    - dummy_interface: whether kube-ipvs0 exists.
+    - dummy_interface: whether kube-ipvs0 exists;
+    - steering: (family, fwmark) of each policy rule, with its local route, that delivers
+      marked packets to IPVS (core/steering.py); desired only for the families that steer
+      addresses, and never removed but by cleanup.
     """
 
     virtual_servers: Mapping[VirtualServerKey, VirtualServer]
@@ -453,3 +456,4 @@ class KernelState:
     ipsets: Mapping[str, frozenset[str]]
     iptables: Mapping[IPFamily, IptablesRuleset] = field(default_factory=dict)
     dummy_interface: bool = True
+    steering: frozenset[tuple[IPFamily, int]] = frozenset()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ipvsproxy.core.model import (
     IPAddress,
+    IPFamily,
     IptablesRuleset,
     RealServer,
     RealServerKey,
@@ -77,6 +78,18 @@ class UnbindAddress:
     address: IPAddress
 
 
+# --- policy routing (steering.py) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureSteering:
+    """Make packets of `family` carrying `mark` route locally, to IPVS: the policy rule
+    (replacing one of the proxy's with another mark) and the local default route."""
+
+    family: IPFamily
+    mark: int
+
+
 # --- ipsets -------------------------------------------------------------------------------
 
 
@@ -117,6 +130,7 @@ Operation = (
     | EnsureDummyInterface
     | BindAddress
     | UnbindAddress
+    | EnsureSteering
     | IPSetOperation
     | RestoreChains
 )

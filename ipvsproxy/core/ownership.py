@@ -11,10 +11,11 @@ that stays true whatever point a SIGKILL interrupts a sync at:
   is already the node's, so not bound again): the proxy's ipsets record it. A NodePort's
   (protocol, port) is in the NodePort sets of its family (for SCTP its exact
   address,port), an external or load-balancer IP's address,port in KUBE-EXTERNAL-IP(-LOCAL)
-  or KUBE-LOAD-BALANCER. Every plan adds a set entry before the virtual servers it
-  records and deletes it only after them, and a failed delete keeps the entry
-  (agent/apply.py), so a virtual server whose Service went while no agent ran (a restart,
-  the switch-over from kube-proxy, which fills the same sets) is still known as ours.
+  or KUBE-LOAD-BALANCER, a steered port's in KUBE-IPVS-STEERED. Every plan adds a set
+  entry before the virtual servers it records and deletes it only after them, and a
+  failed delete keeps the entry (agent/apply.py), so a virtual server whose Service went
+  while no agent ran (a restart, the switch-over from kube-proxy, which fills the same
+  sets) is still known as ours.
 
 A NodePort is the cluster's on every node address, so another tool's virtual server on a
 port that is also one of the cluster's NodePorts is taken for the proxy's; any other
@@ -36,7 +37,14 @@ _NODE_PORT_SETS: Mapping[Protocol, tuple[ipsets.IPSetSpec, ipsets.IPSetSpec]] = 
 }
 
 
-_ADDRESS_SETS = (ipsets.EXTERNAL_IP, ipsets.EXTERNAL_IP_LOCAL, ipsets.LOAD_BALANCER)
+# KUBE-IPVS-STEERED: external and load-balancer ports steered to IPVS by policy routing,
+# on addresses not bound to kube-ipvs0 (steering.py).
+_ADDRESS_SETS = (
+    ipsets.EXTERNAL_IP,
+    ipsets.EXTERNAL_IP_LOCAL,
+    ipsets.LOAD_BALANCER,
+    ipsets.STEERED,
+)
 
 
 def record_entries(key: VirtualServerKey) -> Iterator[tuple[str, str]]:

@@ -56,10 +56,12 @@ from ipvsproxy.core.operations import (
     AddIPSetEntry,
     BindAddress,
     DeleteIPSetEntry,
+    EnsureSteering,
     Operation,
     RestoreChains,
     UnbindAddress,
 )
+from ipvsproxy.core.steering import steer_mark
 
 SetEntry = tuple[str, str]  # (set name, entry)
 K = TypeVar("K")
@@ -236,6 +238,7 @@ def plan_partial(
     ipvs = _ipvs_operations(cache, changed, owners, exclude_cidrs, leave)
 
     ops: list[Operation] = [BindAddress(a) for a in binds]
+    ops += _steering(entry_adds, settings)
     ops += [AddIPSetEntry(name, entry) for name, entry in entry_adds]
     ops += [RestoreChains(ruleset) for ruleset in iptables.values()]
     ops += ipvs
@@ -344,3 +347,12 @@ def _members(
             else:
                 members.discard(entry)
     return members
+
+
+def _steering(entry_adds: Iterable[SetEntry], settings: DesiredSettings) -> list[Operation]:
+    """The policy routing of each family that gains KUBE-IPVS-STEERED entries (steering.py);
+    ensuring it is idempotent, and it is never removed but by cleanup."""
+    names = {ipsets.STEERED.name_for(family): family for family in settings.families}
+    families = {names[name] for name, _ in entry_adds if name in names}
+    mark = steer_mark(settings.masquerade.mark)
+    return [EnsureSteering(family, mark) for family in sorted(families)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ipvsproxy.core import ipsets
 from ipvsproxy.core.ipsets import IPSetSpec
 from ipvsproxy.core.model import IPFamily, IPNetwork, IptablesRuleset, Protocol
+from ipvsproxy.core.steering import steer_mark
 
 NAT_CHAINS = (
     "KUBE-SERVICES",
@@ -30,7 +31,13 @@ FILTER_CHAINS = (
     "KUBE-IPVS-FILTER",
     "KUBE-IPVS-OUT-FILTER",
 )
-CHAINS: dict[str, tuple[str, ...]] = {"nat": NAT_CHAINS, "filter": FILTER_CHAINS}
+# Not kube-proxy's: marks Service ports of unbound external and LB IPs (steering.py).
+MANGLE_CHAINS = ("KUBE-IPVS-STEER", "KUBE-IPVS-UNMARK")
+CHAINS: dict[str, tuple[str, ...]] = {
+    "nat": NAT_CHAINS,
+    "filter": FILTER_CHAINS,
+    "mangle": MANGLE_CHAINS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ JUMP_RULES: tuple[JumpRule, ...] = (
     JumpRule("filter", "FORWARD", "KUBE-PROXY-FIREWALL", "kube-proxy firewall rules"),
     JumpRule("filter", "INPUT", "KUBE-IPVS-FILTER", "kubernetes ipvs access filter"),
     JumpRule("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER", "kubernetes ipvs access filter"),
+    JumpRule("mangle", "PREROUTING", "KUBE-IPVS-STEER", "kubernetes service ports to ipvs"),
+    JumpRule("mangle", "INPUT", "KUBE-IPVS-UNMARK", "kubernetes service ports to ipvs"),
 )
 
 
@@ -175,14 +184,16 @@ def no_node_access_rule(entry: str, family: IPFamily) -> str:
 
     Such traffic never crosses INPUT or FORWARD, where KUBE-PROXY-FIREWALL filters: IPVS
     schedules it in LOCAL_OUT, before filter OUTPUT, so only the ipvs match still sees the
-    virtual address; the node's own packets leave from the VIP itself (kubernetes#119656).
+    virtual address (kubernetes#119656). The node's packets are told from those IPVS
+    forwards for clients by their local source: a node address for a steered VIP (not
+    local, see steering.py), the VIP itself for a bound one.
     """
     address, proto_port = entry.split(",")
     protocol, port = proto_port.split(":")
     number = Protocol(protocol.upper()).number
-    prefix = 32 if family is IPFamily.V4 else 128
     return (
-        f"-s {address}/{prefix} -m ipvs --vproto {number} --vaddr {address} --vport {port} -j DROP"
+        "-m addrtype --src-type LOCAL "
+        f"-m ipvs --vproto {number} --vaddr {address} --vport {port} -j DROP"
     )
 
 
@@ -271,6 +282,19 @@ def build_ruleset(
         + " -j MASQUERADE --random-fully",
     ]
     nat["KUBE-MARK-MASQ"].append(f"-j MARK --set-xmark {mark}/{mark}")
+
+    steered = ipsets.STEERED
+    if has(steered):
+        steer = f"{steer_mark(masquerade.mark):#x}"
+        chains["mangle"]["KUBE-IPVS-STEER"].append(
+            f"{comment(steered)} -m set --match-set {name(steered)} dst,dst "
+            f"-j MARK --set-xmark {steer}/{steer}"
+        )
+        # The mark has done its work once the packet is routed in: cleared before IPVS
+        # forwards it, or nf_nat's reroute after IPVS's DNAT would route it locally again.
+        chains["mangle"]["KUBE-IPVS-UNMARK"].append(
+            f"-m mark --mark {steer}/{steer} -j MARK --set-xmark 0x0/{steer}"
+        )
 
     fw = ipsets.LOAD_BALANCER_FW
     if has(fw):

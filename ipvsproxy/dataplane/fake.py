@@ -9,7 +9,7 @@ real-kernel tests, which run the same scenarios against Linux itself.
 from __future__ import annotations
 
 import errno
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from ipvsproxy.core.model import (
@@ -32,6 +32,7 @@ from ipvsproxy.core.operations import (
     DeleteIPSetEntry,
     DeleteVirtualServer,
     EnsureDummyInterface,
+    EnsureSteering,
     IPSetOperation,
     IpvsOperation,
     OperationFailure,
@@ -63,9 +64,14 @@ class FakeKernel:
             family: {
                 "nat": {c: [] for c in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")},
                 "filter": {c: [] for c in ("INPUT", "FORWARD", "OUTPUT")},
+                "mangle": {
+                    c: [] for c in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+                },
             }
             for family in IPFamily
         }
+        # Family -> fwmark of the steering rule (with its local route) in place.
+        self.steer_rules: dict[IPFamily, int] = {}
         # Traffic counters per virtual server, as the kernel keeps them (see count_traffic).
         self.traffic: dict[VirtualServerKey, IpvsStats] = {}
         self.stats_reads = 0  # stats() calls: each is one dump in the real kernel
@@ -208,6 +214,23 @@ class FakeKernel:
         self.links[name].difference_update(addresses)
         return []
 
+    # --- policy routing (steering) ---
+
+    def steering(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
+        return frozenset((f, mark) for f, mark in self.steer_rules.items() if f in families)
+
+    def ensure_steering(self, op: EnsureSteering) -> OperationFailure | None:
+        if EnsureSteering in self.refuse:
+            return OperationFailure(op, errno.EPERM, "add steering rule: Operation not permitted")
+        if self.steer_rules.get(op.family) != op.mark:
+            self.writes += 1
+            self.steer_rules[op.family] = op.mark
+        return None
+
+    def remove_steering(self, family: IPFamily) -> None:
+        if self.steer_rules.pop(family, None) is not None:
+            self.writes += 1
+
     # --- ipsets ---
 
     def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
@@ -217,7 +240,9 @@ class FakeKernel:
         failures: list[OperationFailure] = []
         for op in ops:
             self.writes += 1
-            if isinstance(op, CreateIPSet):
+            if type(op) in self.refuse:
+                failures.append(OperationFailure(op, errno.EPERM, "Operation not permitted"))
+            elif isinstance(op, CreateIPSet):
                 self.sets.setdefault(op.name, set())
             elif op.set_name not in self.sets:
                 failures.append(OperationFailure(op, errno.ENOENT, f"set {op.set_name} missing"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +16,13 @@ from ipvsproxy.core.model import (
     VirtualServer,
     VirtualServerKey,
 )
-from ipvsproxy.core.operations import IPSetOperation, IpvsOperation, OperationFailure, RestoreChains
+from ipvsproxy.core.operations import (
+    EnsureSteering,
+    IPSetOperation,
+    IpvsOperation,
+    OperationFailure,
+    RestoreChains,
+)
 from ipvsproxy.core.stale_udp import ConntrackEntry
 
 IpvsSnapshot = dict[VirtualServerKey, tuple[VirtualServer, dict[RealServerKey, RealServer]]]
@@ -43,7 +49,8 @@ class IpvsDataplane(Protocol):
 
 
 class AddressDataplane(Protocol):
-    """The dummy interface and the service addresses bound to it."""
+    """The dummy interface and the service addresses bound to it, and the policy routing
+    that delivers steered Service ports to IPVS."""
 
     def interface_exists(self, name: str) -> bool: ...
 
@@ -60,6 +67,17 @@ class AddressDataplane(Protocol):
     def bind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]: ...
 
     def unbind(self, name: str, addresses: Sequence[IPAddress]) -> list[OperationFailure]: ...
+
+    def steering(self, families: Iterable[IPFamily]) -> frozenset[tuple[IPFamily, int]]:
+        """(family, fwmark) of each family whose steering rule and route are in place
+        (core/steering.py)."""
+        ...
+
+    def ensure_steering(self, op: EnsureSteering) -> OperationFailure | None: ...
+
+    def remove_steering(self, family: IPFamily) -> None:
+        """Delete the family's steering rule and route; absent ones are no error."""
+        ...
 
 
 class IPSetDataplane(Protocol):

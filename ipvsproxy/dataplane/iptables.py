@@ -44,7 +44,7 @@ from ipvsproxy.dataplane.xtables_stamp import stamp
 from ipvsproxy.errors import KernelError
 
 BACKENDS = ("legacy", "nft")
-_TABLES = ("nat", "filter")
+_TABLES = ("nat", "filter", "mangle")
 # Kubelet (1.17+) creates one of these in the mangle table of the backend it uses.
 _KUBELET_CHAIN = re.compile(r"^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)[ \n]", re.MULTILINE)
 _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)

@@ -41,10 +41,10 @@ from ipvsproxy.dataplane.netlink import (
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NetlinkDecodeError,
-    NetlinkSocket,
     Outcome,
     attributes,
 )
+from ipvsproxy.dataplane.steering import PolicyRouting
 from ipvsproxy.errors import KernelError
 
 __all__ = [
@@ -203,8 +203,9 @@ def _reason(outcome: Outcome) -> str:
     return os.strerror(outcome.code) + (f" ({outcome.text})" if outcome.text else "")
 
 
-class LinkTool(NetlinkSocket):
-    """The dummy interface and its addresses, over one rtnetlink socket.
+class LinkTool(PolicyRouting):
+    """The dummy interface and its addresses, and the steering rule and route
+    (steering.py), over one rtnetlink socket.
 
     ``writes`` counts the change messages sent (addresses and links); lookups and dumps are
     not counted. Raises KernelError when the socket cannot be opened.

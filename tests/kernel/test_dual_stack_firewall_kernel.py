@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli
+from ipvsproxy_testkit.sandbox.netns import ip
 from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
 from ipvsproxy.errors import SandboxError
@@ -72,7 +73,10 @@ items:
          "--hostname-override", NODE, "--section", "iptables"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    rule6 = "-A KUBE-IPVS-OUT-FILTER -s 2001:db8::50/128 -m ipvs --vproto 6 --vaddr 2001:db8::50"
+    rule6 = (
+        "-A KUBE-IPVS-OUT-FILTER -m addrtype --src-type LOCAL"
+        " -m ipvs --vproto 6 --vaddr 2001:db8::50"
+    )
     assert rule6 in planned
     saved6 = subprocess.run(
         ["ip6tables-legacy-save", "-t", "filter"], capture_output=True, text=True, check=True
@@ -81,6 +85,10 @@ items:
 
     assert pod_network.tcp_requests("203.0.113.50", 80, 1, source=allowed) == ["web1"]
     assert pod_network.tcp_requests("2001:db8::50", 80, 1, source=allowed) == ["web1"]
+    # The ingress IPs are steered, not bound (ipvsproxy/core/steering.py): the node reaches
+    # them through its routes, as in iptables mode; these stand in for its default routes.
+    ip("route", "add", "203.0.113.0/24", "via", v4)
+    ip("-6", "route", "add", "2001:db8::/64", "via", v6)
     for address in ("203.0.113.50", "2001:db8::50"):  # the node is outside the ranges
         with pytest.raises(SandboxError, match="timed out"):
             pod_network.tcp_requests(address, 80, 1, timeout=1.0)

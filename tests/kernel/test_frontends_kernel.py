@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from agentproc import cli, cluster_file
+from ipvsproxy_testkit.sandbox.netns import ip
 from ipvsproxy_testkit.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
 from ipvsproxy.errors import SandboxError
@@ -160,7 +161,10 @@ def test_external_ip_and_load_balancer_source_ranges(
         pod_network.tcp_requests("203.0.113.50", 80, 1, source=refused, timeout=1.0)
     with pytest.raises(SandboxError, match="timed out"):
         pod_network.udp_requests("203.0.113.50", 53, 1, source=refused, timeout=0.5)
-    # The node's IP is outside the ranges, so the node itself is refused too.
+    # The node's IP is outside the ranges, so the node itself is refused too. The address
+    # is steered, not bound (ipvsproxy/core/steering.py): the node reaches it through its
+    # routes, as in iptables mode; this one stands in for a node's default route.
+    ip("route", "add", "203.0.113.0/24", "via", refused.ip)
     with pytest.raises(SandboxError, match="timed out"):
         pod_network.tcp_requests("203.0.113.50", 80, 1, timeout=1.0)
     # ipMode Proxy ingress is not programmed.

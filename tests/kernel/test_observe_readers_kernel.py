@@ -128,8 +128,9 @@ def test_one_save_per_family_reads_what_the_per_table_saves_read(family: IPFamil
         ["-t", "nat", "-A", "KUBE-SERVICES", "-m", "comment", "--comment", "a b", "-j", "RETURN"],
         ["-t", "filter", "-N", "KUBE-FORWARD"],
         ["-t", "filter", "-A", "KUBE-FORWARD", "-m", "mark", "--mark", "0x4000/0x4000"],
-        # tables the proxy does not own must not show up in what it reads
+        # mangle holds the steering chains (ipvsproxy/core/steering.py), and kubelet's
         ["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"],
+        # a table the proxy does not own must not show up in what it reads
         ["-t", "raw", "-A", "PREROUTING", "-j", "ACCEPT"],
     ):
         subprocess.run([f"{base}-legacy", *argv], check=True, capture_output=True)
@@ -137,11 +138,11 @@ def test_one_save_per_family_reads_what_the_per_table_saves_read(family: IPFamil
         subprocess.run(
             [f"{base}-legacy-save", "-t", table], check=True, capture_output=True, text=True
         ).stdout
-        for table in ("nat", "filter")
+        for table in ("nat", "filter", "mangle")
     )
     read = IptablesTool("legacy").read(family)
     assert read.tables == parse_iptables(per_table)
-    assert set(read.tables) == {"nat", "filter"}
+    assert set(read.tables) == {"nat", "filter", "mangle"}
     assert read.tables["nat"]["KUBE-SERVICES"] == ('-m comment --comment "a b" -j RETURN',)
 
 
