@@ -14,7 +14,8 @@ import pytest
 from agentrig import Harness
 from builders import endpoint_slice, service
 
-from ipvsproxy.agent.full_sync import cleanup, observe, sync
+from ipvsproxy.agent.cleanup import cleanup
+from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state, service_state
 from ipvsproxy.core.drift import find_drift
 from ipvsproxy.core.model import IPFamily, KernelState, Protocol, Service, VirtualServer
@@ -67,7 +68,7 @@ def dataplanes(kernel: FakeKernel) -> Dataplanes:
 
 
 def test_external_ip_is_steered_not_bound(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    outcome = sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes)
+    outcome = full_sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes)
     assert outcome.result.ok
     assert kernel.links["kube-ipvs0"] == {ip("10.96.0.10"), ip("fd00::10")}
     assert kernel.sets["KUBE-IPVS-STEERED"] == {"192.168.1.20,tcp:80"}
@@ -87,13 +88,13 @@ def test_external_ip_is_steered_not_bound(dataplanes: Dataplanes, kernel: FakeKe
         "-m mark --mark 0x2000/0x2000 -j MARK --set-xmark 0x0/0x2000"
     ]
     # Everything reads back as planned.
-    assert sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes).plan.operations == ()
+    assert full_sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes).plan.operations == ()
 
 
 def test_no_steering_rule_while_nothing_is_steered(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    assert sync(want([web()]), dataplanes).result.ok
+    assert full_sync(want([web()]), dataplanes).result.ok
     assert kernel.steer_rules == {}
     assert kernel.tables[IPFamily.V4]["mangle"]["KUBE-IPVS-STEER"] == []
 
@@ -101,13 +102,13 @@ def test_no_steering_rule_while_nothing_is_steered(
 def test_steered_virtual_servers_are_owned_across_restarts(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want([web(str(NEIGHBOUR))]), dataplanes)
+    full_sync(want([web(str(NEIGHBOUR))]), dataplanes)
     # Another tool's virtual server on the same address, another port: not ours.
     foreign = VirtualServer(NEIGHBOUR, Protocol.TCP, 8443)
     kernel.services[foreign.key] = foreign
     kernel.destinations[foreign.key] = {}
     # A new process knows only the kernel: the set entry says 192.168.1.20:80 is ours.
-    outcome = sync(want([web()]), dataplanes)
+    outcome = full_sync(want([web()]), dataplanes)
     assert DeleteVirtualServer(VirtualServer(NEIGHBOUR, Protocol.TCP, 80).key) in (
         outcome.plan.operations
     )
@@ -121,22 +122,22 @@ def test_no_virtual_server_on_a_port_that_could_not_be_steered(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
     kernel.refuse = {AddIPSetEntry}
-    outcome = sync(want([web(str(NEIGHBOUR))]), dataplanes)
+    outcome = full_sync(want([web(str(NEIGHBOUR))]), dataplanes)
     assert errno.EADDRNOTAVAIL in {f.errno for f in outcome.result.failures}
     assert NEIGHBOUR not in {k.address for k in kernel.services}
     kernel.refuse = set()
-    assert sync(want([web(str(NEIGHBOUR))]), dataplanes).result.ok
+    assert full_sync(want([web(str(NEIGHBOUR))]), dataplanes).result.ok
     assert NEIGHBOUR in {k.address for k in kernel.services}
 
 
 def test_failed_delete_keeps_the_steered_entry(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
-    sync(want([web(str(NEIGHBOUR))]), dataplanes)
+    full_sync(want([web(str(NEIGHBOUR))]), dataplanes)
     kernel.refuse = {DeleteVirtualServer}
-    outcome = sync(want([web()]), dataplanes)
+    outcome = full_sync(want([web()]), dataplanes)
     assert outcome.result.removals_skipped
     assert kernel.sets["KUBE-IPVS-STEERED"] == {"192.168.1.20,tcp:80"}
     kernel.refuse = set()
-    assert sync(want([web()]), dataplanes).result.ok
+    assert full_sync(want([web()]), dataplanes).result.ok
     assert NEIGHBOUR not in {k.address for k in kernel.services}
     assert kernel.sets["KUBE-IPVS-STEERED"] == set()
 
@@ -145,12 +146,12 @@ def test_refused_steering_rule_is_a_failure_and_retried(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
     kernel.refuse = {EnsureSteering}
-    outcome = sync(want([web(str(NEIGHBOUR))]), dataplanes)
+    outcome = full_sync(want([web(str(NEIGHBOUR))]), dataplanes)
     assert [type(f.operation) for f in outcome.result.failures] == [EnsureSteering]
     kernel.refuse = set()
-    assert [type(op) for op in sync(want([web(str(NEIGHBOUR))]), dataplanes).plan.operations] == [
-        EnsureSteering
-    ]
+    assert [
+        type(op) for op in full_sync(want([web(str(NEIGHBOUR))]), dataplanes).plan.operations
+    ] == [EnsureSteering]
     assert kernel.steer_rules == {IPFamily.V4: 0x2000}
 
 
@@ -183,7 +184,7 @@ def test_partial_sync_ensures_steering_when_a_port_is_steered() -> None:
 def test_cleanup_removes_steering_and_steered_virtual_servers(
     dataplanes: Dataplanes, kernel: FakeKernel
 ) -> None:
-    sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes)
+    full_sync(want([web(str(NEIGHBOUR), "2001:db8::20")]), dataplanes)
     assert cleanup(dataplanes) == []
     assert kernel.services == {}
     assert kernel.steer_rules == {}
@@ -192,7 +193,7 @@ def test_cleanup_removes_steering_and_steered_virtual_servers(
 
 def test_drift_names_a_missing_steering_rule(dataplanes: Dataplanes, kernel: FakeKernel) -> None:
     desired = want([web(str(NEIGHBOUR))])
-    sync(desired, dataplanes)
+    full_sync(desired, dataplanes)
     kernel.steer_rules.clear()
     drift = find_drift(desired, observe(dataplanes, tuple(desired.iptables)))
     assert [(d.kind, d.what) for d in drift] == [
