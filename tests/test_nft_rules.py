@@ -128,10 +128,10 @@ def test_cluster_ip_masquerade_per_detect_local_mode(
 def test_ipv6_table_and_steering_mark() -> None:
     chains = nft_rules.chain_rules(IPFamily.V6, MasqueradeSettings(mark=0x2000))
     assert chains["steer"] == (
-        "ip6 daddr . meta l4proto . th dport @ipvs_steered meta mark set meta mark | 0x1000",
+        "ip6 daddr . meta l4proto . th dport @ipvs_steered meta mark set meta mark | 0x00001000",
     )
-    assert chains["services"][0] == "ip6 saddr ::1/128 return"
-    assert "icmpv6" in chains["ipvs-filter"][-1]
+    assert chains["services"][0] == "ip6 saddr ::1 return"
+    assert chains["ipvs-filter"][-1] == "ct state new ip6 daddr @ipvs_ips reject"
 
 
 def test_element_round_trip() -> None:
@@ -183,3 +183,47 @@ def test_nft_accepts_the_payload(masquerade: MasqueradeSettings) -> None:
     if result is None:
         pytest.skip("nft not usable here")
     assert result.returncode == 0, result.stderr
+
+
+def _listing_state() -> tuple[KernelState, MasqueradeSettings]:
+    web = _lb(
+        "web",
+        1,
+        load_balancer_source_ranges=(
+            ipaddress.ip_network("198.51.100.0/24"),
+            ipaddress.ip_network("203.0.113.7/32"),
+        ),
+    )
+    return _state([web, _lb("db", 2)]), MasqueradeSettings(local_interface="veth+")
+
+
+def test_parse_listing_gives_back_the_desired_sets_and_chains() -> None:
+    state, masquerade = _listing_state()
+    text = nft_rules.render_table(IPFamily.V4, state.ipsets, masquerade=masquerade)
+    parsed = nft_rules.parse_listing(IPFamily.V4, text)
+    v4 = {name: set(v) for name, v in state.ipsets.items() if not name.startswith("KUBE-6-")}
+    assert {name: set(v) for name, v in parsed.sets.items()} == v4
+    assert parsed.chains == nft_rules.desired_chains(IPFamily.V4, masquerade)
+
+
+def test_kernel_listing_reads_back_equal() -> None:
+    """Written into a private network namespace and listed by nft: the listing parses back
+    to exactly the desired sets and chains, so an unchanged table shows no drift."""
+    state, masquerade = _listing_state()
+    payload = nft_rules.full_payload([IPFamily.V4], state.ipsets, masquerade=masquerade)
+    unshare, nft = shutil.which("unshare"), shutil.which("nft")
+    if unshare is None or nft is None:
+        pytest.skip("needs unshare and nft")
+    result = subprocess.run(
+        [unshare, "-n", "sh", "-c", f"{nft} -f - && {nft} list table ip ipvsproxy"],
+        input=payload,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"no private network namespace with nftables here: {result.stderr[:200]}")
+    parsed = nft_rules.parse_listing(IPFamily.V4, result.stdout)
+    v4 = {name: set(v) for name, v in state.ipsets.items() if not name.startswith("KUBE-6-")}
+    assert {name: set(v) for name, v in parsed.sets.items()} == v4
+    assert parsed.chains == nft_rules.desired_chains(IPFamily.V4, masquerade)

@@ -137,10 +137,11 @@ def entry(nft_set: NftSet, element_text: str) -> str:
 
 
 def _family_words(family: IPFamily) -> tuple[str, str, str, str]:
-    """(table family, address keyword, loopback network, reject statement)."""
+    """(table family, address keyword, loopback network, reject statement), as `nft list`
+    prints them: a bare reject is ICMP(v6) port unreachable, /128 a bare address."""
     if family is IPFamily.V4:
-        return "ip", "ip", "127.0.0.0/8", "reject with icmp type port-unreachable"
-    return "ip6", "ip6", "::1/128", "reject with icmpv6 type port-unreachable"
+        return "ip", "ip", "127.0.0.0/8", "reject"
+    return "ip6", "ip6", "::1", "reject"
 
 
 def _interface(name: str) -> str:
@@ -151,7 +152,7 @@ def _interface(name: str) -> str:
 def chain_rules(family: IPFamily, masquerade: MasqueradeSettings) -> dict[str, tuple[str, ...]]:
     """Every chain of the family's table and its rules, in order: fixed, whatever the sets hold."""
     _, ip, loopback, reject = _family_words(family)
-    mark = f"{masquerade.mark:#x}"
+    mark = f"{masquerade.mark:#010x}"
     unmask = f"{0xFFFFFFFF & ~masquerade.mark:#x}"
     steer = steer_mark(masquerade.mark)
     dst = f"{ip} daddr . meta l4proto . th dport"
@@ -185,9 +186,9 @@ def chain_rules(family: IPFamily, masquerade: MasqueradeSettings) -> dict[str, t
             f"{dst} {in_set(ipsets.LOAD_BALANCER_FW)} "
             f"{dst} . {ip} daddr != {in_set(ipsets.LOAD_BALANCER_SOURCE_IP)} drop",
         ),
-        "steer": (f"{dst} {in_set(ipsets.STEERED)} meta mark set meta mark | {steer:#x}",),
+        "steer": (f"{dst} {in_set(ipsets.STEERED)} meta mark set meta mark | {steer:#010x}",),
         "unmark": (
-            f"meta mark & {steer:#x} == {steer:#x} "
+            f"meta mark & {steer:#010x} == {steer:#010x} "
             f"meta mark set meta mark & {0xFFFFFFFF & ~steer:#x}",
         ),
         "services": (
@@ -224,7 +225,7 @@ def chain_rules(family: IPFamily, masquerade: MasqueradeSettings) -> dict[str, t
         ),
         "forward": (
             f"meta mark & {mark} == {mark} accept",
-            "ct state related,established accept",
+            "ct state established,related accept",
         ),
         "health-check": (f"tcp dport {in_set(ipsets.HEALTH_CHECK_NODE_PORT)} accept",),
         # Host services listening on 0.0.0.0 must not answer on VIPs (kubernetes#72236).
@@ -324,3 +325,79 @@ def delete_payload(families: Iterable[IPFamily]) -> str:
         f"table {_family_words(f)[0]} {TABLE}\ndelete table {_family_words(f)[0]} {TABLE}\n"
         for f in families
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NftTableState:
+    """One family's table as read back: the sets' entries by ipset name, in ipset syntax
+    (comparable with KernelState.ipsets), and each chain's rules as `nft list` prints them."""
+
+    family: IPFamily
+    sets: Mapping[str, frozenset[str]]
+    chains: Mapping[str, tuple[str, ...]]
+
+
+def parse_listing(family: IPFamily, text: str) -> NftTableState:
+    """`nft list table <family> ipvsproxy` output (or render_table's) back into values.
+
+    Base chain declarations ("type ... hook ...") are kept as the chain's first line, so
+    that a chain whose hook or priority was changed counts as drift.
+    """
+    by_name = {nft_set.name: nft_set for nft_set in SETS}
+    sets: dict[str, frozenset[str]] = {}
+    chains: dict[str, tuple[str, ...]] = {}
+    current_set: NftSet | None = None
+    current_chain: list[str] | None = None
+    chain_name = ""
+    pending: list[str] = []  # element text of a set, across lines
+    in_elements = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if in_elements:
+            pending.append(line)
+            if line.endswith("}"):
+                in_elements = False
+            continue
+        if line.startswith("set ") and line.endswith("{"):
+            current_set = by_name.get(line.split()[1])
+            pending = []
+            continue
+        if line.startswith("chain ") and line.endswith("{"):
+            current_chain, chain_name = [], line.split()[1]
+            continue
+        if line == "}":
+            if current_set is not None:
+                body = " ".join(pending).strip()
+                body = body.removeprefix("elements = {").removesuffix("}")
+                members = [m.strip() for m in body.split(",") if m.strip()]
+                sets[current_set.spec.name_for(family)] = frozenset(
+                    entry(current_set, m) for m in members
+                )
+                current_set = None
+            elif current_chain is not None:
+                chains[chain_name] = tuple(current_chain)
+                current_chain = None
+            continue
+        if current_set is not None:
+            if line.startswith("elements = {"):
+                pending = [line]
+                in_elements = not line.endswith("}")
+            continue
+        if current_chain is not None:
+            current_chain.append(line)
+    return NftTableState(family, sets, chains)
+
+
+def desired_chains(family: IPFamily, masquerade: MasqueradeSettings) -> dict[str, tuple[str, ...]]:
+    """The chains as parse_listing() returns them for a table render_table() wrote."""
+    base = {name: (kind, hook, priority) for name, kind, hook, priority in BASE_CHAINS}
+    result: dict[str, tuple[str, ...]] = {}
+    for name, rules in chain_rules(family, masquerade).items():
+        head: tuple[str, ...] = ()
+        if name in base:
+            kind, hook, priority = base[name]
+            head = (f"type {kind} hook {hook} priority {priority}; policy accept;",)
+        result[name] = head + rules
+    return result
