@@ -322,16 +322,14 @@ def sizes(name: str, builder: Builder | None = None) -> list[tuple[str, int]]:
     tree = rootfs(name, builder)
     base = rootfs(BASE, builder)
     site = tree / SITE_PACKAGES.lstrip("/")
+    added = sum(_disk_usage(tree / d) - _disk_usage(base / d) for d in ("usr", "etc", "var"))
     parts: list[tuple[str, int]] = [
         ("image, total", _disk_usage(tree)),
         ("base image (debian:12-slim)", _disk_usage(base)),
-        ("Debian packages added (/usr, /etc, /var less the base's)", 0),
-        ("  of which Python's standard library (/usr/lib/python3.11)", 0),
+        ("Debian packages added (/usr, /etc, /var less the base's)", added),
+        ("  of which Python's standard library", _disk_usage(tree / "usr/lib/python3.11")),
         ("venv (/opt/ipvsproxy)", _disk_usage(tree / "opt")),
     ]
-    added = sum(_disk_usage(tree / d) - _disk_usage(base / d) for d in ("usr", "etc", "var"))
-    parts[2] = (parts[2][0], added)
-    parts[3] = (parts[3][0], _disk_usage(tree / "usr/lib/python3.11"))
     packages = sorted(
         ((f"  {p.name}", _disk_usage(p)) for p in site.iterdir() if p.is_dir()),
         key=lambda item: -item[1],
