@@ -170,9 +170,9 @@ def find_builder() -> Builder:
 
 # How the base is made when it cannot be pulled. The merged-usr hook links /bin, /lib and
 # /sbin into /usr itself and installs usr-is-merged, as debootstrap (and so the real
-# debian:12-slim) does; without it mmdebstrap installs usrmerge, which pulls in perl
-# (46 MB). The real image has no ca-certificates either: the Dockerfile's build stage
-# installs them for pip.
+# debian:12-slim) does; without it mmdebstrap installs usrmerge, which pulls in the whole
+# of perl (libperl5.36 and perl-modules-5.36: 46 MB installed) beside perl-base. The real
+# image has no ca-certificates either: the Dockerfile's build stage installs them for pip.
 BASE_RECIPE: Final = (
     "--variant=minbase",
     "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
