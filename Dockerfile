@@ -6,42 +6,55 @@
 #   python -m ipvsproxy_testkit.image build
 # Checked without a container engine by tests/test_dockerfile.py.
 
-# Stage 1: build the project's wheel from this source tree, with Debian's setuptools
-# (nothing is fetched from a package index here).
+# Stage 1: the project's wheel, built from this source tree with Debian's setuptools
+# (nothing is fetched from a package index for it), then the venv the image runs: every
+# dependency at the version and with the file hash requirements.lock records (pip refuses
+# anything else), then the wheel alone. Built here, copied into stage 2: pip, setuptools,
+# python3-venv and the CA bundle pip needs never reach the image.
 FROM debian:12-slim AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-pip python3-setuptools python3-wheel \
+    && apt-get install -y --no-install-recommends \
+        python3 python3-pip python3-setuptools python3-wheel python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ipvsproxy ./ipvsproxy
 RUN python3 -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+# Pruned from the installed packages, a listed path each (tests/test_image_prune.py runs
+# the agent's imports and requests and checks that nothing it loads is among them):
+#   kubernetes/aio: the client's asyncio copy of every generated API and model; aiohttp
+#     and its family, which only it imports, are left out of requirements.lock;
+#   kubernetes/client/api and the modules of kubernetes/client/models: the generated typed
+#     APIs and models. kubernetes.client loads them lazily, by name, when one is used; the
+#     agent sends its GETs through ApiClient and reads the JSON itself, so none is ever
+#     loaded (models/__init__.py stays: ApiClient imports the package);
+#   pydantic/v1: pydantic 1's API, which only code written for pydantic 1 imports.
+# Bytecode: compiled once here, checked against nothing at import (the image is read-only,
+# and the copy into stage 2 must not make it look stale).
+COPY requirements.lock /tmp/requirements.lock
+RUN python3 -m venv /opt/ipvsproxy \
+    && /opt/ipvsproxy/bin/pip install --no-cache-dir --no-compile --require-hashes --no-deps \
+        -r /tmp/requirements.lock \
+    && /opt/ipvsproxy/bin/pip install --no-cache-dir --no-compile --no-deps /wheels/*.whl \
+    && /opt/ipvsproxy/bin/pip uninstall --yes setuptools pip \
+    && rm -rf /opt/ipvsproxy/lib/python3.11/site-packages/kubernetes/aio \
+    && rm -rf /opt/ipvsproxy/lib/python3.11/site-packages/kubernetes/client/api \
+    && find /opt/ipvsproxy/lib/python3.11/site-packages/kubernetes/client/models \
+        -mindepth 1 -not -name __init__.py -delete \
+    && rm -rf /opt/ipvsproxy/lib/python3.11/site-packages/pydantic/v1 \
+    && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/ipvsproxy/lib
 
-# Stage 2: the tools, the pinned dependencies and the wheel, nothing of the source tree.
+# Stage 2: the interpreter, the kernel tools and the venv, nothing of the source tree.
 # ipset, iptables (Debian's holds both the legacy and the nft backend; ipvsproxy picks
-# the one the node uses), ipvsadm and conntrack for the kernel state and for inspecting
-# it; kmod (lsmod, modinfo) and iproute2 (ip addr show kube-ipvs0) for operators.
+# the one the node uses) and nftables' nft, which the agent runs; ipvsadm and conntrack to
+# inspect the kernel state, kmod (lsmod, modinfo) to inspect the node's modules.
 FROM debian:12-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-venv ipset iptables ipvsadm conntrack kmod iproute2 \
+        python3 ipset iptables nftables ipvsadm conntrack kmod \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
-# Every dependency at the version and with the file hash requirements.lock records (pip
-# refuses anything else), then the wheel alone; pip and setuptools leave the image after.
-# Pruned from the installed packages: what the agent never imports, a listed path each
-# (tests/test_image_prune.py checks that every kubernetes module the agent loads survives):
-#   kubernetes/aio: the client's asyncio copy of every generated API and model, 68 MB;
-#   the agent reaches the API server through the synchronous kubernetes.client only.
-COPY requirements.lock /tmp/requirements.lock
-COPY --from=build /wheels /tmp/wheels
-RUN python3 -m venv /opt/ipvsproxy \
-    && /opt/ipvsproxy/bin/pip install --no-cache-dir --require-hashes --no-deps \
-        -r /tmp/requirements.lock \
-    && /opt/ipvsproxy/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
-    && /opt/ipvsproxy/bin/pip uninstall --yes setuptools pip \
-    && rm -rf /opt/ipvsproxy/lib/python3.11/site-packages/kubernetes/aio \
-    && rm -rf /tmp/wheels /tmp/requirements.lock
+COPY --from=build /opt/ipvsproxy /opt/ipvsproxy
 ENV PATH=/opt/ipvsproxy/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 # The build's commit, for --version, the User-Agent and kubernetes_build_info:
 #   docker build --build-arg IPVSPROXY_GIT_COMMIT=$(git rev-parse HEAD) ...

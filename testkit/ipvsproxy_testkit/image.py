@@ -10,8 +10,9 @@
   install buildah`); podman and buildah with the vfs storage driver and chroot isolation,
   which need no daemon, no user namespaces and no overlay support.
 - Base: `debian:12-slim` is pulled; when it cannot be (no registry access), an equivalent
-  is made from Debian's packages with mmdebstrap (minbase, ca-certificates, no docs or
-  locales, as the slim image) and stored under that name.
+  is made from Debian's packages with mmdebstrap (minbase, merged /usr as debootstrap sets
+  it up, no docs or locales: the slim image's packages) and stored under that name,
+  labelled with its recipe; one made by an older recipe is made again.
 - TLS-intercepting proxies: RUN steps see the host's CA bundle and a pip configuration
   naming it (podman and buildah mount them; the Dockerfile is not changed), so pip inside
   the build trusts what the host's pip trusts. docker cannot mount into RUN steps: behind
@@ -34,7 +35,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -60,15 +61,32 @@ SLIM_DPKG: Final = (
 
 
 SITE_PACKAGES: Final = "/opt/ipvsproxy/lib/python3.11/site-packages"
-_PRUNED_PATH: Final = re.compile(re.escape(SITE_PACKAGES) + r"/(\S+)")
+_REMOVED: Final = re.compile(r"rm -rf " + re.escape(SITE_PACKAGES) + r"/(\S+)")
+_EMPTIED: Final = re.compile(
+    r"find " + re.escape(SITE_PACKAGES) + r"/(\S+)\s+-mindepth 1 -not -name (\S+) -delete"
+)
 
 
-def pruned(root: Path = ROOT) -> tuple[str, ...]:
-    """The paths under site-packages that the Dockerfile removes after installing."""
-    found: list[str] = []
-    for line in (root / "Dockerfile").read_text().splitlines():
-        if "rm -rf " in line:
-            found.extend(_PRUNED_PATH.findall(line.split("rm -rf ", 1)[1]))
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """A path under site-packages the Dockerfile removes, but for the names it keeps."""
+
+    path: str
+    keep: tuple[str, ...] = ()
+
+    def covers(self, relative: PurePosixPath) -> bool:
+        """Whether a path relative to site-packages is gone from the image."""
+        gone = PurePosixPath(self.path)
+        if relative.parent == gone and relative.name in self.keep:
+            return False
+        return relative == gone or relative.is_relative_to(gone)
+
+
+def pruned(root: Path = ROOT) -> tuple[Pruned, ...]:
+    """What the Dockerfile removes from site-packages after installing."""
+    text = (root / "Dockerfile").read_text().replace("\\\n", " ")
+    found = [Pruned(path) for path in _REMOVED.findall(text)]
+    found.extend(Pruned(path, (keep,)) for path, keep in _EMPTIED.findall(text))
     return tuple(found)
 
 
@@ -150,42 +168,62 @@ def find_builder() -> Builder:
     )
 
 
+# How the base is made when it cannot be pulled. The merged-usr hook links /bin, /lib and
+# /sbin into /usr itself and installs usr-is-merged, as debootstrap (and so the real
+# debian:12-slim) does; without it mmdebstrap installs usrmerge, which pulls in the whole
+# of perl (libperl5.36 and perl-modules-5.36: 46 MB installed) beside perl-base. The real
+# image has no ca-certificates either: the Dockerfile's build stage installs them for pip.
+BASE_RECIPE: Final = (
+    "--variant=minbase",
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+    *(f"--dpkgopt={option}" for option in SLIM_DPKG),
+    "bookworm",
+)
+BASE_LABEL: Final = "org.ipvsproxy.base-recipe"
+
+
+def base_recipe_digest() -> str:
+    text = json.dumps([BASE_RECIPE, DEBIAN_SOURCES])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _base_labels(builder: Builder) -> dict[str, str]:
+    argv = (
+        builder.cmd("image", "inspect", BASE)
+        if builder.tool == "docker"
+        else builder.cmd("inspect", "--type", "image", BASE)
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    data = json.loads(done.stdout or "[]")
+    item = data[0] if isinstance(data, list) and data else data
+    if not isinstance(item, dict):
+        return {}
+    config = item.get("OCIv1", {}).get("config") or item.get("Config") or {}
+    return {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
+
+
 def ensure_base(builder: Builder) -> None:
     """debian:12-slim in local storage: pulled, else made from Debian's packages."""
     if builder.has_image(BASE):
-        return
-    pulled = subprocess.run(
-        builder.cmd("pull", BASE), capture_output=True, text=True, check=False, timeout=300
-    )
-    if pulled.returncode == 0:
-        return
-    if builder.tool == "docker" or not shutil.which("mmdebstrap"):
-        raise ImageError(
-            f"cannot pull {BASE} ({pulled.stderr.strip()[-300:]}) and cannot make it: "
-            "install mmdebstrap (and buildah or podman)"
-        )
+        labels = _base_labels(builder)
+        made_here = BASE_LABEL in labels or "io.buildah.version" in labels
+        if not made_here or labels.get(BASE_LABEL) == base_recipe_digest():
+            return  # pulled, or made by this recipe
+    # A working container kept for an older base's root filesystem (sizes) would outlive it.
+    subprocess.run(builder.cmd("rm", _rootfs_container(BASE)), capture_output=True, check=False)
     with tempfile.TemporaryDirectory(prefix="ipvsproxy-base-") as scratch:
         tarball = Path(scratch) / "base.tar"
-        _run(
-            [
-                "mmdebstrap",
-                "--variant=minbase",
-                "--include=ca-certificates",
-                *(f"--dpkgopt={option}" for option in SLIM_DPKG),
-                "bookworm",
-                str(tarball),
-                *DEBIAN_SOURCES,
-            ],
-            quiet=True,
-        )
+        _run(["mmdebstrap", *BASE_RECIPE, str(tarball), *DEBIAN_SOURCES], quiet=True)
+        label = f"{BASE_LABEL}={base_recipe_digest()}"
         tool = Builder("buildah", builder.global_options)
         if builder.tool != "buildah" and not shutil.which("buildah"):
             # podman imports a root filesystem tarball as an image directly.
-            _run(builder.cmd("import", str(tarball), BASE), quiet=True)
+            _run(builder.cmd("import", "--change", f"LABEL {label}", str(tarball), BASE))
             return
         container = _run(tool.cmd("from", "scratch"), quiet=True).strip()
         try:
             _run(tool.cmd("add", container, str(tarball), "/"), quiet=True)
+            _run(tool.cmd("config", "--label", label, container), quiet=True)
             _run(tool.cmd("commit", "-q", container, BASE), quiet=True)
         finally:
             subprocess.run(tool.cmd("rm", container), capture_output=True, check=False)
@@ -271,12 +309,16 @@ def image_size(name: str, builder: Builder | None = None) -> str:
     raise ImageError(f"{name}: not among the builder's images")
 
 
+def _rootfs_container(name: str) -> str:
+    return "ipvsproxy-rootfs-" + name.rsplit(":", 1)[-1]
+
+
 def rootfs(name: str, builder: Builder | None = None) -> Path:
     """The image's root filesystem as a directory (a working container kept for it)."""
     builder = builder or find_builder()
     if builder.tool == "docker":
         raise ImageError("rootfs needs podman or buildah (docker keeps no mountable tree)")
-    container = "ipvsproxy-rootfs-" + name.rsplit(":", 1)[-1]
+    container = _rootfs_container(name)
     tool = Builder("buildah", builder.global_options) if shutil.which("buildah") else builder
     existing = subprocess.run(
         tool.cmd("inspect", "--type", "container", container), capture_output=True, check=False
@@ -344,6 +386,23 @@ def sizes(name: str, builder: Builder | None = None) -> list[tuple[str, int]]:
     return parts
 
 
+# Required by the kubernetes client for kubernetes/aio alone, which the Dockerfile prunes:
+# aiohttp and what it requires (attrs included: nothing else in the lock needs it). Left
+# out of the lock, so never installed; tests/test_image_prune.py runs the agent's imports
+# and requests with them unimportable.
+NOT_INSTALLED: Final = (
+    "aiohappyeyeballs",
+    "aiohttp",
+    "aiohttp-retry",
+    "aiosignal",
+    "attrs",
+    "frozenlist",
+    "multidict",
+    "propcache",
+    "yarl",
+)
+
+
 def lock(root: Path = ROOT) -> str:
     """requirements.lock: every dependency of the project, resolved from the package index
     for this Python (the image's: CPython 3.11, linux x86_64), pinned with its file's hash."""
@@ -377,10 +436,11 @@ def lock(root: Path = ROOT) -> str:
         "# The image's Python dependencies: exact versions and file hashes (pip --require-hashes).",
         "# Regenerate with: python -m ipvsproxy_testkit.image lock",
         "# Resolved for CPython 3.11 on linux x86_64 (Debian 12's python3, as in the image).",
+        "# Left out (only the pruned kubernetes/aio needs them): " + ", ".join(NOT_INSTALLED),
     ]
     for item in sorted(installs, key=lambda i: str(i["metadata"]["name"]).lower()):
         name, pinned = item["metadata"]["name"], item["metadata"]["version"]
-        if name == "ipvsproxy":
+        if name == "ipvsproxy" or _canonical(name) in NOT_INSTALLED:
             continue
         hashes = item["download_info"].get("archive_info", {}).get("hashes", {})
         if "sha256" not in hashes:
@@ -389,6 +449,10 @@ def lock(root: Path = ROOT) -> str:
     text = "\n".join(lines) + "\n"
     (root / "requirements.lock").write_text(text)
     return text
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

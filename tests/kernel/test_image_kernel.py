@@ -111,6 +111,14 @@ def test_the_image_holds_the_agent_and_no_test_code() -> None:
     assert not list(site.glob("ipvsproxy*/**/sandbox")) and not list(site.glob("**/testapi"))
     assert (rootfs / "opt/ipvsproxy/bin/ipvsproxy").exists()
     assert not (rootfs / "src").exists()  # the build stage's tree stays there
+    # What the agent executes is there; what only built the venv is not, nor full perl
+    # (perl-base, which dpkg needs, stays, as in debian:12-slim).
+    for binary in ("ipset", "nft", "iptables-legacy-restore", "iptables-nft-restore"):
+        assert (rootfs / "usr/sbin" / binary).exists(), binary
+    for gone in ("usr/share/perl", "usr/bin/pip3", "usr/share/python-wheels", "etc/ssl/certs"):
+        assert not (rootfs / gone).exists(), gone
+    # Bytecode was compiled in the build: nothing is compiled at start on the read-only root.
+    assert list((site / "kubernetes/client/__pycache__").glob("api_client.*.pyc"))
 
 
 class Node:
