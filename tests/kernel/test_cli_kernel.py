@@ -26,6 +26,7 @@ from ipvsproxy.dataplane.ipset import IPSetTool
 from ipvsproxy.dataplane.iptables import IptablesTool, parse_save
 from ipvsproxy.dataplane.ipvs import IpvsSocket
 from ipvsproxy.dataplane.links import LinkTool
+from ipvsproxy.dataplane.xtables_rules import XtablesRules
 from ipvsproxy.k8s.files import read_cluster
 
 pytestmark = pytest.mark.kernel
@@ -129,7 +130,7 @@ def real_dataplanes() -> Iterator[Dataplanes]:
     try:
         with IpvsSocket() as ipvs:
             yield Dataplanes(
-                ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
+                ipvs=ipvs, links=links, rules=XtablesRules(IPSetTool(), IptablesTool("legacy"))
             )
     finally:
         links.close()
@@ -182,8 +183,8 @@ def test_second_sync_writes_nothing(tmp_path: Path) -> None:
         outcome = full_sync(desired_for(cluster), dataplanes)
         assert outcome.plan.operations == ()
         assert dataplanes.ipvs.writes == 0  # type: ignore[attr-defined]
-        assert dataplanes.iptables.restores == 0  # type: ignore[attr-defined]
-        assert dataplanes.ipsets.restores == 0  # type: ignore[attr-defined]
+        assert dataplanes.rules.iptables.restores == 0  # type: ignore[attr-defined]
+        assert dataplanes.rules.ipsets.restores == 0  # type: ignore[attr-defined]
         assert dataplanes.links.writes == 0  # type: ignore[attr-defined]
     assert ipvsadm_lines() == before
     # And a second process (a restart) finds nothing to do either.

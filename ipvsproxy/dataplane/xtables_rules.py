@@ -1,0 +1,115 @@
+"""The iptables rules backend: the 17 ipsets per family and the fixed iptables chains,
+behind the RulesDataplane interface (the nftables backend is dataplane/nftables.py).
+
+It also knows how to find and remove its own leftovers when the nftables backend took
+over (remove_leftovers), without loading a kernel module that is not already there.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from ipvsproxy.core.ipsets import all_set_names
+from ipvsproxy.core.model import IPFamily, RulesBackend
+from ipvsproxy.core.operations import (
+    IPSetOperation,
+    OperationFailure,
+    RestoreChains,
+    RulesOperation,
+)
+from ipvsproxy.dataplane.interfaces import IPSetDataplane, IptablesDataplane, RulesState
+from ipvsproxy.errors import KernelError
+
+# Modules without which none of the proxy's iptables chains or ipsets can exist: the
+# proxy's rules match its ipsets (xt_set needs ip_set), and the legacy tables need
+# ip_tables / ip6_tables. Built-in ones have a /sys/module entry too.
+_XTABLES_MODULES = ("ip_set", "ip_tables", "ip6_tables")
+
+
+def xtables_traces(sys_module: Path = Path("/sys/module")) -> list[str]:
+    """The iptables/ipset kernel modules present (loaded or built in)."""
+    return [name for name in _XTABLES_MODULES if (sys_module / name).exists()]
+
+
+def xtables_tools() -> bool:
+    """Whether an iptables and the ipset command are on the PATH."""
+    has_iptables = any(
+        shutil.which(name) for name in ("iptables", "iptables-legacy", "iptables-nft")
+    )
+    return has_iptables and shutil.which("ipset") is not None
+
+
+def _none() -> list[str]:
+    return []
+
+
+class XtablesRules:
+    """ipsets and iptables chains, through their two adapters."""
+
+    def __init__(
+        self,
+        ipsets: IPSetDataplane,
+        iptables: IptablesDataplane,
+        *,
+        other_backend: Callable[[], list[str]] = _none,
+    ) -> None:
+        """other_backend: removes the nftables backend's tables, if any (a switch)."""
+        self.ipsets = ipsets
+        self.iptables = iptables
+        self._other_backend = other_backend
+
+    @property
+    def backend(self) -> RulesBackend:
+        return RulesBackend.IPTABLES
+
+    def read(self, families: Iterable[IPFamily]) -> RulesState:
+        iptables = {family: self.iptables.read(family) for family in families}
+        return RulesState(sets=self.ipsets.read(all_set_names()), iptables=iptables)
+
+    def apply_sets(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        return self.ipsets.apply(ops)
+
+    def write_rules(self, op: RulesOperation) -> OperationFailure | None:
+        if not isinstance(op, RestoreChains):
+            return OperationFailure(op, 0, "the iptables backend writes no nftables table")
+        return self.iptables.restore(op)
+
+    def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
+        problems: list[str] = []
+        for family in families:
+            # Rules first: the kernel refuses to destroy a set a rule still matches.
+            try:
+                self.iptables.remove(family)
+            except KernelError as exc:
+                problems.append(f"removing IPv{family.value} iptables chains: {exc}")
+        if keep_sets:
+            return problems
+        try:
+            problems += [f.message for f in self.ipsets.destroy(all_set_names())]
+        except KernelError as exc:
+            problems.append(f"destroying ipsets: {exc}")
+        return problems
+
+    def remove_other_backend(self) -> list[str]:
+        return self._other_backend()
+
+
+def remove_leftovers(
+    make: Callable[[], XtablesRules],
+    *,
+    traces: Callable[[], list[str]] = xtables_traces,
+    tools: Callable[[], bool] = xtables_tools,
+) -> list[str]:
+    """Remove the iptables backend's chains and ipsets after a switch to nftables.
+
+    Only where they can exist: with none of ip_set, ip_tables and ip6_tables in the
+    kernel there are none, and running iptables or ipset would load those modules
+    (the point of the nftables backend is a node without them); without the tools,
+    nothing can be done either (and nothing is said: a node without iptables is the
+    normal case).
+    """
+    if not traces() or not tools():
+        return []
+    return make().remove(tuple(IPFamily))
