@@ -21,7 +21,7 @@ from ipvsproxy.core.model import (
     Service,
 )
 from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel, fake_dataplanes
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.interfaces import Dataplanes, RulesDataplane
 from ipvsproxy.serve.metrics import ProxyMetrics
 from ipvsproxy.serve.proxy_health import ProxyHealth
 
@@ -40,8 +40,11 @@ def dataplanes(
     kernel: FakeKernel,
     conntrack: FakeConntrack | None = None,
     backend: RulesBackend = RulesBackend.IPTABLES,
+    rules: RulesDataplane | None = None,
 ) -> Dataplanes:
-    return fake_dataplanes(kernel, backend, conntrack=conntrack)
+    """The fake kernel's adapters; with `rules`, a real rules backend beside it."""
+    planes = fake_dataplanes(kernel, backend, conntrack=conntrack)
+    return planes if rules is None else dataclasses.replace(planes, rules=rules)
 
 
 def kernel_state(kernel: FakeKernel, backend: RulesBackend = RulesBackend.IPTABLES) -> KernelState:
@@ -88,6 +91,7 @@ class Harness:
         sync_period_jitter: float = 0.0,  # exact periods, unless a test is about them
         rng: random.Random | None = None,
         backend: RulesBackend = RulesBackend.IPTABLES,
+        rules: RulesDataplane | None = None,
     ) -> None:
         self.kernel = kernel or FakeKernel()
         self.backend = backend
@@ -96,7 +100,7 @@ class Harness:
         self.wall = 1000.0  # seconds since the epoch, for trigger times and health
         self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
         self.agent = Agent(
-            dataplanes(self.kernel, conntrack, backend),
+            dataplanes(self.kernel, conntrack, backend, rules),
             AgentSettings(
                 desired=desired or DesiredSettings(),
                 node=NODE,

@@ -96,7 +96,7 @@ def test_first_sync_writes_each_table_in_one_transaction_and_no_ipset_or_iptable
         isinstance(op, CreateIPSet | RestoreChains | AddIPSetEntry)
         for op in outcome.plan.operations
     ), "the sets came with their tables"
-    assert kernel.nft_transactions == 2
+    assert kernel.nft_transactions == 1  # both tables in one transaction
     assert kernel.xtables_calls == 0 and not kernel.sets
     observed = observe(dataplanes, tuple(IPFamily))
     assert observed.nftables == state.nftables

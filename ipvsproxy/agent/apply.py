@@ -43,6 +43,7 @@ from ipvsproxy.errors import KernelError
 
 _IPVS = get_args(IpvsOperation)
 _IPSET = get_args(IPSetOperation)
+_RULES = (RestoreChains, ReplaceNftTable)
 _STEERED_SETS = frozenset(ipsets.STEERED.name_for(family) for family in IPFamily)
 _REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
 
@@ -79,7 +80,10 @@ def _batches(ops: Sequence[Operation]) -> list[tuple[str, bool, list[Operation]]
     batches: list[tuple[str, bool, list[Operation]]] = []
     for op in ops:
         kind, removal = _subsystem(op), isinstance(op, _REMOVALS)
-        if batches and batches[-1][:2] == (kind, removal) and kind != "rules":
+        # iptables-restore runs per family (one family's failure must not hold the
+        # other's); nftables tables drifted together are written in one transaction.
+        merge = kind != "rules" or isinstance(op, ReplaceNftTable)
+        if batches and batches[-1][:2] == (kind, removal) and merge:
             batches[-1][2].append(op)
         else:
             batches.append((kind, removal, [op]))
@@ -96,10 +100,7 @@ def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[Operatio
         unbinds = [op.address for op in ops if isinstance(op, UnbindAddress)]
         return dp.links.bind(DUMMY_INTERFACE, binds) + dp.links.unbind(DUMMY_INTERFACE, unbinds)
     if kind == "rules":
-        op = ops[0]
-        assert isinstance(op, RestoreChains | ReplaceNftTable)
-        failure = dp.rules.write_rules(op)
-        return [failure] if failure else []
+        return dp.rules.write_rules([op for op in ops if isinstance(op, _RULES)])
     if kind == "steering":
         return [
             failure

@@ -384,21 +384,21 @@ class FakeNftables:
         kernel.writes += 1
         return []
 
-    def write_rules(self, op: RulesOperation) -> OperationFailure | None:
-        if not isinstance(op, ReplaceNftTable):
-            return OperationFailure(op, 0, "the nftables backend runs no iptables-restore")
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
         kernel = self._kernel
         kernel.nft_transactions += 1
         kernel.writes += 1
-        if kernel.fail_restore:
-            return OperationFailure(op, 0, "nft -f: Error: Could not process rule")
-        text = nft_rules.render_chains(op.family, dict(op.sets), dict(op.chains))
-        table = nft_rules.parse_listing(op.family, text)
-        kernel.nft[op.family] = (
-            {name: set(members) for name, members in table.sets.items()},
-            dict(table.chains),
-        )
-        return None
+        if kernel.fail_restore or not all(isinstance(op, ReplaceNftTable) for op in ops):
+            return [OperationFailure(op, 0, "nft -f: Error: Could not process rule") for op in ops]
+        for op in ops:
+            assert isinstance(op, ReplaceNftTable)
+            text = nft_rules.render_chains(op.family, dict(op.sets), dict(op.chains))
+            table = nft_rules.parse_listing(op.family, text)
+            kernel.nft[op.family] = (
+                {name: set(members) for name, members in table.sets.items()},
+                dict(table.chains),
+            )
+        return []
 
     def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
         kernel = self._kernel

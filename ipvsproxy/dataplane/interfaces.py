@@ -139,8 +139,9 @@ class RulesDataplane(Protocol):
         """Set entries added and deleted (sets created, for ipsets), in one batch."""
         ...
 
-    def write_rules(self, op: RulesOperation) -> OperationFailure | None:
-        """The fixed rules of one family: an iptables restore, or an nftables table."""
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        """The fixed rules: an iptables restore per family, or the nftables tables in
+        one transaction."""
         ...
 
     def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:

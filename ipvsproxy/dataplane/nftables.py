@@ -193,12 +193,18 @@ class NftablesRules:
             return []
         return [OperationFailure(op, 0, f"nft -f: {error}") for op in ops]
 
-    def write_rules(self, op: RulesOperation) -> OperationFailure | None:
-        if not isinstance(op, ReplaceNftTable):
-            return OperationFailure(op, 0, "the nftables backend runs no iptables-restore")
-        payload = nft_rules.table_payload(op.family, dict(op.sets), dict(op.chains))
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        """Every table that drifted, in one transaction: all or nothing."""
+        if not all(isinstance(op, ReplaceNftTable) for op in ops):
+            reason = "the nftables backend runs no iptables-restore"
+            return [OperationFailure(op, 0, reason) for op in ops]
+        payload = "".join(
+            nft_rules.table_payload(op.family, dict(op.sets), dict(op.chains))
+            for op in ops
+            if isinstance(op, ReplaceNftTable)
+        )
         error = self._write(payload)
-        return None if error is None else OperationFailure(op, 0, f"nft -f: {error}")
+        return [] if error is None else [OperationFailure(op, 0, f"nft -f: {error}") for op in ops]
 
     def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
         """The tables, whole; with keep_sets only their chains (the sets, which record

@@ -84,7 +84,7 @@ def _xtables(iptables_backend: str, *, every_backend: bool) -> XtablesRules:
     return XtablesRules(IPSetTool(), iptables, other_backend=remove_leftover_tables)
 
 
-def _xtables_leftovers() -> list[str]:
+def remove_xtables_leftovers() -> list[str]:
     """The iptables backend's chains and ipsets, in every iptables backend whose kernel
     side is there: legacy where ip_tables or ip6_tables is loaded, nft where ip_set is
     (the proxy's rules match its ipsets)."""
@@ -116,5 +116,5 @@ def open_rules(
     rules backend; every_backend (cleanup): remove chains from both iptables backends."""
     logger.info("rules backend chosen", backend=choice.backend.value, reason=choice.reason)
     if choice.backend is RulesBackend.NFTABLES:
-        return NftablesRules(other_backend=_xtables_leftovers)
+        return NftablesRules(other_backend=remove_xtables_leftovers)
     return _xtables(iptables_backend, every_backend=every_backend)

@@ -22,15 +22,25 @@ from ipvsproxy.core.operations import (
 from ipvsproxy.dataplane.interfaces import IPSetDataplane, IptablesDataplane, RulesState
 from ipvsproxy.errors import KernelError
 
-# Modules without which none of the proxy's iptables chains or ipsets can exist: the
-# proxy's rules match its ipsets (xt_set needs ip_set), and the legacy tables need
-# ip_tables / ip6_tables. Built-in ones have a /sys/module entry too.
-_XTABLES_MODULES = ("ip_set", "ip_tables", "ip6_tables")
+# Kernel modules without which none of the proxy's iptables chains or ipsets can exist,
+# and where each shows when it is loaded or built in: the proxy's rules match its ipsets
+# (xt_set needs ip_set, whose parameters give it a /sys/module entry even built in); the
+# legacy tables need ip_tables / ip6_tables, which list their tables in /proc/net.
+# Looking at these files loads nothing.
+_XTABLES_MODULES = (
+    ("ip_set", ("/sys/module/ip_set",)),
+    ("ip_tables", ("/sys/module/ip_tables", "/proc/net/ip_tables_names")),
+    ("ip6_tables", ("/sys/module/ip6_tables", "/proc/net/ip6_tables_names")),
+)
 
 
-def xtables_traces(sys_module: Path = Path("/sys/module")) -> list[str]:
+def xtables_traces(root: Path = Path("/")) -> list[str]:
     """The iptables/ipset kernel modules present (loaded or built in)."""
-    return [name for name in _XTABLES_MODULES if (sys_module / name).exists()]
+    return [
+        name
+        for name, paths in _XTABLES_MODULES
+        if any((root / path.lstrip("/")).exists() for path in paths)
+    ]
 
 
 def xtables_tools() -> bool:
@@ -71,10 +81,18 @@ class XtablesRules:
     def apply_sets(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
         return self.ipsets.apply(ops)
 
-    def write_rules(self, op: RulesOperation) -> OperationFailure | None:
-        if not isinstance(op, RestoreChains):
-            return OperationFailure(op, 0, "the iptables backend writes no nftables table")
-        return self.iptables.restore(op)
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        failures = []
+        for op in ops:
+            if not isinstance(op, RestoreChains):
+                failure: OperationFailure | None = OperationFailure(
+                    op, 0, "the iptables backend writes no nftables table"
+                )
+            else:
+                failure = self.iptables.restore(op)
+            if failure is not None:
+                failures.append(failure)
+        return failures
 
     def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
         problems: list[str] = []
