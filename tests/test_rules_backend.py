@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import shutil
+from pathlib import Path
 
 import pytest
 from agentrig import Harness
@@ -13,6 +15,7 @@ from builders import endpoint_slice, service
 
 from ipvsproxy.agent.cleanup import cleanup
 from ipvsproxy.agent.full_sync import full_sync, observe
+from ipvsproxy.cli import main
 from ipvsproxy.core import nft_rules
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.drift import find_drift, render_drift
@@ -43,6 +46,17 @@ NODE_PORT = dataclasses.replace(
     ports=tuple(dataclasses.replace(p, node_port=30080) for p in service("x", "1.1.1.1").ports),
 )
 SHOP_SLICE = endpoint_slice("shop", "10.244.3.1")
+CLUSTER_YAML = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec:
+    clusterIP: 10.96.0.10
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+"""
 HOST = ipaddress.ip_address("192.168.1.10")  # NodePorts are served here
 
 
@@ -259,3 +273,29 @@ def test_a_backend_that_cannot_run_fails_with_one_line(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         choose_rules_backend(wanted, xtables=lambda: xtables, nft=lambda: nft)
+
+
+def test_plan_command_prints_the_nft_transaction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("an explicit nftables choice needs nft on the PATH")
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(CLUSTER_YAML)
+    args = ["plan", "-f", str(cluster), "--local-address", "192.168.1.10"]
+    assert main([*args, "--rules-backend", "nftables", "--section", "nftables"]) == 0
+    payload = capsys.readouterr().out
+    assert payload.count("delete table") == 2
+    assert "elements = { 10.96.0.10 . tcp . 80 }" in payload
+    assert main([*args, "--rules-backend", "nftables", "--section", "iptables"]) == 0
+    assert capsys.readouterr().out == ""
+    # The configuration file's setting, when no flag is given.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "ipvs: {rulesBackend: nftables}\n"
+    )
+    assert main([*args, "--config", str(config), "--section", "nftables"]) == 0
+    assert capsys.readouterr().out == payload
+    config.write_text(config.read_text().replace("nftables", "ipchains"))
+    assert main([*args, "--config", str(config)]) == 2
