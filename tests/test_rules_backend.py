@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from ipvsproxy.core.operations import (
 from ipvsproxy.core.render import render
 from ipvsproxy.core.rules import CHAINS
 from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
+from ipvsproxy.dataplane.nftables import nf_tables_present
 from ipvsproxy.dataplane.rules_backend import choose_rules_backend
+from ipvsproxy.dataplane.xtables_rules import xtables_traces
 from ipvsproxy.errors import ConfigError
 
 NFT, IPT = RulesBackend.NFTABLES, RulesBackend.IPTABLES
@@ -299,3 +302,24 @@ def test_plan_command_prints_the_nft_transaction(
     assert capsys.readouterr().out == payload
     config.write_text(config.read_text().replace("nftables", "ipchains"))
     assert main([*args, "--config", str(config)]) == 2
+
+
+def test_the_traces_that_let_a_backend_look_for_the_others_leftovers(tmp_path: Path) -> None:
+    """Looking for the other backend's objects must not load its modules: the nftables
+    backend runs iptables/ipset only where their modules are in the kernel already, the
+    iptables backend runs nft only where that loads nothing."""
+    assert xtables_traces(tmp_path) == []
+    (tmp_path / "proc/net").mkdir(parents=True)
+    (tmp_path / "proc/net/ip6_tables_names").write_text("")
+    (tmp_path / "sys/module/ip_set").mkdir(parents=True)
+    assert xtables_traces(tmp_path) == ["ip_set", "ip6_tables"]
+
+    tree = tmp_path / "lib/modules" / os.uname().release
+    assert nf_tables_present(tmp_path), "no module tree: nothing can be loaded"
+    tree.mkdir(parents=True)
+    assert not nf_tables_present(tmp_path)
+    (tree / "modules.builtin").write_text("kernel/net/netfilter/nf_tables.ko\n")
+    assert nf_tables_present(tmp_path)
+    (tree / "modules.builtin").write_text("")
+    (tmp_path / "sys/module/nf_tables").mkdir()
+    assert nf_tables_present(tmp_path)

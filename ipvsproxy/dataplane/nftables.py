@@ -12,9 +12,11 @@ them), so reading back is one process per family and a parse of its output.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 
 from ipvsproxy.core import nft_rules
 from ipvsproxy.core.model import IPFamily, RulesBackend
@@ -222,10 +224,26 @@ class NftablesRules:
         return self._other_backend()
 
 
-def remove_leftover_tables(tool: NftablesTool | None = None) -> list[str]:
-    """Remove the nftables backend's tables after a switch to iptables: only when `nft`
-    is there and lists one of them (nothing to do, and nothing said, otherwise)."""
-    if not nft_available():
+def nf_tables_present(root: Path = Path("/")) -> bool:
+    """Whether running `nft` would load no module: nf_tables is loaded, or built in, or
+    no module can be loaded here at all (no module tree for this kernel). Looking loads
+    nothing."""
+    if (root / "sys/module/nf_tables").exists():
+        return True
+    tree = root / "lib/modules" / os.uname().release
+    if not tree.is_dir():
+        return True
+    builtin = tree / "modules.builtin"
+    return builtin.is_file() and "/nf_tables.ko" in builtin.read_text()
+
+
+def remove_leftover_tables(
+    tool: NftablesTool | None = None, *, loads_nothing: Callable[[], bool] = nf_tables_present
+) -> list[str]:
+    """Remove the nftables backend's tables after a switch to iptables: only when
+    nf_tables is in the kernel (`nft` would load it otherwise, on a node that may never
+    have used it) and `nft` is there and lists one of them; nothing said otherwise."""
+    if not loads_nothing() or not nft_available():
         return []
     tool = tool or NftablesTool()
     try:
