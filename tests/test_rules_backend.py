@@ -30,10 +30,10 @@ from ipvsproxy.core.operations import (
 )
 from ipvsproxy.core.render import render
 from ipvsproxy.core.rules import CHAINS
-from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
+from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.nftables import nf_tables_present
 from ipvsproxy.dataplane.rules_backend import choose_rules_backend
-from ipvsproxy.dataplane.xtables_rules import xtables_traces
+from ipvsproxy.dataplane.xtables_rules import XtablesRules, remove_leftovers, xtables_traces
 from ipvsproxy.errors import ConfigError
 
 NFT, IPT = RulesBackend.NFTABLES, RulesBackend.IPTABLES
@@ -323,3 +323,28 @@ def test_the_traces_that_let_a_backend_look_for_the_others_leftovers(tmp_path: P
     (tree / "modules.builtin").write_text("")
     (tmp_path / "sys/module/nf_tables").mkdir()
     assert nf_tables_present(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("traces", "chains_left", "sets_left"),
+    [
+        ([], True, True),  # nothing of iptables in the kernel: not even looked at
+        (["ip_tables", "ip6_tables"], False, True),  # no ip_set: `ipset` would load it
+        (["ip_set", "ip_tables"], False, False),
+    ],
+)
+def test_iptables_leftovers_are_removed_as_far_as_their_modules_are_there(
+    traces: list[str], chains_left: bool, sets_left: bool
+) -> None:
+    kernel = host_kernel()
+    assert full_sync(want([WEB], IPT), fake_dataplanes(kernel, IPT)).result.ok
+    calls = kernel.xtables_calls
+    problems = remove_leftovers(
+        lambda: XtablesRules(kernel, FakeIptables(kernel)),
+        traces=lambda: traces,
+        tools=lambda: True,
+    )
+    assert problems == []
+    assert bool(kernel.sets) is sets_left
+    assert (our_xtables(kernel) - len(kernel.sets) > 0) is chains_left
+    assert (kernel.xtables_calls == calls) is (not traces)

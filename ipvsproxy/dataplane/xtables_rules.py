@@ -128,6 +128,8 @@ def remove_leftovers(
     nothing can be done either (and nothing is said: a node without iptables is the
     normal case).
     """
-    if not traces() or not tools():
+    found = traces()
+    if not found or not tools():
         return []
-    return make().remove(tuple(IPFamily))
+    # Without ip_set no ipset can exist, and running `ipset` would load it.
+    return make().remove(tuple(IPFamily), keep_sets="ip_set" not in found)
