@@ -57,6 +57,7 @@ from ipvsproxy.dataplane.interfaces import IpvsSnapshot
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs import EncodeOnlySink
 from ipvsproxy.dataplane.links import RTM_DELADDR, RTM_NEWADDR, encode_address
+from ipvsproxy.dataplane.xtables_rules import XtablesRules
 from ipvsproxy.k8s.objects import endpoint_slice_from_dict, service_from_dict
 
 if TYPE_CHECKING:  # not in a --baseline tree from before steering
@@ -245,7 +246,7 @@ class RecorderIptables:
 
 def dataplanes_of(recorder: Recorder) -> Dataplanes:
     return Dataplanes(
-        ipvs=recorder, links=recorder, ipsets=recorder, iptables=RecorderIptables(recorder)
+        ipvs=recorder, links=recorder, rules=XtablesRules(recorder, RecorderIptables(recorder))
     )
 
 

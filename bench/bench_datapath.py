@@ -323,6 +323,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
+    from ipvsproxy.dataplane.xtables_rules import XtablesRules
     from ipvsproxy.k8s.files import read_cluster
 
     cluster = read_cluster([path])
@@ -359,8 +360,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
                     dataplanes = Dataplanes(
                         ipvs=ipvs,
                         links=links,
-                        ipsets=IPSetTool(),
-                        iptables=IptablesTool("legacy"),
+                        rules=XtablesRules(IPSetTool(), IptablesTool("legacy")),
                     )
                     start = time.perf_counter()
                     ok = full_sync(state, dataplanes).result.ok and ok

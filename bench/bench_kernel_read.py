@@ -157,6 +157,7 @@ def measure(path: str, runs: int) -> bool:
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
+    from ipvsproxy.dataplane.xtables_rules import XtablesRules
     from ipvsproxy.k8s.files import read_cluster
 
     cluster = read_cluster([path])
@@ -177,7 +178,7 @@ def measure(path: str, runs: int) -> bool:
         ipvs = IpvsSocket()
         socks = [IpvsSocket() for _ in range(SOCKETS)]
         dataplanes = Dataplanes(
-            ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
+            ipvs=ipvs, links=links, rules=XtablesRules(IPSetTool(), IptablesTool("legacy"))
         )
         ok = full_sync(state, dataplanes).result.ok
         expected = {
@@ -204,7 +205,7 @@ def measure(path: str, runs: int) -> bool:
             ok = False
         iptables = IptablesTool("legacy", fingerprint=False)
         steady = dataplanes.iptables  # fingerprints the tables, saves only when they change
-        saving = Dataplanes(ipvs=ipvs, links=links, ipsets=dataplanes.ipsets, iptables=iptables)
+        saving = Dataplanes(ipvs=ipvs, links=links, rules=XtablesRules(IPSetTool(), iptables))
         if any(
             iptables.read(f).tables != per_table_read(f) or steady.read(f) != iptables.read(f)
             for f in families

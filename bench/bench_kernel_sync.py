@@ -28,6 +28,7 @@ from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.model import KernelState
 from ipvsproxy.core.render import ipvsadm_dest_line
 from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.xtables_rules import XtablesRules
 from ipvsproxy.k8s.files import read_cluster
 
 
@@ -101,8 +102,10 @@ def one_round(state: KernelState, name: str) -> tuple[dict[str, float], bool]:
                 dataplanes = Dataplanes(
                     ipvs=Timed("ipvs", ipvs, table),
                     links=Timed("links", links, table),
-                    ipsets=Timed("ipset", IPSetTool(), table),
-                    iptables=Timed("iptables", IptablesTool("legacy"), table),
+                    rules=XtablesRules(
+                        Timed("ipset", IPSetTool(), table),
+                        Timed("iptables", IptablesTool("legacy"), table),
+                    ),
                 )
                 seconds, outcome = clock(lambda: full_sync(state, dataplanes))  # noqa: B023
             links.close()

@@ -26,14 +26,21 @@ from ipvsproxy.config.kubeproxy_file import (
     load_config,
     load_document,
 )
-from ipvsproxy.config.settings import ProxyConfig
+from ipvsproxy.config.settings import RULES_BACKENDS, ProxyConfig
 from ipvsproxy.core.desired import (
     NodeInfo,
     desired_state,
     settings_for_node,
     with_node_object,
 )
-from ipvsproxy.core.model import DUMMY_INTERFACE, IPAddress, IPFamily, KernelState, Node
+from ipvsproxy.core.model import (
+    DUMMY_INTERFACE,
+    IPAddress,
+    IPFamily,
+    KernelState,
+    Node,
+    RulesBackend,
+)
 from ipvsproxy.core.ownership import owned
 from ipvsproxy.core.render import SECTIONS, render
 from ipvsproxy.dataplane.interfaces import ConntrackDataplane, Dataplanes
@@ -44,6 +51,7 @@ from ipvsproxy.logs import add_logging_arguments, logging_from_arguments
 from ipvsproxy.version import version_text
 
 if TYPE_CHECKING:
+    from ipvsproxy.dataplane.rules_backend import RulesChoice
     from ipvsproxy.dataplane.sysctl import SysctlFailure
 
 EXIT_OK, EXIT_KERNEL, EXIT_INPUT = 0, 1, 2
@@ -106,21 +114,39 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    def rules_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--rules-backend",
+            choices=RULES_BACKENDS,
+            default=None,
+            help="what holds the sets and fixed rules (default: the --config file's "
+            "ipvs.rulesBackend, else auto: iptables where iptables and ipset are "
+            "installed, else nftables)",
+        )
+
     def backend_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--iptables-backend",
             choices=("auto", "legacy", "nft"),
             default="auto",
-            help="auto: the backend kubelet uses, else the one holding more rules",
+            help="with the iptables rules backend, iptables' own: auto: the backend "
+            "kubelet uses, else the one holding more rules",
         )
+        if sub.prog.split()[-1] != "run":  # run takes it with kube-proxy's flags
+            rules_option(sub)
 
     plan = objects_command("plan", "print the desired kernel state; touch nothing")
     plan.add_argument("--section", choices=SECTIONS)
+    rules_option(plan)
     backend_option(objects_command("once", "program the kernel once and exit"))
     show = commands.add_parser("show", help="print what the kernel holds that the proxy owns")
     show.add_argument("--section", choices=SECTIONS)
     backend_option(show)
-    backend_option(commands.add_parser("cleanup", help="remove everything the proxy created"))
+    backend_option(
+        commands.add_parser(
+            "cleanup", help="remove everything the proxy created (both rules backends')"
+        )
+    )
     run = commands.add_parser(
         "run",
         help="watch the API server and keep the kernel in step until SIGTERM",
@@ -223,6 +249,7 @@ def _desired(
     local_addresses: frozenset[IPAddress] | None = None,
     *,
     dataplanes: Dataplanes | None = None,
+    rules: RulesBackend = RulesBackend.IPTABLES,
 ) -> tuple[KernelState, ProxyConfig, Cluster]:
     """The desired state for the files; the host's addresses are --local-address, else
     local_addresses, else read from the kernel here. With dataplanes, a Service's own
@@ -241,46 +268,47 @@ def _desired(
     elif local_addresses is None:
         local_addresses = _host_addresses()
     node = dataclasses.replace(node, local_addresses=local_addresses)
+    if dataplanes is not None:
+        rules = dataplanes.rules.backend
     settings = settings_for_node(config.desired_settings(), node)
+    settings = dataclasses.replace(settings, rules_backend=rules)
     state = desired_state(cluster.services, cluster.slices, node=node, settings=settings)
     return state, config, cluster
 
 
+def _wanted_rules(args: argparse.Namespace, config: ProxyConfig | None = None) -> str:
+    """--rules-backend, else the configuration's ipvs.rulesBackend, else auto (`run`
+    has it among kube-proxy's flags, already in its configuration)."""
+    given = getattr(args, "rules_backend", None)
+    if isinstance(given, str):
+        return given
+    return config.rules_backend if config is not None else "auto"
+
+
+def _rules_choice(wanted: str) -> RulesChoice:
+    from ipvsproxy.dataplane.rules_backend import choose_rules_backend
+
+    return choose_rules_backend(wanted)
+
+
 @contextmanager
-def _dataplanes(backend: str, *, every_backend: bool = False) -> Iterator[Dataplanes]:
-    """The real adapters. ``every_backend`` (cleanup): remove chains from both iptables
-    backends when ``backend`` is auto, not only from the one detected."""
+def _dataplanes(
+    backend: str, rules: RulesChoice, *, every_backend: bool = False
+) -> Iterator[Dataplanes]:
+    """The real adapters. ``backend``: iptables' own (legacy, nft, auto) for the iptables
+    rules backend; ``every_backend`` (cleanup): remove chains from both iptables backends
+    when ``backend`` is auto, not only from the one detected."""
     # Imported here so that `plan` needs no kernel support at all.
-    from ipvsproxy.dataplane.interfaces import IptablesDataplane
-    from ipvsproxy.dataplane.ipset import IPSetTool
-    from ipvsproxy.dataplane.iptables import (
-        BACKENDS,
-        EveryBackend,
-        IptablesTool,
-        available_backends,
-        detect_backend,
-    )
     from ipvsproxy.dataplane.ipvs import IpvsSocket
     from ipvsproxy.dataplane.links import LinkTool
+    from ipvsproxy.dataplane.rules_backend import open_rules
 
     # IPVS first: without it nothing else is touched (backend detection may write a probe).
     with IpvsSocket() as ipvs, LinkTool() as links, ExitStack() as stack:
-        if backend == "auto":
-            choice = detect_backend()
-            chosen = choice.backend
-            logger.info("iptables backend chosen", backend=chosen, reason=choice.reason)
-        else:
-            chosen = backend
-        iptables: IptablesDataplane = IptablesTool(chosen)
-        if every_backend and backend == "auto":
-            present = available_backends()
-            others = [IptablesTool(b) for b in BACKENDS if b != chosen and b in present]
-            iptables = EveryBackend(IptablesTool(chosen), others)
         yield Dataplanes(
             ipvs=ipvs,
             links=links,
-            ipsets=IPSetTool(),
-            iptables=iptables,
+            rules=open_rules(rules, iptables_backend=backend, every_backend=every_backend),
             conntrack=_conntrack(stack),
         )
 
@@ -298,7 +326,9 @@ def _conntrack(stack: ExitStack) -> ConntrackDataplane | None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    state, _, _ = _desired(args)
+    config, _ = _settings(args)
+    choice = _rules_choice(_wanted_rules(args, config))
+    state, _, _ = _desired(args, rules=choice.backend)
     sys.stdout.write(render(state, args.section))
     return EXIT_OK
 
@@ -339,7 +369,9 @@ def _kernel_settings(config: ProxyConfig, dataplanes: Dataplanes, *, conntrack: 
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    with _dataplanes(args.iptables_backend) as dataplanes:
+    config, _ = _settings(args)
+    choice = _rules_choice(_wanted_rules(args, config))
+    with _dataplanes(args.iptables_backend, choice) as dataplanes:
         # The host's addresses as the kernel has them now: NodePorts follow them.
         host = None if args.local_address else dataplanes.links.node_addresses(DUMMY_INTERFACE)
         state, config, cluster = _desired(args, host, dataplanes=dataplanes)
@@ -363,6 +395,9 @@ def _cmd_once(args: argparse.Namespace) -> int:
             logger.warning("removals postponed to a later sync: an earlier step failed")
         if outcome.result.ok:
             _clear_stale_udp(cluster, dataplanes)
+            # Only once this backend's rules are in place (a switch of rules backend).
+            for problem in dataplanes.rules.remove_other_backend():
+                logger.warning("cannot remove the other rules backend's objects", error=problem)
     result = outcome.result
     logger.info(
         "sync finished",
@@ -375,7 +410,8 @@ def _cmd_once(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    with _dataplanes(args.iptables_backend) as dataplanes:
+    choice = _rules_choice(_wanted_rules(args))
+    with _dataplanes(args.iptables_backend, choice) as dataplanes:
         observed = observe(dataplanes, tuple(IPFamily))
     servers = {
         k: v
@@ -387,12 +423,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         virtual_servers=servers,
         real_servers={k: observed.real_servers.get(k, {}) for k in servers},
     )
-    sys.stdout.write(render(shown, args.section))
+    sys.stdout.write(render(shown, args.section, listing=True))
     return EXIT_OK
 
 
-def _cmd_cleanup(args: argparse.Namespace) -> int:
-    with _dataplanes(args.iptables_backend, every_backend=True) as dataplanes:
+def _cmd_cleanup(args: argparse.Namespace, config: ProxyConfig | None = None) -> int:
+    choice = _rules_choice(_wanted_rules(args, config))
+    with _dataplanes(args.iptables_backend, choice, every_backend=True) as dataplanes:
         problems = cleanup(dataplanes)
     for problem in problems:
         logger.error("cleanup step failed", error=problem)
@@ -453,27 +490,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kp_write_config_to:
         return _write_config(config, args.kp_write_config_to)
     if args.kp_cleanup:
-        return EXIT_OK if args.dataplane == "fake" else _cmd_cleanup(args)
+        return EXIT_OK if args.dataplane == "fake" else _cmd_cleanup(args, config)
     if args.kp_init_only:
         return EXIT_OK if args.dataplane == "fake" else _init_only(config)
     master = given.get("master") or None
     assert master is None or isinstance(master, str)
     shown = configz_document(config, verbosity=args.verbosity, log_format=args.log_format)
     if args.dataplane == "fake":
-        from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+        from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 
         # Everything but the kernel: no sysctls, no sockets, so that many share a machine;
         # nor per-Service traffic series, which would be all zeros (and megabytes).
-        kernel = FakeKernel()
-        dataplanes = Dataplanes(
-            ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
-        )
+        wanted = config.rules_backend
+        fake_backend = RulesBackend.IPTABLES if wanted == "auto" else RulesBackend(wanted)
+        dataplanes = fake_dataplanes(FakeKernel(), fake_backend)
         _check_scheduler(config, dataplanes)
         return run_daemon(config, dataplanes, node=node, master=master, configz=shown)
     from ipvsproxy.dataplane.ipvs import IpvsSocket
 
     _oom_score_adj(config.oom_score_adj)
-    with _dataplanes(args.iptables_backend) as dataplanes, IpvsSocket() as stats_socket:
+    choice = _rules_choice(config.rules_backend)
+    with (
+        _dataplanes(args.iptables_backend, choice) as dataplanes,
+        IpvsSocket() as stats_socket,
+    ):
         _check_scheduler(config, dataplanes)
         # Failures logged; the proxy runs on (kube-proxy exits when conntrack fails).
         _kernel_settings(config, dataplanes, conntrack=True)
@@ -529,7 +569,9 @@ def _oom_score_adj(value: int | None, path: str = "/proc/self/oom_score_adj") ->
         logger.warning("cannot set oom_score_adj", value=value, error=exc.strerror or str(exc))
 
 
-def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfig]:
+def _desired_from_api(
+    args: argparse.Namespace, *, rules: RulesBackend
+) -> tuple[KernelState, ProxyConfig]:
     """One list of Services, EndpointSlices and this node's Node; the state they make."""
     from ipvsproxy.k8s.client import ClientSettings, connect
     from ipvsproxy.k8s.snapshot import list_once
@@ -557,6 +599,7 @@ def _desired_from_api(args: argparse.Namespace) -> tuple[KernelState, ProxyConfi
     node = _with_node_object(node, tuple(nodes.values()))
     node = dataclasses.replace(node, local_addresses=_host_addresses())
     settings = settings_for_node(config.desired_settings(), node)
+    settings = dataclasses.replace(settings, rules_backend=rules)
     return desired_state(services.values(), slices.values(), node=node, settings=settings), config
 
 
@@ -565,10 +608,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     if args.files and (args.kubeconfig or args.master):
         raise InputError("verify: give -f files or an API server (--kubeconfig/--master), not both")
-    desired, config = _desired(args)[:2] if args.files else _desired_from_api(args)
+    choice = _rules_choice(_wanted_rules(args, _settings(args)[0]))
+    if args.files:
+        desired, config = _desired(args, rules=choice.backend)[:2]
+    else:
+        desired, config = _desired_from_api(args, rules=choice.backend)
     try:
-        with _dataplanes(args.iptables_backend) as dataplanes:
-            observed = observe(dataplanes, tuple(desired.iptables))
+        with _dataplanes(args.iptables_backend, choice) as dataplanes:
+            observed = observe(dataplanes, desired.rule_families)
     except KernelError as exc:
         # No IPVS (or no access to it): whether the kernel drifted cannot be told.
         raise InputError(f"verify: cannot read the kernel: {exc}") from exc

@@ -19,10 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from ipvsproxy_testkit.sandbox.pods import tcp_requests
 from ipvsproxy_testkit.testapi import TestAPIServer
 from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES
+
+# The same traffic test through either rules backend (parametrize with these): the
+# nftables one runs in the qemu guest, since the user-mode-linux kernel has no nftables
+# NAT chain type.
+RULES_BACKENDS = [
+    pytest.param("iptables", id="iptables"),
+    pytest.param("nftables", id="nftables", marks=pytest.mark.kernel_qemu),
+]
 
 CLUSTER_IP = "10.96.0.10"
 NODE = "node-a"
@@ -97,6 +106,20 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             f"ipvsproxy {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
         )
     return result
+
+
+def assert_rules_in(backend: str) -> None:
+    """The proxy's rules are in `backend` and nowhere else (this namespace's tables)."""
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert ("ipvsproxy" in nft) is (backend == "nftables"), nft
+    if backend == "nftables":
+        # No iptables run: reading its tables here would load the modules in question.
+        return
+    saves = [
+        subprocess.run([save, "-t", "nat"], capture_output=True, text=True).stdout
+        for save in ("iptables-legacy-save", "iptables-nft-save")
+    ]
+    assert any("KUBE-SERVICES" in text for text in saves)
 
 
 def cluster_file(directory: Path, text: str, name: str = "cluster.yaml") -> str:

@@ -12,9 +12,16 @@ from ipvsproxy.agent.full_sync import full_sync, observe
 from ipvsproxy.agent.sync_loop import Agent, AgentSettings
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT
-from ipvsproxy.core.model import EndpointSlice, IPAddress, IPFamily, KernelState, Service
-from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.core.model import (
+    EndpointSlice,
+    IPAddress,
+    IPFamily,
+    KernelState,
+    RulesBackend,
+    Service,
+)
+from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel, fake_dataplanes
+from ipvsproxy.dataplane.interfaces import Dataplanes, RulesDataplane
 from ipvsproxy.serve.metrics import ProxyMetrics
 from ipvsproxy.serve.proxy_health import ProxyHealth
 
@@ -29,18 +36,19 @@ class FakeClock:
         return self.t
 
 
-def dataplanes(kernel: FakeKernel, conntrack: FakeConntrack | None = None) -> Dataplanes:
-    return Dataplanes(
-        ipvs=kernel,
-        links=kernel,
-        ipsets=kernel,
-        iptables=FakeIptables(kernel),
-        conntrack=conntrack,
-    )
+def dataplanes(
+    kernel: FakeKernel,
+    conntrack: FakeConntrack | None = None,
+    backend: RulesBackend = RulesBackend.IPTABLES,
+    rules: RulesDataplane | None = None,
+) -> Dataplanes:
+    """The fake kernel's adapters; with `rules`, a real rules backend beside it."""
+    planes = fake_dataplanes(kernel, backend, conntrack=conntrack)
+    return planes if rules is None else dataclasses.replace(planes, rules=rules)
 
 
-def kernel_state(kernel: FakeKernel) -> KernelState:
-    return observe(dataplanes(kernel), tuple(IPFamily))
+def kernel_state(kernel: FakeKernel, backend: RulesBackend = RulesBackend.IPTABLES) -> KernelState:
+    return observe(dataplanes(kernel, backend=backend), tuple(IPFamily))
 
 
 def without_draining(state: KernelState) -> KernelState:
@@ -59,12 +67,14 @@ def reference(
     services: Sequence[Service],
     slices: Sequence[EndpointSlice],
     local: frozenset[IPAddress] = frozenset(),
+    backend: RulesBackend = RulesBackend.IPTABLES,
 ) -> KernelState:
     kernel = FakeKernel()
     node = dataclasses.replace(NODE, local_addresses=local)
-    desired = desired_state(services, slices, node=node, settings=DesiredSettings())
-    assert full_sync(desired, dataplanes(kernel)).result.ok
-    return kernel_state(kernel)
+    settings = DesiredSettings(rules_backend=backend)
+    desired = desired_state(services, slices, node=node, settings=settings)
+    assert full_sync(desired, dataplanes(kernel, backend=backend)).result.ok
+    return kernel_state(kernel, backend)
 
 
 class Harness:
@@ -80,14 +90,17 @@ class Harness:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         sync_period_jitter: float = 0.0,  # exact periods, unless a test is about them
         rng: random.Random | None = None,
+        backend: RulesBackend = RulesBackend.IPTABLES,
+        rules: RulesDataplane | None = None,
     ) -> None:
         self.kernel = kernel or FakeKernel()
+        self.backend = backend
         self.clock = FakeClock()
         self.metrics = ProxyMetrics()
         self.wall = 1000.0  # seconds since the epoch, for trigger times and health
         self.health = ProxyHealth(health_timeout=60, clock=lambda: self.wall)
         self.agent = Agent(
-            dataplanes(self.kernel, conntrack),
+            dataplanes(self.kernel, conntrack, backend, rules),
             AgentSettings(
                 desired=desired or DesiredSettings(),
                 node=NODE,
@@ -136,6 +149,6 @@ class Harness:
 
     def assert_in_step(self) -> None:
         local = self.kernel.node_addresses("kube-ipvs0")
-        assert without_draining(kernel_state(self.kernel)) == reference(
-            list(self.services.values()), list(self.slices.values()), local
+        assert without_draining(kernel_state(self.kernel, self.backend)) == reference(
+            list(self.services.values()), list(self.slices.values()), local, self.backend
         )

@@ -27,8 +27,7 @@ from ipvsproxy.agent.daemon import run_daemon
 from ipvsproxy.config.settings import BindAddress, ProxyConfig
 from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import Protocol, VirtualServerKey
-from ipvsproxy.dataplane.fake import FakeConntrack, FakeIptables, FakeKernel
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.fake import FakeConntrack, FakeKernel, fake_dataplanes
 from ipvsproxy.k8s.watch import WatchSettings
 
 # Short backoffs and confirm delay, so faults end in seconds rather than minutes.
@@ -156,9 +155,7 @@ def running_daemon(
         metrics_bind_address=BindAddress.parse(f"127.0.0.1:{metrics}", default_port=0),
     )
     kernel = kernel or FakeKernel()
-    dataplanes = Dataplanes(
-        ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel), conntrack=conntrack
-    )
+    dataplanes = fake_dataplanes(kernel, conntrack=conntrack)
     stop = threading.Event()
     thread = threading.Thread(
         target=run_daemon,

@@ -35,8 +35,7 @@ from ipvsproxy.core.operations import (
     RestoreChains,
 )
 from ipvsproxy.core.rules import restore_payload
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.ipset import restore_line
 from ipvsproxy.dataplane.ipvs_codec import encode_operation
 from ipvsproxy.dataplane.ipvs_decode import (
@@ -249,7 +248,7 @@ def payloads(services: list[Service], slices: list[EndpointSlice]) -> list[str]:
     """Every `ipset restore` line and `iptables-restore` payload a cold sync would send."""
     state = desired_state(services, slices, node=NodeInfo(name="n1"), settings=DesiredSettings())
     kernel = FakeKernel()
-    dataplanes = Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    dataplanes = fake_dataplanes(kernel)
     result = full_sync(state, dataplanes)
     assert result.result.ok
     sent: list[str] = []

@@ -20,7 +20,7 @@ from ipvsproxy.core.model import (
     VirtualServerKey,
 )
 from ipvsproxy.core.operations import DeleteRealServer, UpdateRealServer
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.interfaces import Dataplanes
 
 TCP = VirtualServerKey(ipaddress.ip_address("10.96.0.10"), Protocol.TCP, 80)
@@ -125,7 +125,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    return fake_dataplanes(kernel)
 
 
 def weights(kernel: FakeKernel, virtual: VirtualServerKey) -> dict[str, int]:

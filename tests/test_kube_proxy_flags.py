@@ -74,6 +74,7 @@ SAME_AS_FILE = [
     ("--ipvs-tcp-timeout=15m", {"ipvs": {"tcpTimeout": "15m"}}),
     ("--ipvs-tcpfin-timeout=30s", {"ipvs": {"tcpFinTimeout": "30s"}}),
     ("--ipvs-udp-timeout=5s", {"ipvs": {"udpTimeout": "5s"}}),
+    ("--rules-backend=nftables", {"ipvs": {"rulesBackend": "nftables"}}),
     ("--masquerade-all=true", {"iptables": {"masqueradeAll": True}}),
     ("--iptables-masquerade-bit=15", {"iptables": {"masqueradeBit": 15}}),
     ("--cluster-cidr=10.244.0.0/16,fd01::/48", {"clusterCIDR": "10.244.0.0/16,fd01::/48"}),

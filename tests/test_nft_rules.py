@@ -148,6 +148,8 @@ def test_partial_sync_payload_touches_only_elements() -> None:
         [("KUBE-6-CLUSTER-IP", "fd00::1,udp:53")],
     )
     assert payload.splitlines() == [
+        # added first, so that deleting an absent element is no error
+        "add element ip6 ipvsproxy cluster_ip { fd00::1 . udp . 53 }",
         "delete element ip6 ipvsproxy cluster_ip { fd00::1 . udp . 53 }",
         "add element ip ipvsproxy cluster_ip { 10.96.0.2 . tcp . 80 }",
     ]

@@ -41,7 +41,7 @@ from ipvsproxy.core.operations import (
     UpdateVirtualServer,
 )
 from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.interfaces import Dataplanes
 
 NODE = NodeInfo(name="n1")
@@ -68,7 +68,7 @@ def full_sync(
 
 
 def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    return fake_dataplanes(kernel)
 
 
 def kernel_state(kernel: FakeKernel) -> KernelState:

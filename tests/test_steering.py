@@ -29,7 +29,7 @@ from ipvsproxy.core.operations import (
 from ipvsproxy.core.partial_plan import AppliedCache, plan_partial
 from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.core.steering import STEER_PRIORITY, STEER_TABLE, steer_mark
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.dataplane.steering import (
     RTM_NEWROUTE,
@@ -64,7 +64,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    return fake_dataplanes(kernel)
 
 
 def test_external_ip_is_steered_not_bound(dataplanes: Dataplanes, kernel: FakeKernel) -> None:

@@ -30,7 +30,7 @@ from ipvsproxy.core.operations import (
     EnsureDummyInterface,
     UnbindAddress,
 )
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.dataplane.interfaces import Dataplanes
 from ipvsproxy.errors import KernelError
 
@@ -50,7 +50,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 def dataplanes(kernel: FakeKernel) -> Dataplanes:
-    return Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    return fake_dataplanes(kernel)
 
 
 WEB = [service("web", "10.96.0.10"), service("dns", "fd00::a", ports=(("dns", "UDP", 53),))]

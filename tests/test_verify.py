@@ -24,8 +24,7 @@ from ipvsproxy.core.model import (
     VirtualServerKey,
 )
 from ipvsproxy.core.operations import AddVirtualServer
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 from ipvsproxy.k8s.client import ClientSettings, connect
 from ipvsproxy.k8s.snapshot import list_once
 from ipvsproxy.k8s.watch import ENDPOINT_SLICES, SERVICES
@@ -52,13 +51,13 @@ def desired() -> KernelState:
 def kernel() -> FakeKernel:
     """A fake kernel holding exactly the desired state."""
     fake = FakeKernel()
-    dataplanes = Dataplanes(ipvs=fake, links=fake, ipsets=fake, iptables=FakeIptables(fake))
+    dataplanes = fake_dataplanes(fake)
     assert full_sync(desired(), dataplanes).result.ok
     return fake
 
 
 def drift_of(kernel: FakeKernel, exclude_cidrs: tuple[IPNetwork, ...] = ()) -> list[Drift]:
-    dataplanes = Dataplanes(ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel))
+    dataplanes = fake_dataplanes(kernel)
     want = desired()
     observed = observe(dataplanes, tuple(want.iptables))
     return find_drift(want, observed, exclude_cidrs=exclude_cidrs)

@@ -33,8 +33,7 @@ from ipvsproxy.agent.daemon import run_daemon
 from ipvsproxy.config.settings import BindAddress, ProxyConfig
 from ipvsproxy.core.desired import NodeInfo
 from ipvsproxy.core.model import Protocol, VirtualServerKey
-from ipvsproxy.dataplane.fake import FakeIptables, FakeKernel
-from ipvsproxy.dataplane.interfaces import Dataplanes
+from ipvsproxy.dataplane.fake import FakeKernel, fake_dataplanes
 
 
 def _free_port() -> int:
@@ -160,9 +159,7 @@ def soak(
             metrics_bind_address=BindAddress.parse(f"127.0.0.1:{_free_port()}", default_port=0),
         )
         kernel = FakeKernel()
-        dataplanes = Dataplanes(
-            ipvs=kernel, links=kernel, ipsets=kernel, iptables=FakeIptables(kernel)
-        )
+        dataplanes = fake_dataplanes(kernel)
         stop = threading.Event()
         daemon = threading.Thread(
             target=run_daemon,

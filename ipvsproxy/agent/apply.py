@@ -1,8 +1,9 @@
 """Apply a plan through the kernel adapters, collecting failures instead of stopping.
 
 Consecutive operations of one subsystem go to its adapter as one batch (one netlink write
-per few hundred IPVS messages, one ipset restore). If the interface cannot be created or
-iptables-restore fails, removals are skipped, as kube-proxy aborts its sync then: the next
+per few hundred IPVS messages, one ipset restore or one `nft -f` of set elements). If the
+interface cannot be created or the fixed rules cannot be written (iptables-restore, or an
+nftables table), removals are skipped, as kube-proxy aborts its sync then: the next
 sync retries with everything still in place.
 """
 
@@ -30,6 +31,7 @@ from ipvsproxy.core.operations import (
     IpvsOperation,
     Operation,
     OperationFailure,
+    ReplaceNftTable,
     RestoreChains,
     UnbindAddress,
     UpdateRealServer,
@@ -41,6 +43,7 @@ from ipvsproxy.errors import KernelError
 
 _IPVS = get_args(IpvsOperation)
 _IPSET = get_args(IPSetOperation)
+_RULES = (RestoreChains, ReplaceNftTable)
 _STEERED_SETS = frozenset(ipsets.STEERED.name_for(family) for family in IPFamily)
 _REMOVALS = (DeleteRealServer, DeleteVirtualServer, UnbindAddress, DeleteIPSetEntry)
 
@@ -65,8 +68,8 @@ def _subsystem(op: Operation) -> str:
         return "ipset"
     if isinstance(op, BindAddress | UnbindAddress):
         return "address"
-    if isinstance(op, RestoreChains):
-        return "iptables"
+    if isinstance(op, RestoreChains | ReplaceNftTable):
+        return "rules"
     if isinstance(op, EnsureSteering):
         return "steering"
     return "interface"
@@ -77,7 +80,10 @@ def _batches(ops: Sequence[Operation]) -> list[tuple[str, bool, list[Operation]]
     batches: list[tuple[str, bool, list[Operation]]] = []
     for op in ops:
         kind, removal = _subsystem(op), isinstance(op, _REMOVALS)
-        if batches and batches[-1][:2] == (kind, removal) and kind != "iptables":
+        # iptables-restore runs per family (one family's failure must not hold the
+        # other's); nftables tables drifted together are written in one transaction.
+        merge = kind != "rules" or isinstance(op, ReplaceNftTable)
+        if batches and batches[-1][:2] == (kind, removal) and merge:
             batches[-1][2].append(op)
         else:
             batches.append((kind, removal, [op]))
@@ -88,16 +94,13 @@ def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[Operatio
     if kind == "ipvs":
         return dp.ipvs.execute([op for op in ops if isinstance(op, _IPVS)])
     if kind == "ipset":
-        return dp.ipsets.apply([op for op in ops if isinstance(op, _IPSET)])
+        return dp.rules.apply_sets([op for op in ops if isinstance(op, _IPSET)])
     if kind == "address":
         binds = [op.address for op in ops if isinstance(op, BindAddress)]
         unbinds = [op.address for op in ops if isinstance(op, UnbindAddress)]
         return dp.links.bind(DUMMY_INTERFACE, binds) + dp.links.unbind(DUMMY_INTERFACE, unbinds)
-    if kind == "iptables":
-        op = ops[0]
-        assert isinstance(op, RestoreChains)
-        failure = dp.iptables.restore(op)
-        return [failure] if failure else []
+    if kind == "rules":
+        return dp.rules.write_rules([op for op in ops if isinstance(op, _RULES)])
     if kind == "steering":
         return [
             failure
@@ -155,7 +158,7 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
     true whatever fails: no virtual server is created on an address that could not be
     bound (a steered port whose entry could not be added), no address is unbound and no
     recording set entry deleted while a virtual server it vouches for could not be deleted.
-    Beyond that, a failed interface, iptables restore or adapter call skips all removals.
+    Beyond that, a failed interface, rules write or adapter call skips all removals.
     """
     applied = 0
     failures: list[OperationFailure] = []
@@ -209,7 +212,7 @@ def apply_plan(plan: Plan, dataplanes: Dataplanes) -> ApplyResult:
             blocking = True
         failures += batch_failures
         applied += len(ops) - len(batch_failures)
-        if batch_failures and kind in ("interface", "iptables"):
+        if batch_failures and kind in ("interface", "rules"):
             blocking = True
         for failure in batch_failures:
             failed = failure.operation

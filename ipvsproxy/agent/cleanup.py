@@ -3,7 +3,6 @@ everything the proxy created, and nothing it did not."""
 
 from __future__ import annotations
 
-from ipvsproxy.core.ipsets import all_set_names
 from ipvsproxy.core.model import DUMMY_INTERFACE, IPFamily
 from ipvsproxy.core.operations import DeleteVirtualServer
 from ipvsproxy.core.ownership import owned
@@ -12,8 +11,8 @@ from ipvsproxy.errors import KernelError
 
 
 def cleanup(dataplanes: Dataplanes) -> list[str]:
-    """Remove everything the proxy created: its virtual servers, chains, ipsets, steering
-    rules and routes, kube-ipvs0.
+    """Remove everything the proxy created: its virtual servers, chains and ipsets or
+    nftables tables (both backends'), steering rules and routes, kube-ipvs0.
 
     Like `kube-proxy --cleanup`, except that only virtual servers the kernel records as the
     proxy's go (core/ownership.py: on kube-ipvs0's addresses, or recorded in its ipsets,
@@ -24,7 +23,7 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
     problems: list[str] = []
     try:
         bound = dataplanes.links.addresses(DUMMY_INTERFACE)
-        sets = dataplanes.ipsets.read(all_set_names())
+        sets = dataplanes.rules.read(()).sets
         stale = [key for key in dataplanes.ipvs.snapshot() if owned(key, bound, sets)]
         failures = dataplanes.ipvs.execute([DeleteVirtualServer(key) for key in stale])
         problems += [failure.message for failure in failures]
@@ -37,20 +36,23 @@ def cleanup(dataplanes: Dataplanes) -> list[str]:
             dataplanes.links.remove_steering(family)
         except KernelError as exc:
             problems.append(f"removing IPv{family.value} steering rule and route: {exc}")
-        # Rules first: the kernel refuses to destroy a set a rule still matches.
-        try:
-            dataplanes.iptables.remove(family)
-        except KernelError as exc:
-            problems.append(f"removing IPv{family.value} iptables chains: {exc}")
+    # Rules first, then the sets (the kernel refuses to destroy a set a rule still
+    # matches); the sets stay while a virtual server they record remains.
+    try:
+        problems += dataplanes.rules.remove(tuple(IPFamily), keep_sets=virtual_servers_left)
+    except KernelError as exc:
+        problems.append(f"removing the rules and sets: {exc}")
+    # After a switch of rules backend the other one's objects may be there too.
+    try:
+        problems += dataplanes.rules.remove_other_backend()
+    except KernelError as exc:
+        problems.append(f"removing the other rules backend's objects: {exc}")
     if virtual_servers_left:
         problems.append(
-            f"{DUMMY_INTERFACE} and the ipsets kept: virtual servers they record remain"
+            f"{DUMMY_INTERFACE} and the ipsets kept (or nftables sets): virtual servers they "
+            "record remain"
         )
         return problems
-    try:
-        problems += [f.message for f in dataplanes.ipsets.destroy(all_set_names())]
-    except KernelError as exc:
-        problems.append(f"destroying ipsets: {exc}")
     try:
         dataplanes.links.delete_interface(DUMMY_INTERFACE)
     except KernelError as exc:

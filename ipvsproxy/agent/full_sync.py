@@ -16,29 +16,21 @@ from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.core.full_plan import Plan, plan_sync
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey
-from ipvsproxy.core.ipsets import all_set_names
-from ipvsproxy.core.model import (
-    DUMMY_INTERFACE,
-    IPFamily,
-    IPNetwork,
-    IptablesRuleset,
-    KernelState,
-)
+from ipvsproxy.core.model import DUMMY_INTERFACE, IPFamily, IPNetwork, KernelState
 from ipvsproxy.dataplane.interfaces import Dataplanes
 
 
 def observe(dataplanes: Dataplanes, families: Sequence[IPFamily]) -> KernelState:
     """The kernel's current state, as far as the proxy may own it."""
     snapshot = dataplanes.ipvs.snapshot()
-    iptables: dict[IPFamily, IptablesRuleset] = {
-        family: dataplanes.iptables.read(family) for family in families
-    }
+    rules = dataplanes.rules.read(families)
     return KernelState(
         virtual_servers={key: server for key, (server, _) in snapshot.items()},
         real_servers={key: servers for key, (_, servers) in snapshot.items()},
         addresses=dataplanes.links.addresses(DUMMY_INTERFACE),
-        ipsets=dataplanes.ipsets.read(all_set_names()),
-        iptables=iptables,
+        ipsets=rules.sets,
+        iptables=rules.iptables,
+        nftables=rules.nftables,
         dummy_interface=dataplanes.links.interface_exists(DUMMY_INTERFACE),
         steering=dataplanes.links.steering(families),
     )
@@ -68,7 +60,7 @@ def full_sync(
     through `dataplanes`.
     """
     with gc_paused():
-        observed = observe(dataplanes, tuple(desired.iptables))
+        observed = observe(dataplanes, desired.rule_families)
         plan = plan_sync(
             desired,
             observed,

@@ -156,6 +156,7 @@ class Agent:
             clock=self._clock,
         )
         self._cache: AppliedCache | None = None  # None: the next sync is full
+        self._other_backend_removed = False  # the other rules backend's leftovers
         self._computed: dict[str, ServiceState] = {}  # each Service's last good state
         # The inputs each state in _computed was computed from, and the node it was
         # computed for: a full sync reuses a state whose inputs are the very same objects
@@ -339,6 +340,9 @@ class Agent:
         # With detectLocalMode NodeCIDR the chains follow the Node's pod CIDRs; a Node
         # change makes the sync full, which rewrites them.
         settings = settings_for_node(self._settings.desired, node)
+        # The rules backend chosen at start (never "auto" by now) shapes the fixed rules.
+        if settings.rules_backend is not self._dp.rules.backend:
+            settings = replace(settings, rules_backend=self._dp.rules.backend)
         return replace(node, local_addresses=self._local_addresses), settings
 
     def _state(self, key: str, given: ServiceInput, node: NodeInfo) -> ServiceState | None:
@@ -406,6 +410,10 @@ class Agent:
         plan, result = synced.plan, synced.result
         self._drains = plan.draining
         if result.ok:
+            if not self._other_backend_removed:
+                # Only now that this backend's rules are in place (a switch of backend
+                # leaves traffic without rules for no longer than this one sync).
+                self._remove_other_backend()
             with gc_paused():
                 self._cache = AppliedCache.rebuild(states, desired.iptables)
                 self._relabel_all(changes.services, states)
@@ -422,6 +430,17 @@ class Agent:
         return SyncOutcome(
             True, result.ok, len(states), operations, _reason(result), len(result.failures)
         )
+
+    def _remove_other_backend(self) -> None:
+        """Remove the other rules backend's objects, once per start; a failure is logged
+        and tried again after the next full sync."""
+        try:
+            problems = self._dp.rules.remove_other_backend()
+        except KernelError as exc:
+            problems = [str(exc)]
+        for problem in problems:
+            self._log.warning("cannot remove the other rules backend's objects", error=problem)
+        self._other_backend_removed = not problems
 
     def _partial(self, changes: Changes) -> SyncOutcome:
         assert self._cache is not None

@@ -262,6 +262,16 @@ FLAGS: Final[tuple[Flag, ...]] = (
     Flag("ipvs-tcp-timeout", "duration", "0s", "ipvs.tcpTimeout"),
     Flag("ipvs-tcpfin-timeout", "duration", "0s", "ipvs.tcpFinTimeout"),
     Flag("ipvs-udp-timeout", "duration", "0s", "ipvs.udpTimeout"),
+    Flag(
+        "rules-backend",
+        "string",
+        "auto",
+        "ipvs.rulesBackend",
+        _D,
+        "ipvsproxy's own (kube-proxy has no such flag): what holds the sets and the fixed "
+        "rules beside IPVS, iptables (ipsets and iptables chains) or nftables (one table per "
+        "family); auto: iptables where an iptables and ipset are installed, else nftables",
+    ),
     # -- masquerading and local traffic
     Flag("masquerade-all", "bool", "false", "iptables.masqueradeAll"),
     Flag("iptables-masquerade-bit", "int32", "14", "iptables.masqueradeBit"),
@@ -558,7 +568,8 @@ def add_kube_proxy_flags(parser: argparse.ArgumentParser, *, skip: Iterable[str]
 
 
 def _help(flag: Flag) -> str:
-    parts = [f"kube-proxy's --{flag.name}"]
+    own = flag.note.startswith("ipvsproxy's own")
+    parts = [f"--{flag.name}" if own else f"kube-proxy's --{flag.name}"]
     if flag.default:
         parts.append(f"(default {flag.default})")
     if flag.status is not Status.SAME and flag.note:

@@ -30,6 +30,7 @@ from ipvsproxy.config.settings import (
     KIND,
     LOCAL_INTERFACE_FIELDS,
     LOCAL_MODES,
+    RULES_BACKENDS,
     BindAddress,
     ConntrackSettings,
     ProxyConfig,
@@ -145,6 +146,7 @@ _KNOWN_FIELDS: Final[Mapping[str, frozenset[str]]] = {
             "udpTimeout",
             "ipSet",
             "gracefulTerminationTimeout",  # ipvsproxy's own
+            "rulesBackend",  # ipvsproxy's own
         }
     ),
     "nftables": frozenset({"masqueradeBit", "masqueradeAll", "syncPeriod", "minSyncPeriod"}),
@@ -281,6 +283,7 @@ class _Reader:
             tcp_fin_timeout=self._timeout("ipvs.tcpFinTimeout"),
             udp_timeout=self._timeout("ipvs.udpTimeout"),
             graceful_termination_timeout=self._drain_timeout(),
+            rules_backend=self._rules_backend(),
             conntrack=self._conntrack(),
             sync_period=sync_period,
             min_sync_period=min_sync_period,
@@ -317,6 +320,13 @@ class _Reader:
         if seconds < 0:
             raise self._fail(path, self._get(path), "must be >= 0")
         return seconds
+
+    def _rules_backend(self) -> str:
+        path = "ipvs.rulesBackend"
+        value = self._str(path, "") or "auto"
+        if value not in RULES_BACKENDS:
+            raise self._fail(path, value, f"must be one of {', '.join(RULES_BACKENDS)}")
+        return value
 
     def _conntrack(self) -> ConntrackSettings:
         # kube-proxy's defaulting: an absent field takes the default, 0 turns it off.
@@ -603,6 +613,7 @@ def config_document(config: ProxyConfig) -> dict[str, object]:
             "tcpFinTimeout": format_duration(config.tcp_fin_timeout),
             "udpTimeout": format_duration(config.udp_timeout),
             "gracefulTerminationTimeout": format_duration(config.graceful_termination_timeout),
+            "rulesBackend": config.rules_backend,
         },
         "metricsBindAddress": str(config.metrics_bind_address or ""),
         "minSyncPeriod": format_duration(config.min_sync_period),

@@ -22,6 +22,7 @@ from ipvsproxy.errors import ConfigError
 
 __all__ = [
     "API_VERSION",
+    "RULES_BACKENDS",
     "BindAddress",
     "ConntrackSettings",
     "ProxyConfig",
@@ -34,6 +35,7 @@ _T = TypeVar("_T")
 
 API_VERSION: Final = "kubeproxy.config.k8s.io/v1alpha1"
 KIND: Final = "KubeProxyConfiguration"
+RULES_BACKENDS: Final = ("auto", "iptables", "nftables")
 LOCAL_MODES: Final = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 INTERFACE_NAME: Final = re.compile(r"[A-Za-z0-9._-]+")
 # detectLocal's interface fields: (ProxyConfig field, KubeProxyConfiguration field, the
@@ -205,6 +207,12 @@ class ProxyConfig:
     in seconds; 0 deletes at once (`ipvs.gracefulTerminationTimeout`, ipvsproxy's own
     field: kube-proxy has no limit). Default 900 (15 minutes)."""
 
+    rules_backend: str = "auto"
+    """What holds the sets and the fixed rules: "iptables" (ipsets and iptables chains),
+    "nftables" (one nftables table per family) or "auto", decided at start: iptables
+    where an iptables and ipset are installed, else nftables where nft is
+    (`ipvs.rulesBackend`, ipvsproxy's own field; flag --rules-backend)."""
+
     # -- conntrack (`conntrack:`)
 
     conntrack: ConntrackSettings = ConntrackSettings()
@@ -294,6 +302,10 @@ class ProxyConfig:
                 raise ConfigError(f"{name}: must be >= 0 seconds, got {getattr(self, name)}")
         if self.sync_period <= 0:
             raise ConfigError(f"sync_period: must be > 0 seconds, got {self.sync_period}")
+        if self.rules_backend not in RULES_BACKENDS:
+            raise ConfigError(
+                f"rules_backend: one of {', '.join(RULES_BACKENDS)}, got {self.rules_backend!r}"
+            )
         if not 0 <= self.graceful_termination_timeout < math.inf:
             raise ConfigError(
                 "graceful_termination_timeout: must be >= 0 seconds, "

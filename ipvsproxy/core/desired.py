@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from loguru import logger
 
-from ipvsproxy.core import ipsets
+from ipvsproxy.core import ipsets, nft_rules
 from ipvsproxy.core.endpoints import (
     PortEndpoints,
     external_servers,
@@ -32,6 +32,7 @@ from ipvsproxy.core.model import (
     Protocol,
     RealServer,
     RealServerKey,
+    RulesBackend,
     Service,
     ServicePort,
     VirtualServer,
@@ -50,6 +51,7 @@ class DesiredSettings:
     masquerade: MasqueradeSettings = field(default_factory=MasqueradeSettings)
     families: tuple[IPFamily, ...] = (IPFamily.V4, IPFamily.V6)
     node_ports: NodePortSettings = field(default_factory=NodePortSettings)
+    rules_backend: RulesBackend = RulesBackend.IPTABLES  # as resolved at start, never "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,7 @@ def merge_service_states(
         addresses=frozenset(addresses),
         ipsets={name: frozenset(members) for name, members in entries.items()},
         iptables=desired_iptables(entries, settings=settings),
+        nftables=desired_nftables(settings),
         steering=desired_steering(entries, settings=settings),
     )
 
@@ -285,7 +288,10 @@ def desired_steering(
 def desired_iptables(
     entries: Mapping[str, Collection[str]], *, settings: DesiredSettings
 ) -> dict[IPFamily, IptablesRuleset]:
-    """The fixed chains per family; some rules exist only while their set has entries."""
+    """The fixed chains per family; some rules exist only while their set has entries.
+    None with the nftables backend."""
+    if settings.rules_backend is not RulesBackend.IPTABLES:
+        return {}
     nonempty = {name for name, members in entries.items() if members}
     return {
         family: build_ruleset(
@@ -294,6 +300,17 @@ def desired_iptables(
             nonempty_sets=nonempty,
             no_node_access=_no_node_access(entries, family),
         )
+        for family in settings.families
+    }
+
+
+def desired_nftables(settings: DesiredSettings) -> dict[IPFamily, dict[str, tuple[str, ...]]]:
+    """The nftables backend's chains per family: fixed, whatever the sets hold. None with
+    the iptables backend."""
+    if settings.rules_backend is not RulesBackend.NFTABLES:
+        return {}
+    return {
+        family: nft_rules.desired_chains(family, settings.masquerade)
         for family in settings.families
     }
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from ipvsproxy.core import nft_rules
 from ipvsproxy.core.full_plan import plan_sync
 from ipvsproxy.core.model import (
     IPAddress,
@@ -34,6 +35,7 @@ from ipvsproxy.core.operations import (
     EnsureDummyInterface,
     EnsureSteering,
     Operation,
+    ReplaceNftTable,
     RestoreChains,
     UnbindAddress,
     UpdateRealServer,
@@ -139,6 +141,27 @@ def _drifts(operation: Operation, observed: KernelState) -> Iterator[Drift]:
                 "real server",
                 f"{_service(virtual)} -> {host_port(key.address, key.port)}",
             )
+        case ReplaceNftTable(family=nft_family, sets=sets, chains=nft_chains):
+            family = f"IPv{nft_family.value}"
+            seen_chains = observed.nftables.get(nft_family)
+            if seen_chains is None:
+                yield Drift(Change.MISSING, "nftables table", f"{family} {nft_rules.TABLE}")
+                return
+            for name, _ in sets:
+                if name not in observed.ipsets:
+                    yield Drift(Change.MISSING, "set", f"{family} {name}")
+            for chain, rules in nft_chains:
+                seen_rules = seen_chains.get(chain)
+                where = f"{family} {nft_rules.TABLE} {chain}"
+                if seen_rules is None:
+                    yield Drift(Change.MISSING, "chain", where)
+                elif seen_rules != rules:
+                    summary, lines = _rules_diff(seen_rules, rules)
+                    yield Drift(Change.DIFFERS, "chain", where, summary, lines)
+            wanted = {chain for chain, _ in nft_chains}
+            for chain in seen_chains:
+                if chain not in wanted:
+                    yield Drift(Change.EXTRA, "chain", f"{family} {nft_rules.TABLE} {chain}")
         case RestoreChains(ruleset=ruleset, missing_jumps=jumps):
             family = f"IPv{ruleset.family.value}"
             read = observed.iptables.get(ruleset.family)

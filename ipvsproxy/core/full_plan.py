@@ -8,6 +8,11 @@ other tools created. Virtual servers inside excludeCIDRs are never deleted.
 
 Order keeps traffic flowing: the interface and addresses first, ipset entries before the
 rules that match them, virtual servers before their real servers, removals last.
+
+With the nftables backend the sets are the table's (KernelState.ipsets names them after
+the ipsets they stand for) and the chains are fixed: a table missing or with other chains
+is written whole in one transaction (ReplaceNftTable); otherwise only the elements that
+differ are added (before IPVS) and deleted (after it), as ipset entries are.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ipvsproxy.core import ipsets
 from ipvsproxy.core.gcpause import gc_paused
 from ipvsproxy.core.graceful import DEFAULT_DRAIN_TIMEOUT, DrainKey, drain_step
 from ipvsproxy.core.ipsets import all_set_names
@@ -35,6 +41,7 @@ from ipvsproxy.core.operations import (
     EnsureDummyInterface,
     EnsureSteering,
     Operation,
+    ReplaceNftTable,
     RestoreChains,
     UnbindAddress,
 )
@@ -102,10 +109,19 @@ def _operations(
     ops += [EnsureSteering(f, mark) for f, mark in sorted(desired.steering - observed.steering)]
 
     set_specs = all_set_names()
+    # nftables: a table whose chains differ, or that lacks a set, is written whole (its
+    # sets holding the wanted entries and the stale ones, deleted below after IPVS as with
+    # ipsets, so that a set entry recording a virtual server outlives it).
+    replaced = _nft_tables(desired, observed)
+    ops += replaced
+    written = {name for op in replaced for name, _ in op.sets}
     for name, entries in desired.ipsets.items():
+        if name in written:
+            continue
         current = observed.ipsets.get(name)
         if current is None:
-            ops.append(CreateIPSet(name, set_specs[name][0].create_args(set_specs[name][1])))
+            if not desired.nftables:
+                ops.append(CreateIPSet(name, set_specs[name][0].create_args(set_specs[name][1])))
             current = frozenset()
         ops += [AddIPSetEntry(name, e) for e in sorted(entries - current)]
 
@@ -136,6 +152,27 @@ def _operations(
             continue
         wanted = desired.ipsets.get(name, frozenset())
         ops += [DeleteIPSetEntry(name, e) for e in sorted(current - wanted)]
+    return ops
+
+
+def _nft_tables(desired: KernelState, observed: KernelState) -> list[ReplaceNftTable]:
+    """The nftables backend's tables to write whole: missing, lacking a set, or with
+    chains other than the fixed ones (drift from outside). A table that differs only in
+    set elements is repaired element by element instead."""
+    ops: list[ReplaceNftTable] = []
+    for family, chains in desired.nftables.items():
+        names = [spec.name_for(family) for spec in ipsets.IPSETS]
+        seen = observed.nftables.get(family)
+        if seen == chains and all(name in observed.ipsets for name in names):
+            continue
+        sets = tuple(
+            (
+                name,
+                frozenset(desired.ipsets.get(name, ())) | observed.ipsets.get(name, frozenset()),
+            )
+            for name in names
+        )
+        ops.append(ReplaceNftTable(family, sets, tuple(chains.items())))
     return ops
 
 

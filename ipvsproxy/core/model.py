@@ -30,6 +30,14 @@ def host_port(address: IPAddress, port: int) -> str:
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
+class RulesBackend(enum.StrEnum):
+    """What holds the proxy's sets and its fixed rules: ipsets and iptables chains, or
+    one nftables table per family (core/nft_rules.py). IPVS balances in both."""
+
+    IPTABLES = "iptables"
+    NFTABLES = "nftables"
+
+
 class IPFamily(enum.IntEnum):
     """An address family, valued as its IP version."""
 
@@ -444,6 +452,10 @@ class KernelState:
     - ipsets: set name -> entries, in ipset's own entry syntax ("10.0.0.1,tcp:80");
     - iptables: per family, the chains by table; read back, built-in chains are included
       so that the jump rules in them can be checked;
+    - nftables: per family, the chains of the nftables backend's table (as
+      core/nft_rules.desired_chains gives them); empty with the iptables backend, as
+      iptables is with the nftables one. The sets of either backend are `ipsets`, named
+      after the ipsets they stand for;
     - dummy_interface: whether kube-ipvs0 exists;
     - steering: (family, fwmark) of each policy rule, with its local route, that delivers
       marked packets to IPVS (core/steering.py); desired only for the families that steer
@@ -455,5 +467,11 @@ class KernelState:
     addresses: frozenset[IPAddress]
     ipsets: Mapping[str, frozenset[str]]
     iptables: Mapping[IPFamily, IptablesRuleset] = field(default_factory=dict)
+    nftables: Mapping[IPFamily, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     dummy_interface: bool = True
     steering: frozenset[tuple[IPFamily, int]] = frozenset()
+
+    @property
+    def rule_families(self) -> tuple[IPFamily, ...]:
+        """The families whose fixed rules are wanted, whichever backend holds them."""
+        return tuple(self.iptables) or tuple(self.nftables)

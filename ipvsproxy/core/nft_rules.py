@@ -256,6 +256,15 @@ def render_table(
     sets: ipset name -> entries in ipset syntax (KernelState.ipsets); only this family's
     sets are taken.
     """
+    return render_chains(family, sets, desired_chains(family, masquerade))
+
+
+def render_chains(
+    family: IPFamily,
+    sets: Mapping[str, Collection[str]],
+    chains: Mapping[str, tuple[str, ...]],
+) -> str:
+    """The family's table with the given chains (as desired_chains() gives them)."""
     table_family = _family_words(family)[0]
     lines = [f"table {table_family} {TABLE} {{"]
     for nft_set in SETS:
@@ -267,16 +276,24 @@ def render_table(
         if members:
             lines.append(f"\t\telements = {{ {_elements(members)} }}")
         lines.append("\t}")
-    base = {name: (kind, hook, priority) for name, kind, hook, priority in BASE_CHAINS}
-    for name, rules in chain_rules(family, masquerade).items():
+    for name, rules in chains.items():
         lines.append(f"\tchain {name} {{")
-        if name in base:
-            kind, hook, priority = base[name]
-            lines.append(f"\t\ttype {kind} hook {hook} priority {priority}; policy accept;")
         lines += [f"\t\t{rule}" for rule in rules]
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def table_payload(
+    family: IPFamily,
+    sets: Mapping[str, Collection[str]],
+    chains: Mapping[str, tuple[str, ...]],
+) -> str:
+    """One family's part of a full_payload(), with the given chains (ReplaceNftTable)."""
+    table_family = _family_words(family)[0]
+    return f"table {table_family} {TABLE}\ndelete table {table_family} {TABLE}\n" + render_chains(
+        family, sets, chains
+    )
 
 
 def full_payload(
@@ -301,7 +318,10 @@ def element_payload(added: Iterable[tuple[str, str]], removed: Iterable[tuple[st
 
     added, removed: (ipset name, entry in ipset syntax); names that are not the proxy's
     sets are ignored. Deletions come first, so an entry that is both removed and added
-    (a moved element) ends up present.
+    (a moved element) ends up present. Each deleted element is added first: nftables
+    refuses to delete an element that is absent (ENOENT, which would fail the whole
+    transaction) and has no "destroy" before 6.3, while adding a present one is no error,
+    so deleting stays idempotent, as ipset's `del -exist` is.
     """
     lines: list[str] = []
     for verb, changes in (("delete", removed), ("add", added)):
@@ -314,7 +334,10 @@ def element_payload(added: Iterable[tuple[str, str]], removed: Iterable[tuple[st
             grouped.setdefault((family, nft_set.name), []).append(member)
         for (family, name), members in grouped.items():
             table_family = _family_words(family)[0]
-            lines.append(f"{verb} element {table_family} {TABLE} {name} {{ {_elements(members)} }}")
+            where = f"{table_family} {TABLE} {name} {{ {_elements(members)} }}"
+            if verb == "delete":
+                lines.append(f"add element {where}")
+            lines.append(f"{verb} element {where}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -325,6 +348,21 @@ def delete_payload(families: Iterable[IPFamily]) -> str:
         f"table {_family_words(f)[0]} {TABLE}\ndelete table {_family_words(f)[0]} {TABLE}\n"
         for f in families
     )
+
+
+def chains_delete_payload(families: Iterable[IPFamily]) -> str:
+    """Removing the tables' chains but not their sets (cleanup while a virtual server the
+    sets record remains): each chain declared, flushed, then deleted (a chain others jump
+    to cannot go first)."""
+    lines: list[str] = []
+    for family in families:
+        table_family = _family_words(family)[0]
+        names = [*(c for c, *_ in BASE_CHAINS), *REGULAR_CHAINS]
+        lines.append(f"table {table_family} {TABLE}")
+        lines += [f"chain {table_family} {TABLE} {name}" for name in names]
+        lines += [f"flush chain {table_family} {TABLE} {name}" for name in names]
+        lines += [f"delete chain {table_family} {TABLE} {name}" for name in names]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,22 @@ class RestoreChains:
     missing_jumps: tuple[JumpRule, ...] = ()
 
 
+# --- nftables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceNftTable:
+    """Write one family's nftables table whole, in one `nft -f` transaction (declare,
+    delete, write again: core/nft_rules.table_payload): its chains, and its sets with
+    these entries (ipset names and syntax, as KernelState.ipsets)."""
+
+    family: IPFamily
+    sets: tuple[tuple[str, frozenset[str]], ...]
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+RulesOperation = RestoreChains | ReplaceNftTable
+
 Operation = (
     IpvsOperation
     | EnsureDummyInterface
@@ -133,6 +149,7 @@ Operation = (
     | EnsureSteering
     | IPSetOperation
     | RestoreChains
+    | ReplaceNftTable
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ipvsproxy.core import nft_rules
 from ipvsproxy.core.ipsets import all_set_names
 from ipvsproxy.core.model import (
     IPVS_FLAG_PERSISTENT,
@@ -18,7 +19,9 @@ from ipvsproxy.core.model import (
 )
 from ipvsproxy.core.rules import CHAINS, JUMP_RULES, restore_payload
 
-SECTIONS = ("ipvs", "ipsets", "iptables", "addresses")
+SECTIONS = ("ipvs", "ipsets", "iptables", "nftables", "addresses")
+# The sections of the rules backend the state does not use are left out (empty).
+_IPTABLES_ONLY = ("ipsets", "iptables")
 
 _IPVSADM_HEADER = (
     "IP Virtual Server version 1.2.1 (size=4096)\n"
@@ -106,19 +109,40 @@ def render_iptables(rulesets: Mapping[IPFamily, IptablesRuleset]) -> str:
     return "".join(parts)
 
 
+def render_nftables(state: KernelState, *, listing: bool = False) -> str:
+    """The nftables backend's tables: as `nft -f` takes them in a full sync (each table
+    declared, deleted and written again in one transaction), or with `listing` as
+    `nft list table` prints them."""
+    parts = []
+    for family, chains in state.nftables.items():
+        if listing:
+            parts.append(nft_rules.render_chains(family, state.ipsets, chains))
+        else:
+            parts.append(nft_rules.table_payload(family, state.ipsets, chains))
+    return "".join(parts)
+
+
 def render_addresses(state: KernelState) -> str:
     ordered = sorted(state.addresses, key=address_sort_key)
     return "".join(f"{address}\n" for address in ordered)
 
 
-def render(state: KernelState, section: str | None) -> str:
-    """One section, or all of them under "# <section>" headers."""
+def render(state: KernelState, section: str | None, *, listing: bool = False) -> str:
+    """One section, or all of them under "# <section>" headers; the sections of the
+    rules backend the state does not use are empty (and left out of "all")."""
+    nft = bool(state.nftables) and not state.iptables
     renderers = {
         "ipvs": lambda: render_ipvs(state),
-        "ipsets": lambda: render_ipsets(state.ipsets),
+        "ipsets": lambda: "" if nft else render_ipsets(state.ipsets),
         "iptables": lambda: render_iptables(state.iptables),
+        "nftables": lambda: render_nftables(state, listing=listing),
         "addresses": lambda: render_addresses(state),
     }
     if section is not None:
         return renderers[section]()
-    return "".join(f"# {name}\n{renderers[name]()}" for name in SECTIONS)
+    shown = [
+        name
+        for name in SECTIONS
+        if not (nft and name in _IPTABLES_ONLY) and not (not nft and name == "nftables")
+    ]
+    return "".join(f"# {name}\n{renderers[name]()}" for name in shown)

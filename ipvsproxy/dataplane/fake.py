@@ -12,6 +12,8 @@ import errno
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
+from ipvsproxy.core import nft_rules
+from ipvsproxy.core.ipsets import all_set_names
 from ipvsproxy.core.model import (
     KERNEL_SCHEDULERS,
     IPAddress,
@@ -20,6 +22,7 @@ from ipvsproxy.core.model import (
     IpvsStats,
     RealServer,
     RealServerKey,
+    RulesBackend,
     VirtualServer,
     VirtualServerKey,
 )
@@ -36,16 +39,25 @@ from ipvsproxy.core.operations import (
     IPSetOperation,
     IpvsOperation,
     OperationFailure,
+    ReplaceNftTable,
     RestoreChains,
+    RulesOperation,
     UnbindAddress,
     UpdateRealServer,
     UpdateVirtualServer,
 )
 from ipvsproxy.core.rules import CHAINS, JUMP_RULES, restore_payload
 from ipvsproxy.core.stale_udp import ConntrackEntry
-from ipvsproxy.dataplane.interfaces import IpvsSnapshot
+from ipvsproxy.dataplane.interfaces import (
+    ConntrackDataplane,
+    Dataplanes,
+    IpvsSnapshot,
+    RulesDataplane,
+    RulesState,
+)
 from ipvsproxy.dataplane.iptables import parse_save
 from ipvsproxy.dataplane.links import is_node_address
+from ipvsproxy.dataplane.xtables_rules import XtablesRules
 from ipvsproxy.errors import KernelError
 
 KNOWN_SCHEDULERS = KERNEL_SCHEDULERS
@@ -78,6 +90,10 @@ class FakeKernel:
         self.real_server_reads = 0  # real_servers() calls: one dump each, likewise
         self.timeouts = (900, 120, 300)  # IPVS tcp, tcpfin, udp connection timeouts
         self.writes = 0  # every state-changing call, whatever the subsystem
+        self.xtables_calls = 0  # ipset and iptables reads and writes (the tools' runs)
+        # The nftables backend's tables: family -> (sets by ipset name, chains).
+        self.nft: dict[IPFamily, tuple[dict[str, set[str]], dict[str, tuple[str, ...]]]] = {}
+        self.nft_transactions = 0  # `nft -f` runs
         self.fail_restore = False  # make the next iptables restores fail, as a broken rule would
         # Operation types refused with EPERM, as a kernel or a security module might.
         self.refuse: set[type] = set()
@@ -234,9 +250,11 @@ class FakeKernel:
     # --- ipsets ---
 
     def read(self, names: Collection[str]) -> dict[str, frozenset[str]]:
+        self.xtables_calls += 1
         return {name: frozenset(self.sets[name]) for name in names if name in self.sets}
 
     def apply(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        self.xtables_calls += 1
         failures: list[OperationFailure] = []
         for op in ops:
             self.writes += 1
@@ -253,6 +271,7 @@ class FakeKernel:
         return failures
 
     def destroy(self, names: Collection[str]) -> list[OperationFailure]:
+        self.xtables_calls += 1
         for name in names:
             if self.sets.pop(name, None) is not None:
                 self.writes += 1
@@ -261,6 +280,7 @@ class FakeKernel:
     # --- iptables ---
 
     def read_rules(self, family: IPFamily) -> IptablesRuleset:
+        self.xtables_calls += 1
         return IptablesRuleset(
             family=family,
             tables={
@@ -270,6 +290,7 @@ class FakeKernel:
         )
 
     def restore(self, op: RestoreChains) -> OperationFailure | None:
+        self.xtables_calls += 1
         self.writes += 1
         if self.fail_restore:
             return OperationFailure(op, 0, "iptables-restore: line 3 failed")
@@ -284,6 +305,7 @@ class FakeKernel:
         return None
 
     def remove(self, family: IPFamily) -> None:
+        self.xtables_calls += 1
         tables = self.tables[family]
         for jump in JUMP_RULES:
             rules = tables[jump.table][jump.chain]
@@ -310,6 +332,124 @@ class FakeIptables:
 
     def remove(self, family: IPFamily) -> None:
         self._kernel.remove(family)
+
+
+class FakeNftables:
+    """The fake kernel's nftables tables under the RulesDataplane interface.
+
+    A table is written from the very text `nft -f` would take, read back with the parser
+    of `nft list table`'s output, so the two stay consistent; element changes fail as one
+    transaction when a table is missing, as nft's do.
+    """
+
+    def __init__(self, kernel: FakeKernel, *, switch_back: bool = True) -> None:
+        self._kernel = kernel
+        self._switch_back = switch_back  # remove the iptables backend's leftovers
+
+    @property
+    def backend(self) -> RulesBackend:
+        return RulesBackend.NFTABLES
+
+    def read(self, families: Iterable[IPFamily]) -> RulesState:
+        wanted = set(families)
+        sets: dict[str, frozenset[str]] = {}
+        chains: dict[IPFamily, dict[str, tuple[str, ...]]] = {}
+        for family, (table_sets, table_chains) in self._kernel.nft.items():
+            sets.update({name: frozenset(members) for name, members in table_sets.items()})
+            if family in wanted:
+                chains[family] = dict(table_chains)
+        return RulesState(sets=sets, nftables=chains)
+
+    def apply_sets(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        kernel = self._kernel
+        kernel.nft_transactions += 1
+        changes: list[tuple[str, str, bool]] = []
+        for op in ops:
+            if isinstance(op, AddIPSetEntry | DeleteIPSetEntry):
+                found = nft_rules.nft_set_for(op.set_name)
+                if found is None or found[1] not in kernel.nft or type(op) in kernel.refuse:
+                    reason = "No such file or directory" if found else "not a set of ours"
+                    if type(op) in kernel.refuse:
+                        reason = "Operation not permitted"
+                    return [OperationFailure(o, errno.ENOENT, f"nft -f: {reason}") for o in ops]
+                changes.append((op.set_name, op.entry, isinstance(op, AddIPSetEntry)))
+        for name, entry, add in changes:
+            family = nft_rules.nft_set_for(name)
+            assert family is not None
+            members = kernel.nft[family[1]][0].setdefault(name, set())
+            if add:
+                members.add(entry)
+            else:
+                members.discard(entry)
+        kernel.writes += 1
+        return []
+
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        kernel = self._kernel
+        kernel.nft_transactions += 1
+        kernel.writes += 1
+        if kernel.fail_restore or not all(isinstance(op, ReplaceNftTable) for op in ops):
+            return [OperationFailure(op, 0, "nft -f: Error: Could not process rule") for op in ops]
+        for op in ops:
+            assert isinstance(op, ReplaceNftTable)
+            text = nft_rules.render_chains(op.family, dict(op.sets), dict(op.chains))
+            table = nft_rules.parse_listing(op.family, text)
+            kernel.nft[op.family] = (
+                {name: set(members) for name, members in table.sets.items()},
+                dict(table.chains),
+            )
+        return []
+
+    def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
+        kernel = self._kernel
+        kernel.nft_transactions += 1
+        for family in families:
+            if family not in kernel.nft:
+                continue
+            kernel.writes += 1
+            if keep_sets:
+                kernel.nft[family] = (kernel.nft[family][0], {})
+            else:
+                del kernel.nft[family]
+        return []
+
+    def remove_other_backend(self) -> list[str]:
+        """As remove_leftovers does on a real node: only where traces are (here, the
+        fake kernel's ipsets or chains, looked at without counting as a tool's run)."""
+        kernel = self._kernel
+        ours = any(
+            chain in kernel.tables[family].get(table, {})
+            for family in IPFamily
+            for table, chains in CHAINS.items()
+            for chain in chains
+        )
+        if not self._switch_back or not (ours or set(kernel.sets) & set(all_set_names())):
+            return []
+        return XtablesRules(kernel, FakeIptables(kernel)).remove(tuple(IPFamily))
+
+
+def fake_rules(kernel: FakeKernel, backend: RulesBackend = RulesBackend.IPTABLES) -> RulesDataplane:
+    """The fake kernel's rules backend; each removes the other's leftovers on a switch."""
+    if backend is RulesBackend.NFTABLES:
+        return FakeNftables(kernel)
+    nft = FakeNftables(kernel)
+
+    def other() -> list[str]:
+        return nft.remove(tuple(kernel.nft)) if kernel.nft else []
+
+    return XtablesRules(kernel, FakeIptables(kernel), other_backend=other)
+
+
+def fake_dataplanes(
+    kernel: FakeKernel,
+    backend: RulesBackend = RulesBackend.IPTABLES,
+    *,
+    conntrack: ConntrackDataplane | None = None,
+) -> Dataplanes:
+    """Every adapter on one fake kernel."""
+    return Dataplanes(
+        ipvs=kernel, links=kernel, rules=fake_rules(kernel, backend), conntrack=conntrack
+    )
 
 
 class FakeConntrack:

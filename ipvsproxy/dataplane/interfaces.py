@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ipvsproxy.core.model import (
@@ -13,6 +13,7 @@ from ipvsproxy.core.model import (
     IpvsStats,
     RealServer,
     RealServerKey,
+    RulesBackend,
     VirtualServer,
     VirtualServerKey,
 )
@@ -22,6 +23,7 @@ from ipvsproxy.core.operations import (
     IpvsOperation,
     OperationFailure,
     RestoreChains,
+    RulesOperation,
 )
 from ipvsproxy.core.stale_udp import ConntrackEntry
 
@@ -111,11 +113,53 @@ class ConntrackDataplane(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RulesState:
+    """What a rules backend holds, read back: the sets' entries by ipset name (the
+    nftables sets named after the ipsets they stand for), and the fixed rules of the
+    backend in use (KernelState.iptables or KernelState.nftables; the other is empty)."""
+
+    sets: dict[str, frozenset[str]]
+    iptables: dict[IPFamily, IptablesRuleset] = field(default_factory=dict)
+    nftables: dict[IPFamily, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+class RulesDataplane(Protocol):
+    """The proxy's sets and its fixed rules: ipsets and iptables chains
+    (dataplane/xtables_rules.py), or one nftables table per family
+    (dataplane/nftables.py). Chosen once at start; IPVS balances behind either."""
+
+    @property
+    def backend(self) -> RulesBackend: ...
+
+    def read(self, families: Iterable[IPFamily]) -> RulesState:
+        """The sets of every family (ownership needs them all) and the families' rules."""
+        ...
+
+    def apply_sets(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        """Set entries added and deleted (sets created, for ipsets), in one batch."""
+        ...
+
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        """The fixed rules: an iptables restore per family, or the nftables tables in
+        one transaction."""
+        ...
+
+    def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
+        """Delete the families' rules, then every set of the proxy's unless keep_sets
+        (cleanup keeps them while a virtual server they record remains); the problems met."""
+        ...
+
+    def remove_other_backend(self) -> list[str]:
+        """Delete what the other rules backend left behind (after a switch), touching
+        nothing of it when there is no trace of it; the problems met."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class Dataplanes:
     """The kernel adapters a sync works through."""
 
     ipvs: IpvsDataplane
     links: AddressDataplane
-    ipsets: IPSetDataplane
-    iptables: IptablesDataplane
+    rules: RulesDataplane
     conntrack: ConntrackDataplane | None = None  # stale UDP flows; None: left alone

@@ -12,14 +12,25 @@ them), so reading back is one process per family and a parse of its output.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 
 from ipvsproxy.core import nft_rules
-from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.model import IPFamily, RulesBackend
 from ipvsproxy.core.nft_rules import NftTableState
+from ipvsproxy.core.operations import (
+    AddIPSetEntry,
+    DeleteIPSetEntry,
+    IPSetOperation,
+    OperationFailure,
+    ReplaceNftTable,
+    RulesOperation,
+)
 from ipvsproxy.core.rules import MasqueradeSettings
+from ipvsproxy.dataplane.interfaces import RulesState
 from ipvsproxy.errors import KernelError
 
 Runner = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
@@ -130,3 +141,116 @@ def _matches(
         if observed.sets[name] != frozenset(sets.get(name, ())):
             return False
     return True
+
+
+def _none() -> list[str]:
+    return []
+
+
+class NftablesRules:
+    """The nftables rules backend behind the RulesDataplane interface: the sets and the
+    fixed chains of one table per family. Runs nothing but `nft`: no iptables, no ipset,
+    and so loads neither ip_tables nor ip_set."""
+
+    def __init__(
+        self,
+        tool: NftablesTool | None = None,
+        *,
+        other_backend: Callable[[], list[str]] = _none,
+    ) -> None:
+        """other_backend: removes the iptables backend's chains and ipsets, if any."""
+        self.tool = tool or NftablesTool()
+        self._other_backend = other_backend
+        self.transactions = 0  # `nft -f` runs, for tests and metrics
+
+    @property
+    def backend(self) -> RulesBackend:
+        return RulesBackend.NFTABLES
+
+    def read(self, families: Iterable[IPFamily]) -> RulesState:
+        """Every family's table (ownership needs all sets), one `nft list table` each."""
+        wanted = set(families)
+        sets: dict[str, frozenset[str]] = {}
+        chains: dict[IPFamily, dict[str, tuple[str, ...]]] = {}
+        for family in IPFamily:
+            table = self.tool.read(family)
+            if table is None:
+                continue
+            sets.update(table.sets)
+            if family in wanted:
+                chains[family] = dict(table.chains)
+        return RulesState(sets=sets, nftables=chains)
+
+    def _write(self, payload: str) -> str | None:
+        self.transactions += 1
+        return self.tool.write(payload)
+
+    def apply_sets(self, ops: Sequence[IPSetOperation]) -> list[OperationFailure]:
+        """Every element added and deleted in one transaction: all or nothing. Creating
+        a set is no operation here: the sets come with their table."""
+        added = [(op.set_name, op.entry) for op in ops if isinstance(op, AddIPSetEntry)]
+        removed = [(op.set_name, op.entry) for op in ops if isinstance(op, DeleteIPSetEntry)]
+        error = self._write(nft_rules.element_payload(added, removed))
+        if error is None:
+            return []
+        return [OperationFailure(op, 0, f"nft -f: {error}") for op in ops]
+
+    def write_rules(self, ops: Sequence[RulesOperation]) -> list[OperationFailure]:
+        """Every table that drifted, in one transaction: all or nothing."""
+        if not all(isinstance(op, ReplaceNftTable) for op in ops):
+            reason = "the nftables backend runs no iptables-restore"
+            return [OperationFailure(op, 0, reason) for op in ops]
+        payload = "".join(
+            nft_rules.table_payload(op.family, dict(op.sets), dict(op.chains))
+            for op in ops
+            if isinstance(op, ReplaceNftTable)
+        )
+        error = self._write(payload)
+        return [] if error is None else [OperationFailure(op, 0, f"nft -f: {error}") for op in ops]
+
+    def remove(self, families: Iterable[IPFamily], *, keep_sets: bool = False) -> list[str]:
+        """The tables, whole; with keep_sets only their chains (the sets, which record
+        virtual servers, stay)."""
+        families = tuple(families)
+        payload = (
+            nft_rules.chains_delete_payload(families)
+            if keep_sets
+            else nft_rules.delete_payload(families)
+        )
+        error = self._write(payload)
+        return [] if error is None else [f"removing nftables tables: {error}"]
+
+    def remove_other_backend(self) -> list[str]:
+        return self._other_backend()
+
+
+def nf_tables_present(root: Path = Path("/")) -> bool:
+    """Whether running `nft` would load no module: nf_tables is loaded, or built in, or
+    no module can be loaded here at all (no module tree for this kernel). Looking loads
+    nothing."""
+    if (root / "sys/module/nf_tables").exists():
+        return True
+    tree = root / "lib/modules" / os.uname().release
+    if not tree.is_dir():
+        return True
+    builtin = tree / "modules.builtin"
+    return builtin.is_file() and "/nf_tables.ko" in builtin.read_text()
+
+
+def remove_leftover_tables(
+    tool: NftablesTool | None = None, *, loads_nothing: Callable[[], bool] = nf_tables_present
+) -> list[str]:
+    """Remove the nftables backend's tables after a switch to iptables: only when
+    nf_tables is in the kernel (`nft` would load it otherwise, on a node that may never
+    have used it) and `nft` is there and lists one of them; nothing said otherwise."""
+    if not loads_nothing() or not nft_available():
+        return []
+    tool = tool or NftablesTool()
+    try:
+        present = [family for family in IPFamily if tool.listing(family) is not None]
+    except KernelError:
+        return []  # no nf_tables here (the user-mode-linux test kernel): nothing of ours
+    if not present:
+        return []
+    error = tool.remove(present)
+    return [] if error is None else [f"removing nftables tables: {error}"]

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from agentproc import cli, cluster_file, tool
+from agentproc import RULES_BACKENDS, assert_rules_in, cli, cluster_file, tool
 from ipvsproxy_testkit.sandbox.pods import PodNetwork
 
 from ipvsproxy.agent.full_sync import full_sync
@@ -26,6 +26,7 @@ from ipvsproxy.dataplane.ipset import IPSetTool
 from ipvsproxy.dataplane.iptables import IptablesTool, parse_save
 from ipvsproxy.dataplane.ipvs import IpvsSocket
 from ipvsproxy.dataplane.links import LinkTool
+from ipvsproxy.dataplane.xtables_rules import XtablesRules
 from ipvsproxy.k8s.files import read_cluster
 
 pytestmark = pytest.mark.kernel
@@ -129,7 +130,7 @@ def real_dataplanes() -> Iterator[Dataplanes]:
     try:
         with IpvsSocket() as ipvs:
             yield Dataplanes(
-                ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
+                ipvs=ipvs, links=links, rules=XtablesRules(IPSetTool(), IptablesTool("legacy"))
             )
     finally:
         links.close()
@@ -182,8 +183,8 @@ def test_second_sync_writes_nothing(tmp_path: Path) -> None:
         outcome = full_sync(desired_for(cluster), dataplanes)
         assert outcome.plan.operations == ()
         assert dataplanes.ipvs.writes == 0  # type: ignore[attr-defined]
-        assert dataplanes.iptables.restores == 0  # type: ignore[attr-defined]
-        assert dataplanes.ipsets.restores == 0  # type: ignore[attr-defined]
+        assert dataplanes.rules.iptables.restores == 0  # type: ignore[attr-defined]
+        assert dataplanes.rules.ipsets.restores == 0  # type: ignore[attr-defined]
         assert dataplanes.links.writes == 0  # type: ignore[attr-defined]
     assert ipvsadm_lines() == before
     # And a second process (a restart) finds nothing to do either.
@@ -266,7 +267,8 @@ def test_show_reports_the_owned_state(tmp_path: Path) -> None:
     )
 
 
-def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rules_backend", RULES_BACKENDS)
+def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path, rules_backend: str) -> None:
     with PodNetwork() as network:
         client = network.add_pod("client", "10.244.0.2")
         backends = [network.add_pod(f"web{i}", f"10.244.{i}.1") for i in range(1, 5)]
@@ -276,7 +278,8 @@ def test_tcp_and_udp_traffic_spread_round_robin(tmp_path: Path) -> None:
             "  - addresses: [10.244.9.9]\n    conditions: {ready: false}\n",
             "  - addresses: [10.244.3.1]\n  - addresses: [10.244.4.1]\n",
         )
-        cli("once", "-f", cluster_file(tmp_path, text))
+        cli("once", "-f", cluster_file(tmp_path, text), "--rules-backend", rules_backend)
+        assert_rules_in(rules_backend)
 
         for replies in (
             network.tcp_requests("10.96.0.10", 80, 40, source=client),

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agentproc import cli, cluster_file
+from agentproc import RULES_BACKENDS, assert_rules_in, cli, cluster_file
 from ipvsproxy_testkit.sandbox.netns import ip
 from ipvsproxy_testkit.sandbox.pods import NODE_GATEWAY_V4, PodNetwork
 
@@ -39,13 +39,18 @@ def slice_yaml(service: str, port: int, *endpoints: tuple[str, str]) -> str:
 {items}"""
 
 
-def program(tmp_path: Path, items: str, *extra: str) -> None:
+def program(tmp_path: Path, items: str, *extra: str, rules_backend: str | None = None) -> None:
+    """`ipvsproxy once` of the items; with rules_backend, that backend, checked."""
     cluster = cluster_file(tmp_path, "apiVersion: v1\nkind: List\nitems:\n" + items)
-    cli("once", "-f", cluster, "--hostname-override", NODE, *extra)
+    chosen = ("--rules-backend", rules_backend) if rules_backend else ()
+    cli("once", "-f", cluster, "--hostname-override", NODE, *extra, *chosen)
+    if rules_backend:
+        assert_rules_in(rules_backend)
 
 
+@pytest.mark.parametrize("rules_backend", RULES_BACKENDS)
 def test_node_port_from_outside_tcp_udp_and_affinity(
-    tmp_path: Path, pod_network: PodNetwork
+    tmp_path: Path, pod_network: PodNetwork, rules_backend: str
 ) -> None:
     outside = pod_network.add_external_host("outside", "192.168.50.0/24")
     backends = [pod_network.add_pod(f"web{i}", f"10.244.{i}.1") for i in (1, 2)]
@@ -74,6 +79,7 @@ def test_node_port_from_outside_tcp_udp_and_affinity(
 """
         + slice_yaml("web", 8080, ("10.244.1.1", NODE), ("10.244.2.1", "node-b"))
         + slice_yaml("sticky", 8080, ("10.244.1.1", NODE), ("10.244.2.1", "node-b")),
+        rules_backend=rules_backend,
     )
     (node_ip,) = outside.node_ips
     ipvs = subprocess.run(["ipvsadm", "-Ln"], capture_output=True, text=True).stdout
@@ -123,8 +129,9 @@ def test_local_policy_keeps_the_client_address(tmp_path: Path, pod_network: PodN
         assert replies == [f"web1 {outside.ip}"] * 4
 
 
+@pytest.mark.parametrize("rules_backend", RULES_BACKENDS)
 def test_external_ip_and_load_balancer_source_ranges(
-    tmp_path: Path, pod_network: PodNetwork
+    tmp_path: Path, pod_network: PodNetwork, rules_backend: str
 ) -> None:
     allowed = pod_network.add_external_host("allowed", "192.168.50.0/24")
     refused = pod_network.add_external_host("refused", "192.168.60.0/24")
@@ -151,6 +158,7 @@ def test_external_ip_and_load_balancer_source_ranges(
         + slice_yaml("web", 8080, ("10.244.1.1", NODE)),
         "--node-ip",
         allowed.node_ips[0],
+        rules_backend=rules_backend,
     )
     # The external IP answers everyone; the load balancer only the allowed range.
     for host in (allowed, refused):
@@ -176,7 +184,7 @@ def test_external_ip_and_load_balancer_source_ranges(
     path = str(tmp_path / "cluster.yaml")
     result = subprocess.run(
         [sys.executable, "-m", "ipvsproxy.cli", "once", "-f", path, "--hostname-override",
-         NODE, "--node-ip", allowed.node_ips[0]],
+         NODE, "--node-ip", allowed.node_ips[0], "--rules-backend", rules_backend],
         capture_output=True, text=True,
     )  # fmt: skip
     assert "operations=0" in result.stderr, result.stderr
