@@ -147,7 +147,9 @@ class Agent:
         self._bind_retry_at = 0.0
         self._clock = clock or MonotonicClock()
         self._wall = wall_clock
-        self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
+        self.tracker = ChangeTracker(
+            on_change=self._on_change, started_at=wall_clock(), wall_clock=wall_clock
+        )
         self.runner = BoundedFrequencyRunner(
             self.sync,
             min_interval=settings.min_sync_period,
@@ -169,7 +171,9 @@ class Agent:
         self._rng = rng or random.Random()
         self._period = self._next_period()  # from _last_full to the next periodic full sync
         self._deferred_full = False  # a due full sync waits for one partial sync
-        self._unreported_triggers: list[float] = []
+        # Trigger times of applied changes not yet measured, each with when the tracker
+        # recorded it.
+        self._unreported_triggers: list[tuple[float, float]] = []
         self._log = RepeatedLog(clock=self._clock.now)
         self.schedulers = ServiceSchedulers(dataplanes.ipvs, settings.desired.scheduler)
         self._failing = False
@@ -223,6 +227,7 @@ class Agent:
                 # a steady stream of changes must not put the full sync off for ever.
                 self._deferred_full = True
                 self.runner.run()
+        started_wall = self._wall()
         changes = self.tracker.take(full=full)
         full = changes.full
         started = time.perf_counter()
@@ -246,7 +251,7 @@ class Agent:
         self.last = outcome
         if not outcome.ok:
             self.resync()
-        self._report(outcome, changes, seconds)
+        self._report(outcome, changes, seconds, started_wall)
         return outcome.ok
 
     def _next_period(self) -> float:
@@ -261,13 +266,17 @@ class Agent:
         pending = self.tracker.pending()
         return bool(pending.services or pending.endpoints)
 
-    def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
+    def _report(
+        self, outcome: SyncOutcome, changes: Changes, seconds: float, started_wall: float
+    ) -> None:
         wall = self._wall()
         # Kept across failed syncs, to be measured once applied; bounded, should the
         # kernel refuse for hours.
-        self._unreported_triggers = [*self._unreported_triggers, *changes.trigger_times][
-            -_MAX_UNREPORTED_TRIGGERS:
-        ]
+        received = changes.received_times or (wall,) * len(changes.trigger_times)
+        self._unreported_triggers = [
+            *self._unreported_triggers,
+            *zip(changes.trigger_times, received, strict=True),
+        ][-_MAX_UNREPORTED_TRIGGERS:]
         if outcome.ok:
             if self._failing:
                 logger.info("sync succeeded again", full=outcome.full)
@@ -276,7 +285,20 @@ class Agent:
             if self._health is not None:
                 self._health.updated(wall)
             if self._metrics is not None:
-                self._metrics.network_programmed(self._unreported_triggers, wall)
+                self._metrics.network_programmed(
+                    [trigger for trigger, _ in self._unreported_triggers], wall
+                )
+            if self._unreported_triggers:
+                # Each change's latency exactly, and what it is made of: trigger to
+                # received is the watch's delivery, received to started the wait for the
+                # runner (and for a sync in progress), started to programmed the sync.
+                logger.debug(
+                    "network programmed",
+                    full=outcome.full,
+                    started=round(started_wall, 6),
+                    programmed=round(wall, 6),
+                    changes=[[round(t, 6), round(r, 6)] for t, r in self._unreported_triggers],
+                )
             self._unreported_triggers = []
         else:
             self._failing = True
