@@ -144,27 +144,36 @@ class ChangeTracker:
         """Everything pending, now marked synced; with full (or after a Node change), the
         inputs of every Service, in the order they were first seen."""
         with self._lock:
-            full = full or self._node_changed
-            keys: Iterable[str] = self._service_before.keys() | self._endpoint_services.keys()
-            if full:
-                keys = list(self._services)
-            services = {key: self._input(key) for key in keys}
-            times = [
-                self._trigger_times[key] for key in self._slice_before if key in self._trigger_times
-            ]
-            changes = Changes(
-                services=services,
-                trigger_times=tuple(trigger for trigger, _ in times),
-                node_changed=self._node_changed,
-                full=full,
-                received_times=tuple(received for _, received in times),
-            )
-            self._service_before.clear()
-            self._slice_before.clear()
-            self._endpoint_services.clear()
-            self._trigger_times.clear()
-            self._node_changed = False
-            return changes
+            return self._take(full=full)
+
+    def take_partial(self) -> Changes | None:
+        """What take(full=False) returns, or None, taking nothing, when a Node change is
+        pending (that needs a full sync)."""
+        with self._lock:
+            return None if self._node_changed else self._take(full=False)
+
+    def _take(self, *, full: bool) -> Changes:
+        full = full or self._node_changed
+        keys: Iterable[str] = self._service_before.keys() | self._endpoint_services.keys()
+        if full:
+            keys = list(self._services)
+        services = {key: self._input(key) for key in keys}
+        times = [
+            self._trigger_times[key] for key in self._slice_before if key in self._trigger_times
+        ]
+        changes = Changes(
+            services=services,
+            trigger_times=tuple(trigger for trigger, _ in times),
+            node_changed=self._node_changed,
+            full=full,
+            received_times=tuple(received for _, received in times),
+        )
+        self._service_before.clear()
+        self._slice_before.clear()
+        self._endpoint_services.clear()
+        self._trigger_times.clear()
+        self._node_changed = False
+        return changes
 
     def _input(self, key: str) -> ServiceInput:
         slices = self._by_service.get(key)

@@ -15,6 +15,9 @@ thread computes desired state and touches the kernel:
   Services whose inputs changed since their state was computed (all of them after a Node
   change or when the host's addresses changed); changes pending when a periodic full sync
   falls due are applied by a partial sync first, and the full sync runs right after it;
+  changes arriving while it runs are applied by partial syncs between its pieces, and its
+  plan leaves out what they wrote (agent/interleave.py); not during the first full sync
+  or one after a failure or a Node change, which have no applied state to diff against;
 - a failed sync is logged once with its reason, retried after `retry_interval`, and
   makes the next sync full.
 """
@@ -32,6 +35,7 @@ from loguru import logger
 from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.agent.changes import Changes, ChangeTracker, ServiceInput
 from ipvsproxy.agent.full_sync import full_sync
+from ipvsproxy.agent.interleave import Interleaved
 from ipvsproxy.agent.runner import BoundedFrequencyRunner, Clock, MonotonicClock
 from ipvsproxy.agent.scheduler_probe import ServiceSchedulers
 from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
@@ -171,6 +175,9 @@ class Agent:
         self._rng = rng or random.Random()
         self._period = self._next_period()  # from _last_full to the next periodic full sync
         self._deferred_full = False  # a due full sync waits for one partial sync
+        # Set while a periodic full sync runs: partial syncs run between its pieces.
+        self._interleaved: Interleaved | None = None
+        self._full_operations = 0  # what the last full sync's plan held once filtered
         # Trigger times of applied changes not yet measured, each with when the tracker
         # recorded it.
         self._unreported_triggers: list[tuple[float, float]] = []
@@ -395,6 +402,10 @@ class Agent:
         # addresses, recompute all).
         previous, inputs = self._computed, self._inputs
         reuse = node == self._computed_node
+        # Partial syncs between the pieces of this one need what was applied, and the
+        # same node and settings as the full sync (a Node change recomputes everything).
+        box = Interleaved() if self._cache is not None and reuse else None
+        self._full_operations = 0
         states: list[tuple[str, ServiceState]] = []
         computed: dict[str, ServiceInput] = {}
         gc.unfreeze()  # what the last full sync froze may be garbage now
@@ -416,34 +427,89 @@ class Agent:
             self._inputs = computed
             self._computed_node = node
             desired = merge_service_states(states, settings=settings)
-        synced = full_sync(
-            desired,
-            self._dp,
-            exclude_cidrs=self._settings.exclude_cidrs,
-            drains=self._drains,
-            now=self._clock.now(),
-            drain_timeout=self._settings.drain_timeout,
-            apply=self._apply,
-        )
+        self._interleaved = box
+        try:
+            self._checkpoint()
+            synced = full_sync(
+                desired,
+                self._dp,
+                exclude_cidrs=self._settings.exclude_cidrs,
+                drains=self._drains,
+                now=self._clock.now(),
+                drain_timeout=self._settings.drain_timeout,
+                apply=self._apply_full,
+                checkpoint=self._checkpoint,
+            )
+        finally:
+            self._interleaved = None
         plan, result = synced.plan, synced.result
-        self._drains = plan.draining
-        if result.ok:
+        applied_inputs: Mapping[str, ServiceInput] = changes.services
+        iptables = desired.iptables
+        if box is not None and box.syncs:
+            self._drains = box.drains(plan.draining, self._drains)
+            states = box.final_states(states)
+            applied_inputs = box.final_inputs(changes.services)
+            iptables = box.iptables(iptables)
+        else:
+            self._drains = plan.draining
+        # A partial sync in between failed: what it wrote is unknown, so what was applied
+        # is not rebuilt and this sync fails as that one did (the next sync is full).
+        failed_between = box is not None and box.failed
+        if result.ok and not failed_between:
             with gc_paused():
-                self._cache = AppliedCache.rebuild(states, desired.iptables)
-                self._relabel_all(changes.services, states)
+                self._cache = AppliedCache.rebuild(states, iptables)
+                self._relabel_all(applied_inputs, states)
             self._health_checks = {}
-            self._note_health_checks(changes.services, node.name, retry=True)
-            self.udp_flows.clear_after(changes.services, full=True)
-        operations = len(plan)
-        del desired, plan, synced, previous, inputs
+            self._note_health_checks(applied_inputs, node.name, retry=True)
+            self.udp_flows.clear_after(applied_inputs, full=True)
+        operations = self._full_operations
+        del desired, plan, synced, previous, inputs, iptables
         # The cache holds millions of long-lived values without cycles: keep the cyclic
         # collector from rescanning them all on its own schedule, which would stall a
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are
         # collected after the next full sync's unfreeze.
         gc.freeze()
+        reason = _reason(result) or ("a partial sync in between failed" if failed_between else "")
         return SyncOutcome(
-            True, result.ok, len(states), operations, _reason(result), len(result.failures)
+            True,
+            result.ok and not failed_between,
+            len(states),
+            operations,
+            reason,
+            len(result.failures),
         )
+
+    def _checkpoint(self) -> None:
+        """Between pieces of a periodic full sync: apply the changes pending, if any, by a
+        partial sync of their own (see interleave.py), so that none waits for the whole."""
+        box = self._interleaved
+        if box is None or box.failed or box.closed or self._cache is None or not self._pending():
+            return
+        started_wall = self._wall()
+        changes = self.tracker.take_partial()
+        if changes is None:  # a Node change: for the next sync, a full one
+            return
+        started = time.perf_counter()
+        try:
+            outcome = self._partial(changes)
+        except IpvsProxyError as exc:
+            outcome = SyncOutcome(False, False, len(changes.services), 0, f"kernel: {exc}")
+        except Exception as exc:
+            logger.opt(exception=exc).error("sync failed with an unexpected error")
+            outcome = SyncOutcome(False, False, len(changes.services), 0, f"bug: {exc!r}")
+        box.syncs += 1
+        box.failed = not outcome.ok
+        self.syncs += 1
+        self._report(outcome, changes, time.perf_counter() - started, started_wall)
+
+    def _apply_full(self, plan: Plan) -> ApplyResult:
+        """A full sync's plan, without what partial syncs wrote while it was computed."""
+        box = self._interleaved
+        if box is not None:
+            box.closed = True
+            plan = box.filter(plan)
+        self._full_operations = len(plan)
+        return self._apply(plan)
 
     def _partial(self, changes: Changes) -> SyncOutcome:
         assert self._cache is not None
@@ -473,6 +539,10 @@ class Agent:
             leave=self._leave_by_counters(started),
         )
         result = self._apply(planned.plan)
+        if self._interleaved is not None:
+            self._interleaved.wrote(planned.plan.operations)
+            if result.ok:
+                self._interleaved.applied(updates, changes.services)
         if result.ok:
             self._cache.commit(planned.delta)
             self._note_drains(planned.plan, started)
