@@ -66,10 +66,21 @@ def all_three(h: Harness) -> None:
 CHANGES = [moved, deleted, added, all_three]
 
 
+def once(change: Callable[[], None]) -> Callable[[], None]:
+    fired: list[bool] = []
+
+    def first() -> None:
+        if not fired:
+            fired.append(True)
+            change()
+
+    return first
+
+
 def during_merge(h: Harness, monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
     """The change arrives once the full sync has its desired state, before it reads the
     kernel: the kernel it reads holds the partial sync's writes, its desired state not."""
-    real = agent_module.merge_service_states
+    real, change = agent_module.merge_service_states, once(change)
 
     def merge(*args: Any, **kwargs: Any) -> Any:
         merged = real(*args, **kwargs)
@@ -82,7 +93,7 @@ def during_merge(h: Harness, monkeypatch: pytest.MonkeyPatch, change: Callable[[
 def during_read(h: Harness, monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
     """The change arrives while the full sync reads the kernel: what it read and wants
     are both from before the partial sync."""
-    real = h.kernel.snapshot
+    real, change = h.kernel.snapshot, once(change)
 
     def snapshot() -> Any:
         found = real()
@@ -105,8 +116,7 @@ def test_a_change_during_a_full_sync_is_applied_before_it_ends(
     h.kernel.destinations[dns_key].clear()
     h.kernel.links["kube-ipvs0"].add(ipaddress.ip_address("10.96.7.7"))
 
-    fired: list[bool] = []
-    arrives(h, monkeypatch, lambda: fired or (fired.append(True), change(h)))
+    arrives(h, monkeypatch, lambda: change(h))
     # What the kernel holds when the full sync applies its own plan, and how many
     # changes had been measured as programmed by then.
     seen: list[tuple[KernelState, int]] = []
@@ -135,6 +145,50 @@ def test_a_change_during_a_full_sync_is_applied_before_it_ends(
     assert h.step() and h.agent.last.full and h.agent.last.operations == 0
     h.put(endpoint_slice("dns", "10.244.1.9", "10.244.5.5", ports=(("dns", "UDP", 53),)))
     assert h.step() and not h.agent.last.full and h.agent.last.ok
+    h.assert_in_step()
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda c: c.__name__)
+def test_a_change_after_the_full_plan_is_applied_is_not_lost(
+    change: Callable[[Harness], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arriving while the full sync rebuilds its labels and what was applied: applied by
+    a partial sync there, and kept in what the full sync records as applied."""
+    h = started()
+    fired: list[bool] = []
+    real = agent_module.Agent._relabel_all
+
+    def relabel(agent: Any, *args: Any) -> None:
+        if not fired:
+            fired.append(True)
+            change(h)
+        real(agent, *args)
+
+    monkeypatch.setattr(agent_module.Agent, "_relabel_all", relabel)
+    syncs = h.agent.syncs
+    h.clock.t += 30
+    assert h.step() and h.agent.last is not None and h.agent.last.full and h.agent.last.ok
+    assert h.agent.syncs == syncs + 2
+    h.assert_in_step()
+    h.clock.t += 30
+    assert h.step() and h.agent.last.full and h.agent.last.operations == 0
+
+
+def test_no_partial_sync_during_a_full_sync_that_took_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full sync that recomputes a Service (a change pending when it started, as after
+    a failure) writes what no applied state tells: no partial sync diffs against that."""
+    h = started()
+    h.clock.t += 30
+    moved(h)
+    assert h.step() and h.agent.last is not None and not h.agent.last.full  # first, as due
+    added(h)  # taken by the full sync, which then recomputes "extra"
+    during_read(h, monkeypatch, lambda: deleted(h))
+    syncs = h.agent.syncs
+    assert h.step() and h.agent.last.full
+    assert h.agent.syncs == syncs + 1
+    assert h.step() and not h.agent.last.full  # the deletion, right after
     h.assert_in_step()
 
 

@@ -403,32 +403,38 @@ class Agent:
         previous, inputs = self._computed, self._inputs
         reuse = node == self._computed_node
         # Partial syncs between the pieces of this one need what was applied, and the
-        # same node and settings as the full sync (a Node change recomputes everything).
+        # same node and settings as the full sync (a Node change recomputes everything);
+        # not when it recomputes a Service either (changes it took when it started).
         box = Interleaved() if self._cache is not None and reuse else None
         self._full_operations = 0
         states: list[tuple[str, ServiceState]] = []
         computed: dict[str, ServiceInput] = {}
         gc.unfreeze()  # what the last full sync froze may be garbage now
-        with gc_paused():
-            for key, given in changes.services.items():
-                if given.service is None:
-                    continue
-                state = previous.get(key)
-                if state is not None and reuse and _same_inputs(inputs.get(key), given):
-                    computed[key] = given
-                else:
-                    fresh = self._state(key, given, node)
-                    if fresh is not None:
-                        state = fresh
-                        computed[key] = given
-                if state is not None:
-                    states.append((key, state))
-            self._computed = dict(states)
-            self._inputs = computed
-            self._computed_node = node
-            desired = merge_service_states(states, settings=settings)
         self._interleaved = box
         try:
+            with gc_paused():
+                for key, given in changes.services.items():
+                    if given.service is None:
+                        continue
+                    state = previous.get(key)
+                    if state is not None and reuse and _same_inputs(inputs.get(key), given):
+                        computed[key] = given
+                    else:
+                        fresh = self._state(key, given, node)
+                        if fresh is not None:
+                            state = fresh
+                            computed[key] = given
+                        # What was applied no longer tells what this sync will write for
+                        # the Service: a partial sync in between could not diff against it.
+                        self._interleaved = box = None
+                    if state is not None:
+                        states.append((key, state))
+                self._computed = dict(states)
+                self._inputs = computed
+                self._computed_node = node
+            self._checkpoint()
+            with gc_paused():
+                desired = merge_service_states(states, settings=settings)
             self._checkpoint()
             synced = full_sync(
                 desired,
@@ -440,15 +446,26 @@ class Agent:
                 apply=self._apply_full,
                 checkpoint=self._checkpoint,
             )
+            result = synced.result
+            if result.ok:
+                if box is not None:
+                    box.closed = False  # the plan is applied: nothing more to leave out
+                self._checkpoint()
+                if box is None or not box.failed:
+                    applied_inputs = self._applied_inputs(box, changes.services)
+                    with gc_paused():
+                        self._relabel_all(applied_inputs, self._applied_states(box, states))
+                    self._health_checks = {}
+                    self._note_health_checks(applied_inputs, node.name, retry=True)
+                    self.udp_flows.clear_after(applied_inputs, full=True)
+                    self._checkpoint()
         finally:
             self._interleaved = None
-        plan, result = synced.plan, synced.result
-        applied_inputs: Mapping[str, ServiceInput] = changes.services
+        plan = synced.plan
         iptables = desired.iptables
+        states = self._applied_states(box, states)
         if box is not None and box.syncs:
             self._drains = box.drains(plan.draining, self._drains)
-            states = box.final_states(states)
-            applied_inputs = box.final_inputs(changes.services)
             iptables = box.iptables(iptables)
         else:
             self._drains = plan.draining
@@ -458,10 +475,6 @@ class Agent:
         if result.ok and not failed_between:
             with gc_paused():
                 self._cache = AppliedCache.rebuild(states, iptables)
-                self._relabel_all(applied_inputs, states)
-            self._health_checks = {}
-            self._note_health_checks(applied_inputs, node.name, retry=True)
-            self.udp_flows.clear_after(applied_inputs, full=True)
         operations = self._full_operations
         del desired, plan, synced, previous, inputs, iptables
         # The cache holds millions of long-lived values without cycles: keep the cyclic
@@ -478,6 +491,18 @@ class Agent:
             reason,
             len(result.failures),
         )
+
+    @staticmethod
+    def _applied_states(
+        box: Interleaved | None, states: list[tuple[str, ServiceState]]
+    ) -> list[tuple[str, ServiceState]]:
+        return box.final_states(states) if box is not None and box.syncs else states
+
+    @staticmethod
+    def _applied_inputs(
+        box: Interleaved | None, inputs: Mapping[str, ServiceInput]
+    ) -> Mapping[str, ServiceInput]:
+        return box.final_inputs(inputs) if box is not None and box.syncs else inputs
 
     def _checkpoint(self) -> None:
         """Between pieces of a periodic full sync: apply the changes pending, if any, by a
