@@ -64,6 +64,7 @@ from ipvsproxy.core.model import (
     IPNetwork,
     Protocol,
     RealServer,
+    Service,
     VirtualServerKey,
 )
 from ipvsproxy.core.operations import (
@@ -187,6 +188,10 @@ class Agent:
         self.udp_flows = StaleUdpFlows(dataplanes.conntrack, log=self._log)
         self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
         self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
+        # Service -> what its labels were made from, and them (see _relabel_all)
+        self._label_sources: dict[
+            str, tuple[Service, ServiceState, Mapping[VirtualServerKey, ServicePortLabels]]
+        ] = {}
         self.last: SyncOutcome | None = None
         self.syncs = 0
         # Per Service, its ports with a Local policy and no endpoint on this node.
@@ -459,22 +464,26 @@ class Agent:
                     self._note_health_checks(applied_inputs, node.name, retry=True)
                     self.udp_flows.clear_after(applied_inputs, full=True)
                     self._checkpoint()
+            plan = synced.plan
+            iptables = desired.iptables
+            states = self._applied_states(box, states)
+            if box is not None and box.syncs:
+                self._drains = box.drains(plan.draining, self._drains)
+                iptables = box.iptables(iptables)
+            else:
+                self._drains = plan.draining
+            if result.ok and (box is None or not box.failed):
+                with gc_paused():
+                    self._cache = AppliedCache.rebuild(states, iptables)
+                # Partial syncs from here on diff against the rebuilt cache and change
+                # only what comes after: the metrics, the log line.
+                self._checkpoint()
         finally:
             self._interleaved = None
-        plan = synced.plan
-        iptables = desired.iptables
-        states = self._applied_states(box, states)
-        if box is not None and box.syncs:
-            self._drains = box.drains(plan.draining, self._drains)
-            iptables = box.iptables(iptables)
-        else:
-            self._drains = plan.draining
         # A partial sync in between failed: what it wrote is unknown, so what was applied
-        # is not rebuilt and this sync fails as that one did (the next sync is full).
+        # is not rebuilt (or dropped, by the caller) and this sync fails as that one did:
+        # the next sync is full.
         failed_between = box is not None and box.failed
-        if result.ok and not failed_between:
-            with gc_paused():
-                self._cache = AppliedCache.rebuild(states, iptables)
         operations = self._full_operations
         del desired, plan, synced, previous, inputs, iptables
         # The cache holds millions of long-lived values without cycles: keep the cyclic
@@ -711,14 +720,22 @@ class Agent:
     ) -> None:
         labels: dict[VirtualServerKey, ServicePortLabels] = {}
         labelled: dict[str, tuple[VirtualServerKey, ...]] = {}
+        known, sources = self._label_sources, {}
         for key, state in states:
             service = inputs[key].service
             if service is not None:
-                found = service_port_labels(service, state.virtual_servers)
+                # The labels follow from the Service and its state alone: those of a
+                # periodic full sync, which reuses nearly every state, are mostly known.
+                seen = known.get(key)
+                if seen is not None and seen[0] is service and seen[1] is state:
+                    found = seen[2]
+                else:
+                    found = service_port_labels(service, state.virtual_servers)
                 labels.update(found)
                 labelled[key] = tuple(found)
+                sources[key] = (service, state, found)
         # Swapped whole: the scrape thread sees the old dict or the new one.
-        self.labels, self._labelled = labels, labelled
+        self.labels, self._labelled, self._label_sources = labels, labelled, sources
 
     def _label(self, given: ServiceInput, state: ServiceState | None) -> None:
         # The scrape thread only ever does single lookups, safe while entries change.
@@ -726,6 +743,7 @@ class Agent:
             found = service_port_labels(given.service, state.virtual_servers)
             self.labels.update(found)
             self._labelled[given.service.key] = tuple(found)
+            self._label_sources[given.service.key] = (given.service, state, found)
 
 
 def _same_inputs(seen: ServiceInput | None, given: ServiceInput) -> bool:
