@@ -29,6 +29,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # Every dependency at the version and with the file hash requirements.lock records (pip
 # refuses anything else), then the wheel alone; pip and setuptools leave the image after.
+# Pruned from the installed packages: what the agent never imports, a listed path each
+# (tests/test_image_prune.py checks that every kubernetes module the agent loads survives):
+#   kubernetes/aio: the client's asyncio copy of every generated API and model, 68 MB;
+#   the agent reaches the API server through the synchronous kubernetes.client only.
 COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /tmp/wheels
 RUN python3 -m venv /opt/ipvsproxy \
@@ -36,6 +40,7 @@ RUN python3 -m venv /opt/ipvsproxy \
         -r /tmp/requirements.lock \
     && /opt/ipvsproxy/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && /opt/ipvsproxy/bin/pip uninstall --yes setuptools pip \
+    && rm -rf /opt/ipvsproxy/lib/python3.11/site-packages/kubernetes/aio \
     && rm -rf /tmp/wheels /tmp/requirements.lock
 ENV PATH=/opt/ipvsproxy/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 # The build's commit, for --version, the User-Agent and kubernetes_build_info:

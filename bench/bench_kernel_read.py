@@ -131,13 +131,13 @@ def concurrently(*fns: Callable[[], object]) -> list[object]:
 
 
 def per_table_read(family: Any) -> object:
-    """The previous iptables read: a `-t` process for each of the nat and filter tables."""
-    from ipvsproxy.dataplane.iptables import parse_save
+    """The previous iptables read: a `-t` process for each table ipvsproxy writes."""
+    from ipvsproxy.dataplane.iptables import TABLES, parse_save
 
     tool = f"{'iptables' if family.value == 4 else 'ip6tables'}-legacy-save"
     text = "".join(
         subprocess.run([tool, "-t", t], check=True, capture_output=True, text=True).stdout
-        for t in ("nat", "filter")
+        for t in TABLES
     )
     return parse_save(text)
 

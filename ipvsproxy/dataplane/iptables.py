@@ -44,7 +44,8 @@ from ipvsproxy.dataplane.xtables_stamp import stamp
 from ipvsproxy.errors import KernelError
 
 BACKENDS = ("legacy", "nft")
-_TABLES = ("nat", "filter", "mangle")
+# The tables ipvsproxy writes (mangle: steering) and so reads back.
+TABLES = ("nat", "filter", "mangle")
 # Kubelet (1.17+) creates one of these in the mangle table of the backend it uses.
 _KUBELET_CHAIN = re.compile(r"^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)[ \n]", re.MULTILINE)
 _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
@@ -213,7 +214,7 @@ class IptablesTool:
             )
             self._per_table = True
         parts = []
-        for table in _TABLES:
+        for table in TABLES:
             result = _run([command, "-t", table])
             if result.returncode != 0:
                 raise KernelError(f"{command} -t {table} failed: {result.stderr.strip()}")
@@ -229,7 +230,7 @@ class IptablesTool:
             return last[1]
         # A jump behind a rule that would steal Service traffic reads as missing, so that
         # the sync puts it back on top (rules.jump_out_of_place).
-        tables = without_misplaced_jumps(parse_save(self.save_text(family), _TABLES))
+        tables = without_misplaced_jumps(parse_save(self.save_text(family), TABLES))
         ruleset = IptablesRuleset(family=family, tables=tables)
         if fingerprint is not None:
             self._last[family] = (fingerprint, ruleset)
@@ -240,7 +241,7 @@ class IptablesTool:
             names = set_names()
         except KernelError:
             return None
-        return stamp(family, _TABLES, names)
+        return stamp(family, TABLES, names)
 
     def _restore(self, family: IPFamily, payload: str) -> subprocess.CompletedProcess[str]:
         self.restores += 1
@@ -252,7 +253,7 @@ class IptablesTool:
         if op.missing_jumps:
             # A "missing" jump may be one read as out of place: delete every copy the
             # kernel holds before inserting it on top (rare: a fresh save is affordable).
-            current = parse_save(self.save_text(family), _TABLES)
+            current = parse_save(self.save_text(family), TABLES)
             for jump in op.missing_jumps:
                 copies = current.get(jump.table, {}).get(jump.chain, ()).count(jump.rule)
                 stray += [jump] * copies
@@ -264,7 +265,7 @@ class IptablesTool:
 
     def remove(self, family: IPFamily) -> None:
         """Delete the jump rules, then flush and delete the proxy's chains."""
-        current = parse_save(self.save_text(family), _TABLES)
+        current = parse_save(self.save_text(family), TABLES)
         lines: list[str] = []
         for table, chains in CHAINS.items():
             present = current.get(table, {})

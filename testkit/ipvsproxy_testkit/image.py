@@ -4,6 +4,7 @@
     python -m ipvsproxy_testkit.image rootfs    # ...and print its root filesystem's directory
     python -m ipvsproxy_testkit.image info      # ...its root filesystem, entrypoint and env (JSON)
     python -m ipvsproxy_testkit.image lock      # rewrite requirements.lock (pins and hashes)
+    python -m ipvsproxy_testkit.image sizes     # ...what each part of it costs (MB, on disk)
 
 - Builder: docker when its daemon answers, else podman, else buildah (Debian: `apt-get
   install buildah`); podman and buildah with the vfs storage driver and chroot isolation,
@@ -25,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +57,19 @@ SLIM_DPKG: Final = (
     "path-exclude=/usr/share/locale/*",
     "path-include=/usr/share/locale/locale.alias",
 )
+
+
+SITE_PACKAGES: Final = "/opt/ipvsproxy/lib/python3.11/site-packages"
+_PRUNED_PATH: Final = re.compile(re.escape(SITE_PACKAGES) + r"/(\S+)")
+
+
+def pruned(root: Path = ROOT) -> tuple[str, ...]:
+    """The paths under site-packages that the Dockerfile removes after installing."""
+    found: list[str] = []
+    for line in (root / "Dockerfile").read_text().splitlines():
+        if "rm -rf " in line:
+            found.extend(_PRUNED_PATH.findall(line.split("rm -rf ", 1)[1]))
+    return tuple(found)
 
 
 class ImageError(RuntimeError):
@@ -288,6 +303,47 @@ def image_info(name: str, builder: Builder | None = None) -> dict[str, object]:
     }
 
 
+def _disk_usage(path: Path) -> int:
+    """Bytes allocated to a tree (as du counts them), not following symbolic links."""
+    if not path.exists():
+        return 0
+    total = path.lstat().st_blocks * 512
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for entry in (*dirnames, *filenames):
+                total += os.lstat(os.path.join(dirpath, entry)).st_blocks * 512
+    return total
+
+
+def sizes(name: str, builder: Builder | None = None) -> list[tuple[str, int]]:
+    """What each part of the image costs on disk: the base image, the Debian packages
+    added to it, Python's standard library, each installed package, the bytecode."""
+    builder = builder or find_builder()
+    tree = rootfs(name, builder)
+    base = rootfs(BASE, builder)
+    site = tree / SITE_PACKAGES.lstrip("/")
+    added = sum(_disk_usage(tree / d) - _disk_usage(base / d) for d in ("usr", "etc", "var"))
+    parts: list[tuple[str, int]] = [
+        ("image, total", _disk_usage(tree)),
+        ("base image (debian:12-slim)", _disk_usage(base)),
+        ("Debian packages added (/usr, /etc, /var less the base's)", added),
+        ("  of which Python's standard library", _disk_usage(tree / "usr/lib/python3.11")),
+        ("venv (/opt/ipvsproxy)", _disk_usage(tree / "opt")),
+    ]
+    packages = sorted(
+        ((f"  {p.name}", _disk_usage(p)) for p in site.iterdir() if p.is_dir()),
+        key=lambda item: -item[1],
+    )
+    parts.extend(item for item in packages if item[1] >= 500_000)
+    parts.append(("  (smaller packages)", sum(b for _, b in packages if b < 500_000)))
+    kubernetes = site / "kubernetes"
+    for sub in ("client/api", "client/models"):
+        parts.append((f"    kubernetes/{sub}", _disk_usage(kubernetes / sub)))
+    bytecode = sum(_disk_usage(p) for p in site.rglob("__pycache__"))
+    parts.append(("  bytecode in the venv (__pycache__, counted above too)", bytecode))
+    return parts
+
+
 def lock(root: Path = ROOT) -> str:
     """requirements.lock: every dependency of the project, resolved from the package index
     for this Python (the image's: CPython 3.11, linux x86_64), pinned with its file's hash."""
@@ -337,7 +393,7 @@ def lock(root: Path = ROOT) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ipvsproxy_testkit.image")
-    parser.add_argument("command", choices=("build", "rootfs", "info", "lock", "size"))
+    parser.add_argument("command", choices=("build", "rootfs", "info", "lock", "size", "sizes"))
     args = parser.parse_args(argv)
     try:
         if args.command == "lock":
@@ -351,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(image_info(name)))
         elif args.command == "size":
             print(f"{name} {image_size(name)}")
+        elif args.command == "sizes":
+            print(f"{name} ({image_size(name)} as the builder counts it)")
+            for part, size in sizes(name):
+                print(f"{size / 1e6:8.1f} MB  {part}")
         else:
             print(name)
     except ImageError as exc:

@@ -1,6 +1,6 @@
 """Removed endpoints under `ipvsproxy run`, by partial syncs (full syncs are ten minutes
 apart here): a UDP client that keeps its socket moves to a live endpoint once its own is
-removed through the API (stale conntrack entries deleted), and with
+removed through the API (its stale conntrack entry deleted), and with
 gracefulTerminationTimeout 0s a TCP real server still counting a connection goes at once."""
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from ipvsproxy_testkit.sandbox.netns import switch_netns
 from ipvsproxy_testkit.sandbox.pods import PodNetwork
 from ipvsproxy_testkit.testapi import TestAPIServer, kubeconfig
 from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
+
+from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.stale_udp import ConntrackEntry
+from ipvsproxy.dataplane.stale_udp_conntrack import ConntrackSocket
 
 pytestmark = pytest.mark.kernel
 
@@ -37,6 +41,13 @@ def dns_slice(address: str) -> dict[str, Any]:
         ],
         "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
     }
+
+
+def flows_to(endpoint: str) -> list[ConntrackEntry]:
+    """The IPv4 conntrack entries whose replies come from `endpoint`."""
+    with ConntrackSocket() as conntrack:
+        entries = conntrack.entries(IPFamily.V4)
+    return [entry for entry in entries if str(entry.reply_source) == endpoint]
 
 
 def ask(sock: socket.socket) -> bytes | None:
@@ -83,7 +94,7 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
             # The table size is read-only in a network namespace (see AGENT_CONFIG).
             "conntrack: {maxPerCore: 0}\n"
         )
-        with agent(tmp_path, kubeconfig_path, config) as running:
+        with agent(tmp_path, kubeconfig_path, config):
             # A UDP flow answered once lives 30 s in conntrack; on a loaded host the change
             # below may take longer than that, and an expired entry proves nothing.
             Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").write_text("600\n")
@@ -93,6 +104,7 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
                 sock.settimeout(2)
                 sock.connect((VIP, 53))
                 assert ask(sock) == b"old"
+                assert flows_to("10.244.1.1")  # the flow's entry, whose deletion is awaited
                 # Closed by the server: IPVS counts it inactive (TIME_WAIT) for two minutes.
                 assert pods.tcp_requests(VIP, 53, 1, source=client) == ["old"]
 
@@ -101,11 +113,12 @@ def test_udp_client_keeping_its_socket_moves_after_its_endpoint_is_removed(
                 wait_for(
                     "the new endpoint", lambda: real_servers() == {"10.244.2.1:8080"}, timeout=60
                 )
+                # From 5.9 the kernel itself expires the connections of a deleted server
+                # (expire_nodest_conn=1), conntrack entries included, within about 0.1 s:
+                # it races the proxy's deletion, so wait for the entry to go, by either.
+                # test_ipvs_corner_cases_kernel.py proves the proxy's own deletion.
                 wait_for(
-                    "the stale entry's deletion",
-                    lambda: "stale UDP conntrack entries deleted" in running.log(),
-                    timeout=60,
+                    "the stale entry's deletion", lambda: not flows_to("10.244.1.1"), timeout=60
                 )
                 replies = [ask(sock) for _ in range(3)]
             assert b"new" in replies and b"old" not in replies, replies
-            assert "count=1" in running.log()
