@@ -276,3 +276,30 @@ def test_the_full_plan_leaves_out_what_partial_syncs_wrote() -> None:
     box = Interleaved()
     box.wrote([BindAddress(web), DeleteRealServer(key, RealServerKey(server.address, 1))])
     assert box.filter(plan).operations == (UnbindAddress(other),)
+
+
+def test_no_partial_sync_during_a_full_sync_that_took_a_deletion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deletion pending when the full sync starts makes its desired state differ from
+    what was applied: a partial sync diffing against the latter would count the deleted
+    Service's address and virtual server as still wanted (a new Service reusing its IP
+    writes nothing), and the full plan would then remove them from under it."""
+    h = started()
+    h.clock.t += 30
+    moved(h)
+    assert h.step() and h.agent.last is not None and not h.agent.last.full  # first, as due
+    deleted(h)  # taken by the full sync
+    reused = service("api2", "10.96.0.20", ports=(("https", "TCP", 443),))
+    reused_slice = endpoint_slice("api2", "10.244.3.7", ports=(("https", "TCP", 443),))
+
+    def add_reused() -> None:
+        h.put(reused)
+        h.put(reused_slice)
+
+    during_read(h, monkeypatch, add_reused)
+    syncs = h.agent.syncs
+    assert h.step() and h.agent.last.full and h.agent.last.ok
+    assert h.agent.syncs == syncs + 1  # no partial sync in between
+    assert h.step() and not h.agent.last.full  # the new Service, right after
+    h.assert_in_step()

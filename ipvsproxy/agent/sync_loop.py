@@ -437,6 +437,13 @@ class Agent:
                 self._computed = dict(states)
                 self._inputs = computed
                 self._computed_node = node
+            # Partial syncs diff against what was applied; the full plan is right for
+            # what they leave alone only if this sync wants just what was applied. A
+            # deletion it took (or a state kept apart) would have it remove an address
+            # or virtual server the applied states say is still wanted, from under a
+            # partial sync that counted on it (a new Service reusing a freed IP).
+            if box is not None and not _same_states(self._cache, states):
+                self._interleaved = box = None
             self._checkpoint()
             with gc_paused():
                 desired = merge_service_states(states, settings=settings)
@@ -744,6 +751,14 @@ class Agent:
             self.labels.update(found)
             self._labelled[given.service.key] = tuple(found)
             self._label_sources[given.service.key] = (given.service, state, found)
+
+
+def _same_states(cache: AppliedCache | None, states: Sequence[tuple[str, ServiceState]]) -> bool:
+    """Whether these are the very states last applied (the same objects, no more, no less)."""
+    if cache is None or len(cache.states) != len(states):
+        return False
+    applied = cache.states
+    return all(applied.get(key) is state for key, state in states)
 
 
 def _same_inputs(seen: ServiceInput | None, given: ServiceInput) -> bool:
