@@ -303,3 +303,40 @@ def test_no_partial_sync_during_a_full_sync_that_took_a_deletion(
     assert h.agent.syncs == syncs + 1  # no partial sync in between
     assert h.step() and not h.agent.last.full  # the new Service, right after
     h.assert_in_step()
+
+
+def test_partial_syncs_during_a_full_sync_keep_the_min_sync_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """minSyncPeriod batches changes: a change arriving during a full sync that started
+    less than it ago waits for the next sync, not for the full sync's next piece."""
+    h = Harness(min_sync_period=1.0)
+    h.start([WEB, DNS, API], [WEB_SLICE, DNS_SLICE, API_SLICE])
+    assert h.step() and h.agent.last is not None and h.agent.last.full
+    during_read(h, monkeypatch, lambda: moved(h))
+    syncs = h.agent.syncs
+    h.clock.t += 30
+    assert h.step() and h.agent.last.full
+    assert h.agent.syncs == syncs + 1  # the clock did not move: no partial sync in between
+    h.clock.t += 1
+    assert h.step() and not h.agent.last.full
+    h.assert_in_step()
+
+
+def test_partial_syncs_during_a_full_sync_run_once_the_min_sync_period_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(min_sync_period=1.0)
+    h.start([WEB, DNS, API], [WEB_SLICE, DNS_SLICE, API_SLICE])
+    assert h.step() and h.agent.last is not None and h.agent.last.full
+
+    def later() -> None:
+        h.clock.t += 1  # the read took a second
+        moved(h)
+
+    during_read(h, monkeypatch, later)
+    syncs = h.agent.syncs
+    h.clock.t += 30
+    assert h.step() and h.agent.last.full and h.agent.last.ok
+    assert h.agent.syncs == syncs + 2
+    h.assert_in_step()

@@ -80,6 +80,9 @@ class Interleaved:
     states: dict[str, ServiceState | None] = field(default_factory=dict)  # None: deleted
     inputs: dict[str, ServiceInput] = field(default_factory=dict)
     syncs: int = 0
+    # When the full sync started or the last partial sync in it ended (the agent's
+    # monotonic clock): min_sync_period holds between them too.
+    since: float = 0.0
     failed: bool = False
     closed: bool = False  # the full sync's plan is being applied: no more partial syncs
 

@@ -410,7 +410,7 @@ class Agent:
         # Partial syncs between the pieces of this one need what was applied, and the
         # same node and settings as the full sync (a Node change recomputes everything);
         # not when it recomputes a Service either (changes it took when it started).
-        box = Interleaved() if self._cache is not None and reuse else None
+        box = Interleaved(since=self._clock.now()) if self._cache is not None and reuse else None
         self._full_operations = 0
         states: list[tuple[str, ServiceState]] = []
         computed: dict[str, ServiceInput] = {}
@@ -526,6 +526,10 @@ class Agent:
         box = self._interleaved
         if box is None or box.failed or box.closed or self._cache is None or not self._pending():
             return
+        # At most one sync per min_sync_period, in between as anywhere else: changes
+        # batched by it must not be applied one partial sync per piece.
+        if self._clock.now() - box.since < self._settings.min_sync_period:
+            return
         started_wall = self._wall()
         changes = self.tracker.take_partial()
         if changes is None:  # a Node change: for the next sync, a full one
@@ -540,6 +544,7 @@ class Agent:
             outcome = SyncOutcome(False, False, len(changes.services), 0, f"bug: {exc!r}")
         box.syncs += 1
         box.failed = not outcome.ok
+        box.since = self._clock.now()
         self.syncs += 1
         self._report(outcome, changes, time.perf_counter() - started, started_wall)
 
