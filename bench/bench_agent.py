@@ -312,7 +312,11 @@ def full_sync_pieces(agent: Agent) -> float:
             def marked(
                 checkpoint: Callable[[], None] = checkpoint, marks: list[float] = marks
             ) -> None:
-                marks.append(time.thread_time())
+                # A point where a pending change would be applied: the full sync lets
+                # partial syncs run (not every full sync does; see sync_loop._full).
+                box = agent._interleaved
+                if box is not None and not box.failed and not box.closed:
+                    marks.append(time.thread_time())
                 checkpoint()
 
             agent._checkpoint = marked  # type: ignore[method-assign]
