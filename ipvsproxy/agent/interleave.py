@@ -11,8 +11,8 @@ That is sound only while the full sync's states are the very ones last applied (
 agent checks): then what the full sync wants of each object is what the partial syncs
 counted as applied when they diffed. Its plan was computed from the states and the kernel
 as they were before those partial syncs, so for whatever they touched it is out of date:
-applied as is, it would undo them (re-add an endpoint just removed, delete a Service just added as stale).
-`Interleaved` records every kernel object the partial syncs wrote, and the full sync
+applied as is, it would undo them (re-add an endpoint just removed, delete a Service
+just added as stale). `Interleaved` records every kernel object the partial syncs wrote, and the full sync
 leaves those out of its plan: they were just written from the newer state, and their
 repair, should they have drifted, waits for the next full sync. Nothing else changed
 under the full sync (its other objects were not written, and what they should be did not
