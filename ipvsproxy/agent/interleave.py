@@ -7,19 +7,19 @@ it. So the agent runs partial syncs between the full sync's pieces (see
 the plan is applied. Each partial sync diffs against what was last applied, as always,
 and writes the kernel at once.
 
-That is sound only while the full sync's states are the very ones last applied (the
-agent checks): then what the full sync wants of each object is what the partial syncs
-counted as applied when they diffed. Its plan was computed from the states and the kernel
-as they were before those partial syncs, so for whatever they touched it is out of date:
-applied as is, it would undo them (re-add an endpoint just removed, delete a Service
-just added as stale). `Interleaved` records every kernel object the partial syncs wrote, and the full sync
-leaves those out of its plan: they were just written from the newer state, and their
-repair, should they have drifted, waits for the next full sync. Nothing else changed
-under the full sync (its other objects were not written, and what they should be did not
-change: the partial syncs touch exactly the objects whose wanted value changed, counting
-shared addresses and set entries), so the rest of its plan stays right. The chains are
-restored from the newest ruleset. What was applied is then rebuilt from the full sync's
-states with the partial syncs' updates on top.
+That is sound only while the full sync's states are the very ones last applied (the agent
+checks): then what the full sync wants of each object is what the partial syncs counted as
+applied when they diffed. Its plan was computed from the states and the kernel as they
+were before those partial syncs, so for whatever they touched it is out of date: applied
+as is, it would undo them (re-add an endpoint just removed, delete a Service just added as
+stale). `Interleaved` records every kernel object the partial syncs wrote, and the full
+sync leaves those out of its plan: they were just written from the newer state, and their
+repair, should they have drifted, waits for the next full sync. Nothing else changed under
+the full sync (its other objects were not written, and what they should be did not change:
+the partial syncs touch exactly the objects whose wanted value changed, counting shared
+addresses and set entries), so the rest of its plan stays right. The chains are restored
+from the newest ruleset. What was applied is then rebuilt from the full sync's states with
+the partial syncs' updates on top.
 
 A partial sync that fails stops the interleaving; the agent then drops what was applied,
 and the next sync is full.
