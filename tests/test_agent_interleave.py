@@ -174,22 +174,25 @@ def test_a_change_after_the_full_plan_is_applied_is_not_lost(
     assert h.step() and h.agent.last.full and h.agent.last.operations == 0
 
 
-def test_no_partial_sync_during_a_full_sync_that_took_changes(
+def test_changes_a_full_sync_took_are_applied_by_a_partial_sync_in_between(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A full sync that recomputes a Service (a change pending when it started, as after
-    a failure) writes what no applied state tells: no partial sync diffs against that."""
+    """A full sync that starts with changes pending (here: after the one partial sync a
+    due full sync lets run first) wants what was applied and hands them to a partial sync
+    at its first checkpoint: partial syncs in between stay possible, and none of the
+    changes is recomputed twice or undone."""
     h = started()
     h.clock.t += 30
     moved(h)
     assert h.step() and h.agent.last is not None and not h.agent.last.full  # first, as due
-    added(h)  # taken by the full sync, which then recomputes "extra"
+    added(h)  # taken by the full sync
     during_read(h, monkeypatch, lambda: deleted(h))
     syncs = h.agent.syncs
-    assert h.step() and h.agent.last.full
-    assert h.agent.syncs == syncs + 1
-    assert h.step() and not h.agent.last.full  # the deletion, right after
+    assert h.step() and h.agent.last.full and h.agent.last.ok
+    assert h.agent.syncs == syncs + 3  # the changes it took, then the deletion
     h.assert_in_step()
+    h.clock.t += 30
+    assert h.step() and h.agent.last.full and h.agent.last.operations == 0
 
 
 def test_a_change_during_a_full_sync_is_measured_as_programmed_before_it_ends(
@@ -278,13 +281,13 @@ def test_the_full_plan_leaves_out_what_partial_syncs_wrote() -> None:
     assert box.filter(plan).operations == (UnbindAddress(other),)
 
 
-def test_no_partial_sync_during_a_full_sync_that_took_a_deletion(
+def test_a_deletion_a_full_sync_took_is_applied_before_a_reuse_of_its_address(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A deletion pending when the full sync starts makes its desired state differ from
-    what was applied: a partial sync diffing against the latter would count the deleted
-    Service's address and virtual server as still wanted (a new Service reusing its IP
-    writes nothing), and the full plan would then remove them from under it."""
+    """A deletion pending when the full sync starts: were the full sync to want the
+    Service gone while partial syncs in between diff against what was applied, a new
+    Service reusing its IP would write nothing (its address and virtual server counted as
+    still wanted), and the full plan would then remove them from under it."""
     h = started()
     h.clock.t += 30
     moved(h)
@@ -300,9 +303,11 @@ def test_no_partial_sync_during_a_full_sync_that_took_a_deletion(
     during_read(h, monkeypatch, add_reused)
     syncs = h.agent.syncs
     assert h.step() and h.agent.last.full and h.agent.last.ok
-    assert h.agent.syncs == syncs + 1  # no partial sync in between
-    assert h.step() and not h.agent.last.full  # the new Service, right after
+    # The deletion, by a partial sync at the first checkpoint, then the new Service.
+    assert h.agent.syncs == syncs + 3
     h.assert_in_step()
+    h.clock.t += 30
+    assert h.step() and h.agent.last.full and h.agent.last.operations == 0
 
 
 def test_partial_syncs_during_a_full_sync_keep_the_min_sync_period(
@@ -339,4 +344,21 @@ def test_partial_syncs_during_a_full_sync_run_once_the_min_sync_period_has_passe
     h.clock.t += 30
     assert h.step() and h.agent.last.full and h.agent.last.ok
     assert h.agent.syncs == syncs + 2
+    h.assert_in_step()
+
+
+def test_changes_a_full_sync_took_are_measured_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = started()
+    h.wall += 10  # trigger times before the agent started are not measured
+    h.clock.t += 30
+    moved(h)
+    assert h.step() and h.agent.last is not None and not h.agent.last.full  # first, as due
+    slice_ = dataclasses.replace(endpoint_slice("web", "10.244.1.1"), trigger_time=h.wall - 0.5)
+    h.put(slice_)  # taken by the full sync
+    name = "kubeproxy_network_programming_duration_seconds_count"
+    before = h.metrics.registry.get_sample_value(name, {"ip_family": "IPv4"}) or 0.0
+    syncs = h.agent.syncs
+    assert h.step() and h.agent.last.full and h.agent.syncs == syncs + 2
+    after = h.metrics.registry.get_sample_value(name, {"ip_family": "IPv4"})
+    assert after == before + 1
     h.assert_in_step()

@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ipvsproxy.agent.changes import ServiceInput
-from ipvsproxy.core.desired import ServiceState
+from ipvsproxy.agent.changes import Changes, ServiceInput
+from ipvsproxy.core.desired import DesiredSettings, NodeInfo, ServiceState
 from ipvsproxy.core.full_plan import Plan
 from ipvsproxy.core.graceful import DrainKey
 from ipvsproxy.core.model import IPFamily, IptablesRuleset
@@ -85,6 +85,12 @@ class Interleaved:
     # When the full sync started or the last partial sync in it ended (the agent's
     # monotonic clock): min_sync_period holds between them too.
     since: float = 0.0
+    # The full sync's node and settings: partial syncs in between compute for them.
+    node: NodeInfo = field(default_factory=NodeInfo)
+    settings: DesiredSettings = field(default_factory=DesiredSettings)
+    # The changes the full sync took, for the first partial sync, and when it started.
+    deferred: Changes | None = None
+    deferred_started: float = 0.0
     failed: bool = False
     closed: bool = False  # the full sync's plan is being applied: no more partial syncs
 

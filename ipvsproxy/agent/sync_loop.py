@@ -180,6 +180,7 @@ class Agent:
         # Set while a periodic full sync runs: partial syncs run between its pieces.
         self._interleaved: Interleaved | None = None
         self._full_operations = 0  # what the last full sync's plan held once filtered
+        self._handed_over = False  # the full sync's changes went to a partial sync
         # Trigger times of applied changes not yet measured, each with when the tracker
         # recorded it.
         self._unreported_triggers: list[tuple[float, float]] = []
@@ -245,13 +246,17 @@ class Agent:
         full = changes.full
         started = time.perf_counter()
         try:
-            outcome = self._full(changes) if full else self._partial(changes)
+            outcome = self._full(changes, started_wall) if full else self._partial(changes)
         except IpvsProxyError as exc:
             outcome = SyncOutcome(full, False, len(changes.services), 0, f"kernel: {exc}")
         except Exception as exc:
             logger.opt(exception=exc).error("sync failed with an unexpected error")
             outcome = SyncOutcome(full, False, len(changes.services), 0, f"bug: {exc!r}")
         seconds = time.perf_counter() - started
+        if full and self._handed_over:
+            # Its changes were applied, and measured, by a partial sync in between.
+            changes = replace(changes, trigger_times=(), received_times=())
+            self._handed_over = False
         if full:
             # The period runs from the end of a full sync, as the runner's max interval
             # does: counted from its start, a full sync longer than the period (a cold
@@ -392,7 +397,7 @@ class Agent:
             )
             return None
 
-    def _full(self, changes: Changes) -> SyncOutcome:
+    def _full(self, changes: Changes, started_wall: float) -> SyncOutcome:
         self._local_addresses = self._dp.links.node_addresses(DUMMY_INTERFACE)
         node, settings = self._desired_settings()
         if settings.masquerade.node_cidrs and not settings.masquerade.cluster_cidrs:
@@ -409,42 +414,35 @@ class Agent:
         previous, inputs = self._computed, self._inputs
         reuse = node == self._computed_node
         # Partial syncs between the pieces of this one need what was applied, and the
-        # same node and settings as the full sync (a Node change recomputes everything);
-        # not when it recomputes a Service either (changes it took when it started).
-        box = Interleaved(since=self._clock.now()) if self._cache is not None and reuse else None
+        # same node and settings as the full sync (a Node change recomputes everything).
+        cache = self._cache if reuse else None
         self._full_operations = 0
-        states: list[tuple[str, ServiceState]] = []
-        computed: dict[str, ServiceInput] = {}
+        self._handed_over = False
         gc.unfreeze()  # what the last full sync froze may be garbage now
-        self._interleaved = box
+        box: Interleaved | None = None
         try:
             with gc_paused():
-                for key, given in changes.services.items():
-                    if given.service is None:
-                        continue
-                    state = previous.get(key)
-                    if state is not None and reuse and _same_inputs(inputs.get(key), given):
-                        computed[key] = given
-                    else:
-                        fresh = self._state(key, given, node)
-                        if fresh is not None:
-                            state = fresh
-                            computed[key] = given
-                        # What was applied no longer tells what this sync will write for
-                        # the Service: a partial sync in between could not diff against it.
-                        self._interleaved = box = None
-                    if state is not None:
-                        states.append((key, state))
+                if cache is not None:
+                    states, computed, deferred = self._full_states(changes, node, reuse, cache)
+                    # By construction the very states last applied; should they not be,
+                    # the full plan could remove from under a partial sync in between
+                    # what the applied states say is still wanted: then no interleaving.
+                    if _same_states(cache, states):
+                        box = Interleaved(since=self._clock.now(), node=node, settings=settings)
+                        if deferred:
+                            # The changes this sync took, applied by a partial sync at the
+                            # first checkpoint (and measured there), not recomputed here.
+                            box.deferred = replace(
+                                changes, services=deferred, node_changed=False, full=False
+                            )
+                            box.deferred_started = started_wall
+                            self._handed_over = True
+                if box is None:
+                    states, computed, _ = self._full_states(changes, node, reuse, None)
                 self._computed = dict(states)
                 self._inputs = computed
                 self._computed_node = node
-            # Partial syncs diff against what was applied; the full plan is right for
-            # what they leave alone only if this sync wants just what was applied. A
-            # deletion it took (or a state kept apart) would have it remove an address
-            # or virtual server the applied states say is still wanted, from under a
-            # partial sync that counted on it (a new Service reusing a freed IP).
-            if box is not None and not _same_states(self._cache, states):
-                self._interleaved = box = None
+            self._interleaved = box
             self._checkpoint()
             with gc_paused():
                 desired = merge_service_states(states, settings=settings)
@@ -509,6 +507,58 @@ class Agent:
             len(result.failures),
         )
 
+    def _full_states(
+        self, changes: Changes, node: NodeInfo, reuse: bool, cache: AppliedCache | None
+    ) -> tuple[list[tuple[str, ServiceState]], dict[str, ServiceInput], dict[str, ServiceInput]]:
+        """A full sync's states, the inputs each was computed from, and (with `cache`) the
+        changes left to a partial sync in between.
+
+        A Service whose inputs are the very objects its state was computed from keeps that
+        state. Without `cache` every other one is computed now (or keeps its last good
+        state when that fails). With it the full sync wants exactly what was last applied:
+        a changed, added or deleted Service keeps its applied state (or stays absent) and
+        is returned in the third mapping, for the partial sync that applies it.
+        """
+        previous, inputs = self._computed, self._inputs
+        states: list[tuple[str, ServiceState]] = []
+        computed: dict[str, ServiceInput] = {}
+        deferred: dict[str, ServiceInput] = {}
+        for key, given in changes.services.items():
+            if given.service is None:
+                continue
+            state = previous.get(key)
+            if (
+                state is not None
+                and cache is None
+                and reuse
+                and _same_inputs(inputs.get(key), given)
+            ):
+                computed[key] = given
+            elif cache is not None:
+                state = cache.states.get(key)
+                if state is not None and _same_inputs(inputs.get(key), given):
+                    computed[key] = given
+                else:
+                    deferred[key] = given
+                    if key in inputs:
+                        computed[key] = inputs[key]
+            else:
+                fresh = self._state(key, given, node)
+                if fresh is not None:
+                    state = fresh
+                    computed[key] = given
+            if state is not None:
+                states.append((key, state))
+        if cache is not None:
+            # Deleted since they were applied: kept until the partial sync deletes them.
+            for key, state in cache.states.items():
+                if key not in changes.services:
+                    states.append((key, state))
+                    deferred[key] = ServiceInput(None, ())
+                    if key in inputs:
+                        computed[key] = inputs[key]
+        return states, computed, deferred
+
     @staticmethod
     def _applied_states(
         box: Interleaved | None, states: list[tuple[str, ServiceState]]
@@ -522,22 +572,28 @@ class Agent:
         return box.final_inputs(inputs) if box is not None and box.syncs else inputs
 
     def _checkpoint(self) -> None:
-        """Between pieces of a periodic full sync: apply the changes pending, if any, by a
-        partial sync of their own (see interleave.py), so that none waits for the whole."""
+        """Between pieces of a periodic full sync: apply the changes it took, then those
+        pending, if any, by a partial sync of their own (see interleave.py), so that none
+        waits for the whole."""
         box = self._interleaved
-        if box is None or box.failed or box.closed or self._cache is None or not self._pending():
+        if box is None or box.failed or box.closed or self._cache is None:
             return
-        # At most one sync per min_sync_period, in between as anywhere else: changes
-        # batched by it must not be applied one partial sync per piece.
-        if self._clock.now() - box.since < self._settings.min_sync_period:
-            return
-        started_wall = self._wall()
-        changes = self.tracker.take_partial()
-        if changes is None:  # a Node change: for the next sync, a full one
-            return
+        changes, box.deferred = box.deferred, None
+        started_wall = box.deferred_started
+        if changes is None:
+            if not self._pending():
+                return
+            # At most one sync per min_sync_period, in between as anywhere else: changes
+            # batched by it must not be applied one partial sync per piece.
+            if self._clock.now() - box.since < self._settings.min_sync_period:
+                return
+            started_wall = self._wall()
+            changes = self.tracker.take_partial()
+            if changes is None:  # a Node change: for the next sync, a full one
+                return
         started = time.perf_counter()
         try:
-            outcome = self._partial(changes)
+            outcome = self._partial(changes, (box.node, box.settings))
         except IpvsProxyError as exc:
             outcome = SyncOutcome(False, False, len(changes.services), 0, f"kernel: {exc}")
         except Exception as exc:
@@ -558,9 +614,13 @@ class Agent:
         self._full_operations = len(plan)
         return self._apply(plan)
 
-    def _partial(self, changes: Changes) -> SyncOutcome:
+    def _partial(
+        self, changes: Changes, desired: tuple[NodeInfo, DesiredSettings] | None = None
+    ) -> SyncOutcome:
+        """desired: the node and settings to compute states for; by default the current
+        ones (during a full sync, the full sync's: what it wants and they diff against)."""
         assert self._cache is not None
-        node, settings = self._desired_settings()
+        node, settings = desired or self._desired_settings()
         updates: dict[str, ServiceState | None] = {}
         for key, given in changes.services.items():
             if given.service is None:
