@@ -411,7 +411,6 @@ class Agent:
         # state was computed keeps that state: the periodic full sync then costs an
         # observe and a diff, not every Service's state again (a Node change, or new host
         # addresses, recompute all).
-        previous, inputs = self._computed, self._inputs
         reuse = node == self._computed_node
         # Partial syncs between the pieces of this one need what was applied, and the
         # same node and settings as the full sync (a Node change recomputes everything).
@@ -491,7 +490,7 @@ class Agent:
         # the next sync is full.
         failed_between = box is not None and box.failed
         operations = self._full_operations
-        del desired, plan, synced, previous, inputs, iptables
+        del desired, plan, synced, iptables
         # The cache holds millions of long-lived values without cycles: keep the cyclic
         # collector from rescanning them all on its own schedule, which would stall a
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are
