@@ -16,9 +16,9 @@ thread computes desired state and touches the kernel:
   change or when the host's addresses changed); changes pending when a periodic full sync
   falls due are applied by a partial sync first, and the full sync runs right after it;
   changes arriving while it runs are applied by partial syncs between its pieces, and its
-  plan leaves out what they wrote (agent/interleave.py); not during the first full sync,
-  one after a failure or a Node change, or one that took a change itself (a Service
-  recomputed or deleted): only while the full sync wants exactly what was last applied;
+  plan leaves out what they wrote (agent/interleave.py). For this it wants exactly what
+  was last applied: the changes it took when it started go to the first of those partial
+  syncs. None during the first full sync or one after a failure or a Node change;
 - a failed sync is logged once with its reason, retried after `retry_interval`, and
   makes the next sync full.
 """
