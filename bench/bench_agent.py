@@ -37,6 +37,7 @@ import argparse
 import cProfile
 import dataclasses
 import gc
+import itertools
 import json
 import os
 import pstats
@@ -298,6 +299,42 @@ def timed(fn: Callable[[], Any]) -> float:
     return wall
 
 
+def full_sync_pieces(agent: Agent) -> float:
+    """The longest stretch of a periodic full sync (the cache kept, the period over) in
+    which no change can be applied, CPU seconds: from its start to the first point where
+    it lets a partial sync run, between two such points, from the last to its end. With
+    none (an older tree), the whole full sync. Median of 3."""
+    longest = []
+    checkpoint = getattr(agent, "_checkpoint", None)
+    for _ in range(3):
+        marks: list[float] = []
+        if checkpoint is not None:
+
+            def marked(
+                checkpoint: Callable[[], None] = checkpoint, marks: list[float] = marks
+            ) -> None:
+                # A point where a pending change would be applied: the full sync lets
+                # partial syncs run (not every full sync does; see sync_loop._full).
+                box = agent._interleaved
+                if box is not None and not box.failed and not box.closed:
+                    marks.append(time.thread_time())
+                checkpoint()
+
+            agent._checkpoint = marked  # type: ignore[method-assign]
+        agent._period = 0.0  # the periodic full sync is due
+        gc.collect()
+        begin = time.thread_time()
+        agent.sync()
+        end = time.thread_time()
+        if not (agent.last and agent.last.full and agent.last.operations == 0):
+            fail("periodic full sync: not full, or it wrote something")
+        points = [begin, *marks, end]
+        longest.append(max(b - a for a, b in itertools.pairwise(points)))
+    if checkpoint is not None:
+        del agent._checkpoint
+    return statistics.median(longest)
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -402,6 +439,7 @@ def bench_size(
                 f"steady full sync wrote {agent.last.operations if agent.last else '?'} operations"
             )
     steady_cpu = statistics.median(CPU[mark:])
+    longest_piece = full_sync_pieces(agent)
     cache = agent._cache  # rebuilt by each full sync
     assert cache is not None
     gc.collect()
@@ -508,6 +546,7 @@ def bench_size(
         ),
         "agent_cold": (agent_cold, agent_cold_cpu),
         "steady": (statistics.median(steady), steady_cpu),
+        "longest_piece": longest_piece,
         "steady_rss": steady_rss,
         "after_rss": rss_mib(),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -566,6 +605,12 @@ def report(results: list[dict[str, Any]]) -> None:
             f"{r['services']:>9} {'full sync, steady':<18} {wall * 1e3:>9.1f} {'':>9}"
             f" {cpu * 1e3:>9.1f}"
         )
+        if "longest_piece" in r:
+            print(
+                f"{r['services']:>9} {'  longest piece':<18} {'':>9} {'':>9}"
+                f" {r['longest_piece'] * 1e3:>9.1f}  (of a periodic full sync, in which"
+                " no change can be applied)"
+            )
     if len(results) > 1:
         small, big = results[0], results[-1]
         ratios = ", ".join(
@@ -660,6 +705,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         out[f"cold {stage}"] = {"wall": wall, "cpu": cpu}
     out["agent cold sync"] = dict(zip(("wall", "cpu"), r["agent_cold"], strict=True))
     out["steady full sync"] = dict(zip(("wall", "cpu"), r["steady"], strict=True))
+    out["steady full sync, longest piece"] = {"cpu": r["longest_piece"]}
     for key in ("endpoint", "add", "delete"):
         wall, cpu = r[key]
         out[key] = {
@@ -682,6 +728,9 @@ def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
             ratio = statistics.median(a[key][1]) / statistics.median(b[key][1])
             p99 = percentile(a[key][1], 0.99) / percentile(b[key][1], 0.99)
             cells.append(f"{key} p50 {ratio:.2f} p99 {p99:.2f}")
+        cells.append(f"steady full sync {a['steady'][1] / b['steady'][1]:.2f}")
+        if a.get("longest_piece") and b.get("longest_piece"):
+            cells.append(f"its longest piece {a['longest_piece'] / b['longest_piece']:.2f}")
         cells.append(f"steady RSS {a['steady_rss'] / b['steady_rss']:.2f}")
         cells.append(f"peak RSS {a['peak_rss'] / b['peak_rss']:.2f}")
         print(f"{a['services']:>9}: " + ", ".join(cells))

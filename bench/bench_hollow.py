@@ -1,6 +1,7 @@
 """Hollow agents: many `ipvsproxy run --dataplane fake` against one test API server.
 
     python -m bench.bench_hollow [--agents 10] [--services 10000] [--changes 300] [--rate 5]
+                                 [--sync-period S] [--baseline TREE]
 
 As kubemark's hollow kube-proxy: each agent is the whole node agent (reflectors, change
 tracker, partial and full syncs, /metrics) programming an in-memory kernel, so that many
@@ -16,12 +17,26 @@ share one machine and load the control plane as many nodes would. The script
    kubeproxy_network_programming_duration_seconds (trigger time to the end of the sync
    that applied it) and reads each agent's CPU time and RSS from /proc.
 
-It prints network programming latency p50 / p99 across agents (interpolated within the
-histogram's buckets, as Prometheus' histogram_quantile does, plus the exact share within
-1 s), per agent its cold start, CPU and RSS, and the API server's list and watch bytes
-per agent. It checks its own result: every agent must have observed exactly one latency
-per change, else it exits 1. All agents, the API server and this script share the
-machine's cores: on a shared machine the latencies include waiting for one.
+kube-proxy's histogram cannot tell 10 ms from 200 ms (its first bucket ends at 0.25 s), so
+the exact latencies come from the agents' own debug log (run with -v 4 and klog's JSON):
+each sync that programmed changes logs "network programmed" with, per change, its trigger
+time and when the agent's change tracker recorded it, and the sync's start and end (wall
+clock, microseconds; every process is on this machine's one clock). From these, per
+change and agent: latency = end - trigger, made of delivery (trigger to recorded: the API
+server's watch, the agent's decoding), wait (recorded to the start of the sync that took
+it: the runner, or a sync in progress) and sync (that sync's start to its end).
+
+It prints the latency p50 / p99 / max across agents from these exact times (and, for
+comparison, as kube-proxy's buckets interpolate it, as Prometheus' histogram_quantile
+does), its parts, per agent its cold start, CPU and RSS, and the API server's list and
+watch bytes per agent. It checks its own result: every agent must have observed exactly
+one latency per change, on /metrics and in its log, else it exits 1. All agents, the API
+server and this script share the machine's cores: on a shared machine the latencies
+include waiting for one.
+
+--baseline TREE runs the same again with TREE's ipvsproxy package (an export of another
+commit: `git archive REV ipvsproxy | tar -x -C TREE`; it must log "network programmed"),
+this tree's first, and prints the two side by side with their ratios.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import datetime
 import http.client
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -66,8 +82,11 @@ class Agent:
     cpu: float = 0.0  # CPU seconds during the changes
     rss: float = 0.0  # MiB after the changes
     peak_rss: float = 0.0
+    log: Path | None = None  # its stderr: klog JSON at -v 4
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     ipvs_messages: float = 0.0  # IPVS messages sent during the changes
+    # Per change it programmed, seconds: (latency, delivery, wait, sync); see the docstring.
+    latencies: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     @property
     def metrics_url(self) -> str:
@@ -81,6 +100,9 @@ class HollowResult:
     list_bytes: int  # sent by the API server for the agents' first lists
     watch_bytes: int  # sent on watches while the changes were made
     seconds: float  # how long making the changes took
+
+    def exact(self) -> list[tuple[float, float, float, float]]:
+        return [parts for agent in self.agents for parts in agent.latencies]
 
     def merged(self) -> dict[float, float]:
         merged: dict[float, float] = {}
@@ -142,6 +164,39 @@ def quantile(buckets: dict[float, float], q: float) -> float:
     return bounds[-1]
 
 
+def exact_quantile(values: list[float], q: float) -> float:
+    """The q-quantile of exact values: the smallest value with at least q of them at or
+    below it (nearest rank, no interpolation)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def programmed(log: Path) -> list[tuple[float, float, float, float]]:
+    """Every change an agent's log says it programmed: (latency, delivery, wait, sync)."""
+    found: list[tuple[float, float, float, float]] = []
+    with log.open("rb") as stream:
+        for line in stream:
+            if b'"network programmed"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            started, ended = float(entry["started"]), float(entry["programmed"])
+            for trigger, received in entry["changes"]:
+                found.append(
+                    (
+                        ended - trigger,
+                        received - trigger,
+                        started - received,
+                        ended - started,
+                    )
+                )
+    return found
+
+
 def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stream:
         fields = stream.read().rsplit(")", 1)[1].split()
@@ -194,9 +249,12 @@ def free_port(address: str) -> int:
         return port
 
 
-def start_agent(index: int, url: str, log: Path, config: str | None) -> Agent:
+def start_agent(
+    index: int, url: str, log: Path, config: str | None, tree: str | None = None
+) -> Agent:
     """config: a KubeProxyConfiguration's text; None: flags only. As with kube-proxy, a
-    --config file wins over the flags, so the servers' addresses then go into the file."""
+    --config file wins over the flags, so the servers' addresses then go into the file.
+    tree: run that tree's ipvsproxy package rather than this one's."""
     address = f"127.0.1.{index + 1}"
     metrics, healthz = free_port(address), free_port(address)  # others may run agents too
     servers = {
@@ -214,20 +272,30 @@ def start_agent(index: int, url: str, log: Path, config: str | None) -> Agent:
         path = log.with_suffix(".config.yaml")
         path.write_text(config + "".join(f"{key}: {value}\n" for key, value in servers.items()))
         options = [f"--config={path}"]
+    prelude = ""
+    if tree is not None:
+        # The editable install's finder would answer for ipvsproxy before the tree does.
+        prelude = (
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            f"sys.path.insert(0, {os.path.abspath(tree)!r}); "
+        )
     command = [
         sys.executable,
         "-c",
-        "import sys; from ipvsproxy.cli import main; sys.exit(main())",
+        f"import sys; {prelude}from ipvsproxy.cli import main; sys.exit(main())",
         "run",
         "--dataplane=fake",
         f"--master={url}",
         f"--hostname-override=node-{index:04d}",
+        "-v",
+        "4",
+        "--logging-format=json",
         *options,
     ]
     started = time.time()
     with log.open("wb") as stream:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stream)
-    return Agent(index, process, address, metrics, started)
+    return Agent(index, process, address, metrics, started, log=log)
 
 
 def synced_at(agent: Agent) -> float | None:
@@ -261,6 +329,7 @@ def run_hollow(
     workdir: Path,
     ready_timeout: float = 600.0,
     sync_period: float | None = None,
+    tree: str | None = None,
 ) -> HollowResult:
     cluster = build_realistic(services)
     cluster_file = workdir / "cluster.json"
@@ -281,7 +350,9 @@ def run_hollow(
                 "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
                 f"mode: ipvs\nipvs:\n  syncPeriod: {sync_period:g}s\n"
             )
-        running = [start_agent(i, url, workdir / f"agent-{i}.log", config) for i in range(agents)]
+        running = [
+            start_agent(i, url, workdir / f"agent-{i}.log", config, tree) for i in range(agents)
+        ]
         for agent in running:
             wait(
                 lambda a=agent: synced_at(a) is not None,
@@ -316,7 +387,12 @@ def run_hollow(
         def all_programmed() -> bool:
             for agent in running:
                 agent.buckets = histogram(scrape(agent.metrics_url))
-            return all(a.buckets.get(float("inf"), 0) >= changes for a in running)
+                assert agent.log is not None
+                agent.latencies = programmed(agent.log)
+            return all(
+                a.buckets.get(float("inf"), 0) >= changes and len(a.latencies) >= changes
+                for a in running
+            )
 
         wait(all_programmed, 120 + 10 * agents, "every agent programming every change", 1.0)
         sent_after = api_state(url)["bytesSent"]
@@ -328,6 +404,11 @@ def run_hollow(
                 raise Failed(
                     f"agent {agent.index} observed {agent.buckets[float('inf')]:.0f}"
                     f" latencies for {changes} changes"
+                )
+            if len(agent.latencies) != changes:
+                raise Failed(
+                    f"agent {agent.index} logged {len(agent.latencies)} programmed changes"
+                    f" for {changes}"
                 )
         return HollowResult(
             agents=running,
@@ -350,24 +431,58 @@ def run_hollow(
             api.stdout.close()
 
 
+def latency_figures(result: HollowResult) -> dict[str, float]:
+    """Exact quantiles across agents, seconds: latency and each of its parts."""
+    exact = result.exact()
+    figures: dict[str, float] = {}
+    for index, part in enumerate(("latency", "delivery", "wait", "sync")):
+        values = [parts[index] for parts in exact]
+        figures[f"{part} p50"] = exact_quantile(values, 0.5)
+        figures[f"{part} p99"] = exact_quantile(values, 0.99)
+        figures[f"{part} max"] = max(values, default=float("nan"))
+    return figures
+
+
 def report(result: HollowResult, services: int, rate: float) -> None:
     agents = result.agents
     n = len(agents)
     merged = result.merged()
     total = merged[float("inf")]
     within = merged.get(1.0, 0.0) / total
+    figures = latency_figures(result)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(
         f"{n} hollow agents, {services} Services, {result.changes} endpoint changes at"
         f" {rate:g}/s ({result.seconds:.1f} s)"
     )
     print(
-        f"network programming latency across agents: p50 {quantile(merged, 0.5):.2f} s,"
-        f" p99 {quantile(merged, 0.99):.2f} s, {within:.1%} within 1 s"
-        f" ({total:.0f} observations)"
+        f"network programming latency across agents (exact): p50 {figures['latency p50']:.4f} s,"
+        f" p99 {figures['latency p99']:.4f} s, max {figures['latency max']:.4f} s,"
+        f" {within:.1%} within 1 s ({total:.0f} observations)"
     )
-    worst = max(agents, key=lambda a: quantile(a.buckets, 0.99))
-    print(f"worst agent's p99 {quantile(worst.buckets, 0.99):.2f} s (agent {worst.index})")
+    print(
+        f"  as kube-proxy's histogram buckets interpolate it: p50 {quantile(merged, 0.5):.2f} s,"
+        f" p99 {quantile(merged, 0.99):.2f} s"
+    )
+    print("  made of, ms (p50 / p99 / max):")
+    for part, what in (
+        ("delivery", "trigger to recorded by the agent (API server, watch, decode)"),
+        ("wait", "recorded to its sync's start (runner, a sync in progress)"),
+        ("sync", "the sync that programmed it"),
+    ):
+        print(
+            f"    {part:<9} {figures[f'{part} p50'] * 1e3:8.1f} {figures[f'{part} p99'] * 1e3:8.1f}"
+            f" {figures[f'{part} max'] * 1e3:8.1f}  {what}"
+        )
+    by_full = [parts[0] for a in agents for parts in a.latencies]
+    slow = sum(value > 0.1 for value in by_full)
+    print(f"  changes slower than 0.1 s: {slow} of {len(by_full)}")
+
+    def p99(agent: Agent) -> float:
+        return exact_quantile([parts[0] for parts in agent.latencies], 0.99)
+
+    worst = max(agents, key=p99)
+    print(f"worst agent's p99 {p99(worst):.4f} s (agent {worst.index})")
 
     def spread(values: list[float], fmt: str) -> str:
         return (
@@ -391,6 +506,16 @@ def report(result: HollowResult, services: int, rate: float) -> None:
     )
 
 
+def compare(new: HollowResult, old: HollowResult) -> None:
+    """The two runs' exact figures side by side, ms, and new / old."""
+    a, b = latency_figures(new), latency_figures(old)
+    print("\nthis tree vs --baseline, ms (ratio this / baseline)")
+    print(f"  {'':<14} {'this':>9} {'baseline':>9} {'ratio':>7}")
+    for key in a:
+        ratio = a[key] / b[key] if b[key] else float("nan")
+        print(f"  {key:<14} {a[key] * 1e3:9.1f} {b[key] * 1e3:9.1f} {ratio:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=10)
@@ -400,23 +525,35 @@ def main() -> None:
     parser.add_argument(
         "--sync-period", type=float, help="the agents' ipvs.syncPeriod (default kube-proxy's 30 s)"
     )
+    parser.add_argument(
+        "--baseline", metavar="TREE", help="run again with TREE's ipvsproxy, and compare"
+    )
     args = parser.parse_args()
     # Stopped from outside: still stop the agents and the API server (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    with tempfile.TemporaryDirectory(prefix="hollow-") as workdir:
-        try:
-            result = run_hollow(
-                agents=args.agents,
-                services=args.services,
-                changes=args.changes,
-                rate=args.rate,
-                workdir=Path(workdir),
-                sync_period=args.sync_period,
-            )
-        except Failed as exc:
-            print(f"FAILED: {exc}")
-            raise SystemExit(1) from None
+    results: list[HollowResult] = []
+    for tree in [None, args.baseline] if args.baseline else [None]:
+        with tempfile.TemporaryDirectory(prefix="hollow-") as workdir:
+            try:
+                result = run_hollow(
+                    agents=args.agents,
+                    services=args.services,
+                    changes=args.changes,
+                    rate=args.rate,
+                    workdir=Path(workdir),
+                    sync_period=args.sync_period,
+                    tree=tree,
+                )
+            except Failed as exc:
+                print(f"FAILED: {exc}")
+                raise SystemExit(1) from None
+        if tree is not None:
+            print(f"\n== baseline: {tree}")
         report(result, args.services, args.rate)
+        sys.stdout.flush()
+        results.append(result)
+    if len(results) == 2:
+        compare(*results)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,21 @@ def test_trigger_times_of_applied_slice_changes() -> None:
     assert tracker.take(full=False).trigger_times == ()
 
 
+def test_each_trigger_time_comes_with_when_its_change_was_recorded() -> None:
+    now = iter([100.5, 101.5])
+    tracker = ChangeTracker(wall_clock=lambda: next(now))
+    tracker.services.replace({WEB.key: WEB, DNS.key: DNS})
+    tracker.services.listed()
+    tracker.slices.listed()
+    a = dataclasses.replace(endpoint_slice("web", "10.244.5.5", name="a"), trigger_time=100.0)
+    b = dataclasses.replace(endpoint_slice("dns", "10.244.6.6", name="b"), trigger_time=101.0)
+    tracker.slices.upsert(a.key, a)
+    tracker.slices.upsert(b.key, b)
+    changes = tracker.take(full=False)
+    assert changes.trigger_times == (100.0, 101.0)
+    assert changes.received_times == (100.5, 101.5)
+
+
 def test_full_take_has_every_service_in_first_seen_order() -> None:
     tracker, _ = listed_tracker()
     changes = tracker.take(full=True)

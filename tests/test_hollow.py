@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.bench_hollow import quantile, run_hollow
+from bench.bench_hollow import exact_quantile, quantile, run_hollow
 
 CHANGES = 12
 
@@ -19,6 +19,11 @@ def test_every_agent_programs_every_endpoint_change(tmp_path: Path) -> None:
         assert agent.buckets[float("inf")] == CHANGES
         assert agent.ipvs_messages >= CHANGES
         assert agent.cpu > 0 and agent.rss > 0 and agent.peak_rss >= agent.rss
+        # The exact latencies from its log, one per change, each the sum of its parts.
+        assert len(agent.latencies) == CHANGES
+        for latency, delivery, wait, sync in agent.latencies:
+            assert wait >= 0 and sync >= 0
+            assert abs(latency - (delivery + wait + sync)) < 1e-5
     # Each agent listed the whole cluster, and its slice watch carried every change: at
     # least the changed slice's name per agent and change.
     assert result.list_bytes > 2 * 60 * 100
@@ -26,6 +31,14 @@ def test_every_agent_programs_every_endpoint_change(tmp_path: Path) -> None:
     merged = result.merged()
     assert merged[float("inf")] == 2 * CHANGES
     assert 0 <= quantile(merged, 0.5) <= quantile(merged, 0.99)
+
+
+def test_exact_quantile_is_the_nearest_rank() -> None:
+    values = [float(n) for n in range(100, 0, -1)]
+    assert exact_quantile(values, 0.5) == 50.0
+    assert exact_quantile(values, 0.99) == 99.0
+    assert exact_quantile(values, 1.0) == 100.0
+    assert exact_quantile([3.0], 0.99) == 3.0
 
 
 def test_quantile_interpolates_within_the_bucket() -> None:

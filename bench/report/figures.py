@@ -118,6 +118,7 @@ def hollow(output: str) -> dict[str, float]:
         rate=find(rf"changes at {NUMBER}/s", output),
         p50=find(rf"\bp50 {NUMBER} s", line),
         p99=find(rf"\bp99 {NUMBER} s", line),
+        max=find(rf"\bmax {NUMBER} s", line),
         within_1s=find(rf"{NUMBER}% within 1 s", line),
         worst_p99=find(rf"worst agent's p99 {NUMBER} s", output),
         cold_start=find(rf"cold start[^\n]*?median {NUMBER}", output),

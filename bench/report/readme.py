@@ -120,8 +120,9 @@ def hollow_table(hollow: dict[str, dict[str, float]]) -> list[str]:
     columns = (
         ("Services", "services", "{:,.0f}"),
         ("changes", "changes", "{:.0f}"),
-        ("p50 s", "p50", "{:.2f}"),
-        ("p99 s", "p99", "{:.2f}"),
+        ("p50 s", "p50", "{:.3f}"),
+        ("p99 s", "p99", "{:.3f}"),
+        ("max s", "max", "{:.3f}"),
         ("within 1 s", "within_1s", "{:.1f}%"),
         ("CPU to first sync s", "cpu_first_sync", "{:.1f}"),
         ("CPU per change ms", "cpu_per_change_ms", "{:.1f}"),

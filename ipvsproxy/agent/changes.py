@@ -12,6 +12,7 @@ only record and signal; the kernel is touched by the sync thread alone.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -34,13 +35,16 @@ class Changes:
 
     For a full sync `services` holds every Service; for a partial one only those that
     changed (with service None for a deleted one). `trigger_times` are the changed slices'
-    endpoints.kubernetes.io/last-change-trigger-time values (seconds since the epoch).
+    endpoints.kubernetes.io/last-change-trigger-time values (seconds since the epoch);
+    `received_times`, in the same order, when the tracker recorded each of those changes
+    (its wall clock): what a change's latency spent before the proxy saw it.
     """
 
     services: Mapping[str, ServiceInput]
     trigger_times: tuple[float, ...]
     node_changed: bool
     full: bool
+    received_times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +64,14 @@ class ChangeTracker:
     """
 
     def __init__(
-        self, on_change: Callable[[str], None] = lambda kind: None, *, started_at: float = 0.0
+        self,
+        on_change: Callable[[str], None] = lambda kind: None,
+        *,
+        started_at: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._lock = threading.Lock()
+        self._wall = wall_clock
         # Trigger times before this (seconds since the epoch) are not this proxy's to
         # measure: a restarted proxy would report hours of "programming latency" for every
         # slice of its first list (kube-proxy skips them the same way).
@@ -77,7 +86,8 @@ class ChangeTracker:
         self._slice_before: dict[str, EndpointSlice | None] = {}
         # Service -> how many pending slice changes touch it.
         self._endpoint_services: dict[str, int] = {}
-        self._trigger_times: dict[str, float] = {}  # slice key -> its trigger time
+        # slice key -> its trigger time, and when the change carrying it was recorded
+        self._trigger_times: dict[str, tuple[float, float]] = {}
         self._node_changed = False
         self._services_listed = False
         self._slices_listed = False
@@ -134,26 +144,36 @@ class ChangeTracker:
         """Everything pending, now marked synced; with full (or after a Node change), the
         inputs of every Service, in the order they were first seen."""
         with self._lock:
-            full = full or self._node_changed
-            keys: Iterable[str] = self._service_before.keys() | self._endpoint_services.keys()
-            if full:
-                keys = list(self._services)
-            services = {key: self._input(key) for key in keys}
-            trigger_times = tuple(
-                self._trigger_times[key] for key in self._slice_before if key in self._trigger_times
-            )
-            changes = Changes(
-                services=services,
-                trigger_times=trigger_times,
-                node_changed=self._node_changed,
-                full=full,
-            )
-            self._service_before.clear()
-            self._slice_before.clear()
-            self._endpoint_services.clear()
-            self._trigger_times.clear()
-            self._node_changed = False
-            return changes
+            return self._take(full=full)
+
+    def take_partial(self) -> Changes | None:
+        """What take(full=False) returns, or None, taking nothing, when a Node change is
+        pending (that needs a full sync)."""
+        with self._lock:
+            return None if self._node_changed else self._take(full=False)
+
+    def _take(self, *, full: bool) -> Changes:
+        full = full or self._node_changed
+        keys: Iterable[str] = self._service_before.keys() | self._endpoint_services.keys()
+        if full:
+            keys = list(self._services)
+        services = {key: self._input(key) for key in keys}
+        times = [
+            self._trigger_times[key] for key in self._slice_before if key in self._trigger_times
+        ]
+        changes = Changes(
+            services=services,
+            trigger_times=tuple(trigger for trigger, _ in times),
+            node_changed=self._node_changed,
+            full=full,
+            received_times=tuple(received for _, received in times),
+        )
+        self._service_before.clear()
+        self._slice_before.clear()
+        self._endpoint_services.clear()
+        self._trigger_times.clear()
+        self._node_changed = False
+        return changes
 
     def _input(self, key: str) -> ServiceInput:
         slices = self._by_service.get(key)
@@ -214,7 +234,7 @@ class ChangeTracker:
             self._by_service.setdefault(value.service_key, {})[key] = value
             trigger = value.trigger_time
             if trigger is not None and trigger > self._started_at and key in self._slice_before:
-                self._trigger_times[key] = trigger
+                self._trigger_times[key] = (trigger, self._wall())
         self._slice_services(key, 1)
         return True
 

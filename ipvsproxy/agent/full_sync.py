@@ -51,16 +51,21 @@ def full_sync(
     now: float | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     apply: Callable[[Plan], ApplyResult] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> SyncResult:
     """Make the kernel match the desired state; failures are returned, never swallowed.
 
     drains: when each real server still draining started, from the previous sync's plan
     (`result.plan.draining`); now: the monotonic clock, read here when None. apply: how
-    the plan reaches the kernel (the agent counts what it sends); by default apply_plan
-    through `dataplanes`.
+    the plan reaches the kernel (the agent counts what it sends, and leaves out what it
+    changed meanwhile); by default apply_plan through `dataplanes`. checkpoint: called
+    between pieces of the reading and planning (see plan_sync), for the agent's partial
+    syncs to run meanwhile.
     """
     with gc_paused():
         observed = observe(dataplanes, desired.rule_families)
+        if checkpoint is not None:
+            checkpoint()
         plan = plan_sync(
             desired,
             observed,
@@ -68,6 +73,7 @@ def full_sync(
             drains=drains,
             now=time.monotonic() if now is None else now,
             drain_timeout=drain_timeout,
+            checkpoint=checkpoint,
         )
     del observed  # a full copy of the kernel's state: not kept while the plan is applied
     result = apply_plan(plan, dataplanes) if apply is None else apply(plan)

@@ -15,6 +15,10 @@ thread computes desired state and touches the kernel:
   Services whose inputs changed since their state was computed (all of them after a Node
   change or when the host's addresses changed); changes pending when a periodic full sync
   falls due are applied by a partial sync first, and the full sync runs right after it;
+  changes arriving while it runs are applied by partial syncs between its pieces, and its
+  plan leaves out what they wrote (agent/interleave.py). For this it wants exactly what
+  was last applied: the changes it took when it started go to the first of those partial
+  syncs. None during the first full sync or one after a failure or a Node change;
 - a failed sync is logged once with its reason, retried after `retry_interval`, and
   makes the next sync full.
 """
@@ -32,6 +36,7 @@ from loguru import logger
 from ipvsproxy.agent.apply import ApplyResult, apply_plan
 from ipvsproxy.agent.changes import Changes, ChangeTracker, ServiceInput
 from ipvsproxy.agent.full_sync import full_sync
+from ipvsproxy.agent.interleave import Interleaved
 from ipvsproxy.agent.runner import BoundedFrequencyRunner, Clock, MonotonicClock
 from ipvsproxy.agent.scheduler_probe import ServiceSchedulers
 from ipvsproxy.agent.stale_udp_flows import StaleUdpFlows
@@ -60,6 +65,7 @@ from ipvsproxy.core.model import (
     IPNetwork,
     Protocol,
     RealServer,
+    Service,
     VirtualServerKey,
 )
 from ipvsproxy.core.operations import (
@@ -147,7 +153,9 @@ class Agent:
         self._bind_retry_at = 0.0
         self._clock = clock or MonotonicClock()
         self._wall = wall_clock
-        self.tracker = ChangeTracker(on_change=self._on_change, started_at=wall_clock())
+        self.tracker = ChangeTracker(
+            on_change=self._on_change, started_at=wall_clock(), wall_clock=wall_clock
+        )
         self.runner = BoundedFrequencyRunner(
             self.sync,
             min_interval=settings.min_sync_period,
@@ -170,13 +178,23 @@ class Agent:
         self._rng = rng or random.Random()
         self._period = self._next_period()  # from _last_full to the next periodic full sync
         self._deferred_full = False  # a due full sync waits for one partial sync
-        self._unreported_triggers: list[float] = []
+        # Set while a periodic full sync runs: partial syncs run between its pieces.
+        self._interleaved: Interleaved | None = None
+        self._full_operations = 0  # what the last full sync's plan held once filtered
+        self._handed_over = False  # the full sync's changes went to a partial sync
+        # Trigger times of applied changes not yet measured, each with when the tracker
+        # recorded it.
+        self._unreported_triggers: list[tuple[float, float]] = []
         self._log = RepeatedLog(clock=self._clock.now)
         self.schedulers = ServiceSchedulers(dataplanes.ipvs, settings.desired.scheduler)
         self._failing = False
         self.udp_flows = StaleUdpFlows(dataplanes.conntrack, log=self._log)
         self.labels: dict[VirtualServerKey, ServicePortLabels] = {}
         self._labelled: dict[str, tuple[VirtualServerKey, ...]] = {}  # Service -> its keys
+        # Service -> what its labels were made from, and them (see _relabel_all)
+        self._label_sources: dict[
+            str, tuple[Service, ServiceState, Mapping[VirtualServerKey, ServicePortLabels]]
+        ] = {}
         self.last: SyncOutcome | None = None
         self.syncs = 0
         # Per Service, its ports with a Local policy and no endpoint on this node.
@@ -224,17 +242,22 @@ class Agent:
                 # a steady stream of changes must not put the full sync off for ever.
                 self._deferred_full = True
                 self.runner.run()
+        started_wall = self._wall()
         changes = self.tracker.take(full=full)
         full = changes.full
         started = time.perf_counter()
         try:
-            outcome = self._full(changes) if full else self._partial(changes)
+            outcome = self._full(changes, started_wall) if full else self._partial(changes)
         except IpvsProxyError as exc:
             outcome = SyncOutcome(full, False, len(changes.services), 0, f"kernel: {exc}")
         except Exception as exc:
             logger.opt(exception=exc).error("sync failed with an unexpected error")
             outcome = SyncOutcome(full, False, len(changes.services), 0, f"bug: {exc!r}")
         seconds = time.perf_counter() - started
+        if full and self._handed_over:
+            # Its changes were applied, and measured, by a partial sync in between.
+            changes = replace(changes, trigger_times=(), received_times=())
+            self._handed_over = False
         if full:
             # The period runs from the end of a full sync, as the runner's max interval
             # does: counted from its start, a full sync longer than the period (a cold
@@ -247,7 +270,7 @@ class Agent:
         self.last = outcome
         if not outcome.ok:
             self.resync()
-        self._report(outcome, changes, seconds)
+        self._report(outcome, changes, seconds, started_wall)
         return outcome.ok
 
     def _next_period(self) -> float:
@@ -262,13 +285,17 @@ class Agent:
         pending = self.tracker.pending()
         return bool(pending.services or pending.endpoints)
 
-    def _report(self, outcome: SyncOutcome, changes: Changes, seconds: float) -> None:
+    def _report(
+        self, outcome: SyncOutcome, changes: Changes, seconds: float, started_wall: float
+    ) -> None:
         wall = self._wall()
         # Kept across failed syncs, to be measured once applied; bounded, should the
         # kernel refuse for hours.
-        self._unreported_triggers = [*self._unreported_triggers, *changes.trigger_times][
-            -_MAX_UNREPORTED_TRIGGERS:
-        ]
+        received = changes.received_times or (wall,) * len(changes.trigger_times)
+        self._unreported_triggers = [
+            *self._unreported_triggers,
+            *zip(changes.trigger_times, received, strict=True),
+        ][-_MAX_UNREPORTED_TRIGGERS:]
         if outcome.ok:
             if self._failing:
                 logger.info("sync succeeded again", full=outcome.full)
@@ -277,7 +304,20 @@ class Agent:
             if self._health is not None:
                 self._health.updated(wall)
             if self._metrics is not None:
-                self._metrics.network_programmed(self._unreported_triggers, wall)
+                self._metrics.network_programmed(
+                    [trigger for trigger, _ in self._unreported_triggers], wall
+                )
+            if self._unreported_triggers:
+                # Each change's latency exactly, and what it is made of: trigger to
+                # received is the watch's delivery, received to started the wait for the
+                # runner (and for a sync in progress), started to programmed the sync.
+                logger.debug(
+                    "network programmed",
+                    full=outcome.full,
+                    started=round(started_wall, 6),
+                    programmed=round(wall, 6),
+                    changes=[[round(t, 6), round(r, 6)] for t, r in self._unreported_triggers],
+                )
             self._unreported_triggers = []
         else:
             self._failing = True
@@ -361,7 +401,7 @@ class Agent:
             )
             return None
 
-    def _full(self, changes: Changes) -> SyncOutcome:
+    def _full(self, changes: Changes, started_wall: float) -> SyncOutcome:
         self._local_addresses = self._dp.links.node_addresses(DUMMY_INTERFACE)
         node, settings = self._desired_settings()
         if settings.masquerade.node_cidrs and not settings.masquerade.cluster_cidrs:
@@ -375,60 +415,103 @@ class Agent:
         # state was computed keeps that state: the periodic full sync then costs an
         # observe and a diff, not every Service's state again (a Node change, or new host
         # addresses, recompute all).
-        previous, inputs = self._computed, self._inputs
         reuse = node == self._computed_node
-        states: list[tuple[str, ServiceState]] = []
-        computed: dict[str, ServiceInput] = {}
+        # Partial syncs between the pieces of this one need what was applied, and the
+        # same node and settings as the full sync (a Node change recomputes everything).
+        cache = self._cache if reuse else None
+        self._full_operations = 0
+        self._handed_over = False
         gc.unfreeze()  # what the last full sync froze may be garbage now
-        with gc_paused():
-            for key, given in changes.services.items():
-                if given.service is None:
-                    continue
-                state = previous.get(key)
-                if state is not None and reuse and _same_inputs(inputs.get(key), given):
-                    computed[key] = given
-                else:
-                    fresh = self._state(key, given, node)
-                    if fresh is not None:
-                        state = fresh
-                        computed[key] = given
-                if state is not None:
-                    states.append((key, state))
-            self._computed = dict(states)
-            self._inputs = computed
-            self._computed_node = node
-            desired = merge_service_states(states, settings=settings)
-        synced = full_sync(
-            desired,
-            self._dp,
-            exclude_cidrs=self._settings.exclude_cidrs,
-            drains=self._drains,
-            now=self._clock.now(),
-            drain_timeout=self._settings.drain_timeout,
-            apply=self._apply,
-        )
-        plan, result = synced.plan, synced.result
-        self._drains = plan.draining
-        if result.ok:
-            if not self._other_backend_removed:
+        box: Interleaved | None = None
+        try:
+            with gc_paused():
+                if cache is not None:
+                    states, computed, deferred = self._full_states(changes, node, reuse, cache)
+                    # By construction the very states last applied; should they not be,
+                    # the full plan could remove from under a partial sync in between
+                    # what the applied states say is still wanted: then no interleaving.
+                    if _same_states(cache, states):
+                        box = Interleaved(since=self._clock.now(), node=node, settings=settings)
+                        if deferred:
+                            # The changes this sync took, applied by a partial sync at the
+                            # first checkpoint (and measured there), not recomputed here.
+                            box.deferred = replace(
+                                changes, services=deferred, node_changed=False, full=False
+                            )
+                            box.deferred_started = started_wall
+                            self._handed_over = True
+                if box is None:
+                    states, computed, _ = self._full_states(changes, node, reuse, None)
+                self._computed = dict(states)
+                self._inputs = computed
+                self._computed_node = node
+            self._interleaved = box
+            self._checkpoint()
+            with gc_paused():
+                desired = merge_service_states(states, settings=settings)
+            self._checkpoint()
+            synced = full_sync(
+                desired,
+                self._dp,
+                exclude_cidrs=self._settings.exclude_cidrs,
+                drains=self._drains,
+                now=self._clock.now(),
+                drain_timeout=self._settings.drain_timeout,
+                apply=self._apply_full,
+                checkpoint=self._checkpoint,
+            )
+            result = synced.result
+            if result.ok and not self._other_backend_removed:
                 # Only now that this backend's rules are in place (a switch of backend
                 # leaves traffic without rules for no longer than this one sync).
                 self._remove_other_backend()
-            with gc_paused():
-                self._cache = AppliedCache.rebuild(states, desired.iptables)
-                self._relabel_all(changes.services, states)
-            self._health_checks = {}
-            self._note_health_checks(changes.services, node.name, retry=True)
-            self.udp_flows.clear_after(changes.services, full=True)
-        operations = len(plan)
-        del desired, plan, synced, previous, inputs
+            if result.ok:
+                if box is not None:
+                    box.closed = False  # the plan is applied: nothing more to leave out
+                self._checkpoint()
+                if box is None or not box.failed:
+                    applied_inputs = self._applied_inputs(box, changes.services)
+                    with gc_paused():
+                        self._relabel_all(applied_inputs, self._applied_states(box, states))
+                    self._health_checks = {}
+                    self._note_health_checks(applied_inputs, node.name, retry=True)
+                    self.udp_flows.clear_after(applied_inputs, full=True)
+                    self._checkpoint()
+            plan = synced.plan
+            iptables = desired.iptables
+            states = self._applied_states(box, states)
+            if box is not None and box.syncs:
+                self._drains = box.drains(plan.draining, self._drains)
+                iptables = box.iptables(iptables)
+            else:
+                self._drains = plan.draining
+            if result.ok and (box is None or not box.failed):
+                with gc_paused():
+                    self._cache = AppliedCache.rebuild(states, iptables)
+                # Partial syncs from here on diff against the rebuilt cache and change
+                # only what comes after: the metrics, the log line.
+                self._checkpoint()
+        finally:
+            self._interleaved = None
+        # A partial sync in between failed: what it wrote is unknown, so what was applied
+        # is not rebuilt (or dropped, by the caller) and this sync fails as that one did:
+        # the next sync is full.
+        failed_between = box is not None and box.failed
+        operations = self._full_operations
+        del desired, plan, synced, iptables
         # The cache holds millions of long-lived values without cycles: keep the cyclic
         # collector from rescanning them all on its own schedule, which would stall a
         # partial sync now and then for tens of milliseconds. Cycles frozen with them are
         # collected after the next full sync's unfreeze.
         gc.freeze()
+        reason = _reason(result) or ("a partial sync in between failed" if failed_between else "")
         return SyncOutcome(
-            True, result.ok, len(states), operations, _reason(result), len(result.failures)
+            True,
+            result.ok and not failed_between,
+            len(states),
+            operations,
+            reason,
+            len(result.failures),
         )
 
     def _remove_other_backend(self) -> None:
@@ -442,9 +525,120 @@ class Agent:
             self._log.warning("cannot remove the other rules backend's objects", error=problem)
         self._other_backend_removed = not problems
 
-    def _partial(self, changes: Changes) -> SyncOutcome:
+    def _full_states(
+        self, changes: Changes, node: NodeInfo, reuse: bool, cache: AppliedCache | None
+    ) -> tuple[list[tuple[str, ServiceState]], dict[str, ServiceInput], dict[str, ServiceInput]]:
+        """A full sync's states, the inputs each was computed from, and (with `cache`) the
+        changes left to a partial sync in between.
+
+        A Service whose inputs are the very objects its state was computed from keeps that
+        state. Without `cache` every other one is computed now (or keeps its last good
+        state when that fails). With it the full sync wants exactly what was last applied:
+        a changed, added or deleted Service keeps its applied state (or stays absent) and
+        is returned in the third mapping, for the partial sync that applies it.
+        """
+        previous, inputs = self._computed, self._inputs
+        states: list[tuple[str, ServiceState]] = []
+        computed: dict[str, ServiceInput] = {}
+        deferred: dict[str, ServiceInput] = {}
+        for key, given in changes.services.items():
+            if given.service is None:
+                continue
+            state = previous.get(key)
+            if (
+                state is not None
+                and cache is None
+                and reuse
+                and _same_inputs(inputs.get(key), given)
+            ):
+                computed[key] = given
+            elif cache is not None:
+                state = cache.states.get(key)
+                if state is not None and _same_inputs(inputs.get(key), given):
+                    computed[key] = given
+                else:
+                    deferred[key] = given
+                    if key in inputs:
+                        computed[key] = inputs[key]
+            else:
+                fresh = self._state(key, given, node)
+                if fresh is not None:
+                    state = fresh
+                    computed[key] = given
+            if state is not None:
+                states.append((key, state))
+        if cache is not None:
+            # Deleted since they were applied: kept until the partial sync deletes them.
+            for key, state in cache.states.items():
+                if key not in changes.services:
+                    states.append((key, state))
+                    deferred[key] = ServiceInput(None, ())
+                    if key in inputs:
+                        computed[key] = inputs[key]
+        return states, computed, deferred
+
+    @staticmethod
+    def _applied_states(
+        box: Interleaved | None, states: list[tuple[str, ServiceState]]
+    ) -> list[tuple[str, ServiceState]]:
+        return box.final_states(states) if box is not None and box.syncs else states
+
+    @staticmethod
+    def _applied_inputs(
+        box: Interleaved | None, inputs: Mapping[str, ServiceInput]
+    ) -> Mapping[str, ServiceInput]:
+        return box.final_inputs(inputs) if box is not None and box.syncs else inputs
+
+    def _checkpoint(self) -> None:
+        """Between pieces of a periodic full sync: apply the changes it took, then those
+        pending, if any, by a partial sync of their own (see interleave.py), so that none
+        waits for the whole."""
+        box = self._interleaved
+        if box is None or box.failed or box.closed or self._cache is None:
+            return
+        changes, box.deferred = box.deferred, None
+        started_wall = box.deferred_started
+        if changes is None:
+            if not self._pending():
+                return
+            # At most one sync per min_sync_period, in between as anywhere else: changes
+            # batched by it must not be applied one partial sync per piece.
+            if self._clock.now() - box.since < self._settings.min_sync_period:
+                return
+            started_wall = self._wall()
+            changes = self.tracker.take_partial()
+            if changes is None:  # a Node change: for the next sync, a full one
+                return
+        started = time.perf_counter()
+        try:
+            outcome = self._partial(changes, (box.node, box.settings))
+        except IpvsProxyError as exc:
+            outcome = SyncOutcome(False, False, len(changes.services), 0, f"kernel: {exc}")
+        except Exception as exc:
+            logger.opt(exception=exc).error("sync failed with an unexpected error")
+            outcome = SyncOutcome(False, False, len(changes.services), 0, f"bug: {exc!r}")
+        box.syncs += 1
+        box.failed = not outcome.ok
+        box.since = self._clock.now()
+        self.syncs += 1
+        self._report(outcome, changes, time.perf_counter() - started, started_wall)
+
+    def _apply_full(self, plan: Plan) -> ApplyResult:
+        """A full sync's plan, without what partial syncs wrote while it was computed."""
+        box = self._interleaved
+        if box is not None:
+            box.closed = True
+            plan = box.filter(plan)
+        self._full_operations = len(plan)
+        return self._apply(plan)
+
+    def _partial(
+        self, changes: Changes, desired: tuple[NodeInfo, DesiredSettings] | None = None
+    ) -> SyncOutcome:
+        """desired: the node and settings to compute states for; by default the current
+        ones (during a full sync, the full sync's: what it wants and they diff against)."""
         assert self._cache is not None
-        node, settings = self._desired_settings()
+        node, settings = desired or self._desired_settings()
         updates: dict[str, ServiceState | None] = {}
         for key, given in changes.services.items():
             if given.service is None:
@@ -470,6 +664,10 @@ class Agent:
             leave=self._leave_by_counters(started),
         )
         result = self._apply(planned.plan)
+        if self._interleaved is not None:
+            self._interleaved.wrote(planned.plan.operations)
+            if result.ok:
+                self._interleaved.applied(updates, changes.services)
         if result.ok:
             self._cache.commit(planned.delta)
             self._note_drains(planned.plan, started)
@@ -613,14 +811,22 @@ class Agent:
     ) -> None:
         labels: dict[VirtualServerKey, ServicePortLabels] = {}
         labelled: dict[str, tuple[VirtualServerKey, ...]] = {}
+        known, sources = self._label_sources, {}
         for key, state in states:
             service = inputs[key].service
             if service is not None:
-                found = service_port_labels(service, state.virtual_servers)
+                # The labels follow from the Service and its state alone: those of a
+                # periodic full sync, which reuses nearly every state, are mostly known.
+                seen = known.get(key)
+                if seen is not None and seen[0] is service and seen[1] is state:
+                    found = seen[2]
+                else:
+                    found = service_port_labels(service, state.virtual_servers)
                 labels.update(found)
                 labelled[key] = tuple(found)
+                sources[key] = (service, state, found)
         # Swapped whole: the scrape thread sees the old dict or the new one.
-        self.labels, self._labelled = labels, labelled
+        self.labels, self._labelled, self._label_sources = labels, labelled, sources
 
     def _label(self, given: ServiceInput, state: ServiceState | None) -> None:
         # The scrape thread only ever does single lookups, safe while entries change.
@@ -628,6 +834,15 @@ class Agent:
             found = service_port_labels(given.service, state.virtual_servers)
             self.labels.update(found)
             self._labelled[given.service.key] = tuple(found)
+            self._label_sources[given.service.key] = (given.service, state, found)
+
+
+def _same_states(cache: AppliedCache | None, states: Sequence[tuple[str, ServiceState]]) -> bool:
+    """Whether these are the very states last applied (the same objects, no more, no less)."""
+    if cache is None or len(cache.states) != len(states):
+        return False
+    applied = cache.states
+    return all(applied.get(key) is state for key, state in states)
 
 
 def _same_inputs(seen: ServiceInput | None, given: ServiceInput) -> bool:

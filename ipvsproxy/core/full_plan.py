@@ -17,8 +17,9 @@ differ are added (before IPVS) and deleted (after it), as ipset entries are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from ipvsproxy.core import ipsets
 from ipvsproxy.core.gcpause import gc_paused
@@ -72,17 +73,25 @@ def plan_sync(
     drains: Mapping[DrainKey, float] | None = None,
     now: float = 0.0,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    checkpoint: Callable[[], None] | None = None,
 ) -> Plan:
     """The operations that turn observed into desired (see module docstring).
 
     Real servers no longer wanted drain gracefully (see graceful.py): `drains` holds when
     each drain started, as the previous plan returned it, and `now` is the current time
-    on the same (monotonic) clock.
+    on the same (monotonic) clock. `checkpoint` is called between pieces of the work
+    (every CHECKPOINT_EVERY virtual servers), so that the caller may do something else
+    meanwhile (the agent's partial syncs); it must leave desired and observed alone.
     """
     draining: dict[DrainKey, float] = {}
-    timing = _DrainTiming(drains or {}, now, drain_timeout, draining)
+    timing = _DrainTiming(drains or {}, now, drain_timeout, draining, checkpoint)
     with gc_paused():
         return Plan(tuple(_operations(desired, observed, exclude_cidrs, timing)), draining)
+
+
+# About 10 ms of a 2-core machine's CPU per piece (a full sync's IPVS diff at 10k Services
+# compares 13k virtual servers and 115k real servers in about 100 ms).
+CHECKPOINT_EVERY: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,7 @@ class _DrainTiming:
     now: float
     timeout: float
     draining: dict[DrainKey, float]  # filled in by the plan
+    checkpoint: Callable[[], None] | None = None
 
 
 def _operations(
@@ -192,7 +202,10 @@ def _ipvs_operations(
     diff = IpvsDiff(leave=drain)
     # Virtual servers go in address order; real servers keep the desired state's order,
     # which follows the input, so plans are deterministic without sorting 100k entries.
-    for key in sorted(desired.virtual_servers, key=lambda k: k.sort_key()):
+    checkpoint = timing.checkpoint
+    for n, key in enumerate(sorted(desired.virtual_servers, key=lambda k: k.sort_key())):
+        if checkpoint is not None and n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+            checkpoint()
         current_server = observed.virtual_servers.get(key)
         diff.virtual_server(
             key,
