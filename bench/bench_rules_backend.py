@@ -19,7 +19,8 @@ nft), on:
 - observe: a full sync's read back of the whole state and its drift decision, nothing
   changed: the ipset dump, an iptables-save per family and the plan against `nft list
   table` per family and the comparison. The legacy tables' fingerprint (read while
-  unchanged, without iptables-save) is shown on its own line.
+  unchanged, without iptables-save) is shown on its own line; so are the `nft list table`
+  processes alone (what dominates nftables' observe) and the same read as JSON (`nft -j`).
 
 iptables + ipset runs with each iptables backend whose tools work here (legacy and nft).
 The contenders take turns within each round, in a rotating order; medians of --runs rounds
@@ -61,6 +62,8 @@ NODE_ADDRESS = "192.168.0.10"
 CHANGED_POD = "10.255.0.1"
 
 STEPS = ("cold sync", "add one element", "remove one element", "observe")
+# Parts and alternatives, shown below the steps.
+EXTRA = ("observe, fingerprint", "observe: nft list alone", "observe: nft -j list alone")
 LEGACY = "iptables-legacy + ipset"
 IPT_NFT = "iptables-nft + ipset"
 NFT = "nftables"
@@ -201,6 +204,19 @@ class Nftables:
         )
         return not drifted
 
+    def listings(self) -> bool:
+        """The observe step's processes alone: `nft list table` of each family."""
+        return all(self.tool.listing(f) is not None for f in self.desired.families)
+
+    def json_listings(self) -> bool:
+        """What the same read would cost as JSON (`nft -j`), the process alone."""
+        for family in self.desired.families:
+            table = "ip" if family.value == 4 else "ip6"
+            argv = ["nft", "-j", "list", "table", table, "ipvsproxy"]
+            if subprocess.run(argv, capture_output=True, check=False).returncode != 0:
+                return False
+        return True
+
     def change(self, add: bool) -> bool:
         changed = [self.desired.changed]
         error = (
@@ -277,7 +293,7 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
         f"medians of {runs} rounds after one warm-up, wall and CPU (process + tools) in ms"
     )
     times: dict[str, dict[str, list[tuple[float, float]]]] = {
-        b.name: {step: [] for step in (*STEPS, "observe, fingerprint")} for b in backends
+        b.name: {step: [] for step in (*STEPS, *EXTRA)} for b in backends
     }
     ok = bool(backends)
     for round_ in range(runs + 1):
@@ -293,6 +309,13 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
                 backend.observe_fingerprinted()  # the first read saves; later ones need not
                 wall, cpu, done = timed(backend.observe_fingerprinted)
                 results.append(("observe, fingerprint", wall, cpu, done))
+            if isinstance(backend, Nftables):
+                for step, fn in (
+                    ("observe: nft list alone", backend.listings),
+                    ("observe: nft -j list alone", backend.json_listings),
+                ):
+                    wall, cpu, done = timed(fn)
+                    results.append((step, wall, cpu, done))
             for step, add in (("add one element", True), ("remove one element", False)):
                 wall, cpu, done = timed(partial(backend.change, add))
                 results.append((step, wall, cpu, done))
@@ -327,9 +350,9 @@ def report(
     width = max(len(name) for name in names) if names else 10
     head = "".join(f"{name:>{width + 2}}" for name in names)
     ratios = "".join(f"{'nft / ' + name.split(' ')[0]:>{width + 2}}" for name in baselines)
-    print(f"  {'step':30}{head}{ratios if NFT in names else ''}")
+    print(f"  {'step':36}{head}{ratios if NFT in names else ''}")
     rows: list[dict[str, Any]] = []
-    for step in (*STEPS, "observe, fingerprint"):
+    for step in (*STEPS, *EXTRA):
         for unit in ("wall_ms", "cpu_ms"):
             values = {n: medians[n][step][unit] for n in names if step in medians[n]}
             if not values:
@@ -349,7 +372,7 @@ def report(
                     for b in baselines
                 )
             rows.append(row)
-            print(f"  {label:30}{cells}")
+            print(f"  {label:36}{cells}")
     return {
         "services": size,
         "set_entries": set_entries(desired),
