@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.report import aims
+from bench.report import figures as report_figures
+from bench.report.readme import Report, Step, rules_backend_tables
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +49,8 @@ def test_short_run_prints_parseable_figures(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "result check: ok" in result.stdout
-    figures = json.loads(target.read_text())["sizes"]["30"]
+    data = json.loads(target.read_text())
+    figures = data["sizes"]["30"]
     assert figures["services"] == 30 and figures["set_entries"] > 30
     assert "nftables" in figures["backends"] and len(figures["backends"]) >= 2
     for backend in figures["backends"]:
@@ -63,3 +68,10 @@ def test_short_run_prints_parseable_figures(tmp_path: Path) -> None:
     values = next(row for row in cold if row["unit"] == "wall_ms")["values"]
     expected = [values[name] for name in figures["backends"]]
     assert printed[: len(expected)] == pytest.approx(expected, abs=0.01)
+
+    # run_all's README table, from the same figures: a row per step and unit.
+    steps = [Step("rules_backend", "rules", "cmd", data=report_figures.kernel(data, "services"))]
+    lines = rules_backend_tables(Report([], steps, aims.Measured()))
+    header = next(line for line in lines if line.startswith("| step |"))
+    assert "| nftables |" in header and "nftables / " in header
+    assert sum(line.startswith("| cold sync, ") for line in lines) == 2

@@ -228,6 +228,35 @@ def kernel_tables(report: Report) -> list[str]:
     return out
 
 
+def rules_backend_tables(report: Report) -> list[str]:
+    """bench_rules_backend.py: per size, each step's median wall and CPU for each rules
+    backend, and nftables' ratio to each iptables + ipset contender."""
+    figures = report.data("rules_backend")
+    if not figures:
+        return []
+    out = ["## Rules backends: iptables + ipset against nftables, private network namespaces", ""]
+    for size, result in sorted(figures.items()):
+        names: list[str] = result.get("backends", [])
+        baselines = [name for name in names if name != "nftables"]
+        rows = []
+        for row in result.get("rows", []):
+            unit = "wall" if row["unit"] == "wall_ms" else "CPU"
+            values, ratios = row["values"], row["ratios"]
+            rows.append(
+                [
+                    f"{row['step']}, {unit}",
+                    *[f"{values[n]:.1f}" if n in values else "-" for n in names],
+                    *[f"{ratios[b]:.2f}" if b in ratios else "-" for b in baselines],
+                ]
+            )
+        out += [
+            f"{size:,} Services ({result.get('set_entries', 0):,} set entries), medians, ms:",
+            "",
+        ]
+        out += table(["step", *names, *[f"nftables / {b}" for b in baselines]], rows)
+    return out
+
+
 def small_tables(report: Report) -> list[str]:
     out: list[str] = []
     decode = report.data("decode")
@@ -361,6 +390,7 @@ def readme(report: Report) -> str:
     out += agent_tables(report.data("agent"))
     out += hollow_table(report.measured.hollow)
     out += kernel_tables(report)
+    out += rules_backend_tables(report)
     out += small_tables(report)
     if report.images:
         out += ["## Plots", ""] + [f"![{name}]({name})" for name in report.images] + [""]
