@@ -19,8 +19,12 @@ nft), on:
 - observe: a full sync's read back of the whole state and its drift decision, nothing
   changed: the ipset dump, an iptables-save per family and the plan against `nft list
   table` per family and the comparison. The legacy tables' fingerprint (read while
-  unchanged, without iptables-save) is shown on its own line; so are the `nft list table`
-  processes alone (what dominates nftables' observe) and the same read as JSON (`nft -j`).
+  unchanged, without iptables-save) is shown on its own line.
+
+Below the steps, their parts, to show what dominates: the cold sync's writes alone
+(apply_plan's ipset restore and iptables-restores; the one `nft -f`), the observe step's
+reads alone (the ipset netlink dump, the iptables-saves; the `nft list table` processes)
+and, as an alternative reader, the same listing as JSON (`nft -j`), the processes alone.
 
 iptables + ipset runs with each iptables backend whose tools work here (legacy and nft).
 The contenders take turns within each round, in a rotating order; medians of --runs rounds
@@ -63,7 +67,14 @@ CHANGED_POD = "10.255.0.1"
 
 STEPS = ("cold sync", "add one element", "remove one element", "observe")
 # Parts and alternatives, shown below the steps.
-EXTRA = ("observe, fingerprint", "observe: nft list alone", "observe: nft -j list alone")
+EXTRA = (
+    "cold sync: the writes alone",
+    "observe, fingerprint",
+    "observe: ipset dump alone",
+    "observe: iptables-save alone",
+    "observe: nft list alone",
+    "observe: nft -j list alone",
+)
 LEGACY = "iptables-legacy + ipset"
 IPT_NFT = "iptables-nft + ipset"
 NFT = "nftables"
@@ -94,6 +105,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 
 class Backend(Protocol):
     name: str
+    parts: dict[str, tuple[float, float]]
 
     def cold_sync(self) -> bool: ...
 
@@ -138,6 +150,7 @@ class IptablesIpset:
             iptables=IptablesTool(iptables_backend, fingerprint=False),
         )
         self.fingerprinted = IptablesTool(iptables_backend, fingerprint=True)
+        self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
 
     def _observed(self, iptables: Any) -> Any:
         from ipvsproxy.core.ipsets import all_set_names
@@ -163,7 +176,17 @@ class IptablesIpset:
         from ipvsproxy.agent.apply import apply_plan
 
         plan = self._plan(self.dataplanes.iptables)
-        return not apply_plan(plan, self.dataplanes).failures
+        wall, cpu, result = timed(lambda: apply_plan(plan, self.dataplanes))
+        self.parts["cold sync: the writes alone"] = (wall, cpu)
+        return not result.failures
+
+    def ipset_dump(self) -> bool:
+        from ipvsproxy.core.ipsets import all_set_names
+
+        return bool(self.dataplanes.ipsets.read(all_set_names()))
+
+    def iptables_save(self) -> bool:
+        return all(self.dataplanes.iptables.read(f).tables for f in self.desired.families)
 
     def observe(self) -> bool:
         return not self._plan(self.dataplanes.iptables)
@@ -187,7 +210,19 @@ class Nftables:
 
         self.name = NFT
         self.desired = desired
-        self.tool = NftablesTool()
+        self.tool = NftablesTool(runner=self._timed_run)
+        self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
+
+    def _timed_run(self, argv: list[str], stdin: str | None) -> Any:
+        """The tool's runner, timing its writes (`nft -f`)."""
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(argv, input=stdin, text=True, capture_output=True, check=False)
+
+        wall, cpu, result = timed(run)
+        if "-f" in argv:
+            self.parts["cold sync: the writes alone"] = (wall, cpu)
+        return result
 
     def cold_sync(self) -> bool:
         families = self.desired.families
@@ -302,6 +337,7 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
             fresh_namespace()
             results: list[tuple[str, float, float, bool]] = []
             wall, cpu, done = timed(backend.cold_sync)
+            results += [(step, w, c, True) for step, (w, c) in backend.parts.items()]
             results.append(("cold sync", wall, cpu, done and backend.observe()))
             wall, cpu, done = timed(backend.observe)
             results.append(("observe", wall, cpu, done))
@@ -309,6 +345,13 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
                 backend.observe_fingerprinted()  # the first read saves; later ones need not
                 wall, cpu, done = timed(backend.observe_fingerprinted)
                 results.append(("observe, fingerprint", wall, cpu, done))
+            if isinstance(backend, IptablesIpset):
+                for step, fn in (
+                    ("observe: ipset dump alone", backend.ipset_dump),
+                    ("observe: iptables-save alone", backend.iptables_save),
+                ):
+                    wall, cpu, done = timed(fn)
+                    results.append((step, wall, cpu, done))
             if isinstance(backend, Nftables):
                 for step, fn in (
                     ("observe: nft list alone", backend.listings),
