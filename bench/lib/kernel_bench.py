@@ -138,7 +138,8 @@ def run_on_host(
             [sys.executable, "-m", module, *guest_args, "--in-guest", *files],
             timeout=3600 if guest == "qemu" else 1800,
             mem="2G" if guest == "qemu" else "1G",
-            env={JSON_ENV: results},
+            # unbuffered: each size's figures reach the host as soon as they are printed
+            env={JSON_ENV: results, "PYTHONUNBUFFERED": "1"},
             cwd=str(ROOT),
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
