@@ -228,6 +228,39 @@ def kernel_tables(report: Report) -> list[str]:
     return out
 
 
+def datapath_nft_table(report: Report) -> list[str]:
+    """bench_datapath.py --nftables 1 in the qemu guest: IPVS with the nftables rules
+    backend against IPVS with ipsets and iptables, and how flat each is."""
+    path = report.data("datapath_nft")
+    if not path:
+        return []
+    out = ["## Data path: IPVS with the nftables rules backend, qemu guest", ""]
+    out += table(
+        [
+            "Services",
+            "nftables rules (all, fixed)",
+            "new connection nft / ipset+iptables, first",
+            "same, last",
+            "last / first: IPVS, nft",
+            "IPVS, ipset+iptables",
+            "iptables mode",
+        ],
+        [
+            [
+                f"{size:,}",
+                cell(r, "nft_rules", "{:g}"),
+                ratio_cell(r, "nft first", "ipvs first"),
+                ratio_cell(r, "nft last", "ipvs last"),
+                ratio_cell(r, "nft last", "nft first"),
+                ratio_cell(r, "ipvs last", "ipvs first"),
+                ratio_cell(r, "ipt last", "ipt first"),
+            ]
+            for size, r in sorted(path.items())
+        ],
+    )
+    return out
+
+
 def rules_backend_tables(report: Report) -> list[str]:
     """bench_rules_backend.py: per size, each step's median wall and CPU for each rules
     backend, and nftables' ratio to each iptables + ipset contender."""
@@ -390,6 +423,7 @@ def readme(report: Report) -> str:
     out += agent_tables(report.data("agent"))
     out += hollow_table(report.measured.hollow)
     out += kernel_tables(report)
+    out += datapath_nft_table(report)
     out += rules_backend_tables(report)
     out += small_tables(report)
     if report.images:
