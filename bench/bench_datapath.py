@@ -1,7 +1,7 @@
 """The data path: kube-proxy's iptables mode against ipvsproxy's IPVS tables, side by side.
 
     python -m bench.bench_datapath [--sizes 100 1000 5000] [--endpoints 3] [--connects 200]
-                                   [--changes 5] [--quick]
+                                   [--changes 5] [--nftables 1] [--guest qemu] [--quick]
 
 Boots the user-mode-linux kernel once. For each size (a number of Services, from
 gen_cluster.py) it builds two nodes, each a fresh network namespace with a client pod and
@@ -12,7 +12,11 @@ real backend pods for the first and the last Service (pods.py):
   `-m statistic --mode random --probability 1/(n-i)` rule per endpoint, each jumping to a
   KUBE-SEP chain that marks hairpin traffic and DNATs;
 - IPVS mode, programmed by ipvsproxy (`sync`): virtual servers, kube-ipvs0, ipsets and the
-  fixed chains.
+  fixed chains;
+- with --nftables 1, a third node: the same IPVS mode with the nftables rules backend (sets
+  in one table per family and a fixed set of chains, core/nft_rules.py) in place of ipsets
+  and iptables. It needs nftables nat chains, which the user-mode-linux kernel lacks: run
+  it with --guest qemu.
 
 It then measures, interleaved within each node, the latency of new TCP connections from
 the client pod to the first and to the last Service (connect, read the backend's reply,
@@ -27,13 +31,15 @@ reach one of the Service's backends, through either mode.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.lib import kernel_bench
@@ -310,12 +316,57 @@ def make_pods(ends: dict[str, SvcPort]) -> tuple[Any, dict[str, set[str]]]:
     return network, backends
 
 
-def measure(path: str, connects: int, changes: int) -> bool:
+@contextlib.contextmanager
+def nftables_node(
+    name: str, state: Any, masquerade: Any, ends: dict[str, SvcPort]
+) -> Iterator[Any]:
+    """A third node: IPVS and kube-ipvs0 as ipvsproxy programs them, the rules in the
+    nftables backend's tables (core/nft_rules.py) instead of ipsets and iptables. Yields
+    (its pods, seconds to program it, whether programming succeeded); the calling thread
+    stays in the node's namespace until the block ends, as enter_netns does."""
+    from ipvsproxy_testkit.sandbox.netns import enter_netns
+
+    from ipvsproxy.agent.full_sync import full_sync
+    from ipvsproxy.dataplane.interfaces import Dataplanes
+    from ipvsproxy.dataplane.ipset import IPSetTool
+    from ipvsproxy.dataplane.iptables import IptablesTool
+    from ipvsproxy.dataplane.ipvs import IpvsSocket
+    from ipvsproxy.dataplane.links import LinkTool
+    from ipvsproxy.dataplane.nftables import NftablesTool
+    from ipvsproxy.dataplane.sysctl import ensure_sysctls
+
+    with enter_netns(name):
+        ensure_sysctls()
+        pods, _ = make_pods(ends)
+        links = LinkTool()
+        try:
+            with IpvsSocket() as ipvs:
+                # IPVS and the addresses through the one full-sync path, with no ipset or
+                # chain wanted; then the nftables tables, in one nft -f transaction.
+                rules_less = replace(state, ipsets={}, iptables={})
+                dataplanes = Dataplanes(
+                    ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
+                )
+                start = time.perf_counter()
+                ok = full_sync(rules_less, dataplanes).result.ok
+                families = list(state.iptables)
+                written, error = NftablesTool().sync(families, state.ipsets, masquerade=masquerade)
+                seconds = time.perf_counter() - start
+                if error:
+                    print(f"  nft -f refused the tables: {error[:500]}")
+                yield pods, seconds, ok and error is None and written == families
+        finally:
+            links.close()
+            pods.close()
+
+
+def measure(path: str, connects: int, changes: int, nftables: bool = False) -> bool:
     from ipvsproxy_testkit.sandbox.netns import enter_netns, switch_netns
 
     from ipvsproxy.agent.full_sync import full_sync
     from ipvsproxy.core.desired import DesiredSettings, NodeInfo, desired_state
     from ipvsproxy.core.model import IPFamily, Protocol, RealServer, VirtualServerKey
+    from ipvsproxy.core.nft_rules import chain_rules
     from ipvsproxy.core.operations import AddRealServer, DeleteRealServer
     from ipvsproxy.dataplane.interfaces import Dataplanes
     from ipvsproxy.dataplane.ipset import IPSetTool
@@ -327,9 +378,8 @@ def measure(path: str, connects: int, changes: int) -> bool:
     from ipvsproxy.k8s.files import read_cluster
 
     cluster = read_cluster([path])
-    state = desired_state(
-        cluster.services, cluster.slices, node=NodeInfo(), settings=DesiredSettings()
-    )
+    settings = DesiredSettings()
+    state = desired_state(cluster.services, cluster.slices, node=NodeInfo(), settings=settings)
     ports = service_ports(state, cluster.services)
     with_endpoints = [i for i, svc in enumerate(ports) if svc.endpoints]
     first, last = with_endpoints[0], with_endpoints[-1]
@@ -345,13 +395,15 @@ def measure(path: str, connects: int, changes: int) -> bool:
     ok = True
     figures: dict[str, float] = {}
     ipt_node, ipvs_node = f"dp-ipt-{len(ports)}", f"dp-ipvs-{len(ports)}"
+    nft_node = f"dp-nft-{len(ports)}"
+    modes = ("ipt", "ipvs", "nft") if nftables else ("ipt", "ipvs")
     svc = ports[last]
     original = list(svc.endpoints)
-    # Both nodes live at once so that their connections and changes can be interleaved.
+    # The nodes live at once so that their connections and changes can be interleaved.
     with enter_netns(ipt_node):
         ipt_pods, backends = make_pods(ends)
         figures["ipt program"] = restore(nat, noflush=False)
-        with enter_netns(ipvs_node):
+        with enter_netns(ipvs_node), contextlib.ExitStack() as third:
             ensure_sysctls()
             ipvs_pods, _ = make_pods(ends)
             links = LinkTool()
@@ -365,14 +417,18 @@ def measure(path: str, connects: int, changes: int) -> bool:
                     start = time.perf_counter()
                     ok = full_sync(state, dataplanes).result.ok and ok
                     figures["ipvs program"] = time.perf_counter() - start
+                    nodes = {"ipt": ipt_pods, "ipvs": ipvs_pods}
+                    if nftables:
+                        nodes["nft"], figures["nft program"], good = third.enter_context(
+                            nftables_node(nft_node, state, settings.masquerade, ends)
+                        )
+                        ok = ok and good
                     targets = {
                         f"{mode} {label}": (pods.pods["client"].netns, address)
-                        for mode, pods in (("ipt", ipt_pods), ("ipvs", ipvs_pods))
+                        for mode, pods in nodes.items()
                         for label, address in targets_by_label.items()
                     }
-                    both = {
-                        f"{m} {label}": b for m in ("ipt", "ipvs") for label, b in backends.items()
-                    }
+                    both = {f"{m} {label}": b for m in modes for label, b in backends.items()}
                     lat, good = latencies(targets, both, connects)
                     ok = ok and good
                     figures.update(lat)
@@ -410,13 +466,19 @@ def measure(path: str, connects: int, changes: int) -> bool:
                     # both still serve after the changes were undone
                     _, good = latencies(targets, both, 2)
                     ok = ok and good
-                saved = IptablesTool("legacy").save_text(IPFamily.V4)
+                with switch_netns(ipvs_node):
+                    saved = IptablesTool("legacy").save_text(IPFamily.V4)
             finally:
                 links.close()
                 ipvs_pods.close()
         ipt_pods.close()
     ipvs_rules = sum(1 for line in saved.splitlines() if line.startswith("-A ") and "KUBE-" in line)
 
+    nft_rules = sum(
+        len(rules)
+        for family in state.iptables
+        for rules in chain_rules(family, settings.masquerade).values()
+    )
     worst_first, avg_first = rules_to_first_dnat(ports, first)
     worst_last, avg_last = rules_to_first_dnat(ports, last)
     RESULTS[str(len(cluster.services))] = {
@@ -424,6 +486,7 @@ def measure(path: str, connects: int, changes: int) -> bool:
         "service_ports": len(ports),
         "nat_rules": nat_rules,
         "ipvs_kube_rules": ipvs_rules,
+        **({"nft_rules": nft_rules} if nftables else {}),
         "rules_first": avg_first,
         "rules_last": avg_last,
         **figures,
@@ -437,7 +500,8 @@ def measure(path: str, connects: int, changes: int) -> bool:
         f"(worst {worst_first}), last Service {avg_last:g} (worst {worst_last}); IPVS mode: "
         f"at most {ipvs_rules} rules whatever the Service, plus one IPVS hash lookup"
     )
-    print(f"  {'':34} {'iptables':>10} {'IPVS':>10} {'iptables / IPVS':>16}")
+    nft_head = f" {'IPVS, nft':>10} {'nft / IPVS':>11}" if nftables else ""
+    print(f"  {'':34} {'iptables':>10} {'IPVS':>10} {'iptables / IPVS':>16}{nft_head}")
     for label, a, b in (
         ("new connection, first Service (ms)", "ipt first", "ipvs first"),
         ("new connection, last Service (ms)", "ipt last", "ipvs last"),
@@ -445,16 +509,29 @@ def measure(path: str, connects: int, changes: int) -> bool:
         ("change one endpoint, minimal (ms)", "ipt change minimal", "ipvs change"),
     ):
         x, y = figures[a] * 1000, figures[b] * 1000
-        print(f"  {label:34} {x:10.2f} {y:10.2f} {x / y:16.2f}")
+        nft = b.replace("ipvs ", "nft ")
+        extra = ""
+        if nftables and nft in figures:
+            z = figures[nft] * 1000
+            extra = f" {z:10.2f} {z / y:11.2f}"
+        print(f"  {label:34} {x:10.2f} {y:10.2f} {x / y:16.2f}{extra}")
     print(
         f"  programming from empty (ms): iptables-restore of the nat table "
         f"{figures['ipt program'] * 1000:.0f}; ipvsproxy's whole cold sync (IPVS, addresses, "
         f"ipsets, iptables, with reads) {figures['ipvs program'] * 1000:.0f}"
     )
+    nft_ratio = ""
+    if nftables:
+        nft_ratio = f"; IPVS mode, nftables rules: {figures['nft last'] / figures['nft first']:.2f}"
+        print(
+            f"  programming from empty (ms), IPVS with nftables rules (IPVS, addresses, "
+            f"one nft -f, with reads): {figures['nft program'] * 1000:.0f}; its rules: "
+            f"{nft_rules}, whatever the Services"
+        )
     print(
         "  last / first Service, iptables mode: "
         f"{figures['ipt last'] / figures['ipt first']:.2f}; IPVS mode: "
-        f"{figures['ipvs last'] / figures['ipvs first']:.2f}"
+        f"{figures['ipvs last'] / figures['ipvs first']:.2f}{nft_ratio}"
     )
     return ok
 
@@ -470,12 +547,20 @@ def main() -> int:
         __doc__,
         "bench.bench_datapath",
         sizes=[100, 1000, 5000],
-        options={"connects": (200, "connections per target"), "changes": (5, None)},
+        options={
+            "connects": (200, "connections per target"),
+            "changes": (5, None),
+            "nftables": (
+                0,
+                "1: a third node, IPVS with the nftables rules backend (needs --guest qemu: "
+                "the user-mode-linux kernel has no nftables nat chain)",
+            ),
+        },
         quick={"sizes": [100], "connects": 20, "changes": 2},
         quick_help="100 Services, fewer samples",
         cluster=build,
         measure=lambda files, args: all(
-            [measure(path, args.connects, args.changes) for path in files]
+            [measure(path, args.connects, args.changes, bool(args.nftables)) for path in files]
         ),
         results=RESULTS,
     )

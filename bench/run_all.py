@@ -55,9 +55,11 @@ STEPS = (
     "kernel_read",
     "kernel_sync",
     "datapath",
+    "datapath_nft",
+    "rules_backend",
     "crash",
 )
-KERNEL_STEPS = ("kernel_read", "kernel_sync", "datapath", "crash")
+KERNEL_STEPS = ("kernel_read", "kernel_sync", "datapath", "datapath_nft", "rules_backend", "crash")
 
 
 def shown(argv: list[str]) -> str:
@@ -404,6 +406,51 @@ def kernel(plan: Plan, wanted: set[str], steps: list[Step], measured: aims.Measu
             measured.kernel_read = step.data or {}
         elif key == "kernel_sync":
             measured.kernel_sync = step.data or {}
+    if "datapath_nft" in wanted:
+        # The qemu guest (nftables nat chains), emulated: its smallest sizes only.
+        target = OUT / "datapath_nft.json"
+        target.unlink(missing_ok=True)
+        steps.append(
+            run(
+                "datapath_nft",
+                "datapath with the nftables rules backend, qemu",
+                [
+                    *module("bench_datapath"),
+                    "--guest",
+                    "qemu",
+                    "--nftables",
+                    "1",
+                    "--sizes",
+                    *map(str, plan.datapath_sizes[:2]),
+                    *path_runs,
+                    "--json",
+                    str(target),
+                ],
+                timeout=3600,
+                parse=lambda _: figures.kernel(figures.read_json(target), "services"),
+            )
+        )
+    if "rules_backend" in wanted:
+        # On the host, in private network namespaces (nf_tables, ip_tables and ip_set).
+        target = OUT / "rules_backend.json"
+        target.unlink(missing_ok=True)
+        steps.append(
+            run(
+                "rules_backend",
+                "rules backends: iptables + ipset against nftables",
+                [
+                    *module("bench_rules_backend"),
+                    "--sizes",
+                    *map(str, plan.kernel_sizes),
+                    "--runs",
+                    str(plan.kernel_runs + 2),
+                    "--json",
+                    str(target),
+                ],
+                timeout=3600,
+                parse=lambda _: figures.kernel(figures.read_json(target), "services"),
+            )
+        )
     if "crash" in wanted:
         steps.append(
             run(

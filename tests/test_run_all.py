@@ -474,3 +474,24 @@ def test_plots_of_every_kind(tmp_path: Path) -> None:
 
 def figures_plan() -> dict[int, dict[str, float]]:
     return {10000: figures.plan(PLAN), 1000: {"parse": 1.0, "total": 2.0}}
+
+
+def test_datapath_nft_table_ratios_and_flatness() -> None:
+    from bench.report.readme import datapath_nft_table
+
+    row = {
+        "services": 1000,
+        "nft_rules": 84,
+        "ipt first": 1.0,
+        "ipt last": 2.0,
+        "ipvs first": 1.0,
+        "ipvs last": 1.1,
+        "nft first": 1.2,
+        "nft last": 1.32,
+    }
+    step = Step("datapath_nft", "data path, nft", "bench_datapath.py", "", 0, 1, 1, {1000: row})
+    lines = datapath_nft_table(Report([], [step], aims.Measured()))
+    assert lines[0].startswith("## Data path: IPVS with the nftables rules backend")
+    assert "| 1,000 | 84 | 1.20 | 1.20 | 1.10 | 1.10 | 2.00 |" in lines
+    failed = Step("datapath_nft", "data path, nft", "bench_datapath.py", "", 1, 1, 1, {1000: row})
+    assert datapath_nft_table(Report([], [failed], aims.Measured())) == []

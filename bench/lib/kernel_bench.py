@@ -31,6 +31,10 @@ VS_PER_SERVICE = 1.1 * 1.05
 # The variable naming the file, inside the guest, that the figures are written to.
 JSON_ENV = "BENCH_JSON"
 
+# The test kernels a benchmark can run in (testkit's sandbox): uml is the default; qemu has
+# what uml lacks (nftables nat chains), several times slower.
+GUESTS = ("uml", "qemu")
+
 
 def main(
     doc: str,
@@ -59,6 +63,12 @@ def main(
         parser.add_argument(f"--{name}", type=int, default=default, help=help_text)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", metavar="FILE", help="also write the figures here, as JSON")
+    parser.add_argument(
+        "--guest",
+        choices=GUESTS,
+        default="uml",
+        help="the test kernel: user-mode-linux, or Debian's generic kernel under qemu (TCG)",
+    )
     parser.add_argument("--in-guest", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.in_guest:
@@ -73,6 +83,7 @@ def main(
         cluster=lambda size: cluster(size, args.endpoints),
         guest_args=[arg for name in options for arg in (f"--{name}", str(getattr(args, name)))],
         json_target=args.json,
+        guest=args.guest,
     )
 
 
@@ -105,10 +116,12 @@ def run_on_host(
     cluster: Callable[[int], dict[str, Any]],
     guest_args: Sequence[str],
     json_target: str | None,
+    guest: str = "uml",
 ) -> int:
     """Write cluster(size) for each size, boot the guest once and run `python -m module
     --in-guest` there on those files, echoing its output; copy its figures to json_target
-    if asked."""
+    if asked. guest: "uml" or "qemu" (GUESTS)."""
+    from ipvsproxy_testkit.sandbox.qemu import run_in_qemu
     from ipvsproxy_testkit.sandbox.uml import run_in_guest, shared_tempdir
 
     workdir = shared_tempdir("ipvsproxy-bench-")
@@ -120,10 +133,13 @@ def run_on_host(
             with open(path, "w") as out:
                 json.dump(cluster(size), out)
             files.append(path)
-        result = run_in_guest(
+        run = run_in_qemu if guest == "qemu" else run_in_guest
+        result = run(
             [sys.executable, "-m", module, *guest_args, "--in-guest", *files],
-            timeout=1800,
-            env={JSON_ENV: results},
+            timeout=3600 if guest == "qemu" else 1800,
+            mem="2G" if guest == "qemu" else "1G",
+            # unbuffered: each size's figures reach the host as soon as they are printed
+            env={JSON_ENV: results, "PYTHONUNBUFFERED": "1"},
             cwd=str(ROOT),
             on_output=lambda chunk: print(chunk, end="", flush=True),
         )
@@ -131,5 +147,6 @@ def run_on_host(
             subprocess.run(["cp", results, json_target], check=True)
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    print(f"(guest kernel {result.kernel_release}; {os.cpu_count()} host cores, shared)")
+    how = ", qemu TCG" if guest == "qemu" else ", user-mode-linux"
+    print(f"(guest kernel {result.kernel_release}{how}; {os.cpu_count()} host cores, shared)")
     return result.exit_status

@@ -229,6 +229,68 @@ def kernel_tables(report: Report) -> list[str]:
     return out
 
 
+def datapath_nft_table(report: Report) -> list[str]:
+    """bench_datapath.py --nftables 1 in the qemu guest: IPVS with the nftables rules
+    backend against IPVS with ipsets and iptables, and how flat each is."""
+    path = report.data("datapath_nft")
+    if not path:
+        return []
+    out = ["## Data path: IPVS with the nftables rules backend, qemu guest", ""]
+    out += table(
+        [
+            "Services",
+            "nftables rules (all, fixed)",
+            "new connection nft / ipset+iptables, first",
+            "same, last",
+            "last / first: IPVS, nft",
+            "IPVS, ipset+iptables",
+            "iptables mode",
+        ],
+        [
+            [
+                f"{size:,}",
+                cell(r, "nft_rules", "{:g}"),
+                ratio_cell(r, "nft first", "ipvs first"),
+                ratio_cell(r, "nft last", "ipvs last"),
+                ratio_cell(r, "nft last", "nft first"),
+                ratio_cell(r, "ipvs last", "ipvs first"),
+                ratio_cell(r, "ipt last", "ipt first"),
+            ]
+            for size, r in sorted(path.items())
+        ],
+    )
+    return out
+
+
+def rules_backend_tables(report: Report) -> list[str]:
+    """bench_rules_backend.py: per size, each step's median wall and CPU for each rules
+    backend, and nftables' ratio to each iptables + ipset contender."""
+    figures = report.data("rules_backend")
+    if not figures:
+        return []
+    out = ["## Rules backends: iptables + ipset against nftables, private network namespaces", ""]
+    for size, result in sorted(figures.items()):
+        names: list[str] = result.get("backends", [])
+        baselines = [name for name in names if name != "nftables"]
+        rows = []
+        for row in result.get("rows", []):
+            unit = "wall" if row["unit"] == "wall_ms" else "CPU"
+            values, ratios = row["values"], row["ratios"]
+            rows.append(
+                [
+                    f"{row['step']}, {unit}",
+                    *[f"{values[n]:.1f}" if n in values else "-" for n in names],
+                    *[f"{ratios[b]:.2f}" if b in ratios else "-" for b in baselines],
+                ]
+            )
+        out += [
+            f"{size:,} Services ({result.get('set_entries', 0):,} set entries), medians, ms:",
+            "",
+        ]
+        out += table(["step", *names, *[f"nftables / {b}" for b in baselines]], rows)
+    return out
+
+
 def small_tables(report: Report) -> list[str]:
     out: list[str] = []
     decode = report.data("decode")
@@ -362,6 +424,8 @@ def readme(report: Report) -> str:
     out += agent_tables(report.data("agent"))
     out += hollow_table(report.measured.hollow)
     out += kernel_tables(report)
+    out += datapath_nft_table(report)
+    out += rules_backend_tables(report)
     out += small_tables(report)
     if report.images:
         out += ["## Plots", ""] + [f"![{name}]({name})" for name in report.images] + [""]
