@@ -22,14 +22,33 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from agentproc import CLUSTER_IP, Traffic, cli, endpoint_slice, service, tool, wait_for
+from agentproc import (
+    CLUSTER_IP,
+    Traffic,
+    cli,
+    endpoint_slice,
+    metric,
+    service,
+    tool,
+    wait_for,
+)
+from guide import guide_block
 from ipvsproxy_testkit.sandbox.guest import GUEST_SCRATCH
+from ipvsproxy_testkit.sandbox.kube_proxy_state import (
+    KubeProxyState,
+    desired_state,
+    kernel_snapshot,
+    node_addresses,
+    program,
+)
 from ipvsproxy_testkit.sandbox.kubelet import (
     Container,
     PodContext,
@@ -187,12 +206,17 @@ def ensure_cgroup2() -> None:
         tool("mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup")
 
 
-def test_daemonset_from_the_image_through_a_nodes_life(tmp_path: Path) -> None:
-    ensure_cgroup2()
-    objects = kustomize()
+def node_link() -> None:
+    """The node's own address, where the API server answers."""
     tool("ip", "link", "add", "node0", "type", "dummy")
     tool("ip", "addr", "add", f"{NODE_ADDRESS}/24", "dev", "node0")
     tool("ip", "link", "set", "node0", "up")
+
+
+def test_daemonset_from_the_image_through_a_nodes_life(tmp_path: Path) -> None:
+    ensure_cgroup2()
+    objects = kustomize()
+    node_link()
     counts: list[str] = []
     with PodNetwork() as pods, TestAPIServer(host=NODE_ADDRESS).start() as api:
         for index in (1, 2):
@@ -273,3 +297,132 @@ def test_daemonset_from_the_image_through_a_nodes_life(tmp_path: Path) -> None:
             if node.agent is not None:
                 node.agent.kill()
             print("node life under traffic:", *counts, sep="\n  ")
+
+
+EXTERNAL_IP = "192.168.50.20"  # on the node's subnet: kube-proxy binds it, we steer it
+CLUSTER_CIDR = "10.244.0.0/16"  # deploy/base/configmap.yaml's clusterCIDR
+
+
+def external_ip_service() -> dict[str, Any]:
+    obj = service()
+    obj["metadata"]["name"] = "ext"
+    obj["spec"].update(clusterIP="10.96.0.12", clusterIPs=["10.96.0.12"], externalIPs=[EXTERNAL_IP])
+    return obj
+
+
+def external_ip_slice() -> dict[str, Any]:
+    obj = endpoint_slice("10.244.2.1")
+    obj["metadata"].update(name="ext-1", labels={"kubernetes.io/service-name": "ext"})
+    return obj
+
+
+# Objects of ours that kube-proxy does not know (the steering of external IPs), by name.
+STEERING = ("KUBE-IPVS-STEER", "KUBE-IPVS-UNMARK", "KUBE-6-IPVS-STEERED", "19280")
+
+
+def steering_objects(snapshot: set[str]) -> set[str]:
+    return {line for line in snapshot if any(name in line for name in STEERING)}
+
+
+def remove_steering_leftovers(workdir: Path) -> None:
+    """deploy/README.md's commands, as a node's shell runs them, with iptables the legacy
+    backend the agent chose here."""
+    shim = workdir / "legacy-bin"
+    shim.mkdir(exist_ok=True)
+    for name in ("iptables", "ip6tables"):
+        link = shim / name
+        if not link.exists():
+            link.symlink_to(shutil.which(f"{name}-legacy") or f"/usr/sbin/{name}-legacy")
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+    script = guide_block(ROOT / "deploy/README.md", "steering leftovers")
+    subprocess.run(["sh", "-c", script], env=env, check=False, capture_output=True)
+
+
+def kube_proxys_sync(api: TestAPIServer) -> KubeProxyState:
+    """kube-proxy's IPVS-mode sync of what the API server holds, written to the kernel."""
+    services, _ = api.store.snapshot(SERVICES)
+    slices, _ = api.store.snapshot(ENDPOINT_SLICES)
+    state = desired_state(
+        [stored.load() for stored in services],
+        [stored.load() for stored in slices],
+        node_name=NODE,
+        node_addresses=node_addresses(),
+        cluster_cidr=CLUSTER_CIDR,
+    )
+    program(state)
+    return state
+
+
+def test_switch_over_from_kube_proxys_ipvs_state_and_back(tmp_path: Path) -> None:
+    """The switch-over: the kernel as kube-proxy's IPVS mode leaves it, then the DaemonSet's
+    pod adopts it under traffic, sending no IPVS message; the rollback: the pod stopped,
+    kube-proxy's first sync over what it left, and what remains of ours is what the
+    migration guide lists, removed by the guide's commands."""
+    ensure_cgroup2()
+    objects = kustomize()
+    node_link()
+    counts: list[str] = []
+    with PodNetwork() as pods, TestAPIServer(host=NODE_ADDRESS).start() as api:
+        for index in (1, 2):
+            pods.add_pod(f"web{index}", f"10.244.{index}.1")
+        pods.serve(8080)
+        api.store.create(SERVICES, "shop", service())
+        api.store.create(ENDPOINT_SLICES, "shop", endpoint_slice("10.244.1.1", "10.244.2.1"))
+        api.store.create(SERVICES, "shop", node_port_service())
+        api.store.create(ENDPOINT_SLICES, "shop", node_port_slice())
+        api.store.create(SERVICES, "shop", external_ip_service())
+        api.store.create(ENDPOINT_SLICES, "shop", external_ip_slice())
+        kube_proxys_sync(api)
+        kube_proxy = kernel_snapshot()
+        node = Node(objects, api, tmp_path)
+        try:
+            with Traffic() as traffic:
+                traffic.wait_replies(5)  # kube-proxy's state carries the Service
+                assert traffic.failures == [], traffic.failures[:5]
+
+                def step(what: str, action: Any) -> None:
+                    before = len(traffic.failures)
+                    started = time.monotonic()
+                    action()
+                    traffic.wait_replies(5)
+                    failed = len(traffic.failures) - before
+                    counts.append(
+                        f"{what}: {failed} failed requests, {time.monotonic() - started:.1f} s"
+                    )
+
+                step("switch-over from kube-proxy's IPVS state (new pod)", node.start_pod)
+                # Ready: the first sync is done. Nothing of IPVS was rewritten; one address
+                # went: the external IP, steered by port instead of bound to kube-ipvs0.
+                assert metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 0
+                assert metric('ipvsproxy_netlink_messages_sent_total{subsystem="ipvs"}') == 0
+                assert metric('ipvsproxy_netlink_messages_sent_total{subsystem="addresses"}') == 1
+                adopted = kernel_snapshot()
+                steering = steering_objects(adopted)
+                assert kube_proxy - adopted == {
+                    f"address {EXTERNAL_IP}/32",
+                    f"ipset add KUBE-IPVS-IPS {EXTERNAL_IP}",
+                }, node.log()
+                assert adopted - kube_proxy == steering, node.log()
+                assert {line for line in adopted if line.startswith("ipvs ")} == {
+                    line for line in kube_proxy if line.startswith("ipvs ")
+                }
+
+                def rollback() -> None:
+                    assert node.agent is not None and node.runner is not None
+                    assert node.agent.stop(node.runner.grace) == 0, node.log()
+                    kube_proxys_sync(api)
+
+                step("rollback to kube-proxy (SIGTERM, kube-proxy's first sync)", rollback)
+                # What kube-proxy does not know stays: the steering objects, nothing else.
+                assert kernel_snapshot() - kube_proxy == steering
+                assert kube_proxy <= kernel_snapshot()
+                step(
+                    "the guide's steering leftovers removed",
+                    lambda: remove_steering_leftovers(tmp_path),
+                )
+                assert kernel_snapshot() == kube_proxy
+                assert traffic.failures == [], traffic.failures[:5]
+        finally:
+            if node.agent is not None:
+                node.agent.kill()
+            print("switch-over and rollback under traffic:", *counts, sep="\n  ")
