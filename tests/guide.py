@@ -34,10 +34,21 @@ class Block:
         return found
 
 
-def blocks(path: Path) -> list[Block]:
+def section(path: Path, heading: str | None) -> str:
+    """The text under a "## " heading up to the next one (None: the whole file)."""
+    text = path.read_text()
+    if heading is None:
+        return text
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def blocks(path: Path, heading: str | None = None) -> list[Block]:
     """Every command block of a Markdown file (indented four spaces or more after a blank
-    line; the same indentation inside list items), with the paragraph before it."""
-    lines = path.read_text().splitlines()
+    line; the same indentation inside list items), with the paragraph before it; only
+    those under `heading` when given."""
+    lines = section(path, heading).splitlines()
     found: list[Block] = []
     paragraph: list[str] = []
     lead: list[str] = []
@@ -75,4 +86,17 @@ def blocks(path: Path) -> list[Block]:
 def guide_block(path: Path, words: str) -> str:
     """The one block whose lead paragraph holds `words`."""
     (found,) = [b.text for b in blocks(path) if words in b.lead]
+    return found
+
+
+def inline_commands(path: Path, heading: str | None, programs: tuple[str, ...]) -> list[str]:
+    """Commands quoted inline (`...`) in the text, outside the blocks: the spans that
+    start with one of `programs`, split at "; "."""
+    text = section(path, heading)
+    prose = "\n".join(line for line in text.splitlines() if not line.startswith("    "))
+    found = []
+    for span in re.findall(r"`([^`]+)`", prose):
+        for command in span.split("; "):
+            if command.split(" ", 1)[0] in programs and " " in command:
+                found.append(" ".join(command.split()))
     return found

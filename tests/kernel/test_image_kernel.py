@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from ipvsproxy_testkit.sandbox.kubelet import (
     image_config,
     probe,
 )
+from ipvsproxy_testkit.sandbox.netns import netns_path
 from ipvsproxy_testkit.sandbox.pods import PodNetwork
 from ipvsproxy_testkit.testapi import TestAPIServer
 from ipvsproxy_testkit.testapi.resources import ENDPOINT_SLICES, SERVICES
@@ -324,18 +326,47 @@ def steering_objects(snapshot: set[str]) -> set[str]:
     return {line for line in snapshot if any(name in line for name in STEERING)}
 
 
-def remove_steering_leftovers(workdir: Path) -> None:
-    """deploy/README.md's commands, as a node's shell runs them, with iptables the legacy
-    backend the agent chose here."""
-    shim = workdir / "legacy-bin"
+def node_shell(workdir: Path, agent: Container | None = None) -> dict[str, str]:
+    """The environment of a shell on the node: iptables is the legacy backend the agent
+    chose here; `ipvsproxy` runs in the agent's container (as `kubectl exec` would), where
+    the guide's paths (/etc/ipvsproxy/config.conf) and $NODE_NAME are the pod's."""
+    shim = workdir / "node-bin"
     shim.mkdir(exist_ok=True)
-    for name in ("iptables", "ip6tables"):
+    for name in ("iptables", "ip6tables", "iptables-save"):
         link = shim / name
         if not link.exists():
-            link.symlink_to(shutil.which(f"{name}-legacy") or f"/usr/sbin/{name}-legacy")
-    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+            legacy = name.replace("tables", "tables-legacy")
+            link.symlink_to(shutil.which(legacy) or f"/usr/sbin/{legacy}")
+    if agent is not None:
+        program = shim / "ipvsproxy"
+        program.write_text(f'#!/bin/sh\nexec crun exec {agent.name} ipvsproxy "$@"\n')
+        program.chmod(0o755)
+    return {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "NODE_NAME": NODE}
+
+
+def verify_the_node_as_the_guide_says(workdir: Path, agent: Container) -> None:
+    """README.md's "Verifying a node" block, run as printed: every look finds the
+    Service, and `ipvsproxy verify`, its last command, exits 0 (in sync)."""
+    script = guide_block(ROOT / "README.md", "Verifying a node")
+    result = subprocess.run(
+        ["sh", "-c", script],
+        env=node_shell(workdir, agent),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"TCP  {CLUSTER_IP}:80 rr" in result.stdout  # ipvsadm -Ln
+    assert f"{CLUSTER_IP},tcp:80" in result.stdout  # ipset list KUBE-CLUSTER-IP
+    assert "-A KUBE-SERVICES" in result.stdout  # iptables-save -t nat | grep KUBE-
+    assert "table ip kube-proxy" not in result.stdout  # nft list tables
+
+
+def remove_steering_leftovers(workdir: Path) -> None:
+    """deploy/README.md's commands, as a node's shell runs them."""
     script = guide_block(ROOT / "deploy/README.md", "steering leftovers")
-    subprocess.run(["sh", "-c", script], env=env, check=False, capture_output=True)
+    subprocess.run(["sh", "-c", script], env=node_shell(workdir), check=False, capture_output=True)
 
 
 def kube_proxys_sync(api: TestAPIServer) -> KubeProxyState:
@@ -406,6 +437,8 @@ def test_switch_over_from_kube_proxys_ipvs_state_and_back(tmp_path: Path) -> Non
                 assert {line for line in adopted if line.startswith("ipvs ")} == {
                     line for line in kube_proxy if line.startswith("ipvs ")
                 }
+                assert node.agent is not None
+                verify_the_node_as_the_guide_says(tmp_path, node.agent)
 
                 def rollback() -> None:
                     assert node.agent is not None and node.runner is not None
@@ -426,3 +459,95 @@ def test_switch_over_from_kube_proxys_ipvs_state_and_back(tmp_path: Path) -> Non
             if node.agent is not None:
                 node.agent.kill()
             print("switch-over and rollback under traffic:", *counts, sep="\n  ")
+
+
+def scrape(address: str, name: str) -> float:
+    """The sum of a metric's samples (`name` may carry labels) at a pod's /metrics."""
+    with urllib.request.urlopen(f"http://{address}:10249/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    assert f"# HELP {name.split('{', 1)[0].removesuffix('_total')}" in text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+def test_a_hollow_agent_pod_from_the_image_syncs_against_the_api_server(
+    tmp_path: Path,
+) -> None:
+    """deploy/hollow's pod, from the image under crun on the pod network (the namespace a
+    CNI plugin would have set up): it lists and watches the test API server through the
+    kubeconfig the manifest mounts, syncs into its in-memory kernel, passes its readiness
+    probe at the pod's address, and leaves the node's kernel alone."""
+    ensure_cgroup2()
+    text = tool("kubectl", "kustomize", str(ROOT / "deploy/hollow"))
+    objects = [doc for doc in yaml.safe_load_all(text) if doc]
+    node_link()
+    with PodNetwork() as pods, TestAPIServer(host=NODE_ADDRESS).start() as api:
+        web = pods.add_pod("web1", "10.244.1.1")
+        hollow = pods.add_pod("hollow", "10.244.9.1")
+        api.store.create(SERVICES, "shop", service())
+        api.store.create(ENDPOINT_SLICES, "shop", endpoint_slice(web.ip))
+        info = built_image()
+        context = PodContext(
+            NODE,
+            {
+                "ipvsproxy-hollow": find(objects, "ConfigMap", "ipvsproxy-hollow")["data"],
+                "ipvsproxy-hollow-kubeconfig": {"kubeconfig.conf": kube_proxy_kubeconfig(api.url)},
+            },
+            namespace="ipvsproxy-hollow",
+            pod_name="ipvsproxy-hollow-7d9f8-x2v4k",
+            network_namespace=netns_path(hollow.netns),
+        )
+        template = find(objects, "Deployment", "ipvsproxy-hollow")["spec"]["template"]
+        runner = PodRunner(
+            template,
+            Path(info["rootfs"]),
+            image_config(Path(info["rootfs"]), info["entrypoint"], info["env"]),
+            context,
+            tmp_path / "hollow",
+        )
+        spec = runner.container("ipvsproxy")
+        started = time.monotonic()
+        agent = runner.start(spec)
+        try:
+
+            def ready() -> bool:
+                if agent.process.poll() is not None:
+                    raise AssertionError(f"exited {agent.process.returncode}:\n{agent.log()}")
+                return probe(spec["readinessProbe"], host=hollow.ip) == 200
+
+            wait_for("the hollow agent's readiness probe", ready, READY_TIMEOUT, 0.5)
+            took = time.monotonic() - started
+            assert probe(spec["livenessProbe"], host=hollow.ip) == 200
+            assert agent.spec["process"]["args"][-2:] == [
+                "--hostname-override=ipvsproxy-hollow-7d9f8-x2v4k",
+                "--dataplane=fake",
+            ]
+            assert agent.spec["process"]["user"]["uid"] == 65534
+            # Synced into its fake kernel: the Service's virtual server and real server.
+            assert scrape(hollow.ip, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 0
+            assert scrape(hollow.ip, 'ipvsproxy_netlink_messages_sent_total{subsystem="ipvs"}') >= 2
+            # A change reaches it too: a second endpoint, one more real server.
+            before = scrape(hollow.ip, 'ipvsproxy_netlink_messages_sent_total{subsystem="ipvs"}')
+            api.store.replace(
+                ENDPOINT_SLICES, "shop", "web-1", endpoint_slice(web.ip, "10.244.2.1")
+            )
+            wait_for(
+                "the change synced",
+                lambda: (
+                    scrape(hollow.ip, 'ipvsproxy_netlink_messages_sent_total{subsystem="ipvs"}')
+                    > before
+                ),
+                60,
+            )
+            # Nothing of it in the node's kernel, nor in the pod's.
+            assert virtual_servers() == set()
+            assert "kube-ipvs0" not in tool("ip", "link", "show")
+            print(f"hollow agent pod: ready after {took:.1f} s")
+        except BaseException:
+            print(agent.log()[-5000:])
+            raise
+        finally:
+            agent.kill()
