@@ -63,6 +63,10 @@ CLUSTER_ONLY: dict[str, str] = {
     "kubectl delete -k deploy/overlays/without-kube-proxy": "needs a cluster",
     "kubectl debug node/NODE -it --profile=sysadmin --image=IMAGE -- CMD": "needs a cluster; "
     "the commands it runs on a node are run in the sandbox kernel",
+    "kubectl apply -k deploy/hollow": "built and validated by tests/test_deploy.py; one of "
+    "its pods run under crun from the image by " + IMAGE_TEST,
+    "kubectl -n ipvsproxy-hollow scale deployment ipvsproxy-hollow --replicas=N": "needs a "
+    "cluster; bench/bench_hollow.py runs many hollow agents as processes",
     "kube-proxy --cleanup": "kube-proxy cannot run here; ipvsproxy takes its flag "
     "(tests/test_kube_proxy_flags.py)",
     "nft delete table ip kube-proxy": "kube-proxy's nftables mode cannot run here",
