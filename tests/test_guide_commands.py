@@ -75,6 +75,7 @@ CLUSTER_ONLY: dict[str, str] = {
 # Commands named in the prose, not given to run.
 MENTIONS = {
     "kubectl delete -k",
+    "kubectl apply",
     "kubeadm upgrade",
     "ipvsproxy run",
     "ipvsproxy verify",
