@@ -12,7 +12,13 @@ sends requests to a Service the whole time; each step prints how many failed:
 - the container killed (SIGKILL) and restarted, as kubelet restarts it;
 - a rolling update: SIGTERM, then a new pod, init container included;
 - a NodePort Service deleted while no agent runs: gone after the next start;
-- a reboot: the kernel emptied, then the pod started again.
+- a reboot: the kernel emptied, then the pod started again;
+- the switch-over: the kernel as kube-proxy's IPVS mode leaves it
+  (ipvsproxy_testkit.sandbox.kube_proxy_state), then the pod, which adopts it with no
+  IPVS message; the guide's node checks; the rollback: kube-proxy's first sync again, only
+  the steering objects deploy/README.md lists left, and its commands removing them.
+
+A hollow agent's pod (deploy/hollow) runs from the same image on a pod network namespace.
 
 The image is built (or found, by content) on the host before the guest boots
 (tests/kernel/conftest.py).
@@ -43,10 +49,10 @@ from agentproc import (
 )
 from guide import guide_block
 from ipvsproxy_testkit.sandbox.guest import GUEST_SCRATCH
+from ipvsproxy_testkit.sandbox.kernel_snapshot import kernel_snapshot
 from ipvsproxy_testkit.sandbox.kube_proxy_state import (
     KubeProxyState,
     desired_state,
-    kernel_snapshot,
     node_addresses,
     program,
 )

@@ -424,7 +424,8 @@ def desired_state(
     return state
 
 
-def _run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
+def run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
+    """A program's output (stdin given as text); RuntimeError when it fails and `check`."""
     result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
@@ -435,7 +436,7 @@ def _current_servers() -> dict[VirtualServer, dict[str, int]]:
     """Every TCP/UDP virtual server in the kernel, with its real servers' weights."""
     found: dict[VirtualServer, dict[str, int]] = {}
     current: VirtualServer | None = None
-    for line in _run(["ipvsadm", "-Sn"]).splitlines():
+    for line in run(["ipvsadm", "-Sn"]).splitlines():
         words = line.split()
         if words[:1] == ["-A"] and words[1] in ("-t", "-u"):
             host, _, port = words[2].rpartition(":")
@@ -465,27 +466,27 @@ def program(state: KubeProxyState, *, backend: str = "legacy") -> None:
     for version in (4, 6):
         tool = f"{'iptables' if version == 4 else 'ip6tables'}-{backend}"
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
-            existing = _run([f"{tool}-save", "-t", table])
+            existing = run([f"{tool}-save", "-t", table])
             for chain in chains:
                 if f":{chain} " not in existing:
-                    _run([tool, "-w", "-t", table, "-N", chain])
+                    run([tool, "-w", "-t", table, "-N", chain])
         for table, chain, target, text in JUMPS:
             rule = ["-m", "comment", "--comment", text, "-j", target]
             if subprocess.run(
                 [tool, "-w", "-t", table, "-C", chain, *rule], capture_output=True, check=False
             ).returncode:
-                _run([tool, "-w", "-t", table, "-I", chain, *rule])
-    if _run(["ip", "-o", "link", "show", DUMMY], check=False) == "":
-        _run(["ip", "link", "add", DUMMY, "type", "dummy"])
-    _run(["ipset", "restore"], state.ipset_restore())
+                run([tool, "-w", "-t", table, "-I", chain, *rule])
+    if run(["ip", "-o", "link", "show", DUMMY], check=False) == "":
+        run(["ip", "link", "add", DUMMY, "type", "dummy"])
+    run(["ipset", "restore"], state.ipset_restore())
     wanted = state.entries
     for version in (4, 6):
         for name, _ in IPSETS:
             full = set_name(name, version)
-            for line in _run(["ipset", "save", full]).splitlines():
+            for line in run(["ipset", "save", full]).splitlines():
                 words = line.split()
                 if words[0] == "add" and words[2] not in wanted.get(full, ()):
-                    _run(["ipset", "del", full, words[2]])
+                    run(["ipset", "del", full, words[2]])
     current = _current_servers()
     commands = []
     for server, reals in sorted(state.servers.items()):
@@ -515,31 +516,31 @@ def program(state: KubeProxyState, *, backend: str = "legacy") -> None:
         for real in present:
             if real not in reals:
                 commands.append(f"-d {server.target} -r {real}")
-    _run(["ipvsadm", "-R"], "\n".join(commands) + "\n")
+    run(["ipvsadm", "-R"], "\n".join(commands) + "\n")
     for version in (4, 6):
         restore = f"{'iptables' if version == 4 else 'ip6tables'}-{backend}-restore"
-        _run([restore, "-w", "5", "--noflush", "--counters"], state.restore_payload(version))
+        run([restore, "-w", "5", "--noflush", "--counters"], state.restore_payload(version))
     have = {
         line.split()[3].split("/")[0]
-        for line in _run(["ip", "-o", "addr", "show", "dev", DUMMY]).splitlines()
+        for line in run(["ip", "-o", "addr", "show", "dev", DUMMY]).splitlines()
     }
     for address in sorted(state.bound - have):
         prefix = 32 if ipaddress.ip_address(address).version == 4 else 128
-        _run(["ip", "addr", "add", f"{address}/{prefix}", "dev", DUMMY])
+        run(["ip", "addr", "add", f"{address}/{prefix}", "dev", DUMMY])
     keys = {(s.protocol, s.address, s.port) for s in state.servers}
     stale = [s for s in current if (s.protocol, s.address, s.port) not in keys]
     if stale:
-        _run(["ipvsadm", "-R"], "".join(f"-D {s.target}\n" for s in stale))
+        run(["ipvsadm", "-R"], "".join(f"-D {s.target}\n" for s in stale))
     for address in sorted(have - state.bound):
         prefix = 32 if ipaddress.ip_address(address).version == 4 else 128
-        _run(["ip", "addr", "del", f"{address}/{prefix}", "dev", DUMMY])
+        run(["ip", "addr", "del", f"{address}/{prefix}", "dev", DUMMY])
 
 
 def node_addresses() -> list[str]:
     """The addresses kube-proxy makes NodePorts on: every interface's but loopback's,
     kube-ipvs0's and IPv6 link-local ones (GetAllLocalAddressesExcept, isValidForSet)."""
     found = []
-    for line in _run(["ip", "-o", "addr", "show"]).splitlines():
+    for line in run(["ip", "-o", "addr", "show"]).splitlines():
         words = line.split()
         if words[1] in ("lo", DUMMY) or words[2] not in ("inet", "inet6"):
             continue
@@ -547,37 +548,3 @@ def node_addresses() -> list[str]:
         if not (address.is_loopback or (address.version == 6 and address.is_link_local)):
             found.append(str(address))
     return found
-
-
-def kernel_snapshot(*, backend: str = "legacy") -> set[str]:
-    """What the kernel holds that either proxy writes, one line per object, so that two
-    snapshots compare as sets: virtual and real servers (`ipvsadm -Sn`), kube-ipvs0's
-    addresses, every ipset (its name and type, and its entries; not its random initval),
-    the chains of both families (not the built-in ones, which iptables-legacy lists once
-    anything loaded their table) and their rules (counters aside), the policy rules
-    and the routes of tables other than main and local."""
-    lines = {f"ipvs {line}" for line in _run(["ipvsadm", "-Sn"]).splitlines()}
-    lines |= {
-        f"address {line.split()[3]}"
-        for line in _run(["ip", "-o", "addr", "show", "dev", DUMMY], check=False).splitlines()
-    }
-    for line in _run(["ipset", "save"]).splitlines():
-        words = line.split()
-        lines.add(f"ipset {' '.join(words[:3])}")
-    for version in (4, 6):
-        tool = f"{'iptables' if version == 4 else 'ip6tables'}-{backend}-save"
-        table = ""
-        for line in _run([tool]).splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":") and line.split()[1] == "-":  # not a built-in chain
-                lines.add(f"ipv{version} {table} chain {line.split()[0][1:]}")
-            elif line.startswith("-A"):
-                lines.add(f"ipv{version} {table} {line}")
-        family = "-4" if version == 4 else "-6"
-        for line in _run(["ip", family, "rule", "show"]).splitlines():
-            lines.add(f"ipv{version} rule {' '.join(line.split())}")
-        for line in _run(["ip", family, "route", "show", "table", "all"]).splitlines():
-            if " table " in line and not any(f" table {t}" in line for t in ("main", "local")):
-                lines.add(f"ipv{version} route {' '.join(line.split())}")
-    return lines
