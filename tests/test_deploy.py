@@ -32,6 +32,7 @@ BUILDS = [
     "deploy/overlays/replace-kube-proxy",
     "deploy/overlays/restore-kube-proxy",
     "deploy/overlays/without-kube-proxy",
+    "deploy/hollow",
 ]
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # The schemas of this release are bundled with kubernetes-validate (no network needed).
@@ -429,3 +430,45 @@ def test_replace_overlay_parks_kube_proxy_and_restore_unparks_it() -> None:
     # kubeadm's selector and labels, unchanged (the selector of a DaemonSet is immutable).
     assert parked["spec"]["selector"] == {"matchLabels": {"k8s-app": "kube-proxy"}}
     assert parked["metadata"]["namespace"] == "kube-system"
+
+
+# --- hollow agents -------------------------------------------------------------------------
+
+
+def test_hollow_agents_run_the_fake_dataplane_unprivileged_on_the_pod_network(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    objects = build("deploy/hollow")
+    deployment = find(objects, "Deployment", "ipvsproxy-hollow")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod and pod["serviceAccountName"] == "ipvsproxy-hollow"
+    (agent,) = pod["containers"]
+    security = agent["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsNonRoot"] is True
+    parsed = _parser().parse_args(["run", *agent["args"]])
+    assert parsed.dataplane == "fake"
+    assert parsed.kp_hostname_override == "$(POD_NAME)"  # one node name per pod
+    (env,) = agent["env"]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # Its configuration loads; the API server from the mounted kubeconfig.
+    config_map = find(objects, "ConfigMap", "ipvsproxy-hollow")
+    path = tmp_path / "config.conf"
+    path.write_text(config_map["data"]["config.conf"])
+    config = load_config(path)
+    assert config.healthz_bind_address.port == 10256
+    kubeconfig = yaml.safe_load(config_map["data"]["config.conf"])["clientConnection"]
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    assert kubeconfig["kubeconfig"] == f"{mounts['kubeconfig']}/kubeconfig.conf"
+    kubeconfig_map = find(objects, "ConfigMap", "ipvsproxy-hollow-kubeconfig")
+    assert "kubeconfig.conf" in kubeconfig_map["data"]
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 10256}
+    # The real agent's rules, bound to the hollow agents' account.
+    role = find(objects, "ClusterRole", "ipvsproxy-hollow")
+    assert role["rules"] == find(base, "ClusterRole", "ipvsproxy")["rules"]
+    binding = find(objects, "ClusterRoleBinding", "ipvsproxy-hollow")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ipvsproxy-hollow", "namespace": "ipvsproxy-hollow"}
+    ]
+    assert {c["image"] for c in pod["containers"]} == {
+        c["image"] for c in containers(base).values()
+    }

@@ -15,8 +15,9 @@ a CRI runtime would set them up:
 - volumes: configMap (files, with `items`), hostPath (`FileOrCreate` creates the file),
   emptyDir (a tmpfs), and the service account token kubelet mounts at
   /var/run/secrets/kubernetes.io/serviceaccount;
-- hostNetwork: no network namespace of its own (the caller's, i.e. the node's);
-- probes: `httpGet` on 127.0.0.1 (host network), polled by the caller.
+- hostNetwork: no network namespace of its own (the caller's, i.e. the node's); else the
+  namespace given (what a CNI plugin set up), or one with loopback only;
+- probes: `httpGet` on 127.0.0.1 (host network) or the pod's address, polled by the caller.
 
 Not done, as the sandbox cannot or need not: cgroups and resource limits (the guest has no
 cgroup setup; `crun --cgroup-manager=disabled`), seccomp profiles (crun has no
@@ -121,6 +122,9 @@ class PodContext:
     service_port: str = "443"
     # Where the sandbox keeps what a node has at a hostPath (the guest's /lib/modules).
     host_paths: Mapping[str, str] = field(default_factory=dict)
+    # A pod not on the host network joins the network namespace its CNI plugin set up
+    # (a path such as /run/netns/NAME); empty: a namespace of its own with loopback only.
+    network_namespace: str = ""
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -332,7 +336,7 @@ class PodRunner:
         linux: dict[str, Any] = {
             # hostNetwork: no network namespace; the pod's own pid, ipc, uts and mounts.
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-            + ([] if self.spec.get("hostNetwork") else [{"type": "network"}]),
+            + ([] if self.spec.get("hostNetwork") else [self._network()]),
         }
         if not privileged:
             linux["maskedPaths"] = list(_MASKED)
@@ -357,6 +361,12 @@ class PodRunner:
             "mounts": mounts,
             "linux": linux,
         }
+
+    def _network(self) -> dict[str, str]:
+        """The pod's network namespace, as the runtime joins the one CNI prepared."""
+        if self.context.network_namespace:
+            return {"type": "network", "path": self.context.network_namespace}
+        return {"type": "network"}
 
     def start(self, container: Mapping[str, Any]) -> Container:
         """Start one container (crun run in the background); its log is kept."""
@@ -399,10 +409,11 @@ class PodRunner:
         return float(self.spec.get("terminationGracePeriodSeconds", 30))
 
 
-def probe(spec: Mapping[str, Any], timeout: float | None = None) -> int:
-    """An httpGet probe's status code (0 when nothing answers), on the host network."""
+def probe(spec: Mapping[str, Any], timeout: float | None = None, host: str = "127.0.0.1") -> int:
+    """An httpGet probe's status code (0 when nothing answers): on the host network, or
+    at the pod's address (`host`), as kubelet probes a pod of its own network."""
     get = spec["httpGet"]
-    url = f"http://127.0.0.1:{get['port']}{get.get('path', '/')}"
+    url = f"http://{host}:{get['port']}{get.get('path', '/')}"
     try:
         with urllib.request.urlopen(url, timeout=timeout or spec.get("timeoutSeconds", 1)) as reply:
             return int(reply.status)
