@@ -372,6 +372,20 @@ def test_round_trip(case: Case) -> None:
     assert decode.parse_dest(messages[1].payload, service_af=_af(case.virtual.address)) == case.real
 
 
+def test_packed_and_version_read_the_address_as_ipaddress_does() -> None:
+    class Subclass(ipaddress.IPv4Address):
+        pass
+
+    for address in (
+        ipaddress.IPv4Address("10.1.2.3"),
+        ipaddress.IPv6Address("fd00::1:2"),
+        ipaddress.IPv6Address("::ffff:10.0.0.1"),
+        Subclass("192.0.2.9"),
+    ):
+        assert codec._packed(address) == address.packed
+        assert codec._version(address) == address.version
+
+
 def test_hashed_flag_is_never_sent() -> None:
     """ip_vs_svc_hash refuses a service already marked HASHED: it would never be hashed."""
     server = VirtualServer(ip("10.0.0.1"), Protocol.TCP, 80, flags=IPVS_FLAG_HASHED | 1)
