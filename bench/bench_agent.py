@@ -2,7 +2,7 @@
 
     python -m bench.bench_agent [--sizes 1000,10000,30000] [--changes 1000]
                                 [--profile realistic|uniform] [--endpoints 10]
-                                [--baseline TREE] [--json FILE] [--cprofile N]
+                                [--baseline TREE] [--repeat N] [--json FILE] [--cprofile N]
 
 The kernel is replaced by a recorder that encodes every write as the adapters would and
 sends nothing: IPVS messages through EncodeOnlySink, kube-ipvs0 addresses as rtnetlink
@@ -21,6 +21,10 @@ Each size runs in processes of their own (so that the RSS is the agent's) and re
 - one endpoint (any one of its slice) changed in a random Service, one Service added
   (Service + slices), one deleted: --changes each, tracker call + partial sync, controller
   only, p50 and p99.
+
+--repeat N runs the cold start N times per size (and tree, alternating with --baseline),
+each in a process of its own, and reports each stage's median: on a shared machine one
+run's CPU time can be off by half.
 
 --cprofile N profiles each endpoint change and prints (to stderr) the N functions that
 took most time in the slowest 1 % of them, those of the biggest Services; its timings are
@@ -637,6 +641,12 @@ def main() -> None:
         help="also run with the ipvsproxy package in TREE (e.g. `git archive main ipvsproxy`"
         " unpacked there), alternating, and print the ratios",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="cold starts per tree and size (each stage's median is reported)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument(
         "--cprofile",
@@ -666,9 +676,12 @@ def main() -> None:
     for size in args.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-agent-") as directory:
             write_pages(args.profile, int(size), args.endpoints, Path(directory))
-            for source, results in runs.items():  # alternating: both see the same load
-                result: dict[str, Any] = {}
-                for part in ("stages", "agent"):
+            results_now: dict[str, dict[str, Any]] = {source: {} for source in runs}
+            cold: dict[str, list[dict[str, list[float]]]] = {source: [] for source in runs}
+            # The cold-start stages --repeat times, alternating trees (both see the same
+            # load), then each tree's agent part once.
+            for part in ("stages",) * args.repeat + ("agent",):
+                for source in runs:
                     command = baseline.command(
                         "bench.bench_agent",
                         source,
@@ -684,7 +697,20 @@ def main() -> None:
                     )
                     if done.returncode:
                         raise SystemExit(done.returncode)
-                    result.update(json.loads(done.stdout.splitlines()[-1]))
+                    found = json.loads(done.stdout.splitlines()[-1])
+                    if part == "stages":
+                        cold[source].append(found["stages"])
+                    else:
+                        results_now[source].update(found)
+            for source, results in runs.items():
+                result = results_now[source]
+                # Each stage's median over the repeats, wall and CPU apart.
+                result["stages"] = {
+                    stage: [
+                        statistics.median(run[stage][i] for run in cold[source]) for i in (0, 1)
+                    ]
+                    for stage in STAGES
+                }
                 results.append(result)
     if args.json:
         Path(args.json).write_text(json.dumps({"sizes": [summary(r) for r in runs[""]]}))

@@ -372,6 +372,20 @@ def test_round_trip(case: Case) -> None:
     assert decode.parse_dest(messages[1].payload, service_af=_af(case.virtual.address)) == case.real
 
 
+def test_packed_and_version_read_the_address_as_ipaddress_does() -> None:
+    class Subclass(ipaddress.IPv4Address):
+        pass
+
+    for address in (
+        ipaddress.IPv4Address("10.1.2.3"),
+        ipaddress.IPv6Address("fd00::1:2"),
+        ipaddress.IPv6Address("::ffff:10.0.0.1"),
+        Subclass("192.0.2.9"),
+    ):
+        assert codec._packed(address) == address.packed
+        assert codec._version(address) == address.version
+
+
 def test_hashed_flag_is_never_sent() -> None:
     """ip_vs_svc_hash refuses a service already marked HASHED: it would never be hashed."""
     server = VirtualServer(ip("10.0.0.1"), Protocol.TCP, 80, flags=IPVS_FLAG_HASHED | 1)
@@ -654,3 +668,39 @@ def test_config_timeouts_round_trip() -> None:
     assert decode.parse_config(parsed.payload) == (600, 30, 0)
     with pytest.raises(nl.EncodeError):
         codec.encode_set_config((-1, 0, 0), family_id=0x25, seq=8)
+
+
+def test_family_request_is_what_pyroute2_encodes() -> None:
+    from pyroute2.netlink import CTRL_CMD_GETFAMILY, GENL_ID_CTRL, ctrlmsg
+
+    message = ctrlmsg()
+    message["cmd"] = CTRL_CMD_GETFAMILY
+    message["version"] = 1
+    message["attrs"].append(["CTRL_ATTR_FAMILY_NAME", codec.IPVS_GENL_NAME])
+    message["header"]["type"] = GENL_ID_CTRL
+    message["header"]["flags"] = nl.NLM_F_REQUEST | nl.NLM_F_ACK
+    message["header"]["sequence_number"] = 77
+    message.encode()
+    assert nl.encode_get_family(codec.IPVS_GENL_NAME, seq=77) == bytes(message.data)
+
+
+def test_family_id_is_read_from_a_controller_reply() -> None:
+    from pyroute2.netlink import CTRL_CMD_NEWFAMILY, GENL_ID_CTRL, ctrlmsg
+
+    reply = ctrlmsg()
+    reply["cmd"] = CTRL_CMD_NEWFAMILY
+    reply["version"] = 2
+    reply["attrs"] = [["CTRL_ATTR_FAMILY_NAME", "IPVS"], ["CTRL_ATTR_FAMILY_ID", 0x2A]]
+    reply["header"]["type"] = GENL_ID_CTRL
+    reply.encode()
+    (message,) = nl.split_messages(bytes(reply.data))
+    assert nl.parse_family_id(message.payload) == 0x2A
+    without = ctrlmsg()
+    without["cmd"] = CTRL_CMD_NEWFAMILY
+    without["attrs"] = [["CTRL_ATTR_FAMILY_NAME", "IPVS"]]
+    without["header"]["type"] = GENL_ID_CTRL
+    without.encode()
+    (message,) = nl.split_messages(bytes(without.data))
+    assert nl.parse_family_id(message.payload) is None
+    with pytest.raises(nl.NetlinkDecodeError):
+        nl.parse_family_id(b"\x01")

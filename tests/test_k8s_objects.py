@@ -933,3 +933,42 @@ def test_what_the_quick_reading_declines_is_still_refused_by_name(
     }
     with pytest.raises(InvalidObject, match=re.escape(field)):
         endpoint_slice_from_dict(slice_obj)
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        [],
+        [{"name": "http", "port": 80}],
+        [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP", "name": "t"}],
+        [{"name": "a", "port": 80, "nodePort": 30080, "protocol": "SCTP"}],
+        [{"name": "a", "port": 80, "nodePort": None, "protocol": None, "targetPort": 8080}],
+        [{"name": "a", "port": 80}, {"name": "a", "port": 81}],
+        [{"name": "a", "port": 80}, {"name": "b", "port": 80}],
+        [{"name": "a", "port": 0}],
+        [{"name": "a", "port": 65536}],
+        [{"name": "a", "port": True}],
+        [{"name": "a", "port": "80"}],
+        [{"name": "a"}],
+        [{"name": 7, "port": 80}],
+        [{"name": "a", "port": 80, "nodePort": -1}],
+        [{"name": "a", "port": 80, "nodePort": False}],
+        [{"name": "a", "port": 80, "protocol": "ICMP"}],
+        [{"name": "a", "port": 80, "protocol": ""}],
+        ["http"],
+    ],
+)
+def test_service_ports_read_quickly_as_the_checked_path_reads_them(
+    ports: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read() -> object:
+        try:
+            return service_from_dict(service(ports=ports))
+        except InvalidObject as exc:
+            return str(exc)
+
+    quick = read()
+    # The quick path reads every valid list itself, and leaves the rest to the checks.
+    assert (objects._plain_service_ports(ports) is not None) == (type(quick) is not str)
+    monkeypatch.setattr(objects, "_plain_service_ports", lambda raw: None)
+    assert quick == read()

@@ -12,8 +12,11 @@ from ipvsproxy.core.model import (
     Protocol,
     RealServer,
     RealServerKey,
+    VirtualServerKey,
+    address_number,
     real_servers_at,
 )
+from ipvsproxy.core.operations import AddRealServer, add_real_servers
 
 
 def test_real_server_keys_are_equal_by_address_family_and_port() -> None:
@@ -41,6 +44,26 @@ def test_real_servers_at_builds_what_the_constructors_build() -> None:
                 assert getattr(made, f.name) == getattr(expected, f.name), f.name
         assert key == built_key and hash(key) == hash(built_key)
         assert server == built_server and server.key == key
+
+
+def test_address_number_is_int_of_the_address() -> None:
+    for text in ("0.0.0.0", "10.1.2.3", "255.255.255.255", "::", "fd00::1", "2001:db8::ff"):
+        address = ip_address(text)
+        number = address_number(address)
+        assert number == int(address) and type(number) is int
+
+
+def test_add_real_servers_builds_what_the_constructor_builds() -> None:
+    virtual = VirtualServerKey(ip_address("10.96.0.1"), Protocol.TCP, 80)
+    servers = [RealServer(ip_address("10.0.0.1"), 8080), RealServer(ip_address("fd00::1"), 80)]
+    built = add_real_servers(virtual, servers)
+    expected = [AddRealServer(virtual, server) for server in servers]
+    assert built == expected
+    for made, wanted in zip(built, expected, strict=True):
+        assert type(made) is AddRealServer
+        for f in dataclasses.fields(wanted):
+            assert getattr(made, f.name) is getattr(wanted, f.name), f.name
+    assert add_real_servers(virtual, []) == []
 
 
 def test_a_slices_memo_is_its_own_and_not_carried_by_replace() -> None:

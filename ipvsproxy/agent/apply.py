@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import get_args
+from typing import cast, get_args
 
 from ipvsproxy.core import ipsets
 from ipvsproxy.core.full_plan import Plan
@@ -75,26 +75,41 @@ def _subsystem(op: Operation) -> str:
     return "interface"
 
 
+# (subsystem, removal) by operation class: a cold start batches one operation per real
+# server, and the isinstance chain of _subsystem was a fifth of applying them.
+_KINDS: dict[type, tuple[str, bool]] = {}
+
+
+def _kind(op: Operation) -> tuple[str, bool]:
+    kind = _KINDS[type(op)] = (_subsystem(op), isinstance(op, _REMOVALS))
+    return kind
+
+
 def _batches(ops: Sequence[Operation]) -> list[tuple[str, bool, list[Operation]]]:
     """Runs of operations of one subsystem, removals apart from the rest."""
     batches: list[tuple[str, bool, list[Operation]]] = []
+    kinds = _KINDS
+    last: tuple[str, bool] | None = None
+    run: list[Operation] = []
     for op in ops:
-        kind, removal = _subsystem(op), isinstance(op, _REMOVALS)
+        kind = kinds.get(type(op)) or _kind(op)
         # iptables-restore runs per family (one family's failure must not hold the
         # other's); nftables tables drifted together are written in one transaction.
-        merge = kind != "rules" or isinstance(op, ReplaceNftTable)
-        if batches and batches[-1][:2] == (kind, removal) and merge:
-            batches[-1][2].append(op)
+        if kind == last and (kind[0] != "rules" or isinstance(op, ReplaceNftTable)):
+            run.append(op)
         else:
-            batches.append((kind, removal, [op]))
+            run = [op]
+            batches.append((kind[0], kind[1], run))
+            last = kind
     return batches
 
 
 def _run_batch(kind: str, ops: list[Operation], dp: Dataplanes) -> list[OperationFailure]:
+    # _batches put only operations of this kind in the batch.
     if kind == "ipvs":
-        return dp.ipvs.execute([op for op in ops if isinstance(op, _IPVS)])
+        return dp.ipvs.execute(cast(list[IpvsOperation], ops))
     if kind == "ipset":
-        return dp.rules.apply_sets([op for op in ops if isinstance(op, _IPSET)])
+        return dp.rules.apply_sets(cast(list[IPSetOperation], ops))
     if kind == "address":
         binds = [op.address for op in ops if isinstance(op, BindAddress)]
         unbinds = [op.address for op in ops if isinstance(op, UnbindAddress)]

@@ -32,6 +32,7 @@ from ipvsproxy.core.operations import (
     Operation,
     UpdateRealServer,
     UpdateVirtualServer,
+    add_real_servers,
 )
 
 RealServers = Mapping[RealServerKey, RealServer]
@@ -71,7 +72,7 @@ class IpvsDiff:
         server, servers = wanted
         if current is None:
             self._adds.append(AddVirtualServer(server))
-            self._adds += [AddRealServer(key, rs) for rs in servers.values()]
+            self._adds += add_real_servers(key, servers.values())
             return
         current_server, current_servers = current
         if not server.same_settings(current_server):

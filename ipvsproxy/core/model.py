@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,23 @@ from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address_number() -> Callable[[IPAddress], int]:
+    """int(address) without ipaddress's Python-level __int__ (a slot read in C): a cold
+    start takes the number of every endpoint's address, and packs two per real server.
+    Falls back to int should ipaddress keep the number otherwise."""
+    number = operator.attrgetter("_ip")
+    try:
+        for address in (ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv6Address("2001:db8::1")):
+            if number(address) != int(address):
+                return int
+    except AttributeError:
+        return int
+    return number
+
+
+address_number: Callable[[IPAddress], int] = _address_number()
 
 
 def address_sort_key(address: IPAddress) -> tuple[int, int]:
@@ -388,10 +406,11 @@ def real_servers_at(addresses: Iterable[IPAddress], port: int) -> dict[RealServe
     set_key_address, set_key_port, set_hash, set_number = _KEY_SLOTS
     set_address, set_port, set_weight, set_forward, set_active, set_inactive = _SERVER_SLOTS
     masquerade = ForwardMethod.MASQ
+    number_of = address_number
     servers: dict[RealServerKey, RealServer] = {}
     for address in addresses:
         key = new(RealServerKey)
-        number = int(address)
+        number = number_of(address)
         set_key_address(key, address)
         set_key_port(key, port)
         set_number(key, number)

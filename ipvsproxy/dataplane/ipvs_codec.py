@@ -51,6 +51,7 @@ type ended by NLMSG_DONE (payload ``s32`` status).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import Callable
@@ -58,10 +59,13 @@ from typing import Final, NamedTuple
 
 from ipvsproxy.core.model import (
     IPVS_FLAG_HASHED,
+    IPAddress,
+    Protocol,
     RealServer,
     RealServerKey,
     VirtualServer,
     VirtualServerKey,
+    address_number,
     host_port,
 )
 from ipvsproxy.core.operations import (
@@ -224,6 +228,28 @@ _htons = socket.htons
 _htonl = socket.htonl
 
 
+_number: Final = address_number
+# Per address class rather than per `.version`, a Python property: (bytes, IP version).
+_ADDRESS_KINDS: Final[dict[type, tuple[int, int]]] = {
+    ipaddress.IPv4Address: (4, 4),
+    ipaddress.IPv6Address: (16, 6),
+}
+_PROTOCOL_NUMBERS: Final = {protocol: protocol.number for protocol in Protocol}
+
+
+def _packed(address: IPAddress) -> bytes:
+    """address.packed, in a third of its time."""
+    kind = _ADDRESS_KINDS.get(type(address))
+    if kind is None:  # a subclass: the exact classes are what parsing builds
+        return address.packed
+    return _number(address).to_bytes(kind[0], "big")
+
+
+def _version(address: IPAddress) -> int:
+    kind = _ADDRESS_KINDS.get(type(address))
+    return address.version if kind is None else kind[1]
+
+
 class _SchedLayout(NamedTuple):
     """Everything a full service message with one scheduler name needs."""
 
@@ -276,14 +302,14 @@ def _netmask(server: VirtualServer, version: int) -> int:
 def _full_service(cmd: int, server: VirtualServer, family_id: int, seq: int, flags: int) -> bytes:
     layout = _sched_layout(server.scheduler)
     address = server.address
-    version = address.version
+    version = _version(address)
     try:
         return layout.struct.pack(
             layout.struct.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
             layout.service_nla,
             _AF_ATTR[version],
-            _PROTO_HDR, server.protocol.number,
-            _ADDR_HDR, address.packed,
+            _PROTO_HDR, _PROTOCOL_NUMBERS[server.protocol],
+            _ADDR_HDR, _packed(address),
             _PORT_HDR, _htons(server.port),
             layout.sched_attr,
             _FLAGS_HDR, server.flags & ~IPVS_FLAG_HASHED, _FLAGS_MASK,
@@ -299,9 +325,9 @@ def _service_key(cmd: int, key: VirtualServerKey, family_id: int, seq: int, flag
     try:
         return _SVC_KEY.pack(
             _SVC_KEY.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
-            _SVC_KEY_HEAD[address.version],
-            _PROTO_HDR, key.protocol.number,
-            _ADDR_HDR, address.packed,
+            _SVC_KEY_HEAD[_version(address)],
+            _PROTO_HDR, _PROTOCOL_NUMBERS[key.protocol],
+            _ADDR_HDR, _packed(address),
             _PORT_HDR, _htons(key.port),
         )  # fmt: skip
     except (struct.error, OverflowError) as exc:
@@ -375,15 +401,15 @@ def _full_dest(
     try:
         return _DEST_FULL.pack(
             _DEST_FULL.size, family_id, flags, seq, 0, cmd, IPVS_GENL_VERSION, 0,
-            _SVC_KEY_HEAD[vaddr.version],
-            _PROTO_HDR, virtual.protocol.number,
-            _ADDR_HDR, vaddr.packed,
+            _SVC_KEY_HEAD[_version(vaddr)],
+            _PROTO_HDR, _PROTOCOL_NUMBERS[virtual.protocol],
+            _ADDR_HDR, _packed(vaddr),
             _PORT_HDR, _htons(virtual.port),
-            _DEST_FULL_HEAD, address.packed,
+            _DEST_FULL_HEAD, _packed(address),
             _DEST_PORT_HDR, _htons(server.port),
             _FWD_HDR, server.forward,
             _WEIGHT_HDR, server.weight,
-            _DEST_FULL_TAIL[address.version],
+            _DEST_FULL_TAIL[_version(address)],
         )  # fmt: skip
     except (struct.error, OverflowError) as exc:
         raise EncodeError(
@@ -399,13 +425,13 @@ def _dest_key(
     try:
         return _DEST_KEY.pack(
             _DEST_KEY.size, family_id, flags, seq, 0, IPVS_CMD_DEL_DEST, IPVS_GENL_VERSION, 0,
-            _SVC_KEY_HEAD[vaddr.version],
-            _PROTO_HDR, virtual.protocol.number,
-            _ADDR_HDR, vaddr.packed,
+            _SVC_KEY_HEAD[_version(vaddr)],
+            _PROTO_HDR, _PROTOCOL_NUMBERS[virtual.protocol],
+            _ADDR_HDR, _packed(vaddr),
             _PORT_HDR, _htons(virtual.port),
-            _DEST_KEY_HEAD, address.packed,
+            _DEST_KEY_HEAD, _packed(address),
             _DEST_PORT_HDR, _htons(key.port),
-            _DEST_AF_ATTR[address.version],
+            _DEST_AF_ATTR[_version(address)],
         )  # fmt: skip
     except (struct.error, OverflowError) as exc:
         raise EncodeError(

@@ -32,9 +32,11 @@ __all__ = [
     "NetlinkMessage",
     "attribute_spans",
     "attributes",
+    "encode_get_family",
     "parse_ack",
     "parse_done",
     "parse_error",
+    "parse_family_id",
     "rebuild",
     "split_messages",
 ]
@@ -182,3 +184,35 @@ def attributes(buffer: bytes, start: int) -> dict[int, bytes]:
         kind: buffer[offset : offset + length]
         for kind, (offset, length) in attribute_spans(buffer, start, len(buffer)).items()
     }
+
+
+# --- the generic netlink controller (include/uapi/linux/genetlink.h) ----------------------
+
+GENL_ID_CTRL: Final = 0x10
+CTRL_CMD_GETFAMILY: Final = 3
+CTRL_ATTR_FAMILY_ID: Final = 1
+CTRL_ATTR_FAMILY_NAME: Final = 2
+_GENL_HDR: Final = struct.Struct("=BBH")  # cmd, version, reserved
+
+
+def encode_get_family(name: str, *, seq: int) -> bytes:
+    """CTRL_CMD_GETFAMILY for a generic netlink family by name (with NLM_F_ACK): the
+    controller answers with a message of type GENL_ID_CTRL holding CTRL_ATTR_FAMILY_ID."""
+    raw = name.encode("ascii") + b"\0"
+    attr = _NLA_HDR.pack(4 + len(raw), CTRL_ATTR_FAMILY_NAME) + raw
+    attr += b"\0" * (-len(attr) % 4)
+    payload = _GENL_HDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + attr
+    return NLMSGHDR.pack(16 + len(payload), GENL_ID_CTRL, REQUEST_ACK, seq, 0) + payload
+
+
+def parse_family_id(payload: bytes) -> int | None:
+    """CTRL_ATTR_FAMILY_ID (u16) of a controller reply's payload, None when it has none.
+
+    Raises NetlinkDecodeError when the payload is truncated."""
+    if len(payload) < _GENL_HDR.size:
+        raise NetlinkDecodeError(f"truncated generic netlink header ({len(payload)} bytes)")
+    span = attribute_spans(payload, _GENL_HDR.size, len(payload)).get(CTRL_ATTR_FAMILY_ID)
+    if span is None or span[1] < 2:
+        return None
+    family_id: int = struct.unpack_from("=H", payload, span[0])[0]
+    return family_id

@@ -432,7 +432,7 @@ _SCHEDULER_FLAGS: Final[Mapping[str, tuple[int, str | None]]] = {
 def _annotation(metadata: Mapping[str, object], names: Sequence[str]) -> tuple[str, str] | None:
     """(name, value) of the first of `names` the object carries as a string."""
     annotations = metadata.get("annotations")
-    if not isinstance(annotations, Mapping):
+    if type(annotations) is not dict and not isinstance(annotations, Mapping):  # ABCs are slow
         return None
     for name in names:
         value = annotations.get(name)
@@ -537,6 +537,10 @@ def _cluster_ips(spec: Mapping[str, object]) -> tuple[IPAddress, ...]:
 
 
 def _service_ports(spec: Mapping[str, object]) -> tuple[ServicePort, ...]:
+    raw_ports = spec.get("ports")
+    plain = _plain_service_ports(raw_ports) if type(raw_ports) is list else None
+    if plain is not None:
+        return _shared(_SERVICE_PORTS, plain, ServicePort)
     ports: list[tuple[str, Protocol, int, int]] = []
     names: set[str] = set()
     numbers: set[tuple[int, Protocol]] = set()
@@ -559,6 +563,35 @@ def _service_ports(spec: Mapping[str, object]) -> tuple[ServicePort, ...]:
         numbers.add((port, protocol))
         ports.append((name, protocol, port, node_port))
     return _shared(_SERVICE_PORTS, tuple(ports), ServicePort)
+
+
+def _plain_service_ports(
+    raw_ports: list[object],
+) -> tuple[tuple[str, Protocol, int, int], ...] | None:
+    """The fields of spec.ports as _service_ports reads them, for the common list that
+    passes every check, without building the paths of the messages (most of the time
+    it took); None for anything else, which _service_ports reads and reports on."""
+    ports: list[tuple[str, Protocol, int, int]] = []
+    for entry in raw_ports:
+        if type(entry) is not dict:
+            return None
+        name, protocol_name = entry.get("name"), entry.get("protocol")
+        port, node_port = entry.get("port"), entry.get("nodePort")
+        if name is None:
+            name = ""
+        if protocol_name is None:
+            protocol_name = "TCP"
+        if node_port is None:
+            node_port = 0
+        if type(name) is not str or type(port) is not int or type(node_port) is not int:
+            return None
+        protocol = _PROTOCOLS.get(protocol_name) if type(protocol_name) is str else None
+        if protocol is None or not (0 < port <= 65535 and 0 <= node_port <= 65535):
+            return None
+        ports.append((_intern(name), protocol, port, node_port))
+    if len({p[0] for p in ports}) != len(ports) or len({p[1:3] for p in ports}) != len(ports):
+        return None  # a duplicate name or port
+    return tuple(ports)
 
 
 def _affinity_timeout(spec: Mapping[str, object]) -> int | None:
@@ -657,7 +690,7 @@ def _trigger_time(namespace: str, name: str, metadata: Mapping[str, object]) -> 
     # Only a metric depends on it, so an unreadable value is dropped, not the slice
     # (kube-proxy's endpointslicecache likewise ignores one it cannot parse).
     annotations = metadata.get("annotations")
-    if not isinstance(annotations, Mapping):
+    if type(annotations) is not dict and not isinstance(annotations, Mapping):  # ABCs are slow
         return None
     text = annotations.get(TRIGGER_TIME_ANNOTATION)
     if not isinstance(text, str) or not text:
