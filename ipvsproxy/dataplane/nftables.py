@@ -31,6 +31,7 @@ from ipvsproxy.core.operations import (
 )
 from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.dataplane.interfaces import RulesState
+from ipvsproxy.dataplane.nft_netlink import NftSetSocket
 from ipvsproxy.errors import KernelError
 
 Runner = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
@@ -59,9 +60,12 @@ def _table_family(family: IPFamily) -> str:
 class NftablesTool:
     """The proxy's nftables tables, through the nft command."""
 
-    def __init__(self, nft: str = "nft", runner: Runner = _run) -> None:
+    def __init__(self, nft: str = "nft", runner: Runner = _run, *, netlink: bool = True) -> None:
+        """netlink: read set elements over nf_tables netlink (read()); off, from the
+        full `nft list table` text."""
         self._nft = nft
         self._run = runner
+        self._netlink = netlink
 
     def listing(self, family: IPFamily) -> str | None:
         """`nft list table` of the family's table; None when it does not exist."""
@@ -75,7 +79,35 @@ class NftablesTool:
         raise KernelError(f"nft list table failed: {result.stderr.strip()}")
 
     def read(self, family: IPFamily) -> NftTableState | None:
-        """The family's table as values; None when it does not exist."""
+        """The family's table as values; None when it does not exist. The chains come
+        from the terse listing (`nft -t`, no elements), the elements from one netlink
+        dump per set (dataplane/nft_netlink.py): printing thousands of elements is most
+        of what `nft list table` costs. Falls back to the full listing when the netlink
+        reader cannot open its socket or print an element exactly."""
+        if not self._netlink:
+            return self._read_listing(family)
+        result = self._run(
+            [self._nft, "-t", "list", "table", _table_family(family), nft_rules.TABLE], None
+        )
+        if result.returncode != 0:
+            if "No such file or directory" in result.stderr:
+                return None
+            raise KernelError(f"nft list table failed: {result.stderr.strip()}")
+        terse = nft_rules.parse_listing(family, result.stdout)
+        try:
+            with NftSetSocket() as sock:
+                sets: dict[str, frozenset[str]] = {}
+                for nft_set in nft_rules.SETS:
+                    members = sock.elements(family, nft_rules.TABLE, nft_set)
+                    if members is not None:
+                        sets[nft_set.spec.name_for(family)] = members
+        except KernelError:
+            return self._read_listing(family)
+        # A set the terse listing shows but the dump missed (replaced meanwhile) stays
+        # absent, which counts as drift: the next full sync rewrites the table.
+        return NftTableState(family, sets, terse.chains)
+
+    def _read_listing(self, family: IPFamily) -> NftTableState | None:
         text = self.listing(family)
         return None if text is None else nft_rules.parse_listing(family, text)
 

@@ -1,0 +1,195 @@
+"""The nf_tables netlink protocol (nfnetlink subsystem 10), set elements only: pure, bytes
+in and text out.
+
+A GETSETELEM dump names one set (NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET) in one
+family (nfgenmsg); each reply carries NFTA_SET_ELEM_LIST_ELEMENTS, a nest of NFTA_LIST_ELEM
+nests, each with the element's key (NFTA_SET_ELEM_KEY -> NFTA_DATA_VALUE) and, in an
+interval set of concatenations, the end of its range (NFTA_SET_ELEM_KEY_END). A
+concatenated key is its fields one after the other, each padded to the 4-byte registers.
+Layouts: include/uapi/linux/netfilter/nf_tables.h and nfnetlink.h.
+
+Elements come out exactly as core/nft_rules.parse_listing() gives them from `nft list`
+(ipset syntax: "10.0.0.5,tcp:80,10.1.0.0/16"), so the drift comparison is the same
+whichever reader ran. What this decoder cannot print exactly (an unknown protocol number,
+a range that is no prefix, an element of an unexpected length) raises UnsupportedNftSet:
+the caller then reads the set from `nft list` instead.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterable
+from typing import Final
+
+from ipvsproxy.core import nft_rules
+from ipvsproxy.core.model import IPFamily
+from ipvsproxy.core.nft_rules import NftSet
+from ipvsproxy.dataplane.netlink_codec import (
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSGHDR,
+    NetlinkDecodeError,
+    attribute_spans,
+)
+
+NETLINK_NETFILTER: Final = 12
+NFNL_SUBSYS_NFTABLES: Final = 10
+NFT_MSG_NEWSETELEM: Final = 12  # the type of dump replies
+NFT_MSG_GETSETELEM: Final = 13
+NFPROTO_IPV4: Final = 2
+NFPROTO_IPV6: Final = 10
+
+NFTA_SET_ELEM_LIST_TABLE: Final = 1
+NFTA_SET_ELEM_LIST_SET: Final = 2
+NFTA_SET_ELEM_LIST_ELEMENTS: Final = 3
+NFTA_LIST_ELEM: Final = 1
+NFTA_SET_ELEM_KEY: Final = 1
+NFTA_SET_ELEM_FLAGS: Final = 3
+NFTA_SET_ELEM_KEY_END: Final = 10
+NFTA_DATA_VALUE: Final = 1
+NFT_SET_ELEM_INTERVAL_END: Final = 1
+
+# Protocol numbers as nft prints them in the sets' inet_proto field.
+_PROTOCOLS: Final = {6: "tcp", 17: "udp", 132: "sctp"}
+
+_NFGENMSG: Final = struct.Struct("=BBH")
+_NLA: Final = struct.Struct("=HH")
+_BE16: Final = struct.Struct(">H")
+_BE32: Final = struct.Struct(">I")
+
+
+class UnsupportedNftSet(NetlinkDecodeError):
+    """A set element this decoder cannot print exactly as `nft list` does."""
+
+
+def message_type(command: int) -> int:
+    return (NFNL_SUBSYS_NFTABLES << 8) | command
+
+
+def nfproto(family: IPFamily) -> int:
+    return NFPROTO_IPV4 if family is IPFamily.V4 else NFPROTO_IPV6
+
+
+def _string_attribute(kind: int, text: str) -> bytes:
+    value = text.encode() + b"\0"
+    padding = b"\0" * (-len(value) % 4)
+    return _NLA.pack(4 + len(value), kind) + value + padding
+
+
+def encode_elements_request(family: IPFamily, table: str, set_name: str, seq: int) -> bytes:
+    """The dump request of one set's elements (what `nft list set` sends)."""
+    payload = (
+        _NFGENMSG.pack(nfproto(family), 0, 0)
+        + _string_attribute(NFTA_SET_ELEM_LIST_TABLE, table)
+        + _string_attribute(NFTA_SET_ELEM_LIST_SET, set_name)
+    )
+    header = NLMSGHDR.pack(
+        16 + len(payload), message_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + payload
+
+
+def _fields(nft_set: NftSet, family: IPFamily) -> list[str]:
+    """The key's field types, in order ("ipv4_addr", "inet_proto", ...)."""
+    return [part.strip() for part in nft_set.type_for(family).split(" . ")]
+
+
+_WIDTHS: Final = {"ipv4_addr": 4, "ipv6_addr": 16, "inet_proto": 1, "inet_service": 2}
+
+
+def _address(value: bytes) -> str:
+    # inet_ntop, as nft prints: "::ffff:1.2.3.4" for an IPv4-mapped address.
+    return socket.inet_ntop(socket.AF_INET if len(value) == 4 else socket.AF_INET6, value)
+
+
+def _field_text(kind: str, value: bytes) -> str:
+    if kind == "inet_proto":
+        name = _PROTOCOLS.get(value[0])
+        if name is None:
+            raise UnsupportedNftSet(f"protocol number {value[0]} in a set element")
+        return name
+    if kind == "inet_service":
+        return str(_BE16.unpack(value)[0])
+    return _address(value)
+
+
+def _prefix(start: bytes, end: bytes) -> str:
+    """An address range as nft prints it: the bare address, or a network/prefix."""
+    bits = len(start) * 8
+    first = int.from_bytes(start, "big")
+    host = first ^ int.from_bytes(end, "big")
+    if host & (host + 1) or first & host:
+        raise UnsupportedNftSet(f"the range {_address(start)}-{_address(end)} is no prefix")
+    if not host:
+        return _address(start)
+    return f"{_address(start)}/{bits - host.bit_length()}"
+
+
+def _split(key: bytes, kinds: list[str]) -> list[bytes]:
+    """A key's field values; a concatenation pads every field to 4 bytes."""
+    if len(kinds) == 1:
+        if len(key) != _WIDTHS[kinds[0]]:
+            raise UnsupportedNftSet(f"a {len(key)}-byte key in a set of {kinds[0]}")
+        return [key]
+    values: list[bytes] = []
+    offset = 0
+    for kind in kinds:
+        width = _WIDTHS[kind]
+        values.append(key[offset : offset + width])
+        offset += (width + 3) & ~3
+    if offset != len(key) or len(values[-1]) != _WIDTHS[kinds[-1]]:
+        raise UnsupportedNftSet(f"a {len(key)}-byte key in a set of {' . '.join(kinds)}")
+    return values
+
+
+def _value(buffer: bytes, span: tuple[int, int]) -> bytes:
+    """The NFTA_DATA_VALUE inside an NFTA_SET_ELEM_KEY(_END) nest."""
+    inner = attribute_spans(buffer, span[0], span[0] + span[1]).get(NFTA_DATA_VALUE)
+    if inner is None:
+        raise NetlinkDecodeError("a set element key without NFTA_DATA_VALUE")
+    return buffer[inner[0] : inner[0] + inner[1]]
+
+
+def _element(buffer: bytes, offset: int, length: int, kinds: list[str]) -> str | None:
+    """One NFTA_LIST_ELEM as nft element text; None for the end of an interval."""
+    spans = attribute_spans(buffer, offset, offset + length)
+    flags = spans.get(NFTA_SET_ELEM_FLAGS)
+    if flags is not None and _BE32.unpack_from(buffer, flags[0])[0] & NFT_SET_ELEM_INTERVAL_END:
+        if len(kinds) > 1:
+            return None  # the closing element older kernels send after a concatenation
+        raise UnsupportedNftSet("an interval set of single values")
+    key = spans.get(NFTA_SET_ELEM_KEY)
+    if key is None:
+        raise NetlinkDecodeError("a set element without NFTA_SET_ELEM_KEY")
+    values = _split(_value(buffer, key), kinds)
+    texts = [_field_text(kind, value) for kind, value in zip(kinds, values, strict=True)]
+    end = spans.get(NFTA_SET_ELEM_KEY_END)
+    if end is not None:
+        ends = _split(_value(buffer, end), kinds)
+        if ends[:-1] != values[:-1] or not kinds[-1].endswith("_addr"):
+            raise UnsupportedNftSet("a range in a field other than the last address")
+        texts[-1] = _prefix(values[-1], ends[-1])
+    return " . ".join(texts)
+
+
+def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily) -> frozenset[str]:
+    """The set's elements, in ipset syntax, as parse_listing() gives them."""
+    kinds = _fields(nft_set, family)
+    found: set[str] = set()
+    for payload in payloads:
+        lists = attribute_spans(payload, _NFGENMSG.size, len(payload))
+        span = lists.get(NFTA_SET_ELEM_LIST_ELEMENTS)
+        if span is None:
+            continue
+        offset, end = span[0], span[0] + span[1]
+        while end - offset >= 4:
+            length, kind = _NLA.unpack_from(payload, offset)
+            if length < 4 or offset + length > end:
+                raise NetlinkDecodeError(f"set element length {length} overruns its list")
+            if kind & 0x3FFF == NFTA_LIST_ELEM:
+                text = _element(payload, offset + 4, length - 4, kinds)
+                if text is not None:
+                    found.add(nft_rules.entry(nft_set, text))
+            offset += (length + 3) & ~3
+    return frozenset(found)
