@@ -23,8 +23,10 @@ nft), on:
 
 Below the steps, their parts, to show what dominates: the cold sync's writes alone
 (apply_plan's ipset restore and iptables-restores; the one `nft -f`), the observe step's
-reads alone (the ipset netlink dump, the iptables-saves; the `nft list table` processes)
-and, as an alternative reader, the same listing as JSON (`nft -j`), the processes alone.
+reads alone (the ipset netlink dump, the iptables-saves; the `nft -t list table` processes and the
+set elements' netlink dumps) and, as alternative readers, the full `nft list table` text
+(what observe read before the netlink dumps: "observe, text read"), its process alone,
+and the same listing as JSON (`nft -j`), the process alone.
 
 iptables + ipset runs with each iptables backend whose tools work here (legacy and nft).
 The contenders take turns within each round, in a rotating order; medians of --runs rounds
@@ -70,10 +72,13 @@ STEPS = ("cold sync", "add one element", "remove one element", "observe")
 EXTRA = (
     "cold sync: the writes alone",
     "observe, fingerprint",
+    "observe, text read",
     "observe: ipset dump alone",
     "observe: iptables-save alone",
     "observe: nft list alone",
     "observe: nft -j list alone",
+    "observe: nft -t list alone",
+    "observe: netlink element dumps alone",
 )
 LEGACY = "iptables-legacy + ipset"
 IPT_NFT = "iptables-nft + ipset"
@@ -211,6 +216,7 @@ class Nftables:
         self.name = NFT
         self.desired = desired
         self.tool = NftablesTool(runner=self._timed_run)
+        self.text_tool = NftablesTool(netlink=False)
         self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
 
     def _timed_run(self, argv: list[str], stdin: str | None) -> Any:
@@ -238,6 +244,34 @@ class Nftables:
             self.desired.families, self.desired.state.ipsets, masquerade=self.desired.masquerade
         )
         return not drifted
+
+    def text_observe(self) -> bool:
+        """The same read from the full `nft list table` text, elements and all."""
+        drifted = self.text_tool.drifted(
+            self.desired.families, self.desired.state.ipsets, masquerade=self.desired.masquerade
+        )
+        return not drifted
+
+    def terse_listings(self) -> bool:
+        """The observe step's processes alone: `nft -t list table` of each family."""
+        for family in self.desired.families:
+            table = "ip" if family.value == 4 else "ip6"
+            argv = ["nft", "-t", "list", "table", table, "ipvsproxy"]
+            if subprocess.run(argv, capture_output=True, check=False).returncode != 0:
+                return False
+        return True
+
+    def element_dumps(self) -> bool:
+        """The observe step's netlink dumps alone: every set of each family."""
+        from ipvsproxy.core import nft_rules
+        from ipvsproxy.dataplane.nft_netlink import NftSetSocket
+
+        with NftSetSocket() as sock:
+            for family in self.desired.families:
+                for nft_set in nft_rules.SETS:
+                    if sock.elements(family, nft_rules.TABLE, nft_set) is None:
+                        return False
+        return True
 
     def listings(self) -> bool:
         """The observe step's processes alone: `nft list table` of each family."""
@@ -356,6 +390,9 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
                 for step, fn in (
                     ("observe: nft list alone", backend.listings),
                     ("observe: nft -j list alone", backend.json_listings),
+                    ("observe, text read", backend.text_observe),
+                    ("observe: nft -t list alone", backend.terse_listings),
+                    ("observe: netlink element dumps alone", backend.element_dumps),
                 ):
                     wall, cpu, done = timed(fn)
                     results.append((step, wall, cpu, done))
