@@ -143,16 +143,16 @@ class IptablesIpset:
         from ipvsproxy.dataplane.interfaces import Dataplanes
         from ipvsproxy.dataplane.ipset import IPSetTool
         from ipvsproxy.dataplane.iptables import IptablesTool
+        from ipvsproxy.dataplane.xtables_rules import XtablesRules
 
         self.name = name
         self.desired = desired
         # A rules-only plan has no IPVS or address operation: those adapters are never used.
         unused = FakeKernel()
+        self.ipsets = IPSetTool()
+        self.iptables = IptablesTool(iptables_backend, fingerprint=False)
         self.dataplanes = Dataplanes(
-            ipvs=unused,
-            links=unused,
-            ipsets=IPSetTool(),
-            iptables=IptablesTool(iptables_backend, fingerprint=False),
+            ipvs=unused, links=unused, rules=XtablesRules(self.ipsets, self.iptables)
         )
         self.fingerprinted = IptablesTool(iptables_backend, fingerprint=True)
         self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
@@ -166,7 +166,7 @@ class IptablesIpset:
             virtual_servers={},
             real_servers={},
             addresses=frozenset(),
-            ipsets=self.dataplanes.ipsets.read(all_set_names()),
+            ipsets=self.ipsets.read(all_set_names()),
             iptables={f: iptables.read(f) for f in self.desired.families},
             dummy_interface=True,
             steering=wanted.steering,
@@ -180,7 +180,7 @@ class IptablesIpset:
     def cold_sync(self) -> bool:
         from ipvsproxy.agent.apply import apply_plan
 
-        plan = self._plan(self.dataplanes.iptables)
+        plan = self._plan(self.iptables)
         wall, cpu, result = timed(lambda: apply_plan(plan, self.dataplanes))
         self.parts["cold sync: the writes alone"] = (wall, cpu)
         return not result.failures
@@ -188,13 +188,13 @@ class IptablesIpset:
     def ipset_dump(self) -> bool:
         from ipvsproxy.core.ipsets import all_set_names
 
-        return bool(self.dataplanes.ipsets.read(all_set_names()))
+        return bool(self.ipsets.read(all_set_names()))
 
     def iptables_save(self) -> bool:
-        return all(self.dataplanes.iptables.read(f).tables for f in self.desired.families)
+        return all(self.iptables.read(f).tables for f in self.desired.families)
 
     def observe(self) -> bool:
-        return not self._plan(self.dataplanes.iptables)
+        return not self._plan(self.iptables)
 
     def observe_fingerprinted(self) -> bool:
         return not self._plan(self.fingerprinted)
@@ -204,7 +204,7 @@ class IptablesIpset:
 
         name, entry = self.desired.changed
         op = AddIPSetEntry(name, entry) if add else DeleteIPSetEntry(name, entry)
-        return not self.dataplanes.ipsets.apply([op])
+        return not self.ipsets.apply([op])
 
 
 class Nftables:

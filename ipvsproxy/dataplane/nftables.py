@@ -1,4 +1,5 @@
-"""The nftables rules backend's tables, written with `nft -f -` and read with `nft list table`.
+"""The nftables rules backend's tables, written with `nft -f -`, read with `nft -t list
+table` (the chains) and nf_tables netlink (the set elements, dataplane/nft_netlink.py).
 
 Every write is one `nft -f` transaction, applied by the kernel atomically:
 - a full sync reads both families' tables back (one `nft list table` each) and, only when
@@ -7,7 +8,9 @@ Every write is one `nft -f` transaction, applied by the kernel atomically:
 - a partial sync adds and deletes only the set elements that changed (element_payload).
 
 The text is nftables' own (core/nft_rules.py renders rules exactly as `nft list` prints
-them), so reading back is one process per family and a parse of its output.
+them), so reading the chains back is one terse listing per family and a parse of its
+output; the elements, which grow with Services, skip the text (listing() keeps the full
+text, for show).
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ class NftablesRules:
         return RulesBackend.NFTABLES
 
     def read(self, families: Iterable[IPFamily]) -> RulesState:
-        """Every family's table (ownership needs all sets), one `nft list table` each."""
+        """Every family's table (ownership needs all sets), NftablesTool.read each."""
         wanted = set(families)
         sets: dict[str, frozenset[str]] = {}
         chains: dict[IPFamily, dict[str, tuple[str, ...]]] = {}
