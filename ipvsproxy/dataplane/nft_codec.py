@@ -22,7 +22,6 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from ipvsproxy.core import nft_rules
 from ipvsproxy.core.model import IPFamily
 from ipvsproxy.core.nft_rules import NftSet
 from ipvsproxy.dataplane.netlink_codec import (
@@ -126,56 +125,90 @@ def _prefix(start: bytes, end: bytes) -> str:
     return f"{_address(start)}/{bits - host.bit_length()}"
 
 
-def _split(key: bytes, kinds: list[str]) -> list[bytes]:
-    """A key's field values; a concatenation pads every field to 4 bytes."""
-    if len(kinds) == 1:
-        if len(key) != _WIDTHS[kinds[0]]:
-            raise UnsupportedNftSet(f"a {len(key)}-byte key in a set of {kinds[0]}")
-        return [key]
-    values: list[bytes] = []
-    offset = 0
-    for kind in kinds:
-        width = _WIDTHS[kind]
-        values.append(key[offset : offset + width])
-        offset += (width + 3) & ~3
-    if offset != len(key) or len(values[-1]) != _WIDTHS[kinds[-1]]:
-        raise UnsupportedNftSet(f"a {len(key)}-byte key in a set of {' . '.join(kinds)}")
-    return values
+class _Layout:
+    """One set type's key: where each field sits, and caches of the fields' text (a
+    dump repeats the same addresses, protocols and ports many times)."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        self.kinds = kinds
+        self.fields: list[tuple[str, int, int]] = []  # (kind, offset, width)
+        offset = 0
+        for kind in kinds:
+            width = _WIDTHS[kind]
+            self.fields.append((kind, offset, width))
+            # a concatenation pads every field to its 4-byte register; one field is bare
+            offset += width if len(kinds) == 1 else (width + 3) & ~3
+        self.size = offset
+        self.texts: dict[tuple[str, bytes], str] = {}
+
+    def split(self, key: bytes) -> list[bytes]:
+        if len(key) != self.size:
+            kinds = " . ".join(self.kinds)
+            raise UnsupportedNftSet(f"a {len(key)}-byte key in a set of {kinds}")
+        return [key[offset : offset + width] for _, offset, width in self.fields]
+
+    def text(self, kind: str, value: bytes) -> str:
+        found = self.texts.get((kind, value))
+        if found is None:
+            found = self.texts[kind, value] = _field_text(kind, value)
+        return found
 
 
-def _value(buffer: bytes, span: tuple[int, int]) -> bytes:
+def _value(buffer: bytes, offset: int, length: int) -> bytes:
     """The NFTA_DATA_VALUE inside an NFTA_SET_ELEM_KEY(_END) nest."""
-    inner = attribute_spans(buffer, span[0], span[0] + span[1]).get(NFTA_DATA_VALUE)
-    if inner is None:
-        raise NetlinkDecodeError("a set element key without NFTA_DATA_VALUE")
-    return buffer[inner[0] : inner[0] + inner[1]]
+    end = offset + length
+    while end - offset >= 4:
+        size, kind = _NLA.unpack_from(buffer, offset)
+        if size < 4 or offset + size > end:
+            raise NetlinkDecodeError(f"attribute length {size} overruns its key")
+        if kind & 0x3FFF == NFTA_DATA_VALUE:
+            return buffer[offset + 4 : offset + size]
+        offset += (size + 3) & ~3
+    raise NetlinkDecodeError("a set element key without NFTA_DATA_VALUE")
 
 
-def _element(buffer: bytes, offset: int, length: int, kinds: list[str]) -> str | None:
-    """One NFTA_LIST_ELEM as nft element text; None for the end of an interval."""
-    spans = attribute_spans(buffer, offset, offset + length)
-    flags = spans.get(NFTA_SET_ELEM_FLAGS)
-    if flags is not None and _BE32.unpack_from(buffer, flags[0])[0] & NFT_SET_ELEM_INTERVAL_END:
-        if len(kinds) > 1:
-            return None  # the closing element older kernels send after a concatenation
-        raise UnsupportedNftSet("an interval set of single values")
-    key = spans.get(NFTA_SET_ELEM_KEY)
+def _element(buffer: bytes, offset: int, length: int, layout: _Layout) -> str | None:
+    """One NFTA_LIST_ELEM as an entry in ipset syntax; None for the end of an interval."""
+    key: tuple[int, int] | None = None
+    key_end: tuple[int, int] | None = None
+    end = offset + length
+    while end - offset >= 4:
+        size, kind = _NLA.unpack_from(buffer, offset)
+        if size < 4 or offset + size > end:
+            raise NetlinkDecodeError(f"attribute length {size} overruns its set element")
+        kind &= 0x3FFF
+        if kind == NFTA_SET_ELEM_KEY:
+            key = (offset + 4, size - 4)
+        elif kind == NFTA_SET_ELEM_KEY_END:
+            key_end = (offset + 4, size - 4)
+        elif (
+            kind == NFTA_SET_ELEM_FLAGS
+            and size >= 8
+            and _BE32.unpack_from(buffer, offset + 4)[0] & NFT_SET_ELEM_INTERVAL_END
+        ):
+            if len(layout.kinds) > 1:
+                return None  # the closing element older kernels send after a concatenation
+            raise UnsupportedNftSet("an interval set of single values")
+        offset += (size + 3) & ~3
     if key is None:
         raise NetlinkDecodeError("a set element without NFTA_SET_ELEM_KEY")
-    values = _split(_value(buffer, key), kinds)
-    texts = [_field_text(kind, value) for kind, value in zip(kinds, values, strict=True)]
-    end = spans.get(NFTA_SET_ELEM_KEY_END)
-    if end is not None:
-        ends = _split(_value(buffer, end), kinds)
+    values = layout.split(_value(buffer, *key))
+    kinds = layout.kinds
+    texts = [layout.text(kind, value) for kind, value in zip(kinds, values, strict=True)]
+    if key_end is not None:
+        ends = layout.split(_value(buffer, *key_end))
         if ends[:-1] != values[:-1] or not kinds[-1].endswith("_addr"):
             raise UnsupportedNftSet("a range in a field other than the last address")
         texts[-1] = _prefix(values[-1], ends[-1])
-    return " . ".join(texts)
+    if len(texts) == 1:
+        return texts[0]
+    # nft_rules.entry() of the element text: "a . tcp . 80 . b" -> "a,tcp:80,b"
+    return ",".join([texts[0], f"{texts[1]}:{texts[2]}", *texts[3:]])
 
 
 def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily) -> frozenset[str]:
     """The set's elements, in ipset syntax, as parse_listing() gives them."""
-    kinds = _fields(nft_set, family)
+    layout = _Layout(_fields(nft_set, family))
     found: set[str] = set()
     for payload in payloads:
         lists = attribute_spans(payload, _NFGENMSG.size, len(payload))
@@ -188,8 +221,8 @@ def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily
             if length < 4 or offset + length > end:
                 raise NetlinkDecodeError(f"set element length {length} overruns its list")
             if kind & 0x3FFF == NFTA_LIST_ELEM:
-                text = _element(payload, offset + 4, length - 4, kinds)
+                text = _element(payload, offset + 4, length - 4, layout)
                 if text is not None:
-                    found.add(nft_rules.entry(nft_set, text))
+                    found.add(text)
             offset += (length + 3) & ~3
     return frozenset(found)
