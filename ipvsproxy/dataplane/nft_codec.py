@@ -54,6 +54,7 @@ _PROTOCOLS: Final = {6: "tcp", 17: "udp", 132: "sctp"}
 
 _NFGENMSG: Final = struct.Struct("=BBH")
 _NLA: Final = struct.Struct("=HH")
+_NLA_F_NESTED: Final = 0x8000
 _BE16: Final = struct.Struct(">H")
 _BE32: Final = struct.Struct(">I")
 
@@ -140,6 +141,23 @@ class _Layout:
             offset += width if len(kinds) == 1 else (width + 3) & ~3
         self.size = offset
         self.texts: dict[tuple[str, bytes], str] = {}
+        # The bytes before the key of an element that holds its key alone (the usual
+        # case): NFTA_SET_ELEM_KEY's header, then NFTA_DATA_VALUE's.
+        self.padded = (offset + 3) & ~3
+        data = _NLA.pack(4 + offset, NFTA_DATA_VALUE)
+        self.plain = frozenset(
+            _NLA.pack(8 + self.padded, NFTA_SET_ELEM_KEY | nested) + data
+            for nested in (0, _NLA_F_NESTED)  # kernels differ in flagging the nest
+        )
+
+    def entry(self, key: bytes) -> str:
+        """A key's entry in ipset syntax (nft_rules.entry() of the element's nft text)."""
+        texts = [
+            self.text(kind, value) for kind, value in zip(self.kinds, self.split(key), strict=True)
+        ]
+        if len(texts) == 1:
+            return texts[0]
+        return ",".join([texts[0], f"{texts[1]}:{texts[2]}", *texts[3:]])
 
     def split(self, key: bytes) -> list[bytes]:
         if len(key) != self.size:
@@ -192,16 +210,15 @@ def _element(buffer: bytes, offset: int, length: int, layout: _Layout) -> str | 
         offset += (size + 3) & ~3
     if key is None:
         raise NetlinkDecodeError("a set element without NFTA_SET_ELEM_KEY")
-    values = layout.split(_value(buffer, *key))
+    start = _value(buffer, *key)
+    if key_end is None:
+        return layout.entry(start)
+    values, ends = layout.split(start), layout.split(_value(buffer, *key_end))
     kinds = layout.kinds
-    texts = [layout.text(kind, value) for kind, value in zip(kinds, values, strict=True)]
-    if key_end is not None:
-        ends = layout.split(_value(buffer, *key_end))
-        if ends[:-1] != values[:-1] or not kinds[-1].endswith("_addr"):
-            raise UnsupportedNftSet("a range in a field other than the last address")
-        texts[-1] = _prefix(values[-1], ends[-1])
-    if len(texts) == 1:
-        return texts[0]
+    if ends[:-1] != values[:-1] or not kinds[-1].endswith("_addr"):
+        raise UnsupportedNftSet("a range in a field other than the last address")
+    texts = [layout.text(kind, value) for kind, value in zip(kinds[:-1], values[:-1], strict=True)]
+    texts.append(_prefix(values[-1], ends[-1]))
     # nft_rules.entry() of the element text: "a . tcp . 80 . b" -> "a,tcp:80,b"
     return ",".join([texts[0], f"{texts[1]}:{texts[2]}", *texts[3:]])
 
@@ -209,6 +226,7 @@ def _element(buffer: bytes, offset: int, length: int, layout: _Layout) -> str | 
 def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily) -> frozenset[str]:
     """The set's elements, in ipset syntax, as parse_listing() gives them."""
     layout = _Layout(_fields(nft_set, family))
+    plain, plain_length, size = layout.plain, 12 + layout.padded, layout.size
     found: set[str] = set()
     for payload in payloads:
         lists = attribute_spans(payload, _NFGENMSG.size, len(payload))
@@ -220,7 +238,11 @@ def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily
             length, kind = _NLA.unpack_from(payload, offset)
             if length < 4 or offset + length > end:
                 raise NetlinkDecodeError(f"set element length {length} overruns its list")
-            if kind & 0x3FFF == NFTA_LIST_ELEM:
+            if kind & 0x3FFF != NFTA_LIST_ELEM:
+                pass
+            elif length == plain_length and payload[offset + 4 : offset + 12] in plain:
+                found.add(layout.entry(payload[offset + 12 : offset + 12 + size]))
+            else:
                 text = _element(payload, offset + 4, length - 4, layout)
                 if text is not None:
                     found.add(text)
