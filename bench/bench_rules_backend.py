@@ -12,14 +12,15 @@ nft), on:
 - cold sync: an empty kernel to every set and chain written, read included, as a full sync
   does it. iptables + ipset: read the ipsets (one netlink dump) and the chains (one
   iptables-save per family), plan (core/full_plan.py), one `ipset restore`, one
-  iptables-restore per family. nftables: one `nft list table` per family, then one
-  `nft -f` transaction (dataplane/nftables.py);
+  iptables-restore per family. nftables: one `nft -t list table` per family and the set
+  elements' netlink dumps, then one `nft -f` transaction (dataplane/nftables.py);
 - one change: one endpoint added to a set, then removed (a partial sync's only write):
   one `ipset restore` against one `nft -f`;
 - observe: a full sync's read back of the whole state and its drift decision, nothing
-  changed: the ipset dump, an iptables-save per family and the plan against `nft list
-  table` per family and the comparison. The legacy tables' fingerprint (read while
-  unchanged, without iptables-save) is shown on its own line.
+  changed: the ipset dump, an iptables-save per family and the plan against `nft -t list
+  table` and the set elements' netlink dumps per family and the comparison. The legacy
+  tables' fingerprint (read while unchanged, without iptables-save) is shown on its own
+  line.
 
 Below the steps, their parts, to show what dominates: the cold sync's writes alone
 (apply_plan's ipset restore and iptables-restores; the one `nft -f`), the observe step's
