@@ -133,3 +133,26 @@ def test_truncated_list() -> None:
     broken = reply(elem(struct.pack(">H", 1)))[:-2]
     with pytest.raises(NetlinkDecodeError):
         codec.decode_elements([broken], the_set(ipsets.NODE_PORT_TCP), IPFamily.V4)
+
+
+def chain_message(table: str, name: str, generation: int) -> bytes:
+    return (
+        struct.pack("=BBH", codec.NFPROTO_IPV4, 0, generation)
+        + nla(codec.NFTA_CHAIN_TABLE, table.encode() + b"\0")
+        + nla(3, name.encode() + b"\0")
+    )
+
+
+def test_chains_fingerprint_ignores_generation_and_other_tables() -> None:
+    ours = chain_message("ipvsproxy", "services", 1)
+    base = codec.chains_fingerprint([ours], [], "ipvsproxy")
+    moved = codec.chains_fingerprint(
+        [chain_message("ipvsproxy", "services", 2), chain_message("other", "x", 2)],
+        [],
+        "ipvsproxy",
+    )
+    assert moved == base
+    renamed = codec.chains_fingerprint([chain_message("ipvsproxy", "firewall", 1)], [], "ipvsproxy")
+    assert renamed != base
+    # a rule message counts apart from the chains
+    assert codec.chains_fingerprint([], [ours], "ipvsproxy") != base

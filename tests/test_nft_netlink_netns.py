@@ -13,6 +13,7 @@ import sys
 import pytest
 
 SCRIPT = r"""
+import subprocess
 from ipvsproxy.core import nft_rules
 from ipvsproxy.core.model import IPFamily
 from ipvsproxy.core.rules import MasqueradeSettings
@@ -61,6 +62,24 @@ for family in IPFamily:
         missing = nft_rules.NftSet(nft_rules.SETS[0].spec, "ip")
         assert sock.elements(family, "absent", missing) is None
 assert netlink_tool.drifted(list(IPFamily), sets, masquerade=masq) == []
+
+# The chains' fingerprint ignores elements, and sees a rule added by hand.
+V4 = IPFamily.V4
+with NftSetSocket() as sock:
+    before = sock.chains_fingerprint(V4, nft_rules.TABLE)
+    subprocess.run(["nft", "add", "element", "ip", "ipvsproxy", "ipvs_ips", "{ 10.1.2.3 }"],
+                   check=True)
+    assert sock.chains_fingerprint(V4, nft_rules.TABLE) == before, "elements moved it"
+    subprocess.run(["nft", "delete", "element", "ip", "ipvsproxy", "ipvs_ips", "{ 10.1.2.3 }"],
+                   check=True)
+assert netlink_tool.read(V4) == text_tool.read(V4)  # cached chains
+subprocess.run(["nft", "add", "rule", "ip", "ipvsproxy", "forward", "accept"], check=True)
+changed = netlink_tool.read(V4)
+assert changed == text_tool.read(V4) and changed.chains["forward"][-1] == "accept"
+assert netlink_tool.drifted(list(IPFamily), sets, masquerade=masq) == [V4]
+subprocess.run(["nft", "delete", "table", "ip", "ipvsproxy"], check=True)
+assert netlink_tool.read(V4) is None
+assert netlink_tool.drifted([IPFamily.V6], sets, masquerade=masq) == []
 print("ok")
 """
 

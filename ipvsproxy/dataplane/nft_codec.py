@@ -17,6 +17,7 @@ the caller then reads the set from `nft list` instead.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
 from collections.abc import Iterable
@@ -248,3 +249,47 @@ def decode_elements(payloads: Iterable[bytes], nft_set: NftSet, family: IPFamily
                     found.add(text)
             offset += (length + 3) & ~3
     return frozenset(found)
+
+
+NFT_MSG_NEWCHAIN: Final = 3
+NFT_MSG_GETCHAIN: Final = 4
+NFT_MSG_NEWRULE: Final = 6
+NFT_MSG_GETRULE: Final = 7
+NFTA_CHAIN_TABLE: Final = 1
+NFTA_RULE_TABLE: Final = 1
+
+
+def encode_chains_request(family: IPFamily, seq: int) -> bytes:
+    """A dump of every chain of the family (the kernel filters chain dumps by no table)."""
+    payload = _NFGENMSG.pack(nfproto(family), 0, 0)
+    header = NLMSGHDR.pack(
+        16 + len(payload), message_type(NFT_MSG_GETCHAIN), NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + payload
+
+
+def encode_rules_request(family: IPFamily, table: str, seq: int) -> bytes:
+    """A dump of every rule of one table."""
+    payload = _NFGENMSG.pack(nfproto(family), 0, 0) + _string_attribute(NFTA_RULE_TABLE, table)
+    header = NLMSGHDR.pack(
+        16 + len(payload), message_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + payload
+
+
+def chains_fingerprint(chains: Iterable[bytes], rules: Iterable[bytes], table: str) -> bytes:
+    """A digest of the table's chains and rules as the kernel dumps them: equal digests,
+    equal chains and rules (hooks, priorities, policies, every expression, the handles).
+    The nfgenmsg header, whose resource id is the ruleset's generation (it moves with
+    every element written), is left out; so are other tables' chains."""
+    digest = hashlib.blake2b(digest_size=20)
+    name = table.encode() + b"\0"
+    for kind, payloads in ((NFTA_CHAIN_TABLE, chains), (NFTA_RULE_TABLE, rules)):
+        digest.update(b"\xff" + bytes([kind]))
+        for payload in payloads:
+            span = attribute_spans(payload, _NFGENMSG.size, len(payload)).get(kind)
+            if span is None or payload[span[0] : span[0] + span[1]].rstrip(b"\0") + b"\0" != name:
+                continue
+            body = payload[_NFGENMSG.size :]
+            digest.update(_BE32.pack(len(body)) + body)
+    return digest.digest()

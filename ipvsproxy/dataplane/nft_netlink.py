@@ -15,9 +15,14 @@ from ipvsproxy.core.nft_rules import NftSet
 from ipvsproxy.dataplane.netlink import NetlinkSocket
 from ipvsproxy.dataplane.nft_codec import (
     NETLINK_NETFILTER,
+    NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWRULE,
     NFT_MSG_NEWSETELEM,
+    chains_fingerprint,
     decode_elements,
+    encode_chains_request,
     encode_elements_request,
+    encode_rules_request,
     message_type,
 )
 from ipvsproxy.errors import KernelError
@@ -42,3 +47,20 @@ class NftSetSocket(NetlinkSocket):
                 return None
             raise
         return decode_elements(payloads, nft_set, family)
+
+    def chains_fingerprint(self, family: IPFamily, table: str) -> bytes:
+        """A digest of the table's chains and rules (nft_codec.chains_fingerprint): two
+        small dumps, which tell whether the chains read last are still the kernel's."""
+        chains = self._dump(
+            partial(encode_chains_request, family), reply_type=message_type(NFT_MSG_NEWCHAIN)
+        )
+        try:
+            rules = self._dump(
+                partial(encode_rules_request, family, table),
+                reply_type=message_type(NFT_MSG_NEWRULE),
+            )
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            rules = []
+        return chains_fingerprint(chains, rules, table)
