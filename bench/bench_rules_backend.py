@@ -17,8 +17,10 @@ nft), on:
 - one change: one endpoint added to a set, then removed (a partial sync's only write):
   one `ipset restore` against one `nft -f`;
 - observe: a full sync's read back of the whole state and its drift decision, nothing
-  changed: the ipset dump, an iptables-save per family and the plan against `nft -t list
-  table` and the set elements' netlink dumps per family and the comparison. The legacy
+  changed: the ipset dump, an iptables-save per family and the plan against the netlink
+  digest of the chains (`nft -t list table` only when it moved: not here, where nothing
+  changed since the previous read) and the set elements' netlink dumps per family and the
+  comparison. The legacy
   tables' fingerprint (read while unchanged, without iptables-save) is shown on its own
   line.
 
