@@ -12,19 +12,24 @@ nft), on:
 - cold sync: an empty kernel to every set and chain written, read included, as a full sync
   does it. iptables + ipset: read the ipsets (one netlink dump) and the chains (one
   iptables-save per family), plan (core/full_plan.py), one `ipset restore`, one
-  iptables-restore per family. nftables: one `nft list table` per family, then one
-  `nft -f` transaction (dataplane/nftables.py);
+  iptables-restore per family. nftables: one `nft -t list table` per family and the set
+  elements' netlink dumps, then one `nft -f` transaction (dataplane/nftables.py);
 - one change: one endpoint added to a set, then removed (a partial sync's only write):
   one `ipset restore` against one `nft -f`;
 - observe: a full sync's read back of the whole state and its drift decision, nothing
-  changed: the ipset dump, an iptables-save per family and the plan against `nft list
-  table` per family and the comparison. The legacy tables' fingerprint (read while
-  unchanged, without iptables-save) is shown on its own line.
+  changed: the ipset dump, an iptables-save per family and the plan against the netlink
+  digest of the chains (`nft -t list table` only when it moved: not here, where nothing
+  changed since the previous read) and the set elements' netlink dumps per family and the
+  comparison. The legacy
+  tables' fingerprint (read while unchanged, without iptables-save) is shown on its own
+  line.
 
 Below the steps, their parts, to show what dominates: the cold sync's writes alone
 (apply_plan's ipset restore and iptables-restores; the one `nft -f`), the observe step's
-reads alone (the ipset netlink dump, the iptables-saves; the `nft list table` processes)
-and, as an alternative reader, the same listing as JSON (`nft -j`), the processes alone.
+reads alone (the ipset netlink dump, the iptables-saves; the `nft -t list table` processes and the
+set elements' netlink dumps) and, as alternative readers, the full `nft list table` text
+(what observe read before the netlink dumps: "observe, text read"), its process alone,
+and the same listing as JSON (`nft -j`), the process alone.
 
 iptables + ipset runs with each iptables backend whose tools work here (legacy and nft).
 The contenders take turns within each round, in a rotating order; medians of --runs rounds
@@ -70,10 +75,13 @@ STEPS = ("cold sync", "add one element", "remove one element", "observe")
 EXTRA = (
     "cold sync: the writes alone",
     "observe, fingerprint",
+    "observe, text read",
     "observe: ipset dump alone",
     "observe: iptables-save alone",
     "observe: nft list alone",
     "observe: nft -j list alone",
+    "observe: nft -t list alone",
+    "observe: netlink element dumps alone",
 )
 LEGACY = "iptables-legacy + ipset"
 IPT_NFT = "iptables-nft + ipset"
@@ -144,8 +152,11 @@ class IptablesIpset:
         self.desired = desired
         # A rules-only plan has no IPVS or address operation: those adapters are never used.
         unused = FakeKernel()
-        self.rules = XtablesRules(IPSetTool(), IptablesTool(iptables_backend, fingerprint=False))
-        self.dataplanes = Dataplanes(ipvs=unused, links=unused, rules=self.rules)
+        self.ipsets = IPSetTool()
+        self.iptables = IptablesTool(iptables_backend, fingerprint=False)
+        self.dataplanes = Dataplanes(
+            ipvs=unused, links=unused, rules=XtablesRules(self.ipsets, self.iptables)
+        )
         self.fingerprinted = IptablesTool(iptables_backend, fingerprint=True)
         self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
 
@@ -158,7 +169,7 @@ class IptablesIpset:
             virtual_servers={},
             real_servers={},
             addresses=frozenset(),
-            ipsets=self.rules.ipsets.read(all_set_names()),
+            ipsets=self.ipsets.read(all_set_names()),
             iptables={f: iptables.read(f) for f in self.desired.families},
             dummy_interface=True,
             steering=wanted.steering,
@@ -172,7 +183,7 @@ class IptablesIpset:
     def cold_sync(self) -> bool:
         from ipvsproxy.agent.apply import apply_plan
 
-        plan = self._plan(self.rules.iptables)
+        plan = self._plan(self.iptables)
         wall, cpu, result = timed(lambda: apply_plan(plan, self.dataplanes))
         self.parts["cold sync: the writes alone"] = (wall, cpu)
         return not result.failures
@@ -180,13 +191,13 @@ class IptablesIpset:
     def ipset_dump(self) -> bool:
         from ipvsproxy.core.ipsets import all_set_names
 
-        return bool(self.rules.ipsets.read(all_set_names()))
+        return bool(self.ipsets.read(all_set_names()))
 
     def iptables_save(self) -> bool:
-        return all(self.rules.iptables.read(f).tables for f in self.desired.families)
+        return all(self.iptables.read(f).tables for f in self.desired.families)
 
     def observe(self) -> bool:
-        return not self._plan(self.rules.iptables)
+        return not self._plan(self.iptables)
 
     def observe_fingerprinted(self) -> bool:
         return not self._plan(self.fingerprinted)
@@ -196,7 +207,7 @@ class IptablesIpset:
 
         name, entry = self.desired.changed
         op = AddIPSetEntry(name, entry) if add else DeleteIPSetEntry(name, entry)
-        return not self.rules.ipsets.apply([op])
+        return not self.ipsets.apply([op])
 
 
 class Nftables:
@@ -208,6 +219,7 @@ class Nftables:
         self.name = NFT
         self.desired = desired
         self.tool = NftablesTool(runner=self._timed_run)
+        self.text_tool = NftablesTool(netlink=False)
         self.parts: dict[str, tuple[float, float]] = {}  # (wall s, CPU s) of the last sync
 
     def _timed_run(self, argv: list[str], stdin: str | None) -> Any:
@@ -235,6 +247,34 @@ class Nftables:
             self.desired.families, self.desired.state.ipsets, masquerade=self.desired.masquerade
         )
         return not drifted
+
+    def text_observe(self) -> bool:
+        """The same read from the full `nft list table` text, elements and all."""
+        drifted = self.text_tool.drifted(
+            self.desired.families, self.desired.state.ipsets, masquerade=self.desired.masquerade
+        )
+        return not drifted
+
+    def terse_listings(self) -> bool:
+        """The observe step's processes alone: `nft -t list table` of each family."""
+        for family in self.desired.families:
+            table = "ip" if family.value == 4 else "ip6"
+            argv = ["nft", "-t", "list", "table", table, "ipvsproxy"]
+            if subprocess.run(argv, capture_output=True, check=False).returncode != 0:
+                return False
+        return True
+
+    def element_dumps(self) -> bool:
+        """The observe step's netlink dumps alone: every set of each family."""
+        from ipvsproxy.core import nft_rules
+        from ipvsproxy.dataplane.nft_netlink import NftSetSocket
+
+        with NftSetSocket() as sock:
+            for family in self.desired.families:
+                for nft_set in nft_rules.SETS:
+                    if sock.elements(family, nft_rules.TABLE, nft_set) is None:
+                        return False
+        return True
 
     def listings(self) -> bool:
         """The observe step's processes alone: `nft list table` of each family."""
@@ -353,6 +393,9 @@ def measure(size: int, runs: int) -> tuple[dict[str, Any], bool]:
                 for step, fn in (
                     ("observe: nft list alone", backend.listings),
                     ("observe: nft -j list alone", backend.json_listings),
+                    ("observe, text read", backend.text_observe),
+                    ("observe: nft -t list alone", backend.terse_listings),
+                    ("observe: netlink element dumps alone", backend.element_dumps),
                 ):
                     wall, cpu, done = timed(fn)
                     results.append((step, wall, cpu, done))

@@ -1,4 +1,5 @@
-"""The nftables rules backend's tables, written with `nft -f -` and read with `nft list table`.
+"""The nftables rules backend's tables, written with `nft -f -`, read with `nft -t list
+table` (the chains) and nf_tables netlink (the set elements, dataplane/nft_netlink.py).
 
 Every write is one `nft -f` transaction, applied by the kernel atomically:
 - a full sync reads both families' tables back (one `nft list table` each) and, only when
@@ -7,7 +8,9 @@ Every write is one `nft -f` transaction, applied by the kernel atomically:
 - a partial sync adds and deletes only the set elements that changed (element_payload).
 
 The text is nftables' own (core/nft_rules.py renders rules exactly as `nft list` prints
-them), so reading back is one process per family and a parse of its output.
+them), so reading the chains back is one terse listing per family and a parse of its
+output; the elements, which grow with Services, skip the text (listing() keeps the full
+text, for show).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from ipvsproxy.core.operations import (
 )
 from ipvsproxy.core.rules import MasqueradeSettings
 from ipvsproxy.dataplane.interfaces import RulesState
+from ipvsproxy.dataplane.netlink_codec import NetlinkDecodeError
+from ipvsproxy.dataplane.nft_netlink import NftSetSocket
 from ipvsproxy.errors import KernelError
 
 Runner = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
@@ -59,9 +64,14 @@ def _table_family(family: IPFamily) -> str:
 class NftablesTool:
     """The proxy's nftables tables, through the nft command."""
 
-    def __init__(self, nft: str = "nft", runner: Runner = _run) -> None:
+    def __init__(self, nft: str = "nft", runner: Runner = _run, *, netlink: bool = True) -> None:
+        """netlink: read set elements over nf_tables netlink (read()); off, from the
+        full `nft list table` text."""
         self._nft = nft
         self._run = runner
+        self._netlink = netlink
+        # per family: the chains' netlink fingerprint and the chains last listed with it
+        self._chains_seen: dict[IPFamily, tuple[bytes, Mapping[str, tuple[str, ...]]]] = {}
 
     def listing(self, family: IPFamily) -> str | None:
         """`nft list table` of the family's table; None when it does not exist."""
@@ -75,7 +85,56 @@ class NftablesTool:
         raise KernelError(f"nft list table failed: {result.stderr.strip()}")
 
     def read(self, family: IPFamily) -> NftTableState | None:
-        """The family's table as values; None when it does not exist."""
+        """The family's table as values; None when it does not exist. The elements come
+        from one netlink dump per set (dataplane/nft_netlink.py): printing thousands of
+        elements is most of what `nft list table` costs. The chains come from the terse
+        listing (`nft -t`, no elements, but nft still fetches them all), run only when
+        the netlink dump of the table's chains and rules differs from the one taken with
+        the chains listed last. Falls back to the full listing when the netlink reader
+        cannot open its socket or print an element exactly."""
+        if not self._netlink:
+            return self._read_listing(family)
+        try:
+            with NftSetSocket() as sock:
+                fingerprint = sock.chains_fingerprint(family, nft_rules.TABLE)
+                seen = self._chains_seen.get(family)
+                if seen is not None and seen[0] == fingerprint:
+                    chains = seen[1]
+                else:
+                    terse = self._read_terse(family)
+                    if terse is None:
+                        self._chains_seen.pop(family, None)
+                        return None
+                    chains = terse.chains
+                    # taken before the listing: a change in between shows next time
+                    self._chains_seen[family] = (fingerprint, chains)
+                sets: dict[str, frozenset[str]] = {}
+                for nft_set in nft_rules.SETS:
+                    members = sock.elements(family, nft_rules.TABLE, nft_set)
+                    if members is not None:
+                        sets[nft_set.spec.name_for(family)] = members
+        except NetlinkDecodeError:
+            return self._read_listing(family)  # an element it cannot print exactly
+        except KernelError as exc:
+            if exc.errno:  # the socket or a dump failed; an nft failure has no errno
+                return self._read_listing(family)
+            raise
+        # A set the listing shows but the dump missed (replaced meanwhile) stays absent,
+        # which counts as drift: the next full sync rewrites the table.
+        return NftTableState(family, sets, chains)
+
+    def _read_terse(self, family: IPFamily) -> NftTableState | None:
+        """The chains from `nft -t list table` (no set elements); None: no table."""
+        result = self._run(
+            [self._nft, "-t", "list", "table", _table_family(family), nft_rules.TABLE], None
+        )
+        if result.returncode != 0:
+            if "No such file or directory" in result.stderr:
+                return None
+            raise KernelError(f"nft list table failed: {result.stderr.strip()}")
+        return nft_rules.parse_listing(family, result.stdout)
+
+    def _read_listing(self, family: IPFamily) -> NftTableState | None:
         text = self.listing(family)
         return None if text is None else nft_rules.parse_listing(family, text)
 
@@ -168,7 +227,7 @@ class NftablesRules:
         return RulesBackend.NFTABLES
 
     def read(self, families: Iterable[IPFamily]) -> RulesState:
-        """Every family's table (ownership needs all sets), one `nft list table` each."""
+        """Every family's table (ownership needs all sets), NftablesTool.read each."""
         wanted = set(families)
         sets: dict[str, frozenset[str]] = {}
         chains: dict[IPFamily, dict[str, tuple[str, ...]]] = {}
