@@ -334,6 +334,7 @@ def nftables_node(
     from ipvsproxy.dataplane.links import LinkTool
     from ipvsproxy.dataplane.nftables import NftablesTool
     from ipvsproxy.dataplane.sysctl import ensure_sysctls
+    from ipvsproxy.dataplane.xtables_rules import XtablesRules
 
     with enter_netns(name):
         ensure_sysctls()
@@ -345,7 +346,9 @@ def nftables_node(
                 # chain wanted; then the nftables tables, in one nft -f transaction.
                 rules_less = replace(state, ipsets={}, iptables={})
                 dataplanes = Dataplanes(
-                    ipvs=ipvs, links=links, ipsets=IPSetTool(), iptables=IptablesTool("legacy")
+                    ipvs=ipvs,
+                    links=links,
+                    rules=XtablesRules(IPSetTool(), IptablesTool("legacy")),
                 )
                 start = time.perf_counter()
                 ok = full_sync(rules_less, dataplanes).result.ok

@@ -204,7 +204,8 @@ def measure(path: str, runs: int) -> bool:
             print("WRONG: the netlink ipset read disagrees with ipset save")
             ok = False
         iptables = IptablesTool("legacy", fingerprint=False)
-        steady = dataplanes.iptables  # fingerprints the tables, saves only when they change
+        assert isinstance(dataplanes.rules, XtablesRules)
+        steady = dataplanes.rules.iptables  # fingerprints the tables, saves only when they change
         saving = Dataplanes(ipvs=ipvs, links=links, rules=XtablesRules(IPSetTool(), iptables))
         if any(
             iptables.read(f).tables != per_table_read(f) or steady.read(f) != iptables.read(f)

@@ -337,9 +337,10 @@ class Runner:
 def cleanup() -> None:
     """What a node without the proxy holds: everything of ours removed, others' kept."""
     from ipvsproxy.agent.cleanup import cleanup as remove_ours
-    from ipvsproxy.cli import _dataplanes
+    from ipvsproxy.cli import _dataplanes, _rules_choice
 
-    with _dataplanes("legacy") as dataplanes:
+    # As `ipvsproxy cleanup` opens them: every backend's objects are removed.
+    with _dataplanes("legacy", _rules_choice("iptables"), every_backend=True) as dataplanes:
         assert remove_ours(dataplanes) == []
     assert set(ipvs_view()) == {FOREIGN_SERVER}
 
