@@ -107,6 +107,9 @@ def test_switch_backend_both_ways_under_traffic(tmp_path: Path, pod_network: Pod
                     gap = traffic.longest_gap(began, ended)
                     results.append((backend, failed, gap, sync))
                     print(
+                        *(line for line in running.log().splitlines() if line[:1] in "IW"), sep="\n"
+                    )
+                    print(
                         f"switch to {backend}: {failed} failed requests, longest gap"
                         f" {gap:.3f} s, first sync {sync:.3f} s, switch took"
                         f" {ended - began:.1f} s"
