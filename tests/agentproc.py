@@ -5,6 +5,7 @@ real tools (`tool`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -244,7 +245,7 @@ class Agent:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_synced(self) -> None:
+    def wait_synced(self, timeout: float = START_TIMEOUT) -> None:
         """Until /metrics reports a finished sync."""
 
         def synced() -> bool:
@@ -255,7 +256,7 @@ class Agent:
             except OSError:
                 return False
 
-        wait_for("the agent's first sync", synced, timeout=START_TIMEOUT)
+        wait_for("the agent's first sync", synced, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
         """Signal the agent; seconds until it exited (killed after `timeout`)."""
@@ -283,6 +284,7 @@ class Traffic:
     def __init__(self, pause: float = 0.05) -> None:
         self._pause = pause
         self.replies: list[str] = []
+        self.replied_at: list[float] = []  # monotonic times of the replies
         self.failures: list[str] = []
         self.failed_at: list[float] = []  # monotonic times of the failures
         self._stop = threading.Event()
@@ -294,6 +296,7 @@ class Traffic:
                 # A refused or reset connection fails at once; the long timeout only
                 # spares a guest starved of CPU by a loaded host (its SYNs retransmit).
                 self.replies += tcp_requests(CLUSTER_IP, 80, 1, timeout=15.0)
+                self.replied_at.append(time.monotonic())
             except Exception as exc:  # every failure counts; the reason is kept
                 self.failures.append(repr(exc))
                 self.failed_at.append(time.monotonic())
@@ -306,6 +309,14 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time without a reply between monotonic times `since` and `until`."""
+        times = [since, *(t for t in self.replied_at if since < t < until), until]
+        return max(later - earlier for earlier, later in itertools.pairwise(times))
+
+    def failures_between(self, since: float, until: float) -> int:
+        return sum(since <= t <= until for t in self.failed_at)
 
     def wait_replies(self, count: int, timeout: float = 20.0) -> None:
         target = len(self.replies) + count
