@@ -18,11 +18,14 @@ from ipvsproxy.agent.interleave import Interleaved
 from ipvsproxy.core import full_plan
 from ipvsproxy.core.desired import DesiredSettings, desired_state
 from ipvsproxy.core.full_plan import Plan, plan_sync
-from ipvsproxy.core.model import EndpointSlice, KernelState, Node, RealServerKey, Service
+from ipvsproxy.core.model import EndpointSlice, IPFamily, KernelState, Node, RealServerKey, Service
 from ipvsproxy.core.operations import (
+    AddIPSetEntry,
     AddRealServer,
     BindAddress,
+    DeleteIPSetEntry,
     DeleteRealServer,
+    ReplaceNftTable,
     UnbindAddress,
 )
 
@@ -279,6 +282,31 @@ def test_the_full_plan_leaves_out_what_partial_syncs_wrote() -> None:
     box = Interleaved()
     box.wrote([BindAddress(web), DeleteRealServer(key, RealServerKey(server.address, 1))])
     assert box.filter(plan).operations == (UnbindAddress(other),)
+
+
+def test_a_whole_nftables_table_holds_the_entries_partial_syncs_wrote() -> None:
+    # A drifted table is rewritten whole from sets computed before the partial syncs ran:
+    # their additions must stay and their deletions must not come back.
+    ips, ports = "KUBE-CLUSTER-IP", "KUBE-NODE-PORT-TCP"
+    before = frozenset({"10.96.0.10,tcp:80", "10.96.0.53,udp:53"})
+    table = ReplaceNftTable(
+        IPFamily.V4, ((ips, before), (ports, frozenset({"tcp:30080"}))), (("chain", ("rule",)),)
+    )
+    box = Interleaved()
+    box.wrote(
+        [
+            AddIPSetEntry(ips, "10.96.0.20,tcp:443"),
+            DeleteIPSetEntry(ips, "10.96.0.53,udp:53"),
+            AddIPSetEntry(ips, "10.96.0.99,tcp:80"),
+            DeleteIPSetEntry(ips, "10.96.0.99,tcp:80"),
+        ]
+    )
+    (rewritten,) = box.filter(Plan((table,), {})).operations
+    assert rewritten == ReplaceNftTable(
+        IPFamily.V4,
+        ((ips, frozenset({"10.96.0.10,tcp:80", "10.96.0.20,tcp:443"})), table.sets[1]),
+        table.chains,
+    )
 
 
 def test_a_deletion_a_full_sync_took_is_applied_before_a_reuse_of_its_address(

@@ -18,7 +18,8 @@ repair, should they have drifted, waits for the next full sync. Nothing else cha
 the full sync (its other objects were not written, and what they should be did not change:
 the partial syncs touch exactly the objects whose wanted value changed, counting shared
 addresses and set entries), so the rest of its plan stays right. The chains are restored
-from the newest ruleset. What was applied is then rebuilt from the full sync's states with
+from the newest ruleset, and an nftables table written whole holds the set entries as the
+partial syncs left them. What was applied is then rebuilt from the full sync's states with
 the partial syncs' updates on top.
 
 A partial sync that fails stops the interleaving; the agent then drops what was applied,
@@ -28,7 +29,7 @@ and the next sync is full.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ipvsproxy.agent.changes import Changes, ServiceInput
 from ipvsproxy.core.desired import DesiredSettings, NodeInfo, ServiceState
@@ -45,6 +46,7 @@ from ipvsproxy.core.operations import (
     DeleteVirtualServer,
     EnsureSteering,
     Operation,
+    ReplaceNftTable,
     RestoreChains,
     UnbindAddress,
     UpdateRealServer,
@@ -78,6 +80,9 @@ class Interleaved:
     """What the partial syncs run during one full sync wrote and changed."""
 
     objects: set[Hashable] = field(default_factory=set)
+    # (set, entry) -> whether the last partial sync to write it left it present: a table
+    # the full sync rewrites whole must hold the partial syncs' entries, not its own.
+    entries: dict[tuple[str, str], bool] = field(default_factory=dict)
     chains: dict[IPFamily, IptablesRuleset] = field(default_factory=dict)  # restored, newest
     states: dict[str, ServiceState | None] = field(default_factory=dict)  # None: deleted
     inputs: dict[str, ServiceInput] = field(default_factory=dict)
@@ -100,6 +105,8 @@ class Interleaved:
             if isinstance(op, RestoreChains):
                 self.chains[op.ruleset.family] = op.ruleset
                 continue
+            if isinstance(op, AddIPSetEntry | DeleteIPSetEntry):
+                self.entries[(op.set_name, op.entry)] = isinstance(op, AddIPSetEntry)
             key = touched_object(op)
             if key is not None:
                 self.objects.add(key)
@@ -121,9 +128,25 @@ class Interleaved:
             if isinstance(op, RestoreChains):
                 newest = self.chains.get(op.ruleset.family)
                 kept.append(op if newest is None else RestoreChains(newest, op.missing_jumps))
+            elif isinstance(op, ReplaceNftTable):
+                kept.append(self._newest_table(op))
             elif touched_object(op) not in self.objects:
                 kept.append(op)
         return Plan(tuple(kept), plan.draining)
+
+    def _newest_table(self, op: ReplaceNftTable) -> ReplaceNftTable:
+        """A whole nftables table to write, its sets' entries as the partial syncs left
+        them (the full sync's were computed before they ran)."""
+        if not self.entries:
+            return op
+        sets = []
+        for name, members in op.sets:
+            newest = set(members)
+            for (set_name, entry), present in self.entries.items():
+                if set_name == name:
+                    (newest.add if present else newest.discard)(entry)
+            sets.append((name, frozenset(newest)))
+        return replace(op, sets=tuple(sets))
 
     def drains(
         self, planned: Mapping[DrainKey, float], current: Mapping[DrainKey, float]
