@@ -325,10 +325,20 @@ def _conntrack(stack: ExitStack) -> ConntrackDataplane | None:
         return None
 
 
+def _plan_backend(wanted: str) -> RulesBackend:
+    """A plan writes nothing, so it needs no tool: an explicit backend is taken as asked,
+    `auto` as this machine would choose it (iptables where it has neither)."""
+    if wanted != "auto":
+        return RulesBackend(wanted)
+    try:
+        return _rules_choice(wanted).backend
+    except ConfigError:
+        return RulesBackend.IPTABLES
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     config, _ = _settings(args)
-    choice = _rules_choice(_wanted_rules(args, config))
-    state, _, _ = _desired(args, rules=choice.backend)
+    state, _, _ = _desired(args, rules=_plan_backend(_wanted_rules(args, config)))
     sys.stdout.write(render(state, args.section))
     return EXIT_OK
 

@@ -64,6 +64,18 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_plan_needs_no_rules_tool_on_the_machine_it_runs_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no iptables, ipset or nft here
+    for backend, section in (("nftables", "table ip ipvsproxy"), ("auto", "KUBE-SERVICES")):
+        code, out, err = run(capsys, "plan", "-f", str(path), "--rules-backend", backend)
+        assert code == EXIT_OK, err
+        assert section in out
+
+
 def test_invalid_objects_are_skipped_with_one_warning_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
