@@ -6,11 +6,7 @@ parse_listing read. Skipped where no such namespace can be made."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-
-import pytest
+from private_netns import run_python, unshare_or_skip
 
 SCRIPT = r"""
 import subprocess
@@ -85,20 +81,7 @@ print("ok")
 
 
 def test_netlink_reader_matches_the_listing() -> None:
-    unshare = shutil.which("unshare")
-    if unshare is None or shutil.which("nft") is None:
-        pytest.skip("needs unshare and nft")
-    probe = subprocess.run(
-        [unshare, "-n", "nft", "list", "ruleset"], capture_output=True, text=True, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"no private network namespace with nftables here: {probe.stderr[:200]}")
-    result = subprocess.run(
-        [unshare, "-n", sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    unshare = unshare_or_skip("nft")
+    result = run_python(unshare, SCRIPT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"

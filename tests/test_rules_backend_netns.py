@@ -9,12 +9,9 @@ cleaned up. Skipped where no such namespace with nftables and iptables can be ma
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from private_netns import run_python, unshare_or_skip
 
 SCRIPT = r"""
 import subprocess, sys
@@ -113,25 +110,14 @@ print("ok")
 
 
 def test_sync_path_with_real_rules_backends_in_a_private_network_namespace() -> None:
-    unshare = shutil.which("unshare")
-    needed = ("nft", "ipset", "iptables-legacy-save", "iptables-nft-save")
-    if unshare is None or any(shutil.which(tool) is None for tool in needed):
-        pytest.skip("needs unshare, nft, ipset, iptables-legacy and iptables-nft")
-    probe = subprocess.run(
-        [unshare, "-n", "sh", "-c", "nft list ruleset && iptables-legacy-save && ipset list -n"],
-        capture_output=True,
-        text=True,
-        check=False,
+    unshare = unshare_or_skip(
+        "nft",
+        "ipset",
+        "iptables-legacy-save",
+        "iptables-nft-save",
+        probe="nft list ruleset && iptables-legacy-save && ipset list -n",
     )
-    if probe.returncode != 0:
-        pytest.skip(f"no private network namespace with nftables here: {probe.stderr[:200]}")
     tests = str(Path(__file__).resolve().parent)
-    result = subprocess.run(
-        [unshare, "-n", sys.executable, "-c", f"TESTS = {tests!r}\n{SCRIPT}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = run_python(unshare, f"TESTS = {tests!r}\n{SCRIPT}", timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("ok")
